@@ -1,0 +1,81 @@
+# LiteLLM Memory Proxy. `make run` serves, `make test` tests; both set up .venv themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# pyenv shims only run the versions PYENV_VERSION names: make every installed one runnable,
+# unless the user chose some themselves.
+ifeq ($(strip $(PYENV_VERSION)),)
+  PYENV_VERSION := $(shell command -v pyenv >/dev/null 2>&1 && pyenv versions --bare 2>/dev/null | grep -E '^[0-9]+\.[0-9]+\.[0-9]+$$' | sort -rV | paste -sd: -)
+endif
+export PYENV_VERSION
+
+# The newest interpreter (>= 3.11) that actually runs; override with `make run PYTHON=python3.11`.
+# ($(shell) does not see exported variables before GNU make 4.4, hence the explicit prefix.)
+WITH_PYENV := PYENV_VERSION=$(PYENV_VERSION)
+ifndef PYTHON
+  PYTHON := $(shell for p in python3.14 python3.13 python3.12 python3.11 python3; do \
+	$(WITH_PYENV) $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+endif
+VENV ?= .venv
+PY_VERSION := $(shell $(WITH_PYENV) $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+STAMP := $(VENV)/.installed-py$(PY_VERSION)
+
+LISTEN_HOST ?= 127.0.0.1
+PROXY_PORT ?= 8080
+GATEWAY_PORT ?= 8764
+# Where gateway requests go until routing rewrites them; with lazy connections it is never
+# dialled for requests the addon answers or redirects.
+GATEWAY_UPSTREAM ?= https://api.openai.com
+CONFIG ?= config.yaml
+MITM_ARGS ?=
+
+# LiteLLM otherwise downloads its model price list at import time.
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+PROXY_ARGS = -s addon.py \
+	--listen-host $(LISTEN_HOST) \
+	--mode regular@$(PROXY_PORT) \
+	--mode reverse:$(GATEWAY_UPSTREAM)@$(GATEWAY_PORT) \
+	--set connection_strategy=lazy \
+	--set memory_routing_config=$(CONFIG) \
+	$(MITM_ARGS)
+
+.PHONY: help run web test venv lock clean
+
+help:
+	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
+	@echo "make web     the same under mitmweb (flows in the browser)"
+	@echo "make test    run the test suite"
+	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
+	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock
+	@if [ -z "$(PY_VERSION)" ]; then echo "No Python >= 3.11 found; pass PYTHON=/path/to/python3.x" >&2; exit 1; fi
+	@# A venv built by another interpreter version cannot be reused: start over.
+	@if [ -d $(VENV) ] && [ "$$($(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$(PY_VERSION)" ]; then \
+		echo "Recreating $(VENV) for Python $(PY_VERSION)"; rm -rf $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	@rm -f $(VENV)/.installed-py*
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/mitmdump $(PROXY_ARGS)
+
+web: $(STAMP)
+	$(VENV)/bin/mitmweb $(PROXY_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Maintainers only: resolves for Python 3.11 through the newest, mitmproxy and litellm together.
+lock:
+	$(PYTHON) -m venv .lock-tools
+	.lock-tools/bin/python -m pip install --quiet uv==0.13.9
+	.lock-tools/bin/uv pip compile pyproject.toml --extra test --universal --generate-hashes \
+		--python-version 3.11 --index-url https://pypi.org/simple -o requirements.lock
+
+clean:
+	rm -rf .venv .venv-py* .lock-tools .pytest_cache

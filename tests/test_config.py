@@ -1,0 +1,326 @@
+"""Config loading: good configs parse into typed objects; every bad one names file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from memory_routing.config import (
+    DEFAULT_SUPERMEMORY_BASE_URL,
+    ConfigError,
+    Secret,
+    load_config,
+    parse_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def parse(text: str, environ: dict[str, str] | None = None):
+    return parse_config(textwrap.dedent(text), "cfg.yaml", environ or {})
+
+
+def test_shipped_config_loads_with_no_keys_set():
+    config = load_config(ROOT / "config.yaml", environ={})
+    assert config.aliases == ("claude-sonnet-4.5", "claude-haiku-4.5", "gpt-4o", "gemini-2.5-pro")
+    assert config.memory.active is False
+    assert config.memory.api_key == Secret(value=None, env_var="SUPERMEMORY_API_KEY")
+    assert all(alias.api_key is None for alias in config.models)
+    assert config.user_id_mappings.custom_header == "x-memory-user-id"
+    assert config.user_id_mappings.default_user_id == "default-dev"
+
+
+def test_background_config_loads_unchanged():
+    env = {"ANTHROPIC_API_KEY": "sk-ant-test", "OPENAI_API_KEY": "sk-openai-test", "SUPERMEMORY_API_KEY": "sm-test"}
+    config = load_config(DATA / "background_config.yaml", environ=env)
+    assert config.aliases == ("claude-sonnet-4.5", "claude-sonnet-4.5-memory", "gpt-4o")
+    assert config.general.master_key == Secret(value="sk-1234", env_var=None)
+    memory_alias = config.model("claude-sonnet-4.5-memory")
+    assert memory_alias.api_base == "https://api.supermemory.ai/v3/https://api.anthropic.com"
+    assert memory_alias.extra_headers == (("x-supermemory-api-key", Secret("sm-test", "SUPERMEMORY_API_KEY")),)
+    assert config.model("gpt-4o").provider_hint == "openai"
+    assert config.model("claude-sonnet-4.5").provider_hint == "anthropic"
+    rules = config.user_id_mappings.header_patterns
+    assert [(r.header, r.pattern, r.user_id) for r in rules] == [
+        ("user-agent", "OpenAIClientImpl/Java", "pycharm-ai"),
+        ("user-agent", "Claude Code/.*", "claude-cli"),
+        ("user-agent", "vscode/.*", "vscode-copilot"),
+    ]
+    assert any("litellm_backend_url" in w for w in config.warnings)
+
+
+def test_env_references_resolve_at_every_depth():
+    config = parse(
+        """
+        model_list:
+          - model_name: a
+            litellm_params:
+              model: os.environ/MODEL
+              api_base: os.environ/BASE
+              api_key: os.environ/KEY
+              extra_headers:
+                x-supermemory-api-key: os.environ/SM
+                anthropic-beta: tools-2024
+              metadata:
+                tags: [os.environ/TAG, plain]
+                nested: {deep: os.environ/DEEP}
+        general_settings:
+          master_key: os.environ/MASTER
+          database_url: os.environ/DB
+        memory:
+          base_url: os.environ/SM_BASE
+        """,
+        {
+            "MODEL": "openai/gpt-4o", "BASE": "https://example.test/v1", "KEY": "k1", "SM": "s1",
+            "TAG": "t1", "DEEP": "d1", "MASTER": "m1", "DB": "db1", "SM_BASE": "https://sm.test/v3/",
+        },
+    )
+    alias = config.model("a")
+    assert alias.model == "openai/gpt-4o"
+    assert alias.api_base == "https://example.test/v1"
+    assert alias.api_key == Secret("k1", "KEY")
+    assert alias.extra_headers == (
+        ("x-supermemory-api-key", Secret("s1", "SM")),
+        ("anthropic-beta", Secret("tools-2024", None)),
+    )
+    assert alias.other_params["metadata"] == {"tags": ["t1", "plain"], "nested": {"deep": "d1"}}
+    assert alias.unset_env_vars == ()
+    assert config.general.master_key == Secret("m1", "MASTER")
+    assert config.general.other["database_url"] == "db1"
+    assert config.memory.base_url == "https://sm.test/v3"
+    assert config.warnings == ()
+
+
+def test_unset_env_var_is_a_warning_and_marks_the_alias():
+    config = parse(
+        """
+        model_list:
+          - model_name: a
+            litellm_params:
+              model: anthropic/claude-sonnet-4-5
+              api_key: os.environ/ANTHROPIC_API_KEY
+              extra_headers:
+                x-custom: os.environ/CUSTOM_HEADER
+        """
+    )
+    alias = config.model("a")
+    assert alias.api_key == Secret(None, "ANTHROPIC_API_KEY")
+    assert not alias.api_key.is_set
+    assert alias.unset_env_vars == ("ANTHROPIC_API_KEY", "CUSTOM_HEADER")
+    assert config.warnings == (
+        "cfg.yaml: model_list[0].litellm_params.api_key: environment variable ANTHROPIC_API_KEY is not set",
+        "cfg.yaml: model_list[0].litellm_params.extra_headers.x-custom: environment variable CUSTOM_HEADER is not set",
+    )
+
+
+def test_secrets_never_show_in_repr_or_str():
+    config = parse(
+        """
+        model_list:
+          - model_name: a
+            litellm_params: {model: gpt-4o, api_key: sk-inline-secret, extra_headers: {x-k: os.environ/K}}
+        memory: {api_key: sm-inline-secret}
+        general_settings: {master_key: master-inline-secret}
+        """,
+        {"K": "env-secret-value"},
+    )
+    text = repr(config) + str(config.model("a").api_key) + str(config.memory.api_key)
+    for secret in ("sk-inline-secret", "env-secret-value", "sm-inline-secret", "master-inline-secret"):
+        assert secret not in text
+
+
+def test_memory_section():
+    assert parse("memory: {api_key: os.environ/SM}", {"SM": "x"}).memory.active is True
+    assert parse("memory: {api_key: os.environ/SM, enabled: false}", {"SM": "x"}).memory.active is False
+    off = parse("memory: {api_key: os.environ/SM, enabled: true}")
+    assert off.memory.active is False
+    assert off.warnings[-1] == "cfg.yaml: memory.enabled: memory is enabled but memory.api_key is not set: memory stays off"
+    assert parse("{}").memory.base_url == DEFAULT_SUPERMEMORY_BASE_URL
+
+
+def test_defaults_and_case_insensitive_header_names():
+    config = parse(
+        """
+        user_id_mappings:
+          custom_header: X-Project-Id
+          header_patterns:
+            - {pattern: 'Foo', user_id: foo}
+            - {header: X-Client, pattern: 'Bar', user_id: bar}
+        """
+    )
+    mappings = config.user_id_mappings
+    assert mappings.custom_header == "x-project-id"
+    assert [r.header for r in mappings.header_patterns] == ["user-agent", "x-client"]
+    assert mappings.default_user_id == "default-dev"
+
+
+def test_duplicate_alias_keeps_first_and_warns():
+    config = parse(
+        """
+        model_list:
+          - {model_name: a, litellm_params: {model: gpt-4o}}
+          - {model_name: a, litellm_params: {model: gpt-4o-mini}}
+        """
+    )
+    assert config.model("a").model == "gpt-4o"
+    assert config.warnings == ("cfg.yaml: model_list[1].model_name: duplicate alias 'a': the first entry is used",)
+
+
+def test_unknown_top_level_section_is_a_warning():
+    config = parse("router_settings: {}\nsomething_else: 1\n")
+    assert config.warnings == ("cfg.yaml: something_else: unknown section, ignored",)
+
+
+def test_config_objects_are_frozen():
+    config = parse("model_list: [{model_name: a, litellm_params: {model: gpt-4o}}]")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model("a").model = "other"  # type: ignore[misc]
+
+
+BAD_CONFIGS = [
+    pytest.param(
+        """
+        user_id_mappings:
+          header_patterns:
+            - {header: user-agent, pattern: ok, user_id: a}
+            - {header: user-agent, pattern: 'a)', user_id: b}
+        """,
+        "cfg.yaml: user_id_mappings.header_patterns[1].pattern: invalid regex: unbalanced parenthesis at position 1",
+        id="invalid-regex",
+    ),
+    pytest.param("- a\n- b\n", "cfg.yaml: the top level must be a mapping, got list", id="top-level-list"),
+    pytest.param(
+        "model_list: {a: 1}", "cfg.yaml: model_list: must be a list, got dict", id="model-list-not-list"
+    ),
+    pytest.param(
+        "model_list: [{model_name: a}]", "cfg.yaml: model_list[0].litellm_params: required", id="no-litellm-params"
+    ),
+    pytest.param(
+        "model_list: [{litellm_params: {model: gpt-4o}}]",
+        "cfg.yaml: model_list[0].model_name: required",
+        id="no-model-name",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {api_key: x}}]",
+        "cfg.yaml: model_list[0].litellm_params.model: required: the provider model, e.g. anthropic/claude-sonnet-4-5",
+        id="no-model",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, api_base: 'ftp://x'}}]",
+        "cfg.yaml: model_list[0].litellm_params.api_base: must be an http:// or https:// URL, got 'ftp://x'",
+        id="bad-api-base",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, api_key: 12}}]",
+        "cfg.yaml: model_list[0].litellm_params.api_key: must be a string, got int",
+        id="api-key-not-string",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, api_key: \"sk\\nInjected: 1\"}}]",
+        "cfg.yaml: model_list[0].litellm_params.api_key: contains a line break or NUL, which cannot be sent in a header",
+        id="api-key-with-newline",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, api_key: os.environ/1BAD}}]",
+        "cfg.yaml: model_list[0].litellm_params.api_key: 'os.environ/1BAD' does not name a valid environment variable",
+        id="bad-env-var-name",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, extra_headers: {'bad header': x}}}]",
+        "cfg.yaml: model_list[0].litellm_params.extra_headers.bad header: not a valid HTTP header name",
+        id="bad-extra-header-name",
+    ),
+    pytest.param(
+        "model_list: [{model_name: a, litellm_params: {model: gpt-4o, extra_headers: [x]}}]",
+        "cfg.yaml: model_list[0].litellm_params.extra_headers: must be a mapping, got list",
+        id="extra-headers-not-mapping",
+    ),
+    pytest.param(
+        "user_id_mappings: {header_patterns: [{pattern: x, user_id: 'has space'}]}",
+        "cfg.yaml: user_id_mappings.header_patterns[0].user_id: invalid user id 'has space': "
+        "use 1-128 characters from A-Z a-z 0-9 . _ : @ -",
+        id="bad-pattern-user-id",
+    ),
+    pytest.param(
+        "user_id_mappings: {header_patterns: [{pattern: x}]}",
+        "cfg.yaml: user_id_mappings.header_patterns[0].user_id: required",
+        id="missing-pattern-user-id",
+    ),
+    pytest.param(
+        "user_id_mappings: {header_patterns: [{user_id: x}]}",
+        "cfg.yaml: user_id_mappings.header_patterns[0].pattern: required",
+        id="missing-pattern",
+    ),
+    pytest.param(
+        "user_id_mappings: {header_patterns: [{pattern: x, user_id: y, headr: user-agent}]}",
+        "cfg.yaml: user_id_mappings.header_patterns[0].headr: unknown key (expected one of: header, pattern, user_id)",
+        id="misspelt-pattern-key",
+    ),
+    pytest.param(
+        "user_id_mappings: {defualt_user_id: x}",
+        "cfg.yaml: user_id_mappings.defualt_user_id: unknown key "
+        "(expected one of: custom_header, default_user_id, header_patterns)",
+        id="misspelt-mappings-key",
+    ),
+    pytest.param(
+        "user_id_mappings: {custom_header: 'x memory'}",
+        "cfg.yaml: user_id_mappings.custom_header: not a valid HTTP header name: 'x memory'",
+        id="bad-custom-header",
+    ),
+    pytest.param(
+        "user_id_mappings: {default_user_id: ''}",
+        "cfg.yaml: user_id_mappings.default_user_id: invalid user id '': use 1-128 characters from A-Z a-z 0-9 . _ : @ -",
+        id="empty-default-user-id",
+    ),
+    pytest.param(
+        "user_id_mappings: {header_patterns: {pattern: x}}",
+        "cfg.yaml: user_id_mappings.header_patterns: must be a list, got dict",
+        id="patterns-not-list",
+    ),
+    pytest.param(
+        "memory: {enabled: 'yes please'}",
+        "cfg.yaml: memory.enabled: must be true or false, got 'yes please'",
+        id="memory-enabled-not-bool",
+    ),
+    pytest.param(
+        "memory: {base_url: 'api.supermemory.ai'}",
+        "cfg.yaml: memory.base_url: must be an http:// or https:// URL, got 'api.supermemory.ai'",
+        id="memory-base-url-no-scheme",
+    ),
+    pytest.param(
+        "memory: {apikey: x}",
+        "cfg.yaml: memory.apikey: unknown key (expected one of: api_key, base_url, enabled)",
+        id="misspelt-memory-key",
+    ),
+    pytest.param(
+        "model_list:\n  - model_name: a\n   litellm_params: {}\n",
+        "cfg.yaml: line 3, column 4: invalid YAML: expected <block end>, but found '<block mapping start>'",
+        id="invalid-yaml",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_CONFIGS)
+def test_bad_config_names_file_and_key_path(text: str, message: str):
+    with pytest.raises(ConfigError) as excinfo:
+        parse(text)
+    assert str(excinfo.value) == message
+
+
+def test_unreadable_file_names_the_file(tmp_path: Path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(missing)
+    assert str(excinfo.value) == f"{missing}: cannot read: No such file or directory"
+
+
+def test_non_utf8_file_names_the_file(tmp_path: Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"default_user_id: caf\xe9\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == f"{path}: not UTF-8 text: invalid continuation byte at byte 20"
