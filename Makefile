@@ -23,9 +23,9 @@ STAMP := $(VENV)/.installed-py$(PY_VERSION)
 LISTEN_HOST ?= 127.0.0.1
 PROXY_PORT ?= 8080
 GATEWAY_PORT ?= 8764
-# Where gateway requests go until routing rewrites them; with lazy connections it is never
-# dialled for requests the addon answers or redirects.
-GATEWAY_UPSTREAM ?= https://api.openai.com
+# mitmproxy's reverse mode needs a target, but the addon answers or reroutes every gateway
+# request, so it is never dialled; the reserved name makes any escape fail instead of leak.
+GATEWAY_UPSTREAM ?= http://memory-routing.localhost
 CONFIG ?= config.yaml
 MITM_ARGS ?=
 
@@ -40,12 +40,13 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test venv lock clean
+.PHONY: help run web test venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
 	@echo "make test    run the test suite"
+	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
 	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"
 
@@ -69,6 +70,9 @@ web: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+ca-bundle: $(STAMP)
+	$(VENV)/bin/python -m memory_routing.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))
 
 # Maintainers only: resolves for Python 3.11 through the newest, mitmproxy and litellm together.
 lock:

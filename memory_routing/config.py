@@ -79,6 +79,8 @@ class ModelAlias:
     # Environment variables this entry references that are unset: requests for the alias
     # are answered with an error naming them rather than sent half-configured.
     unset_env_vars: tuple[str, ...]
+    # Entry-level `memory: false` keeps this alias out of Supermemory even when memory is on.
+    memory: bool = True
 
     @property
     def provider_hint(self) -> str | None:
@@ -299,6 +301,9 @@ def _parse_model(ctx: _Context, raw: Any, path: str) -> ModelAlias:
     params = _mapping(ctx, entry.get("litellm_params"), f"{path}.litellm_params", required=True)
     params_path = f"{path}.litellm_params"
 
+    memory = entry.get("memory", True)
+    if not isinstance(memory, bool):
+        raise ctx.error(f"{path}.memory", f"must be true or false, got {memory!r}")
     api_key = _secret(ctx, params.get("api_key"), f"{params_path}.api_key")
     extra_headers = _parse_extra_headers(ctx, params.get("extra_headers"), f"{params_path}.extra_headers")
 
@@ -333,6 +338,7 @@ def _parse_model(ctx: _Context, raw: Any, path: str) -> ModelAlias:
         extra_headers=extra_headers,
         other_params=MappingProxyType(other),
         unset_env_vars=tuple(dict.fromkeys(unset)),
+        memory=memory,
     )
 
 

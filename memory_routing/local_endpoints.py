@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -17,7 +16,8 @@ from .local_bodies import (
     openai_models_body,
     routing_info_body,
 )
-from .protocol import ClientProtocol, detect_protocol, error_body
+from .protocol import ClientProtocol, detect_protocol
+from .responses import error_response, json_response
 from .routing_config import RoutingConfig
 
 # Through the forward proxy the endpoints live on this name. ".localhost" is reserved
@@ -31,18 +31,6 @@ MODELS_PATH = "/v1/models"
 
 def is_gateway(flow: http.HTTPFlow) -> bool:
     return isinstance(flow.client_conn.proxy_mode, ReverseMode)
-
-
-def json_response(status: int, payload: object | bytes, extra_headers: dict[str, str] | None = None) -> http.Response:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
-    headers = {"content-type": "application/json", "cache-control": "no-store"}
-    return http.Response.make(status, body, headers | (extra_headers or {}))
-
-
-def error_response(flow: http.HTTPFlow, status: int, message: str, *, retryable: bool = False) -> http.Response:
-    protocol = detect_protocol(flow.request.path, flow.request.headers)
-    extra = {} if retryable else {"x-should-retry": "false"}
-    return json_response(status, error_body(protocol, status, message), extra)
 
 
 class LocalEndpoints:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx
@@ -14,6 +15,7 @@ from mitmproxy import exceptions
 from .classify import Classifier
 from .config import ConfigError, ProxyConfig, load_config
 from .local_bodies import config_summary
+from .routing import llm_hosts
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class RoutingConfig:
         self.loaded_at: float = 0.0
         self.last_error: str | None = None
         self.summary: dict[str, object] = {}
+        self.llm_hosts: frozenset[str] = frozenset()
+        self._listeners: list[Callable[[], None]] = []
         self._path: str = ""
         self._stamp: _FileStamp | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -79,6 +83,10 @@ class RoutingConfig:
             self._watcher.cancel()
             self._watcher = None
 
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every successful (re)load."""
+        self._listeners.append(listener)
+
     def reload_if_changed(self) -> None:
         stamp = _stamp(self._path)
         if stamp == self._stamp:
@@ -97,12 +105,15 @@ class RoutingConfig:
     def _install(self, config: ProxyConfig, stamp: _FileStamp | None) -> None:
         self.config = config
         self.classifier = Classifier(config.user_id_mappings)
+        self.llm_hosts = llm_hosts(config)
         self.loaded_at = time.time()
         self.last_error = None
         self._stamp = stamp
         self._refresh_summary()
         for warning in config.warnings:
             logger.warning(warning)
+        for listener in self._listeners:
+            listener()
 
     def _refresh_summary(self) -> None:
         # Built once per load, not per request: /memory-routing/info serves it as is.

@@ -1,0 +1,205 @@
+"""Addon that routes model calls: classify, resolve, rewrite; stream the answer; log one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from .classify import InvalidUserId
+from .local_endpoints import is_gateway
+from .model_calls import ModelCall, parse_model_call
+from .responses import error_response, json_response
+from .routing import (
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_QUERY_PARAMS,
+    RequestFacts,
+    RoutePlanner,
+    RouteRefused,
+    RoutingDecision,
+    conversation_id_from,
+)
+from .routing_config import RoutingConfig
+from .usage import UsageMeter
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "memory_routing"
+# Claude Code posts its telemetry to the base URL; it wants a quick 2xx, not an error.
+QUIET_PATHS = frozenset({"/api/event_logging/batch"})
+# A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
+# event streams and chunked bodies stream through.
+BUFFER_LIMIT = 1024 * 1024
+
+
+@dataclass
+class _FlowRecord:
+    decision: RoutingDecision
+    stream: bool = False
+    first_body_byte_at: float | None = None
+    meter: UsageMeter | None = None
+    supermemory: dict[str, str] = field(default_factory=dict)
+
+    def tap(self, chunk: bytes) -> bytes:
+        """mitmproxy's per-chunk stream callback: note timing and usage, pass the bytes on."""
+        if chunk and self.first_body_byte_at is None:
+            self.first_body_byte_at = time.time()
+        if self.meter is not None:
+            self.meter.feed(chunk)
+        return chunk
+
+
+class ModelRouter:
+    def __init__(self, routing: RoutingConfig, planner: RoutePlanner) -> None:
+        self.routing = routing
+        self.planner = planner
+        self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        on_gateway = is_gateway(flow)
+        if not on_gateway and flow.request.host.lower() not in self.routing.llm_hosts:
+            return
+        call = parse_model_call(flow.request.method, flow.request.path)
+        if call is None:
+            if on_gateway:
+                flow.response = self._answer_non_model_call(flow)
+            return
+        try:
+            decision, payload = self._decide(flow, call, on_gateway)
+            self._apply(flow, decision, payload)
+        except InvalidUserId as e:
+            flow.response = error_response(flow, 400, str(e))
+        except RouteRefused as e:
+            logger.info(f"memory-routing: refused {flow.request.method} {flow.request.path}: {e.message}")
+            flow.response = error_response(flow, e.status, e.message, param=e.param)
+        except Exception:
+            # Fail closed: a half-rewritten request must never leave the proxy.
+            logger.exception("memory-routing: internal error while routing")
+            flow.response = error_response(
+                flow, 500, "the proxy failed to route this request; its log has the details", retryable=True
+            )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = self._records.get(flow)
+        if record is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        record.supermemory = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-supermemory-")}
+        event_stream = headers.get("content-type", "").startswith("text/event-stream")
+        length = headers.get("content-length")
+        if event_stream or length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
+            record.stream = True
+            # Compressed streams are passed on as they are; their usage is not read.
+            record.meter = None if headers.get("content-encoding") else UsageMeter(event_stream)
+            flow.response.stream = record.tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        record = self._records.pop(flow, None)
+        if record is None or flow.response is None:
+            return
+        if record.meter is None and not record.stream and flow.response.raw_content is not None:
+            record.meter = UsageMeter(event_stream=False)
+            record.meter.feed(flow.response.content or b"")
+        self._log(flow, record, status=flow.response.status_code, error=None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        record = self._records.pop(flow, None)
+        if record is not None:
+            self._log(flow, record, status=None, error=flow.error.msg if flow.error else "unknown")
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _decide(self, flow: http.HTTPFlow, call: ModelCall, on_gateway: bool) -> tuple[RoutingDecision, dict | None]:
+        config, classifier = self.routing.config, self.routing.classifier
+        assert config is not None and classifier is not None
+        identity = classifier.classify(flow.request.headers)
+        payload: dict[str, Any] | None = None
+        if call.path_model is not None:
+            model = call.path_model
+        else:
+            payload = _json_body(flow)
+            model = payload.get("model")
+            if not isinstance(model, str) or not model:
+                raise RouteRefused(400, 'the request body has no "model"', param="model")
+        request = flow.request
+        facts = RequestFacts(
+            call=call,
+            requested_model=model,
+            on_gateway=on_gateway,
+            original_url=request.url,
+            has_client_credentials=any(h in request.headers for h in CREDENTIAL_HEADERS)
+            or any(p in request.query for p in CREDENTIAL_QUERY_PARAMS),
+            conversation_id=conversation_id_from(request.headers.get),
+        )
+        return self.planner.plan(config, identity, facts), payload
+
+    def _apply(self, flow: http.HTTPFlow, decision: RoutingDecision, payload: dict | None) -> None:
+        request = flow.request
+        for name in decision.remove_headers:
+            request.headers.pop(name, None)
+        # x-sm-* headers are the memory router's: only the proxy's own values may reach it.
+        for name in [name for name in request.headers if name.lower().startswith("x-sm-")]:
+            request.headers.pop(name, None)
+        if decision.body_model is not None and payload is not None:
+            payload["model"] = decision.body_model
+            request.content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        request.url = decision.upstream_url
+        for name, value in decision.set_headers:
+            request.headers[name] = value
+        flow.metadata[METADATA_KEY] = decision.summary()
+        flow.comment = decision.describe()
+        self._records[flow] = _FlowRecord(decision)
+
+    def _answer_non_model_call(self, flow: http.HTTPFlow) -> http.Response:
+        path = flow.request.path.split("?", 1)[0]
+        if path in QUIET_PATHS:
+            return json_response(200, {})
+        return error_response(
+            flow,
+            404,
+            f"{flow.request.method} {path} is not a model call this gateway serves "
+            "(POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings, /v1/messages, "
+            "/v1/messages/count_tokens, /v1beta/models/{model}:generateContent)",
+        )
+
+    def _log(self, flow: http.HTTPFlow, record: _FlowRecord, status: int | None, error: str | None) -> None:
+        request, response = flow.request, flow.response
+        started = request.timestamp_start
+        first_byte = record.first_body_byte_at or (response.timestamp_start if response else None)
+        ended = (response.timestamp_end if response else None) or time.time()
+        usage = record.meter.finish() if record.meter else None
+        line = {
+            **record.decision.summary(),
+            "status": status,
+            "stream": record.stream,
+            "latency_ms": round((ended - started) * 1000, 1),
+            "ttfb_ms": round((first_byte - started) * 1000, 1) if first_byte else None,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+        }
+        line.pop("headers_set", None)
+        if record.supermemory:
+            line["supermemory"] = record.supermemory
+            flow.metadata[METADATA_KEY] = {**flow.metadata.get(METADATA_KEY, {}), "supermemory": record.supermemory}
+        if error:
+            line["error"] = error
+        logger.info("memory-routing: routed " + json.dumps(line, separators=(",", ":")))
+
+
+def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:
+    try:
+        payload = json.loads(flow.request.get_content(strict=False) or b"")
+    except ValueError as e:
+        raise RouteRefused(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise RouteRefused(400, "the request body must be a JSON object")
+    return payload

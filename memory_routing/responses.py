@@ -1,0 +1,24 @@
+"""Answers the proxy makes itself, as mitmproxy responses in the client's own dialect."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from .protocol import detect_protocol, error_body
+
+
+def json_response(status: int, payload: object | bytes, extra_headers: dict[str, str] | None = None) -> http.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
+    headers = {"content-type": "application/json", "cache-control": "no-store"}
+    return http.Response.make(status, body, headers | (extra_headers or {}))
+
+
+def error_response(
+    flow: http.HTTPFlow, status: int, message: str, *, param: str | None = None, retryable: bool = False
+) -> http.Response:
+    """An error in the shape the client's SDK parses; ``x-should-retry: false`` unless retryable."""
+    protocol = detect_protocol(flow.request.path, flow.request.headers)
+    extra = {} if retryable else {"x-should-retry": "false"}
+    return json_response(status, error_body(protocol, status, message, param=param), extra)

@@ -1,0 +1,266 @@
+"""Decide where one model call goes and what changes on the way: the routing decision.
+
+No mitmproxy imports: the decision is computed from plain values, and the router addon
+applies it to the flow.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from .classify import ClientIdentity
+from .config import ModelAlias, ProxyConfig
+from .model_calls import OPENAI_COMPAT_ENDPOINTS, ModelCall, upstream_path
+from .protocol import ClientProtocol
+from .providers import ProviderResolver, ProviderRoute, UnresolvableModel, UnsupportedProvider
+
+# Hosts whose model calls are routed in forward-proxy mode, besides every host the config names.
+KNOWN_LLM_HOSTS: dict[str, str] = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+    "api.supermemory.ai": "supermemory",
+}
+# Headers that carry a client's provider credentials.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+CREDENTIAL_QUERY_PARAMS = ("key",)
+SUPERMEMORY_KEY_HEADER = "x-supermemory-api-key"
+USER_ID_HEADER = "x-sm-user-id"
+CONVERSATION_ID_HEADER = "x-sm-conversation-id"
+# Where clients say which conversation a request belongs to; the first one present wins.
+CONVERSATION_SOURCE_HEADERS = ("x-memory-conversation-id", "x-claude-code-session-id")
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+class RouteRefused(Exception):
+    """The request cannot be routed; answer the client with this status and message."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    user_id: str
+    rule: str
+    requested_model: str
+    alias: str | None
+    provider: str
+    provider_model: str
+    provider_url: str  # where the provider serves this call
+    upstream_url: str  # where the proxy sends it: provider_url, or Supermemory's router form
+    memory: bool
+    body_model: str | None  # the model to write into the JSON body, None to leave the body alone
+    remove_headers: tuple[str, ...]
+    remove_query_params: tuple[str, ...]
+    # Header values include credentials: kept out of repr, logs and flow metadata.
+    set_headers: tuple[tuple[str, str], ...] = field(repr=False)
+
+    def summary(self) -> dict[str, object]:
+        """What may be shown: no header values, no query string (it may hold a key)."""
+        return {
+            "user_id": self.user_id,
+            "rule": self.rule,
+            "requested_model": self.requested_model,
+            "alias": self.alias,
+            "provider": self.provider,
+            "provider_model": self.provider_model,
+            "upstream_url": loggable_url(self.upstream_url),
+            "memory": self.memory,
+            "headers_set": [name for name, _ in self.set_headers],
+        }
+
+    def describe(self) -> str:
+        alias = f"{self.alias} → " if self.alias else ""
+        return (
+            f"user {self.user_id} ({self.rule}); {alias}{self.provider}/{self.provider_model}; "
+            f"{'memory on' if self.memory else 'memory off'}; {loggable_url(self.upstream_url)}"
+        )
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the router knows about the incoming request."""
+
+    call: ModelCall
+    requested_model: str
+    on_gateway: bool
+    original_url: str  # as the client addressed it (forward mode); the gateway's URL otherwise
+    has_client_credentials: bool
+    conversation_id: str | None
+
+
+class RoutePlanner:
+    def __init__(self, resolver: ProviderResolver) -> None:
+        self.resolver = resolver
+
+    def plan(self, config: ProxyConfig, identity: ClientIdentity, facts: RequestFacts) -> RoutingDecision:
+        alias = config.model(facts.requested_model)
+        if alias is None and not facts.on_gateway:
+            # The client addressed a provider itself: keep its destination.
+            return self._decide(config, identity, facts, None, None, facts.original_url)
+        route = self._resolve(config, alias, facts)
+        base = route.base_for(facts.call.protocol)
+        if base is None or not _compat_layer_serves(route, facts.call):
+            raise RouteRefused(400, _needs_translation(facts, route), param="model")
+        provider_url = base + upstream_path(facts.call, route.provider_model)
+        if facts.call.query:
+            provider_url += "?" + facts.call.query
+        return self._decide(config, identity, facts, alias, route, provider_url)
+
+    def _resolve(self, config: ProxyConfig, alias: ModelAlias | None, facts: RequestFacts) -> ProviderRoute:
+        if alias is not None and alias.unset_env_vars:
+            names = ", ".join(alias.unset_env_vars)
+            raise RouteRefused(
+                500, f"model {alias.model_name!r} needs the environment variable(s) {names}, "
+                f"which are not set where the proxy runs"
+            )
+        try:
+            if alias is not None:
+                return self.resolver.resolve(
+                    alias.model,
+                    custom_llm_provider=alias.custom_llm_provider,
+                    api_base=alias.api_base,
+                    client_protocol=facts.call.protocol,
+                )
+            return self.resolver.resolve(facts.requested_model, client_protocol=facts.call.protocol)
+        except UnresolvableModel:
+            aliases = ", ".join(config.aliases) or "none configured"
+            raise RouteRefused(
+                404,
+                f"model {facts.requested_model!r} is neither a configured alias ({aliases}) "
+                f"nor a model LiteLLM can place; prefix it with its provider, e.g. openai/{facts.requested_model}",
+                param="model",
+            ) from None
+        except UnsupportedProvider as e:
+            raise RouteRefused(400, str(e), param="model") from None
+
+    def _decide(
+        self,
+        config: ProxyConfig,
+        identity: ClientIdentity,
+        facts: RequestFacts,
+        alias: ModelAlias | None,
+        route: ProviderRoute | None,
+        provider_url: str,
+    ) -> RoutingDecision:
+        provider_host = urlsplit(provider_url).hostname or ""
+        memory_settings = config.memory
+        already_via_router = provider_url.startswith(memory_settings.base_url + "/")
+        use_memory = (
+            memory_settings.active and not already_via_router and (alias is None or alias.memory)
+        )
+        key = alias.api_key if alias is not None and alias.api_key and alias.api_key.is_set else None
+
+        set_headers: list[tuple[str, str]] = []
+        remove_headers: list[str] = [config.user_id_mappings.custom_header]
+        remove_query: list[str] = []
+        if key is not None:
+            remove_headers.extend(CREDENTIAL_HEADERS)
+            remove_query.extend(CREDENTIAL_QUERY_PARAMS)
+            set_headers.append(_auth_header(facts.call.protocol, key.value or ""))
+        elif facts.has_client_credentials and not facts.on_gateway:
+            original_host = urlsplit(facts.original_url).hostname or ""
+            if original_host != provider_host:
+                raise RouteRefused(
+                    400,
+                    f"model {facts.requested_model!r} is served by {provider_host}, but the config names no "
+                    f"api_key for it; the proxy will not send credentials meant for {original_host} there",
+                    param="model",
+                )
+        if alias is not None:
+            set_headers.extend((name, secret.value or "") for name, secret in alias.extra_headers)
+        provider_url = strip_query_params(provider_url, tuple(remove_query))
+
+        memory_key = memory_settings.api_key.value if memory_settings.api_key else None
+        if use_memory and memory_key:
+            upstream_url = f"{memory_settings.base_url}/{provider_url}"
+            remove_headers.append(SUPERMEMORY_KEY_HEADER)
+            set_headers.append((SUPERMEMORY_KEY_HEADER, memory_key))
+        else:
+            upstream_url = provider_url
+            if already_via_router and memory_key and not _names(set_headers, SUPERMEMORY_KEY_HEADER):
+                set_headers.append((SUPERMEMORY_KEY_HEADER, memory_key))
+        set_headers.append((USER_ID_HEADER, identity.user_id))
+        if facts.conversation_id:
+            set_headers.append((CONVERSATION_ID_HEADER, facts.conversation_id))
+
+        provider_model = route.provider_model if route else facts.requested_model
+        body_model = None
+        if route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
+            body_model = provider_model
+        return RoutingDecision(
+            user_id=identity.user_id,
+            rule=identity.describe(),
+            requested_model=facts.requested_model,
+            alias=alias.model_name if alias else None,
+            provider=route.provider if route else KNOWN_LLM_HOSTS.get(provider_host, provider_host),
+            provider_model=provider_model,
+            provider_url=provider_url,
+            upstream_url=upstream_url,
+            memory=use_memory or already_via_router,
+            body_model=body_model,
+            remove_headers=tuple(dict.fromkeys(remove_headers)),
+            remove_query_params=tuple(remove_query),
+            set_headers=tuple(set_headers),
+        )
+
+
+def llm_hosts(config: ProxyConfig) -> frozenset[str]:
+    """Hosts whose model calls are routed in forward mode: the known APIs and every configured one."""
+    urls = [alias.api_base for alias in config.models if alias.api_base] + [config.memory.base_url]
+    configured = {urlsplit(url).hostname for url in urls}
+    return frozenset(KNOWN_LLM_HOSTS) | {host.lower() for host in configured if host}
+
+
+def conversation_id_from(get_header) -> str | None:
+    """The client's conversation id, if it sent a usable one (an unusable one is ignored)."""
+    for name in CONVERSATION_SOURCE_HEADERS:
+        value = get_header(name)
+        if value and _CONVERSATION_ID.fullmatch(value.strip()):
+            return value.strip()
+    return None
+
+
+def strip_query_params(url: str, names: tuple[str, ...]) -> str:
+    if not names or "?" not in url:
+        return url
+    base, _, query = url.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in names]
+    return f"{base}?{urlencode(kept)}" if kept else base
+
+
+def _auth_header(protocol: ClientProtocol, key: str) -> tuple[str, str]:
+    if protocol is ClientProtocol.ANTHROPIC:
+        return ("x-api-key", key)
+    if protocol is ClientProtocol.GEMINI:
+        return ("x-goog-api-key", key)
+    return ("authorization", f"Bearer {key}")
+
+
+def _compat_layer_serves(route: ProviderRoute, call: ModelCall) -> bool:
+    if call.protocol is not ClientProtocol.OPENAI or route.native_protocol is ClientProtocol.OPENAI:
+        return True
+    return call.endpoint in OPENAI_COMPAT_ENDPOINTS.get(route.provider, frozenset())
+
+
+def _needs_translation(facts: RequestFacts, route: ProviderRoute) -> str:
+    return (
+        f"model {facts.requested_model!r} is served by {route.provider}, which has no "
+        f"{facts.call.protocol.value}-format {facts.call.endpoint.value} endpoint; translating between "
+        f"the two formats is not supported yet (see README, 'Protocols')"
+    )
+
+
+def _names(headers: list[tuple[str, str]], name: str) -> bool:
+    return any(n.lower() == name for n, _ in headers)
+
+
+def loggable_url(url: str) -> str:
+    """A URL fit for logs: credential query parameters (Gemini's ?key=) removed."""
+    return strip_query_params(url, CREDENTIAL_QUERY_PARAMS)

@@ -1,0 +1,253 @@
+"""A local stand-in for the LLM APIs: OpenAI, Anthropic, Gemini, and Supermemory's router form.
+
+It records every request (with the connection it came on) and answers in each API's own
+shape, JSON or server-sent events. Tests can hold a stream after its first event until they
+release it, to prove that events reach the client while the upstream is still sending.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+GATE_TIMEOUT_SECONDS = 20.0
+SUPERMEMORY_PREFIX = "/v3/"
+USAGE_IN, USAGE_OUT = 11, 7
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    connection: int
+    via_supermemory: bool
+    api_path: str  # the provider path (inside the Supermemory URL when wrapped)
+    api_host: str | None  # the provider host named inside a Supermemory URL
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeUpstream:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    connections: int = 0
+    # When set, streams pause after the first event until release() (bounded).
+    hold_streams: bool = False
+    _gate: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    def start(self) -> FakeUpstream:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.fake = self  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.connections = 0
+        self.hold_streams = False
+        self._gate.clear()
+
+    def last(self) -> RecordedRequest:
+        with self._lock:
+            return self.requests[-1]
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _new_connection(self) -> int:
+        with self._lock:
+            self.connections += 1
+            return next(self._ids)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ThreadingHTTPServer
+
+    @property
+    def fake(self) -> FakeUpstream:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection_id = self.fake._new_connection()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        path, host, via_supermemory = self.path, None, False
+        if path.startswith(SUPERMEMORY_PREFIX + "http"):
+            inner = urlsplit(path[len(SUPERMEMORY_PREFIX):])
+            path = inner.path + (f"?{inner.query}" if inner.query else "")
+            host, via_supermemory = inner.netloc, True
+        self.fake._record(
+            RecordedRequest(
+                method="POST",
+                path=self.path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+                connection=self.connection_id,
+                via_supermemory=via_supermemory,
+                api_path=path,
+                api_host=host,
+            )
+        )
+        extra = {"x-supermemory-conversation-id": "conv-fake", "x-supermemory-context-tokens": "42"} if via_supermemory else {}
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            self._json(400, {"error": {"message": "bad json"}}, extra)
+            return
+        route = path.split("?", 1)[0]
+        model = payload.get("model", "")
+        stream = bool(payload.get("stream"))
+        if route.endswith("/chat/completions"):
+            if stream:
+                self._sse(_openai_chat_events(model), extra)
+            else:
+                self._json(200, _openai_chat(model), extra)
+        elif route.endswith("/responses"):
+            self._json(200, {"id": "resp_1", "object": "response", "model": model, "output": [],
+                             "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT, "total_tokens": 18}}, extra)
+        elif route.endswith("/embeddings"):
+            self._json(200, {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                             "usage": {"prompt_tokens": USAGE_IN, "total_tokens": USAGE_IN}}, extra)
+        elif route.endswith("/completions"):
+            self._json(200, {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+                             "choices": [{"text": "ok", "index": 0, "finish_reason": "stop", "logprobs": None}],
+                             "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": 18}}, extra)
+        elif route == "/v1/messages/count_tokens":
+            self._json(200, {"input_tokens": USAGE_IN}, extra)
+        elif route == "/v1/messages":
+            if stream:
+                self._sse(_anthropic_events(model), extra)
+            else:
+                self._json(200, _anthropic_message(model), extra)
+        elif m := re.match(r"^/(v1|v1beta)/models/([^/:]+):(generateContent|streamGenerateContent)$", route):
+            if m.group(3) == "streamGenerateContent":
+                self._sse(_gemini_events(m.group(2)), extra)
+            else:
+                self._json(200, _gemini_answer(m.group(2), "Hello from Gemini"), extra)
+        else:
+            self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
+
+    def _json(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _sse(self, events: list[tuple[str | None, Any]], extra: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        for index, (event, data) in enumerate(events):
+            text = (f"event: {event}\n" if event else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+            self._chunk(text.encode())
+            if index == 0 and self.fake.hold_streams:
+                self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _openai_chat(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from OpenAI"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT},
+    }
+
+
+def _openai_chat_events(model: str) -> list[tuple[str | None, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> dict[str, Any]:
+        return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+                **({"usage": usage} if usage else {})}
+
+    return [
+        (None, chunk({"role": "assistant", "content": "Hel"})),
+        (None, chunk({"content": "lo"})),
+        (None, chunk({}, "stop")),
+        (None, chunk({}, usage={"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": 18})),
+        (None, "[DONE]"),
+    ]
+
+
+def _anthropic_message(model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello from Claude"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT},
+    }
+
+
+def _anthropic_events(model: str) -> list[tuple[str | None, Any]]:
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
+    return [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from Claude"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": USAGE_OUT}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def _gemini_answer(model: str, text: str, usage: bool = True) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+        "modelVersion": model,
+    }
+    if usage:
+        answer["usageMetadata"] = {"promptTokenCount": USAGE_IN, "candidatesTokenCount": USAGE_OUT, "totalTokenCount": 18}
+    return answer
+
+
+def _gemini_events(model: str) -> list[tuple[str | None, Any]]:
+    return [(None, _gemini_answer(model, "Hello", usage=False)), (None, _gemini_answer(model, " from Gemini"))]
