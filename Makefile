@@ -40,12 +40,13 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test venv ca-bundle lock clean
+.PHONY: help run web test bench venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
 	@echo "make test    run the test suite"
+	@echo "make bench   direct vs bare mitmdump vs the addon, as ratios (about five minutes)"
 	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
 	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"
@@ -70,6 +71,10 @@ web: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Wall-clock figures plus callgrind instruction counts (needs valgrind; skipped without it).
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 ca-bundle: $(STAMP)
 	$(VENV)/bin/python -m memory_routing.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))

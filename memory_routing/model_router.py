@@ -9,9 +9,13 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from mitmproxy import ctx
+from mitmproxy import exceptions
 from mitmproxy import http
 
 from .classify import InvalidUserId
+from .flow_log import FlowLog
+from .headers import HeaderIndex
 from .local_endpoints import is_gateway
 from .model_calls import ModelCall, parse_model_call
 from .responses import error_response, json_response
@@ -40,6 +44,7 @@ BUFFER_LIMIT = 1024 * 1024
 @dataclass
 class _FlowRecord:
     decision: RoutingDecision
+    summary: dict[str, object]
     stream: bool = False
     first_body_byte_at: float | None = None
     meter: UsageMeter | None = None
@@ -59,6 +64,28 @@ class ModelRouter:
         self.routing = routing
         self.planner = planner
         self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
+        self.flow_log = FlowLog()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "memory_routing_flow_log",
+            str,
+            "-",
+            """
+            Where the one-line JSON record of each routed flow goes: "-" for stderr, a file path
+            to append to, or an empty string for none.
+            """,
+        )
+
+    def configure(self, updated) -> None:
+        if "memory_routing_flow_log" in updated:
+            try:
+                self.flow_log.open(ctx.options.memory_routing_flow_log)
+            except OSError as e:
+                raise exceptions.OptionsError(f"memory_routing_flow_log: cannot open: {e}") from None
+
+    def done(self) -> None:
+        self.flow_log.close()
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -92,14 +119,22 @@ class ModelRouter:
         record = self._records.get(flow)
         if record is None or flow.response is None:
             return
-        headers = flow.response.headers
-        record.supermemory = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-supermemory-")}
-        event_stream = headers.get("content-type", "").startswith("text/event-stream")
-        length = headers.get("content-length")
-        if event_stream or length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
+        content_type = length = encoding = b""
+        for name, value in flow.response.headers.fields:
+            lowered = name.lower()
+            if lowered.startswith(b"x-supermemory-"):
+                record.supermemory[lowered.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
+            elif lowered == b"content-type":
+                content_type = value
+            elif lowered == b"content-length":
+                length = value
+            elif lowered == b"content-encoding":
+                encoding = value
+        event_stream = content_type.startswith(b"text/event-stream")
+        if event_stream or not length.isdigit() or int(length) > BUFFER_LIMIT:
             record.stream = True
             # Compressed streams are passed on as they are; their usage is not read.
-            record.meter = None if headers.get("content-encoding") else UsageMeter(event_stream)
+            record.meter = None if encoding else UsageMeter(event_stream)
             flow.response.stream = record.tap
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -121,43 +156,67 @@ class ModelRouter:
     def _decide(self, flow: http.HTTPFlow, call: ModelCall, on_gateway: bool) -> tuple[RoutingDecision, dict | None]:
         config, classifier = self.routing.config, self.routing.classifier
         assert config is not None and classifier is not None
-        identity = classifier.classify(flow.request.headers)
+        request = flow.request
+        headers = HeaderIndex(request.headers.fields)
+        identity = classifier.classify(headers)
         payload: dict[str, Any] | None = None
         if call.path_model is not None:
             model = call.path_model
         else:
-            payload = _json_body(flow)
+            payload = _json_body(request, headers)
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise RouteRefused(400, 'the request body has no "model"', param="model")
-        request = flow.request
         facts = RequestFacts(
             call=call,
             requested_model=model,
             on_gateway=on_gateway,
-            original_url=request.url,
-            has_client_credentials=any(h in request.headers for h in CREDENTIAL_HEADERS)
-            or any(p in request.query for p in CREDENTIAL_QUERY_PARAMS),
-            conversation_id=conversation_id_from(request.headers.get),
+            original_url="" if on_gateway else request.url,
+            has_client_credentials=any(h in headers for h in CREDENTIAL_HEADERS)
+            or ("?" in request.path and any(p in request.query for p in CREDENTIAL_QUERY_PARAMS)),
+            conversation_id=conversation_id_from(headers.get),
         )
         return self.planner.plan(config, identity, facts), payload
 
     def _apply(self, flow: http.HTTPFlow, decision: RoutingDecision, payload: dict | None) -> None:
         request = flow.request
-        for name in decision.remove_headers:
-            request.headers.pop(name, None)
-        # x-sm-* headers are the memory router's: only the proxy's own values may reach it.
-        for name in [name for name in request.headers if name.lower().startswith("x-sm-")]:
-            request.headers.pop(name, None)
+        target = decision.upstream
+        dropped = decision.dropped_header_names
+        added = decision.added_header_fields
+        plain_http1 = not (request.is_http2 or request.is_http3)
+        if plain_http1:
+            dropped = dropped | {b"host"}
+            added = added + ((b"host", target.host_header.encode()),)
+        body = None
         if decision.body_model is not None and payload is not None:
             payload["model"] = decision.body_model
-            request.content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        request.url = decision.upstream_url
-        for name, value in decision.set_headers:
-            request.headers[name] = value
-        flow.metadata[METADATA_KEY] = decision.summary()
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields}:
+                # The whole body is in hand: send it with a plain content-length, chunked or not.
+                dropped = dropped | {b"content-length", b"transfer-encoding"}
+                added = added + ((b"content-length", str(len(body)).encode()),)
+        # One pass over the raw fields rather than a setter call per header. x-sm-* headers are
+        # the memory router's: only the proxy's own values may reach it.
+        request.headers.fields = tuple(
+            (name, value) for name, value in request.headers.fields
+            if (lowered := name.lower()) not in dropped and not lowered.startswith(b"x-sm-")
+        ) + added
+        if body is not None:
+            if b"content-length" in dropped:
+                request.raw_content = body
+            else:  # an encoded body: mitmproxy's setter re-encodes it
+                request.content = body
+        # Set as one unit: the attribute setters would rewrite the Host header three times.
+        request.data.scheme = target.scheme.encode()
+        request.data.host = target.host
+        request.data.port = target.port
+        request.data.path = target.path.encode()
+        if not plain_http1:
+            request.host_header = target.host_header
+        record = _FlowRecord(decision, decision.summary())
+        flow.metadata[METADATA_KEY] = record.summary
         flow.comment = decision.describe()
-        self._records[flow] = _FlowRecord(decision)
+        self._records[flow] = record
 
     def _answer_non_model_call(self, flow: http.HTTPFlow) -> http.Response:
         path = flow.request.path.split("?", 1)[0]
@@ -178,7 +237,7 @@ class ModelRouter:
         ended = (response.timestamp_end if response else None) or time.time()
         usage = record.meter.finish() if record.meter else None
         line = {
-            **record.decision.summary(),
+            **record.summary,
             "status": status,
             "stream": record.stream,
             "latency_ms": round((ended - started) * 1000, 1),
@@ -192,12 +251,17 @@ class ModelRouter:
             flow.metadata[METADATA_KEY] = {**flow.metadata.get(METADATA_KEY, {}), "supermemory": record.supermemory}
         if error:
             line["error"] = error
-        logger.info("memory-routing: routed " + json.dumps(line, separators=(",", ":")))
+        try:
+            self.flow_log.write(line)
+        except OSError as e:  # a full disk must not take the proxy down
+            logger.warning(f"memory-routing: cannot write the flow log: {e}")
 
 
-def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:
+def _json_body(request: http.Request, headers: HeaderIndex) -> dict[str, Any]:
+    # Without a content-encoding the raw bytes are the body: skip mitmproxy's decoding layer.
+    body = request.raw_content if "content-encoding" not in headers else request.get_content(strict=False)
     try:
-        payload = json.loads(flow.request.get_content(strict=False) or b"")
+        payload = json.loads(body or b"")
     except ValueError as e:
         raise RouteRefused(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):

@@ -6,6 +6,7 @@ applies it to the flow.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -45,6 +46,31 @@ class RouteRefused(Exception):
 
 
 @dataclass(frozen=True)
+class UpstreamTarget:
+    """The upstream URL split the way mitmproxy's request attributes want it."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def host_header(self) -> str:
+        default_port = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default_port else f"{host}:{self.port}"
+
+    @classmethod
+    @functools.lru_cache(maxsize=1024)  # the same few upstream URLs, request after request
+    def from_url(cls, url: str) -> UpstreamTarget:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        port = parts.port or (443 if scheme == "https" else 80)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return cls(scheme, parts.hostname or "", port, path)
+
+
+@dataclass(frozen=True)
 class RoutingDecision:
     user_id: str
     rule: str
@@ -60,6 +86,18 @@ class RoutingDecision:
     remove_query_params: tuple[str, ...]
     # Header values include credentials: kept out of repr, logs and flow metadata.
     set_headers: tuple[tuple[str, str], ...] = field(repr=False)
+    # Derived once, for the router's single pass over the request: the split upstream URL,
+    # every header name to drop (removed or replaced), and the headers to add as raw fields.
+    upstream: UpstreamTarget = field(init=False, repr=False, compare=False)
+    dropped_header_names: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    added_header_fields: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        added = tuple((name.encode(), value.encode()) for name, value in self.set_headers)
+        dropped = {name.lower().encode() for name in self.remove_headers} | {name.lower() for name, _ in added}
+        object.__setattr__(self, "upstream", UpstreamTarget.from_url(self.upstream_url))
+        object.__setattr__(self, "dropped_header_names", frozenset(dropped))
+        object.__setattr__(self, "added_header_fields", added)
 
     def summary(self) -> dict[str, object]:
         """What may be shown: no header values, no query string (it may hold a key)."""

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anthropic
@@ -35,6 +35,7 @@ CLIENT_ANTHROPIC_KEY = "sk-ant-client-0006"
 CLAUDE_CODE_UA = "claude-cli/2.1.0 (external, cli)"
 JETBRAINS_UA = "OpenAIClientImpl/Java 2.8.1"
 WAIT = 20
+STREAM_WAIT = 10  # well below the fake upstream's own gate timeout
 
 
 def routing_config(fake_url: str) -> dict:
@@ -97,6 +98,27 @@ def log_line_for(proxy: RunningProxy, **match: object) -> dict:
     raise AssertionError(f"no routed log line with {match}:\n{proxy.log()[-3000:]}")
 
 
+def read_while_upstream_holds(upstream: FakeUpstream, read: Callable[[list], None]) -> list:
+    """Run ``read(received)`` in a thread while the fake holds every stream after its first
+    event; fail unless something reached the client before the upstream was released.
+    Returns what was received by the time of the release, and the whole at the end."""
+    upstream.hold_streams = True
+    received: list = []
+    reader = threading.Thread(target=read, args=(received,), daemon=True)
+    reader.start()
+    try:
+        for _ in range(STREAM_WAIT * 20):
+            if received or not reader.is_alive():
+                break
+            threading.Event().wait(0.05)
+        assert received, "no event reached the client while the upstream held its stream"
+        before_release = list(received)
+    finally:
+        upstream.release()
+        reader.join(WAIT)
+    return [before_release, received]
+
+
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "--silent", "--show-error", "--max-time", str(WAIT), *args],
                           capture_output=True, text=True, timeout=WAIT + 10, check=True)
@@ -122,29 +144,15 @@ def test_openai_sdk_on_gateway_alias(proxy: RunningProxy, upstream: FakeUpstream
 
 
 def test_openai_sdk_streams_before_upstream_finishes(proxy: RunningProxy, upstream: FakeUpstream):
-    upstream.hold_streams = True
-    first_event = threading.Event()
-    texts: list[str] = []
-
-    def consume() -> None:
+    def read(texts: list) -> None:
         stream = gateway_openai(proxy).chat.completions.create(
             model="gpt-alias", messages=[{"role": "user", "content": "hi"}], stream=True,
             stream_options={"include_usage": True},
         )
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                texts.append(chunk.choices[0].delta.content)
-            first_event.set()
+        texts.extend(chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
 
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
-    try:
-        assert first_event.wait(WAIT), "no event reached the client while the upstream held its stream"
-        assert texts == ["Hel"]
-    finally:
-        upstream.release()
-        reader.join(WAIT)
-    assert texts == ["Hel", "lo"]
+    before_release, texts = read_while_upstream_holds(upstream, read)
+    assert before_release == ["Hel"] and texts == ["Hel", "lo"]
     line = log_line_for(proxy, requested_model="gpt-alias", stream=True)
     assert (line["input_tokens"], line["output_tokens"]) == (USAGE_IN, USAGE_OUT)
 
@@ -207,27 +215,14 @@ def test_anthropic_sdk_passes_client_key_when_config_has_none(proxy: RunningProx
 
 
 def test_anthropic_sdk_streams_before_upstream_finishes(proxy: RunningProxy, upstream: FakeUpstream):
-    upstream.hold_streams = True
-    first_event = threading.Event()
-    events: list[str] = []
-
-    def consume() -> None:
+    def read(events: list) -> None:
         with gateway_anthropic(proxy).messages.stream(
             model="claude-alias", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
-            for event in stream:
-                events.append(event.type)
-                first_event.set()
+            events.extend(event.type for event in stream)
 
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
-    try:
-        assert first_event.wait(WAIT), "no event reached the client while the upstream held its stream"
-        assert events == ["message_start"]
-    finally:
-        upstream.release()
-        reader.join(WAIT)
-    assert events[-1] == "message_stop"
+    before_release, events = read_while_upstream_holds(upstream, read)
+    assert before_release == ["message_start"] and events[-1] == "message_stop"
     assert upstream.last().headers["x-api-key"] == KEYS["MR_E2E_ANTHROPIC_KEY"]
     line = log_line_for(proxy, requested_model="claude-alias", stream=True)
     assert (line["input_tokens"], line["output_tokens"]) == (USAGE_IN, USAGE_OUT)
@@ -306,7 +301,28 @@ def test_claude_code_telemetry_gets_a_quiet_answer(proxy: RunningProxy, upstream
     assert upstream.requests == []
 
 
+def test_chunked_request_body_is_rewritten_with_valid_framing(proxy: RunningProxy, upstream: FakeUpstream):
+    curl(f"{proxy.gateway_url}/v1/chat/completions", "-H", "content-type: application/json",
+         "-H", "transfer-encoding: chunked", "-d", '{"model":"gpt-alias","messages":[{"role":"user","content":"hi"}]}')
+    seen = upstream.last()
+    assert seen.json["model"] == "gpt-4o-mini"
+    assert int(seen.headers["content-length"]) == len(seen.body)
+    assert "transfer-encoding" not in seen.headers
+
+
 # --- forward proxy -----------------------------------------------------------------------
+
+
+def test_http2_client_through_the_forward_proxy(proxy: RunningProxy, upstream: FakeUpstream):
+    result = curl("--http2", "-x", proxy.forward_url, "--cacert", str(proxy.ca_cert), "-w", "\n%{http_version}",
+                  "https://api.openai.com/v1/chat/completions", "-H", "content-type: application/json",
+                  "-H", f"authorization: Bearer {CLIENT_OPENAI_KEY}",
+                  "-d", '{"model":"gpt-alias","messages":[{"role":"user","content":"hi"}]}')
+    body, _, version = result.stdout.rpartition("\n")
+    assert version == "2" and json.loads(body)["model"] == "gpt-4o-mini"
+    seen = upstream.last()
+    assert seen.headers["host"] == upstream.url.removeprefix("http://")
+    assert seen.path == f"/v3/{upstream.url}/v1/chat/completions"
 
 
 def test_openai_sdk_through_the_forward_proxy(proxy: RunningProxy, upstream: FakeUpstream):

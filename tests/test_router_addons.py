@@ -1,0 +1,172 @@
+"""ModelRouter and InterceptScope in mitmproxy's test harness."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.next_layer import NextLayer
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.http import Headers
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+
+from memory_routing.intercept_scope import InterceptScope
+from memory_routing.model_router import ModelRouter
+from memory_routing.providers import ProviderResolver
+from memory_routing.routing import RoutePlanner
+from memory_routing.routing_config import RoutingConfig
+
+CONFIG = """
+model_list:
+  - model_name: gpt-alias
+    litellm_params: {model: openai/gpt-4o-mini, api_base: 'http://llm.internal:8000/v1', api_key: sk-config}
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+class ExplodingPlanner(RoutePlanner):
+    def plan(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+
+def make_router(config_file: Path, planner: RoutePlanner | None = None):
+    routing = RoutingConfig()
+    router = ModelRouter(routing, planner or RoutePlanner(ProviderResolver()))
+    return routing, router
+
+
+def gateway_flow(path: str, body: bytes, **headers: str):
+    request = tutils.treq(method=b"POST", path=path.encode(), content=body,
+                          headers=Headers(host="memory-routing.localhost", content_type="application/json", **headers))
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://memory-routing.localhost")
+    return flow
+
+
+def test_routes_and_annotates_the_flow(config_file: Path):
+    routing, router = make_router(config_file)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias", "messages": []}', user_agent="curl/8")
+        router.request(flow)
+    assert flow.response is None
+    assert flow.request.url == "http://llm.internal:8000/v1/chat/completions"
+    assert flow.request.headers["host"] == "llm.internal:8000"
+    assert json.loads(flow.request.content)["model"] == "gpt-4o-mini"
+    assert flow.metadata["memory_routing"]["provider_model"] == "gpt-4o-mini"
+    assert "gpt-alias → openai/gpt-4o-mini" in flow.comment
+    assert "sk-config" not in flow.comment + json.dumps(flow.metadata["memory_routing"])
+
+
+def test_internal_error_fails_closed(config_file: Path):
+    routing, router = make_router(config_file, ExplodingPlanner(ProviderResolver()))
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
+        before = flow.request.copy()
+        router.request(flow)
+    assert flow.response.status_code == 500
+    assert json.loads(flow.response.content)["error"]["message"].startswith("the proxy failed to route")
+    assert flow.request.data == before.data  # nothing half-rewritten
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "the request body is not valid JSON"),
+        (b"[1, 2]", 400, "the request body must be a JSON object"),
+        (b'{"messages": []}', 400, 'the request body has no "model"'),
+    ],
+)
+def test_bad_bodies_are_answered_in_the_clients_shape(config_file: Path, body: bytes, status: int, message: str):
+    routing, router = make_router(config_file)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/messages", body)
+        router.request(flow)
+    assert flow.response.status_code == status
+    answer = json.loads(flow.response.content)
+    assert answer["type"] == "error" and answer["error"]["message"].startswith(message)
+
+
+def test_forward_mode_leaves_other_hosts_alone(config_file: Path):
+    routing, router = make_router(config_file)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = tflow.tflow(req=tutils.treq(host="example.com", port=443, method=b"POST", path=b"/v1/chat/completions",
+                                           content=b'{"model": "gpt-alias"}'))
+        before = flow.request.copy()
+        router.request(flow)
+    assert flow.response is None and flow.request.data == before.data
+
+
+@pytest.mark.parametrize(
+    "content_type, length, streamed",
+    [("text/event-stream", None, True), ("application/json", None, True), ("application/json", "120", False),
+     ("application/json", str(2 * 1024 * 1024), True)],
+)
+def test_event_streams_and_chunked_bodies_are_streamed(config_file: Path, content_type: str, length: str | None, streamed: bool):
+    routing, router = make_router(config_file)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
+        router.request(flow)
+        headers = Headers(content_type=content_type, **({"content_length": length} if length else {}))
+        flow.response = tutils.tresp(headers=headers, content=None)
+        router.responseheaders(flow)
+    assert bool(flow.response.stream) is streamed
+
+
+def allow_regex(tctx) -> re.Pattern[str]:
+    (pattern,) = tctx.options.allow_hosts
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def test_only_llm_hosts_are_intercepted(config_file: Path):
+    routing = RoutingConfig()
+    scope = InterceptScope(routing)
+    with taddons.context(NextLayer(), routing, scope) as tctx:
+        tctx.options.mode = ["regular@8080", "reverse:http://gateway.test:9@8764"]
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        tctx.configure(scope)
+        allowed = allow_regex(tctx)
+        for host in ("api.openai.com:443", "API.ANTHROPIC.COM:443", "generativelanguage.googleapis.com:443",
+                     "api.supermemory.ai:443", "llm.internal:8000", "memory-routing.localhost:443", "gateway.test:9"):
+            assert allowed.search(host), host
+        for host in ("example.com:443", "api.openai.com.evil.test:443", "github.com:443"):
+            assert not allowed.search(host), host
+
+        config_file.write_text(CONFIG.replace("llm.internal", "other-llm.internal"))
+        routing.reload_if_changed()
+        assert allow_regex(tctx).search("other-llm.internal:8000")
+
+
+def test_ignore_hosts_conflicts_unless_scope_is_off(config_file: Path):
+    routing = RoutingConfig()
+    scope = InterceptScope(routing)
+    with taddons.context(NextLayer(), routing, scope) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        with pytest.raises(exceptions.OptionsError, match="ignore_hosts"):
+            tctx.configure(scope, ignore_hosts=["example.com"])
+        tctx.configure(scope, memory_routing_intercept_llm_only=False, allow_hosts=[])
+        tctx.configure(scope, ignore_hosts=["example.com"])
+        assert tctx.options.allow_hosts == []
+
+
+def test_connection_strategy_is_kept_lazy(config_file: Path):
+    routing = RoutingConfig()
+    scope = InterceptScope(routing)
+    with taddons.context(Proxyserver(), routing, scope) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        tctx.configure(scope, connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
