@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .cloudflare_guard import CloudflareGuard
+from .in_flight import InFlightLimiter
 from .intercept_scope import InterceptScope
 from .listen_guard import ListenGuard
 from .local_endpoints import LocalEndpoints
@@ -9,16 +11,23 @@ from .model_router import ModelRouter
 from .providers import ProviderResolver
 from .routing import RoutePlanner
 from .routing_config import RoutingConfig
+from .upstream_cookies import UpstreamCookies
 
 
 def create_addons() -> list[object]:
     routing = RoutingConfig()
-    # Order matters: options are checked and the config loaded before anything answers, and
-    # the local endpoints answer before the router looks at a request.
+    cookies = UpstreamCookies()
+    limiter = InFlightLimiter()
+    # Order matters: options are checked and the config loaded before anything answers; the
+    # local endpoints answer before the router rewrites; cookies are added and a slot taken for
+    # the rewritten upstream; Cloudflare's pages are recognised after the router chose to stream.
     return [
         ListenGuard(),
         routing,
         InterceptScope(routing),
-        LocalEndpoints(routing),
+        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}),
         ModelRouter(routing, RoutePlanner(ProviderResolver())),
+        cookies,
+        limiter,
+        CloudflareGuard(),
     ]

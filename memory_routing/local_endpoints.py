@@ -34,8 +34,12 @@ def is_gateway(flow: http.HTTPFlow) -> bool:
 
 
 class LocalEndpoints:
-    def __init__(self, routing: RoutingConfig) -> None:
+    def __init__(
+        self, routing: RoutingConfig, status_sources: dict[str, Callable[[], object]] | None = None
+    ) -> None:
         self.routing = routing
+        # Live state of other addons shown under "upstreams" in /memory-routing/info.
+        self.status_sources = status_sources or {}
         self.started_at = time.time()
         self.routes: dict[str, Callable[[http.HTTPFlow], http.Response]] = {
             HEALTH_PATH: self.health,
@@ -74,9 +78,9 @@ class LocalEndpoints:
         except InvalidUserId as e:
             return error_response(flow, 400, str(e))
         listener = "gateway" if is_gateway(flow) else "forward"
-        return json_response(
-            200, routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
-        )
+        body = routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
+        body["upstreams"] = {name: source() for name, source in self.status_sources.items()}
+        return json_response(200, body)
 
     def models(self, flow: http.HTTPFlow) -> http.Response:
         assert self.routing.config is not None

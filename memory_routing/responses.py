@@ -6,7 +6,7 @@ import json
 
 from mitmproxy import http
 
-from .protocol import detect_protocol, error_body
+from .protocol import ClientProtocol, detect_protocol, error_body
 
 
 def json_response(status: int, payload: object | bytes, extra_headers: dict[str, str] | None = None) -> http.Response:
@@ -16,9 +16,19 @@ def json_response(status: int, payload: object | bytes, extra_headers: dict[str,
 
 
 def error_response(
-    flow: http.HTTPFlow, status: int, message: str, *, param: str | None = None, retryable: bool = False
+    flow: http.HTTPFlow,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    retryable: bool = False,
+    protocol: ClientProtocol | None = None,
+    headers: dict[str, str] | None = None,
 ) -> http.Response:
-    """An error in the shape the client's SDK parses; ``x-should-retry: false`` unless retryable."""
-    protocol = detect_protocol(flow.request.path, flow.request.headers)
-    extra = {} if retryable else {"x-should-retry": "false"}
+    """An error in the shape the client's SDK parses; ``x-should-retry: false`` unless retryable.
+
+    ``protocol``: the client's dialect when known (after rewriting, the path no longer tells).
+    """
+    protocol = protocol or detect_protocol(flow.request.path, flow.request.headers)
+    extra = ({} if retryable else {"x-should-retry": "false"}) | (headers or {})
     return json_response(status, error_body(protocol, status, message, param=param), extra)

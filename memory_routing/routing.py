@@ -81,6 +81,7 @@ class RoutingDecision:
     provider_url: str  # where the provider serves this call
     upstream_url: str  # where the proxy sends it: provider_url, or Supermemory's router form
     memory: bool
+    client_protocol: ClientProtocol
     body_model: str | None  # the model to write into the JSON body, None to leave the body alone
     remove_headers: tuple[str, ...]
     remove_query_params: tuple[str, ...]
@@ -109,6 +110,7 @@ class RoutingDecision:
             "provider": self.provider,
             "provider_model": self.provider_model,
             "upstream_url": loggable_url(self.upstream_url),
+            "client_protocol": self.client_protocol.value,
             "memory": self.memory,
             "headers_set": [name for name, _ in self.set_headers],
         }
@@ -242,6 +244,7 @@ class RoutePlanner:
             provider_url=provider_url,
             upstream_url=upstream_url,
             memory=use_memory or already_via_router,
+            client_protocol=facts.call.protocol,
             body_model=body_model,
             remove_headers=tuple(dict.fromkeys(remove_headers)),
             remove_query_params=tuple(remove_query),

@@ -40,8 +40,16 @@ class RecordedRequest:
 
 @dataclass
 class FakeUpstream:
+    host: str = "127.0.0.1"
+    # Behave like an origin behind Cloudflare: hand out __cf_bm once, then answer any request
+    # without it with 429 "error code: 1200".
+    cloudflare: bool = False
+    delay: float = 0.0  # seconds each answer takes, to make requests overlap
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    cf_token: str | None = None
     # When set, streams pause after the first event until release() (bounded).
     hold_streams: bool = False
     _gate: threading.Event = field(default_factory=threading.Event)
@@ -49,7 +57,8 @@ class FakeUpstream:
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def start(self) -> FakeUpstream:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = ThreadingHTTPServer((self.host, 0), _Handler)
+        self.server.request_queue_size = 256
         self.server.daemon_threads = True
         self.server.fake = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -63,7 +72,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
+        return f"http://{self.host}:{self.server.server_port}"
 
     def release(self) -> None:
         self._gate.set()
@@ -72,6 +81,7 @@ class FakeUpstream:
         with self._lock:
             self.requests.clear()
             self.connections = 0
+            self.max_in_flight = 0
         self.hold_streams = False
         self._gate.clear()
 
@@ -82,6 +92,25 @@ class FakeUpstream:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _cloudflare_admits(self, cookie_header: str) -> tuple[bool, str | None]:
+        """(admitted, Set-Cookie to send): the first caller gets the cookie, later ones need it."""
+        with self._lock:
+            if self.cf_token and f"__cf_bm={self.cf_token}" in cookie_header:
+                return True, None
+            if self.cf_token is None:
+                self.cf_token = f"cf{next(self._ids)}"
+                return True, f"__cf_bm={self.cf_token}; Path=/; Max-Age=1800; HttpOnly; SameSite=None"
+            return False, None
 
     def _new_connection(self) -> int:
         with self._lock:
@@ -105,6 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
+        self.fake._enter()
+        try:
+            self._post()
+        finally:
+            self.fake._leave()
+
+    def _post(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         path, host, via_supermemory = self.path, None, False
@@ -124,7 +160,21 @@ class _Handler(BaseHTTPRequestHandler):
                 api_host=host,
             )
         )
-        extra = {"x-supermemory-conversation-id": "conv-fake", "x-supermemory-context-tokens": "42"} if via_supermemory else {}
+        extra: dict[str, Any] = (
+            {"x-supermemory-conversation-id": "conv-fake", "x-supermemory-context-tokens": "42"} if via_supermemory else {}
+        )
+        if self.fake.delay:
+            time.sleep(self.fake.delay)
+        set_cookies = self.headers.get_all("x-fake-set-cookie") or []
+        if self.headers.get("x-fake-cloudflare-error") or self.fake.cloudflare:
+            admitted, cookie = self.fake._cloudflare_admits(self.headers.get("cookie", ""))
+            if self.headers.get("x-fake-cloudflare-error") or not admitted:
+                self._cloudflare_1200()
+                return
+            if cookie:
+                set_cookies.append(cookie)
+        if set_cookies:
+            extra["set-cookie"] = set_cookies
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
@@ -163,13 +213,27 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
 
-    def _json(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+    def _json(self, status: int, payload: Any, extra: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
+        self._send_extra(extra)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_extra(self, extra: dict[str, Any]) -> None:
         for name, value in extra.items():
-            self.send_header(name, value)
+            for item in value if isinstance(value, list) else [value]:
+                self.send_header(name, item)
+
+    def _cloudflare_1200(self) -> None:
+        body = b"error code: 1200"
+        self.send_response(429)
+        self.send_header("server", "cloudflare")
+        self.send_header("cf-ray", "8f00000000000000-FRA")
+        self.send_header("content-type", "text/plain; charset=UTF-8")
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -178,8 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
-        for name, value in extra.items():
-            self.send_header(name, value)
+        self._send_extra(extra)
         self.end_headers()
         for index, (event, data) in enumerate(events):
             text = (f"event: {event}\n" if event else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -19,6 +19,7 @@ from memory_routing.model_router import ModelRouter
 from memory_routing.providers import ProviderResolver
 from memory_routing.routing import RoutePlanner
 from memory_routing.routing_config import RoutingConfig
+from memory_routing.upstream_cookies import UpstreamCookies
 
 CONFIG = """
 model_list:
@@ -170,3 +171,38 @@ def test_connection_strategy_is_kept_lazy(config_file: Path):
         tctx.configure(routing, memory_routing_config=str(config_file))
         tctx.configure(scope, connection_strategy="eager")
         assert tctx.options.connection_strategy == "lazy"
+
+
+def routed_flow(user_id: str, url: str = "https://api.example.com/v1/chat/completions"):
+    flow = tflow.tflow(req=tutils.treq(method=b"POST", headers=Headers(host="api.example.com")))
+    flow.request.url = url
+    flow.metadata["memory_routing"] = {"user_id": user_id, "client_protocol": "openai"}
+    return flow
+
+
+@pytest.mark.parametrize("scope, bob_gets_alices_cookie", [("user", False), ("machine", True)])
+def test_cookie_scope(scope: str, bob_gets_alices_cookie: bool):
+    cookies = UpstreamCookies()
+    with taddons.context(cookies) as tctx:
+        tctx.configure(cookies, memory_routing_cookie_scope=scope, memory_routing_cookie_file="none")
+        alice = routed_flow("alice")
+        alice.response = tutils.tresp(headers=Headers(set_cookie="__cf_bm=alice-token; Path=/"))
+        cookies.responseheaders(alice)
+        bob, alice_again = routed_flow("bob"), routed_flow("alice")
+        cookies.request(bob)
+        cookies.request(alice_again)
+    assert alice_again.request.headers["cookie"] == "__cf_bm=alice-token"
+    assert ("cookie" in bob.request.headers) is bob_gets_alices_cookie
+
+
+def test_unrouted_flows_get_no_cookies():
+    cookies = UpstreamCookies()
+    with taddons.context(cookies) as tctx:
+        tctx.configure(cookies, memory_routing_cookie_file="none")
+        routed = routed_flow("alice")
+        routed.response = tutils.tresp(headers=Headers(set_cookie="__cf_bm=t; Path=/"))
+        cookies.responseheaders(routed)
+        plain = tflow.tflow(req=tutils.treq(headers=Headers(host="api.example.com")))
+        plain.request.url = "https://api.example.com/v1/chat/completions"
+        cookies.request(plain)
+    assert "cookie" not in plain.request.headers

@@ -1,0 +1,96 @@
+"""Addon that caps concurrent requests per upstream host and queues the rest in arrival order.
+
+Cloudflare answers error 1200 when too many requests queue at its edge for one origin; a
+bounded number in flight from this proxy is the cure that cookies alone are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+from dataclasses import dataclass, field
+
+from mitmproxy import ctx
+from mitmproxy import http
+
+from .model_router import METADATA_KEY
+from .protocol import ClientProtocol
+from .responses import error_response
+
+
+@dataclass
+class _HostSlots:
+    in_flight: int = 0
+    waiting: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+
+    def release(self) -> None:
+        # Hand the slot straight to the oldest live waiter, so arrival order is kept.
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+
+class InFlightLimiter:
+    def __init__(self) -> None:
+        self._hosts: dict[str, _HostSlots] = {}
+        self._holding: weakref.WeakKeyDictionary[http.HTTPFlow, _HostSlots] = weakref.WeakKeyDictionary()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "memory_routing_max_in_flight", int, 16,
+            "Requests in flight at once per upstream host; the rest wait in arrival order. 0: no cap.",
+        )
+        loader.add_option(
+            "memory_routing_queue_timeout", int, 60,
+            "Seconds a request may wait for a slot before it is answered 503 with retry-after.",
+        )
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        summary = flow.metadata.get(METADATA_KEY)
+        cap = ctx.options.memory_routing_max_in_flight
+        if summary is None or flow.response is not None or cap <= 0:
+            return
+        host = f"{flow.request.host}:{flow.request.port}"
+        slots = self._hosts.setdefault(host, _HostSlots())
+        if slots.in_flight < cap and not slots.waiting:
+            slots.in_flight += 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            slots.waiting.append(waiter)
+            timeout = ctx.options.memory_routing_queue_timeout
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except asyncio.TimeoutError:
+                flow.response = error_response(
+                    flow, 503,
+                    f"{slots.in_flight} requests to {flow.request.host} are in flight (the proxy's cap) and this one "
+                    f"waited {timeout} s for a slot; retry later",
+                    retryable=True, protocol=ClientProtocol(summary["client_protocol"]),
+                    headers={"retry-after": str(max(1, timeout // 4))},
+                )
+                return
+        self._holding[flow] = slots
+        if not flow.live or flow.error:  # the client left while it waited
+            self._release(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._release(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._release(flow)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        cap = ctx.options.memory_routing_max_in_flight
+        return {
+            host: {"in_flight": slots.in_flight, "queued": sum(not w.done() for w in slots.waiting), "cap": cap}
+            for host, slots in sorted(self._hosts.items())
+        }
+
+    def _release(self, flow: http.HTTPFlow) -> None:
+        slots = self._holding.pop(flow, None)
+        if slots is not None:
+            slots.release()
