@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 DEFAULT_RETRY_AFTER_SECONDS = 10
 _ERROR_CODE = re.compile(rb"error code:?\s*(\d{3,4})", re.IGNORECASE)
-_CLOUDFLARE_STATUSES = frozenset({403, 429, 503})
+# Cloudflare's own answers (errors, rate limits, challenges) use only these statuses.
+CLOUDFLARE_STATUSES = frozenset({403, 429, 503})
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,10 @@ class CloudflareRefusal:
 
 def is_cloudflare_error_head(status: int, headers: dict[str, str]) -> bool:
     """From the status and headers alone: may this be Cloudflare's page rather than the API's?"""
+    if status not in CLOUDFLARE_STATUSES:
+        return False
     if headers.get("cf-mitigated", "").lower() == "challenge":
         return True
-    if status not in _CLOUDFLARE_STATUSES:
-        return False
     from_cloudflare = headers.get("server", "").lower() == "cloudflare" or "cf-ray" in headers
     content_type = headers.get("content-type", "").lower()
     return from_cloudflare and not content_type.startswith("application/json")

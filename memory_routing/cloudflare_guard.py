@@ -11,7 +11,7 @@ import time
 
 from mitmproxy import http
 
-from .cloudflare import classify_cloudflare_error, is_cloudflare_error_head
+from .cloudflare import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
 from .model_router import METADATA_KEY
 from .protocol import ClientProtocol
 from .responses import error_response
@@ -27,14 +27,22 @@ class CloudflareGuard:
         self._bursts: dict[str, tuple[float, int]] = {}
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata and flow.response is not None:
+        # Cloudflare's pages (challenges included) come as 403/429/503: anything else is skipped
+        # before the headers are read.
+        if (
+            METADATA_KEY in flow.metadata and flow.response is not None
+            and flow.response.status_code in CLOUDFLARE_STATUSES
+        ):
             headers = {k.lower(): v for k, v in flow.response.headers.items()}
             if is_cloudflare_error_head(flow.response.status_code, headers):
                 flow.response.stream = False  # Cloudflare's pages are small: read them whole
 
     def response(self, flow: http.HTTPFlow) -> None:
         summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.response is None or flow.response.stream:
+        if (
+            summary is None or flow.response is None or flow.response.stream
+            or flow.response.status_code not in CLOUDFLARE_STATUSES
+        ):
             return
         headers = {k.lower(): v for k, v in flow.response.headers.items()}
         refusal = classify_cloudflare_error(flow.response.status_code, headers, flow.response.raw_content or b"")

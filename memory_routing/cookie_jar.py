@@ -78,6 +78,11 @@ class UpstreamCookieJar:
             jar = self._jars[scope] = http.cookiejar.CookieJar(self.policy)
         return jar
 
+    def holds(self, scope: str) -> bool:
+        """Whether any cookie is kept for ``scope`` (a cheap test before matching URLs)."""
+        jar = self._jars.get(scope)
+        return jar is not None and len(jar) > 0
+
     def store(self, url: str, scope: str, set_cookie_values: list[str]) -> bool:
         """Keep the allowed cookies an upstream response set; True when the jar changed."""
         if not set_cookie_values:

@@ -14,23 +14,22 @@ class HeaderIndex:
     __slots__ = ("_values",)
 
     def __init__(self, fields: Iterable[tuple[bytes, bytes]]) -> None:
-        values: dict[str, list[str]] = {}
+        values: dict[str, list[bytes]] = {}
         for name, value in fields:
-            # mitmproxy's own decoding of header bytes, so values compare equal to Headers'.
             key = name.decode("utf-8", "surrogateescape").lower()
-            decoded = value.decode("utf-8", "surrogateescape")
             if key in values:
-                values[key].append(decoded)
+                values[key].append(value)
             else:
-                values[key] = [decoded]
+                values[key] = [value]
         self._values = values
 
     def get_all(self, name: str) -> list[str]:
-        return self._values.get(name, [])
+        # Decoded on demand, as mitmproxy's Headers decode them, so values compare equal.
+        return [value.decode("utf-8", "surrogateescape") for value in self._values.get(name, ())]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         found = self._values.get(name)
-        return found[0] if found else default
+        return found[0].decode("utf-8", "surrogateescape") if found else default
 
     def __contains__(self, name: object) -> bool:
         return name in self._values

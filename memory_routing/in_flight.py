@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx
@@ -36,6 +37,8 @@ class _HostSlots:
 
 class InFlightLimiter:
     def __init__(self) -> None:
+        self.cap = 0
+        self.queue_timeout = 0
         self._hosts: dict[str, _HostSlots] = {}
         self._holding: weakref.WeakKeyDictionary[http.HTTPFlow, _HostSlots] = weakref.WeakKeyDictionary()
 
@@ -49,30 +52,41 @@ class InFlightLimiter:
             "Seconds a request may wait for a slot before it is answered 503 with retry-after.",
         )
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def configure(self, updated) -> None:
+        if "memory_routing_max_in_flight" in updated:
+            self.cap = ctx.options.memory_routing_max_in_flight
+        if "memory_routing_queue_timeout" in updated:
+            self.queue_timeout = ctx.options.memory_routing_queue_timeout
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # Synchronous when a slot is free (the common case); mitmproxy awaits what a hook
+        # returns, so only a request that must queue pays for a coroutine.
         summary = flow.metadata.get(METADATA_KEY)
-        cap = ctx.options.memory_routing_max_in_flight
-        if summary is None or flow.response is not None or cap <= 0:
-            return
-        host = f"{flow.request.host}:{flow.request.port}"
-        slots = self._hosts.setdefault(host, _HostSlots())
-        if slots.in_flight < cap and not slots.waiting:
+        if summary is None or flow.response is not None or self.cap <= 0:
+            return None
+        slots = self._hosts.get(host := f"{flow.request.host}:{flow.request.port}")
+        if slots is None:
+            slots = self._hosts[host] = _HostSlots()
+        if slots.in_flight < self.cap and not slots.waiting:
             slots.in_flight += 1
-        else:
-            waiter = asyncio.get_running_loop().create_future()
-            slots.waiting.append(waiter)
-            timeout = ctx.options.memory_routing_queue_timeout
-            try:
-                await asyncio.wait_for(waiter, timeout)
-            except asyncio.TimeoutError:
-                flow.response = error_response(
-                    flow, 503,
-                    f"{slots.in_flight} requests to {flow.request.host} are in flight (the proxy's cap) and this one "
-                    f"waited {timeout} s for a slot; retry later",
-                    retryable=True, protocol=ClientProtocol(summary["client_protocol"]),
-                    headers={"retry-after": str(max(1, timeout // 4))},
-                )
-                return
+            self._holding[flow] = slots
+            return None
+        return self._wait_for_slot(flow, slots, summary)
+
+    async def _wait_for_slot(self, flow: http.HTTPFlow, slots: _HostSlots, summary: dict) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        slots.waiting.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.queue_timeout)
+        except asyncio.TimeoutError:
+            flow.response = error_response(
+                flow, 503,
+                f"{slots.in_flight} requests to {flow.request.host} are in flight (the proxy's cap) and this one "
+                f"waited {self.queue_timeout} s for a slot; retry later",
+                retryable=True, protocol=ClientProtocol(summary["client_protocol"]),
+                headers={"retry-after": str(max(1, self.queue_timeout // 4))},
+            )
+            return
         self._holding[flow] = slots
         if not flow.live or flow.error:  # the client left while it waited
             self._release(flow)
@@ -84,9 +98,8 @@ class InFlightLimiter:
         self._release(flow)
 
     def status(self) -> dict[str, dict[str, int]]:
-        cap = ctx.options.memory_routing_max_in_flight
         return {
-            host: {"in_flight": slots.in_flight, "queued": sum(not w.done() for w in slots.waiting), "cap": cap}
+            host: {"in_flight": slots.in_flight, "queued": sum(not w.done() for w in slots.waiting), "cap": self.cap}
             for host, slots in sorted(self._hosts.items())
         }
 

@@ -53,7 +53,7 @@ class UpstreamCookies:
 
     def request(self, flow: http.HTTPFlow) -> None:
         summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.response is not None:
+        if summary is None or flow.response is not None or not self.jar.holds(self._scope(summary)):
             return
         client_cookies = "; ".join(flow.request.headers.get_all("cookie")) or None
         header = self.jar.cookie_header(flow.request.url, self._scope(summary), client_cookies)
@@ -64,7 +64,8 @@ class UpstreamCookies:
         summary = flow.metadata.get(METADATA_KEY)
         if summary is None or flow.response is None:
             return
-        set_cookies = flow.response.headers.get_all("set-cookie")
+        set_cookies = [value.decode("utf-8", "surrogateescape") for name, value in flow.response.headers.fields
+                       if name.lower() == b"set-cookie"]
         if set_cookies and self.jar.store(flow.request.url, self._scope(summary), set_cookies):
             self._save()
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 JSON_BODY_LIMIT = 4 * 1024 * 1024  # larger non-streamed bodies are not parsed for usage
+_PARTIAL_PARSE_FROM = 2048  # from this size on, only the usage objects of a JSON answer are decoded
+_DECODER = json.JSONDecoder()
 SSE_LINE_LIMIT = 1024 * 1024  # an event line longer than this is skipped
 
 
@@ -56,18 +58,34 @@ class UsageMeter:
         return Usage(self.input_tokens, self.output_tokens)
 
     def _read_event(self, data: bytes) -> None:
-        if not data or data == b"[DONE]":
-            return
-        self._read_document(data)
+        # Most events are content deltas without usage: only those that mention it are parsed.
+        if b'"usage' in data:
+            self._read_document(data)
 
     def _read_document(self, data: bytes) -> None:
-        try:
-            document = json.loads(data)
-        except ValueError:
+        if b'"usage' not in data:
             return
-        for item in document if isinstance(document, list) else [document]:
-            if isinstance(item, dict):
-                self._take(item)
+        if self.event_stream or len(data) < _PARTIAL_PARSE_FROM:
+            try:
+                document = json.loads(data)
+            except ValueError:
+                return
+            for item in document if isinstance(document, list) else [document]:
+                if isinstance(item, dict):
+                    self._take(item)
+            return
+        # A large answer: decode only the usage objects, not the whole completion.
+        text = data.decode("utf-8", "replace")
+        for key in ('"usage"', '"usageMetadata"'):
+            position = text.rfind(key)
+            opening = text.find("{", position + len(key)) if position >= 0 else -1
+            if opening < 0 or text[position + len(key):opening].strip() != ":":
+                continue
+            try:
+                usage, _ = _DECODER.raw_decode(text, opening)
+            except ValueError:
+                continue
+            self._take({key.strip('"'): usage})
 
     def _take(self, obj: dict[str, Any]) -> None:
         # OpenAI chat/completions, embeddings; Anthropic message and message_delta; Responses.

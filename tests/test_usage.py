@@ -57,3 +57,13 @@ def test_garbage_and_oversized_bodies_give_no_usage():
     assert meter_over(b"{broken", 4, event_stream=False) == Usage()
     big = b'{"usage":{"prompt_tokens":1},"pad":"' + b"x" * JSON_BODY_LIMIT + b'"}'
     assert meter_over(big, 65536, event_stream=False) == Usage()
+
+
+def test_large_answers_read_only_the_usage_object():
+    big = json.dumps({"choices": [{"message": {"content": "x" * 100_000, "usage": "not this one"}}],
+                      "usage": {"prompt_tokens": 12, "completion_tokens": 34, "details": {"cached": 1}}}).encode()
+    gemini = json.dumps({"candidates": [{"text": "y" * 5000}], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}).encode()
+    anthropic = json.dumps({"content": [{"text": "z" * 5000}], "usage": {"input_tokens": 5, "output_tokens": 6}}).encode()
+    assert meter_over(big, 4096, event_stream=False) == Usage(12, 34)
+    assert meter_over(gemini, 4096, event_stream=False) == Usage(3, 4)
+    assert meter_over(anthropic, 4096, event_stream=False) == Usage(5, 6)
