@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cloudflare_guard import CloudflareGuard
+from .heap_freeze import HeapFreeze
 from .in_flight import InFlightLimiter
 from .intercept_scope import InterceptScope
 from .listen_guard import ListenGuard
@@ -30,4 +31,5 @@ def create_addons() -> list[object]:
         cookies,
         limiter,
         CloudflareGuard(),
+        HeapFreeze(),
     ]

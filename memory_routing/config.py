@@ -265,7 +265,7 @@ def _env_var_name(ctx: _Context, text: str, path: str) -> str | None:
     return var
 
 
-def _secret(ctx: _Context, raw: Any, path: str) -> Secret | None:
+def _secret(ctx: _Context, raw: Any, path: str, unset_consequence: str = "") -> Secret | None:
     """A credential field: an inline string or an ``os.environ/VAR`` reference."""
     if raw is None:
         return None
@@ -277,7 +277,7 @@ def _secret(ctx: _Context, raw: Any, path: str) -> Secret | None:
     else:
         value = ctx.environ.get(var) or None
         if value is None:
-            ctx.warn(path, f"environment variable {var} is not set")
+            ctx.warn(path, f"environment variable {var} is not set{unset_consequence}")
     if value is not None and _FORBIDDEN_HEADER_VALUE_CHARS.search(value):
         # The value is sent in a header; say which key is wrong without echoing the secret.
         raise ctx.error(path, "contains a line break or NUL, which cannot be sent in a header")
@@ -416,7 +416,7 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     enabled = section.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise ctx.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
-    api_key = _secret(ctx, section.get("api_key"), f"{path}.api_key")
+    api_key = _secret(ctx, section.get("api_key"), f"{path}.api_key", ": memory (Supermemory) is off")
     base_url = _optional_url(
         ctx, _resolve_env(ctx, section.get("base_url"), f"{path}.base_url").value, f"{path}.base_url"
     )

@@ -12,6 +12,7 @@ from typing import Any
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
+from mitmproxy.proxy import mode_specs
 
 from .classify import InvalidUserId
 from .flow_log import FlowLog
@@ -65,6 +66,7 @@ class ModelRouter:
         self.planner = planner
         self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
         self.flow_log = FlowLog()
+        self.own_listeners: frozenset[tuple[str, int]] = frozenset()
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -78,6 +80,8 @@ class ModelRouter:
         )
 
     def configure(self, updated) -> None:
+        if {"mode", "listen_host"} & set(updated):
+            self.own_listeners = own_listeners(ctx.options.mode, ctx.options.listen_host)
         if "memory_routing_flow_log" in updated:
             try:
                 self.flow_log.open(ctx.options.memory_routing_flow_log)
@@ -176,7 +180,16 @@ class ModelRouter:
             or ("?" in request.path and any(p in request.query for p in CREDENTIAL_QUERY_PARAMS)),
             conversation_id=conversation_id_from(headers.get),
         )
-        return self.planner.plan(config, identity, facts), payload
+        decision = self.planner.plan(config, identity, facts)
+        target = decision.upstream
+        if (_loopback_alias(target.host), target.port) in self.own_listeners:
+            # LiteLLM honours OPENAI_BASE_URL & co. in the proxy's own environment; pointed at
+            # the proxy, every request would come back to it until something gives out.
+            raise RouteRefused(
+                508, f"model {model!r} resolves to {target.host}:{target.port}, which is this proxy; unset "
+                "OPENAI_BASE_URL / ANTHROPIC_BASE_URL / GEMINI_API_BASE where the proxy runs, or fix the api_base",
+            )
+        return decision, payload
 
     def _apply(self, flow: http.HTTPFlow, decision: RoutingDecision, payload: dict | None) -> None:
         request = flow.request
@@ -255,6 +268,24 @@ class ModelRouter:
             self.flow_log.write(line)
         except OSError as e:  # a full disk must not take the proxy down
             logger.warning(f"memory-routing: cannot write the flow log: {e}")
+
+
+def own_listeners(modes: list[str], listen_host: str) -> frozenset[tuple[str, int]]:
+    """(host, port) of every listener of this proxy, loopback names folded to 127.0.0.1."""
+    found = set()
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue
+        port = mode.listen_port()
+        if port:
+            found.add((_loopback_alias(mode.listen_host(listen_host) or "127.0.0.1"), port))
+    return frozenset(found)
+
+
+def _loopback_alias(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "::1", "[::1]", "0.0.0.0", "") else host
 
 
 def _json_body(request: http.Request, headers: HeaderIndex) -> dict[str, Any]:

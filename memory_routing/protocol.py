@@ -50,6 +50,7 @@ _ERROR_KINDS: dict[int, tuple[str, str, str]] = {
     502: ("server_error", "api_error", "UNAVAILABLE"),
     503: ("server_error", "overloaded_error", "UNAVAILABLE"),
     504: ("timeout_error", "timeout_error", "DEADLINE_EXCEEDED"),
+    508: ("server_error", "api_error", "INTERNAL"),
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy import hooks
 from mitmproxy.addons.proxyauth import ProxyAuth
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
@@ -289,3 +290,17 @@ def test_listen_guard_allows_exposure_with_proxy_auth():
     guard = ListenGuard()
     with taddons.context(ProxyAuth(), guard) as tctx:
         tctx.configure(guard, listen_host="0.0.0.0", mode=["regular@8080"], proxyauth="user:pass")
+
+
+def test_heap_is_frozen_once_running():
+    import gc
+
+    from memory_routing.heap_freeze import HeapFreeze
+
+    gc.unfreeze()
+    try:
+        with taddons.context(HeapFreeze()) as tctx:
+            tctx.master.addons.trigger(hooks.RunningHook())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

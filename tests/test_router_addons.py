@@ -206,3 +206,16 @@ def test_unrouted_flows_get_no_cookies():
         plain.request.url = "https://api.example.com/v1/chat/completions"
         cookies.request(plain)
     assert "cookie" not in plain.request.headers
+
+
+def test_requests_that_would_loop_back_into_the_proxy_are_refused(tmp_path: Path):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG.replace("http://llm.internal:8000/v1", "http://localhost:8764/v1"))
+    routing, router = make_router(config_file)
+    with taddons.context(Proxyserver(), routing, router) as tctx:
+        tctx.configure(router, mode=["regular@8080", "reverse:http://memory-routing.localhost@8764"], listen_host="127.0.0.1")
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
+        router.request(flow)
+    assert flow.response.status_code == 508
+    assert "which is this proxy" in json.loads(flow.response.content)["error"]["message"]
