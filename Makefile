@@ -46,7 +46,7 @@ help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
 	@echo "make test    run the test suite"
-	@echo "make bench   direct vs bare mitmdump vs the addon, as ratios (about five minutes)"
+	@echo "make bench   direct vs bare mitmdump vs the addon, as ratios (about eight minutes)"
 	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
 	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"

@@ -14,6 +14,7 @@ from mitmproxy import exceptions
 from mitmproxy.proxy import mode_specs
 
 from .local_endpoints import RESERVED_HOST
+from .modes import parsed_modes
 from .routing_config import RoutingConfig
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,7 @@ def allow_hosts_pattern(hosts: set[str] | frozenset[str]) -> str:
 
 def reverse_targets(modes: list[str]) -> set[str]:
     """The hosts behind reverse-mode listeners (the gateway): allow_hosts must let them through."""
-    hosts = set()
-    for spec in modes:
-        try:
-            mode = mode_specs.ProxyMode.parse(spec)
-        except ValueError:
-            continue
-        if isinstance(mode, mode_specs.ReverseMode):
-            hosts.add(mode.address[0].lower())
-    return hosts
+    return {mode.address[0].lower() for mode in parsed_modes(modes) if isinstance(mode, mode_specs.ReverseMode)}
 
 
 class InterceptScope:

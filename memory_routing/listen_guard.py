@@ -6,7 +6,8 @@ import ipaddress
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
-from mitmproxy.proxy import mode_specs
+
+from .modes import parsed_modes
 
 
 def is_loopback(host: str) -> bool:
@@ -26,16 +27,12 @@ class ListenGuard:
             return
         if ctx.options.proxyauth:
             return
-        for spec in ctx.options.mode:
-            try:
-                mode = mode_specs.ProxyMode.parse(spec)
-            except ValueError:
-                continue  # mitmproxy itself reports a malformed mode
+        for mode in parsed_modes(ctx.options.mode):
             host = mode.listen_host(ctx.options.listen_host)
             if not is_loopback(host):
                 where = host or "every interface"
                 raise exceptions.OptionsError(
-                    f"memory-routing: refusing to listen on {where} (mode {spec!r}) without proxy "
+                    f"memory-routing: refusing to listen on {where} (mode {mode.full_spec!r}) without proxy "
                     f"authentication: anyone who can reach it could spend your API keys. "
                     f"Use --listen-host 127.0.0.1, or set --proxyauth to expose it deliberately."
                 )

@@ -12,13 +12,13 @@ from typing import Any
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
-from mitmproxy.proxy import mode_specs
 
 from .classify import InvalidUserId
 from .flow_log import FlowLog
 from .headers import HeaderIndex
 from .local_endpoints import is_gateway
 from .model_calls import ModelCall, parse_model_call
+from .modes import parsed_modes
 from .responses import error_response, json_response
 from .routing import (
     CREDENTIAL_HEADERS,
@@ -272,16 +272,11 @@ class ModelRouter:
 
 def own_listeners(modes: list[str], listen_host: str) -> frozenset[tuple[str, int]]:
     """(host, port) of every listener of this proxy, loopback names folded to 127.0.0.1."""
-    found = set()
-    for spec in modes:
-        try:
-            mode = mode_specs.ProxyMode.parse(spec)
-        except ValueError:
-            continue
-        port = mode.listen_port()
-        if port:
-            found.add((_loopback_alias(mode.listen_host(listen_host) or "127.0.0.1"), port))
-    return frozenset(found)
+    return frozenset(
+        (_loopback_alias(mode.listen_host(listen_host) or "127.0.0.1"), port)
+        for mode in parsed_modes(modes)
+        if (port := mode.listen_port())
+    )
 
 
 def _loopback_alias(host: str) -> str:
