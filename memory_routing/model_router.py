@@ -28,6 +28,7 @@ from .routing import (
     RouteRefused,
     RoutingDecision,
     conversation_id_from,
+    loggable_url,
 )
 from .routing_config import RoutingConfig
 from .usage import UsageMeter
@@ -110,7 +111,7 @@ class ModelRouter:
         except InvalidUserId as e:
             flow.response = error_response(flow, 400, str(e))
         except RouteRefused as e:
-            logger.info(f"memory-routing: refused {flow.request.method} {flow.request.path}: {e.message}")
+            logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {e.message}")
             flow.response = error_response(flow, e.status, e.message, param=e.param)
         except Exception:
             # Fail closed: a half-rewritten request must never leave the proxy.

@@ -276,6 +276,14 @@ def test_gemini_generate_content_with_curl(proxy: RunningProxy, upstream: FakeUp
     assert seen.headers["x-sm-user-id"] == "curl"
 
 
+def test_refusal_log_line_drops_query_keys(proxy: RunningProxy, upstream: FakeUpstream):
+    curl("-w", "%{http_code}", "-o", "/dev/null", f"{proxy.gateway_url}/v1/messages?beta=true&key=AIza-query-secret-0007",
+         "-H", "content-type: application/json", "-d", '{"model": "gpt-alias"}')
+    assert proxy.wait_for_log("memory-routing: refused POST /v1/messages?beta=true:")
+    refusals = [line for line in proxy.log().splitlines() if "memory-routing: refused" in line]
+    assert refusals and not any("AIza-query-secret-0007" in line for line in refusals)
+
+
 def test_gemini_stream_generate_content(proxy: RunningProxy, upstream: FakeUpstream):
     result = curl(
         "-N", f"{proxy.gateway_url}/v1beta/models/gemini-alias:streamGenerateContent?alt=sse",
