@@ -25,14 +25,16 @@ class ListenGuard:
     def configure(self, updated) -> None:
         if not {"listen_host", "mode", "proxyauth"} & set(updated):
             return
-        if ctx.options.proxyauth:
+        # "any" accepts every user name and password: no authentication at all.
+        if ctx.options.proxyauth and ctx.options.proxyauth != "any":
             return
         for mode in parsed_modes(ctx.options.mode):
             host = mode.listen_host(ctx.options.listen_host)
             if not is_loopback(host):
                 where = host or "every interface"
+                why = "with --proxyauth any (which accepts anyone)" if ctx.options.proxyauth else "without proxy authentication"
                 raise exceptions.OptionsError(
-                    f"memory-routing: refusing to listen on {where} (mode {mode.full_spec!r}) without proxy "
-                    f"authentication: anyone who can reach it could spend your API keys. "
-                    f"Use --listen-host 127.0.0.1, or set --proxyauth to expose it deliberately."
+                    f"memory-routing: refusing to listen on {where} (mode {mode.full_spec!r}) {why}: "
+                    f"anyone who can reach it could spend your API keys. Use --listen-host 127.0.0.1, or set "
+                    f"--proxyauth user:password (or @htpasswd-file, or ldap:…) to expose it deliberately."
                 )

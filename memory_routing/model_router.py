@@ -23,11 +23,14 @@ from .responses import error_response, json_response
 from .routing import (
     CREDENTIAL_HEADERS,
     CREDENTIAL_QUERY_PARAMS,
+    GEMINI_KEY_HEADER,
+    KNOWN_LLM_HOSTS,
     RequestFacts,
     RoutePlanner,
     RouteRefused,
     RoutingDecision,
     conversation_id_from,
+    header_safe,
     loggable_url,
 )
 from .routing_config import RoutingConfig
@@ -104,6 +107,8 @@ class ModelRouter:
         if call is None:
             if on_gateway:
                 flow.response = self._answer_non_model_call(flow)
+            elif "key=" in flow.request.path and KNOWN_LLM_HOSTS.get(flow.request.host.lower()) == "gemini":
+                _move_gemini_key_to_header(flow.request)
             return
         try:
             decision, payload = self._decide(flow, call, on_gateway)
@@ -282,6 +287,16 @@ def own_listeners(modes: list[str], listen_host: str) -> frozenset[tuple[str, in
 
 def _loopback_alias(host: str) -> str:
     return "127.0.0.1" if host in ("localhost", "::1", "[::1]", "0.0.0.0", "") else host
+
+
+def _move_gemini_key_to_header(request: http.Request) -> None:
+    """Gemini takes its key as ?key= or as a header: the header keeps it out of every URL that
+    mitmproxy prints or saves."""
+    key = request.query.get("key")
+    if key is None or not header_safe(key):
+        return
+    del request.query["key"]
+    request.headers[GEMINI_KEY_HEADER] = key
 
 
 def _json_body(request: http.Request, headers: HeaderIndex) -> dict[str, Any]:

@@ -33,6 +33,9 @@ CONVERSATION_ID_HEADER = "x-sm-conversation-id"
 # Where clients say which conversation a request belongs to; the first one present wins.
 CONVERSATION_SOURCE_HEADERS = ("x-memory-conversation-id", "x-claude-code-session-id")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# Longest header value the proxy writes; API keys and ids are far shorter.
+MAX_HEADER_VALUE = 8192
+GEMINI_KEY_HEADER = "x-goog-api-key"
 
 
 class RouteRefused(Exception):
@@ -213,6 +216,15 @@ class RoutePlanner:
                     f"api_key for it; the proxy will not send credentials meant for {original_host} there",
                     param="model",
                 )
+        if key is None and facts.call.protocol is ClientProtocol.GEMINI and (
+            client_key := _query_value(provider_url, "key")
+        ) is not None:
+            # The client's own Gemini key travels as a header instead: a URL is printed in
+            # mitmproxy's flow list and logs, a header value is not.
+            if not header_safe(client_key):
+                raise RouteRefused(400, "the key query parameter is not a usable API key")
+            remove_query.append("key")
+            set_headers.append((GEMINI_KEY_HEADER, client_key))
         if alias is not None:
             set_headers.extend((name, secret.value or "") for name, secret in alias.extra_headers)
         provider_url = strip_query_params(provider_url, tuple(remove_query))
@@ -230,6 +242,15 @@ class RoutePlanner:
         if facts.conversation_id:
             set_headers.append((CONVERSATION_ID_HEADER, facts.conversation_id))
 
+        for name, value in set_headers:
+            if not header_safe(value):
+                # Values come from the config and its environment variables (the client's are
+                # checked where they are read); a line break would split the request.
+                raise RouteRefused(
+                    500, f"the value this proxy would send as {name!r} for model {facts.requested_model!r} "
+                    f"contains a line break or NUL, or is over {MAX_HEADER_VALUE} characters; fix it in the "
+                    "config or the environment variable it names"
+                )
         provider_model = route.provider_model if route else facts.requested_model
         body_model = None
         if route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
@@ -296,6 +317,19 @@ def _needs_translation(facts: RequestFacts, route: ProviderRoute) -> str:
         f"{facts.call.protocol.value}-format {facts.call.endpoint.value} endpoint; translating between "
         f"the two formats is not supported yet (see README, 'Protocols')"
     )
+
+
+def header_safe(value: str) -> bool:
+    return len(value) <= MAX_HEADER_VALUE and "\r" not in value and "\n" not in value and "\0" not in value
+
+
+def _query_value(url: str, name: str) -> str | None:
+    if "?" not in url:
+        return None
+    for key, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+        if key == name:
+            return value
+    return None
 
 
 def _names(headers: list[tuple[str, str]], name: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 GATE_TIMEOUT_SECONDS = 60.0  # a safety net only: tests release the gate themselves
+DRIP_SECONDS = 0.2  # between two events of a "drip" stream
+HUGE_BODY_BYTES = 8 * 1024 * 1024
+# Faults a request asks for with the header x-fake-fault:
+#   status=NNN  answer NNN with the provider's own JSON error
+#   hang        read the request, then send nothing until released (bounded), and close
+#   cut         start the answer (two events of a stream, half of a JSON body), then drop the connection
+#   drip        stream the events slowly, DRIP_SECONDS apart
+#   huge        a JSON answer of HUGE_BODY_BYTES
+FAULT_HEADER = "x-fake-fault"
 SUPERMEMORY_PREFIX = "/v3/"
 USAGE_IN, USAGE_OUT = 11, 7
 
@@ -47,6 +57,8 @@ class FakeUpstream:
     delay: float = 0.0  # seconds each answer takes, to make requests overlap
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
+    open_connections: int = 0
+    broken_writes: int = 0  # answers the client side stopped reading (connection gone)
     in_flight: int = 0
     max_in_flight: int = 0
     cf_token: str | None = None
@@ -82,6 +94,7 @@ class FakeUpstream:
             self.requests.clear()
             self.connections = 0
             self.max_in_flight = 0
+            self.broken_writes = 0
         self.hold_streams = False
         self._gate.clear()
 
@@ -115,7 +128,16 @@ class FakeUpstream:
     def _new_connection(self) -> int:
         with self._lock:
             self.connections += 1
+            self.open_connections += 1
             return next(self._ids)
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
+
+    def _broken_write(self) -> None:
+        with self._lock:
+            self.broken_writes += 1
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -129,6 +151,20 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection_id = self.fake._new_connection()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.fake._connection_closed()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            self.fake._broken_write()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -183,6 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
         route = path.split("?", 1)[0]
         model = payload.get("model", "")
         stream = bool(payload.get("stream"))
+        if fault := self.headers.get(FAULT_HEADER):
+            self._fault(fault, route, model, stream, extra)
+            return
         if route.endswith("/chat/completions"):
             if stream:
                 self._sse(_openai_chat_events(model), extra)
@@ -213,6 +252,47 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
 
+    def _fault(self, fault: str, route: str, model: str, stream: bool, extra: dict[str, Any]) -> None:
+        if fault.startswith("status="):
+            status = int(fault.split("=", 1)[1])
+            if route.endswith("/messages"):
+                kind = "overloaded_error" if status == 529 else "api_error"
+                self._json(status, {"type": "error", "error": {"type": kind, "message": f"fake {status}"}}, extra)
+            else:
+                self._json(status, {"error": {"message": f"fake {status}", "type": "server_error", "param": None, "code": None}}, extra)
+        elif fault == "hang":
+            self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
+            self.close_connection = True
+        elif fault == "cut":
+            if stream:
+                self._sse(_anthropic_events(model) if route.endswith("/messages") else _openai_chat_events(model),
+                          extra, stop_after=2)
+            else:
+                body = json.dumps(_openai_chat(model)).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+            self._drop()
+        elif fault == "drip":
+            self._sse(_anthropic_events(model) if route.endswith("/messages") else _openai_chat_events(model),
+                      extra, pause=DRIP_SECONDS)
+        elif fault == "huge":
+            filler = "x" * HUGE_BODY_BYTES
+            self._json(200, _openai_chat(model) | {"filler": filler}, extra)
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+
+    def _drop(self) -> None:
+        """Close the connection abruptly, mid-answer."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _json(self, status: int, payload: Any, extra: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
@@ -237,7 +317,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _sse(self, events: list[tuple[str | None, Any]], extra: dict[str, str]) -> None:
+    def _sse(
+        self, events: list[tuple[str | None, Any]], extra: dict[str, str], *, stop_after: int | None = None,
+        pause: float = 0.0,
+    ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -245,10 +328,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_extra(extra)
         self.end_headers()
         for index, (event, data) in enumerate(events):
+            if index == stop_after:
+                return
             text = (f"event: {event}\n" if event else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
             self._chunk(text.encode())
             if index == 0 and self.fake.hold_streams:
                 self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
+            if pause:
+                time.sleep(pause)
         self._chunk(b"")
 
     def _chunk(self, data: bytes) -> None:

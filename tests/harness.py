@@ -143,14 +143,16 @@ def _accepts(port: int) -> bool:
     return False
 
 
-def run_mitmdump_to_exit(workdir: Path, args: Sequence[str], timeout: float = START_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
+def run_mitmdump_to_exit(
+    workdir: Path, args: Sequence[str], timeout: float = START_TIMEOUT_SECONDS, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run mitmdump with ``args`` expecting it to refuse to start; bounded by ``timeout``."""
     return subprocess.run(
         [str(MITMDUMP), "-s", str(ADDON), "--set", f"confdir={workdir / 'confdir'}", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=proxy_env(),
+        env=proxy_env(env),
         cwd=workdir,
         stdin=subprocess.DEVNULL,
     )

@@ -1,0 +1,74 @@
+"""Replace mitmproxy's HTML error page with the client's own error shape, flow by flow.
+
+When an upstream cannot be reached (or times out, or mitmproxy refuses a body), mitmproxy
+writes its own ``text/html`` page straight to the client: the ``error`` hook cannot answer
+instead (mitmproxy PR #7999 proposes that and is not merged in 11.x or 12.x). SDKs cannot
+parse that page and retry blindly. So the module functions that render the page are wrapped:
+the ``error`` hook registers the answer for one failure, keyed by the identity of the message
+string mitmproxy hands both to ``flow.error`` and to the page renderer, and every failure that
+registered nothing still gets mitmproxy's page.
+
+Hand-written because mitmproxy has no supported way to do this; kept to the two renderers
+and checked against mitmproxy 11.0.2 and 12.x by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1, _http2
+
+# Registered answers whose failure never reached a renderer (the client was already gone)
+# are dropped oldest-first past this many.
+PENDING_LIMIT = 1024
+
+
+class ErrorPageOverrides:
+    def __init__(self) -> None:
+        # id(message) -> (message, answer); the message is held so its id stays unique.
+        self._pending: collections.OrderedDict[int, tuple[str, http.Response]] = collections.OrderedDict()
+        self._originals: tuple[Callable, Callable] | None = None
+
+    def register(self, message: str, answer: http.Response) -> None:
+        """Send ``answer`` instead of mitmproxy's page for the failure whose text is ``message``
+        (the very object in ``flow.error.msg``)."""
+        self._pending[id(message)] = (message, answer)
+        while len(self._pending) > PENDING_LIMIT:
+            self._pending.popitem(last=False)
+
+    def install(self) -> None:
+        if self._originals is not None:
+            return
+        self._originals = (_http1.make_error_response, _http2.format_error)
+        original_page, original_body = self._originals
+
+        def make_error_response(status_code, message: str = "") -> bytes:
+            answer = self._take(message)
+            if answer is None:
+                return original_page(status_code, message)
+            answer.headers["connection"] = "close"  # mitmproxy closes the connection next
+            return http1.assemble_response(answer)
+
+        def format_error(status_code, message: str) -> bytes:
+            # HTTP/2: mitmproxy writes the status and a text/html content-type itself; only
+            # the body can be replaced.
+            answer = self._take(message)
+            return original_body(status_code, message) if answer is None else answer.raw_content or b""
+
+        _http1.make_error_response = make_error_response
+        _http2.format_error = format_error
+
+    def uninstall(self) -> None:
+        if self._originals is not None:
+            _http1.make_error_response, _http2.format_error = self._originals
+            self._originals = None
+        self._pending.clear()
+
+    def _take(self, message: object) -> http.Response | None:
+        entry = self._pending.pop(id(message), None)
+        if entry is None or entry[0] is not message:
+            return None
+        return entry[1]

@@ -1,0 +1,208 @@
+"""Addon that turns upstream failures of routed calls into errors in the client's own shape.
+
+- An upstream that refuses the connection, does not resolve, or breaks before answering: 502.
+- One that does not accept the connection within the connect timeout, or sends nothing for
+  the read timeout (before its answer, or between two chunks of it): 504, and the upstream
+  connection is dropped. mitmproxy itself has no such timeouts: it would wait for the OS.
+- An answer cut short after it started cannot be turned into an error any more: the client
+  sees a broken stream (mitmproxy closes the connection without the final chunk), and the
+  proxy logs it, so a truncated answer is never mistaken for a complete one.
+
+Every other failure of a routed call gets a 502 in the client's shape too, never mitmproxy's
+HTML page (see error_pages). Upstream 4xx/5xx answers are answers: they pass through as sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import connection
+from mitmproxy import ctx
+from mitmproxy import http
+from mitmproxy.proxy import server_hooks
+
+from .error_pages import ErrorPageOverrides
+from .model_router import METADATA_KEY
+from .protocol import ClientProtocol
+from .responses import error_response
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 0.25
+TIMEOUT_MARK = "memory_routing.timeout"
+# The text of a cancelled connect attempt starts with this (mitmproxy passes the cancel message
+# on as the connection error).
+CONNECT_TIMEOUT_TEXT = "memory-routing: connect timeout"
+# Addresses whose connect attempt timed out recently: mitmproxy's connect error does not name
+# the flow, so the error hook matches the flow's target against this.
+_RECENT_SECONDS = 30.0
+
+
+@dataclass
+class _Watched:
+    """A routed flow waiting for (or reading) its upstream answer."""
+
+    flow: http.HTTPFlow
+    sent_at: float
+    last_chunk_at: float | None = None
+
+
+class UpstreamFailures:
+    def __init__(self) -> None:
+        self.pages = ErrorPageOverrides()
+        self.connect_timeout = 10.0
+        self.read_timeout = 300.0
+        self._flows: dict[str, _Watched] = {}
+        # Server connections to routed targets that are still connecting: when they started.
+        self._connecting: weakref.WeakKeyDictionary[connection.Server, float] = weakref.WeakKeyDictionary()
+        # The task that owns each server connection (it connects, then reads until the end).
+        self._tasks: weakref.WeakKeyDictionary[connection.Server, asyncio.Task] = weakref.WeakKeyDictionary()
+        self._routed_targets: set[tuple[str, int]] = set()
+        self._connect_timeouts: dict[tuple[str, int], float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "memory_routing_connect_timeout", int, 10,
+            "Seconds a routed call may wait for the upstream to accept its connection (DNS included); then 504.",
+        )
+        loader.add_option(
+            "memory_routing_read_timeout", int, 300,
+            "Seconds a routed call may wait for the upstream's answer, or between two chunks of it; then 504.",
+        )
+
+    def configure(self, updated) -> None:
+        self.connect_timeout = ctx.options.memory_routing_connect_timeout
+        self.read_timeout = ctx.options.memory_routing_read_timeout
+
+    def running(self) -> None:
+        self.pages.install()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def done(self) -> None:
+        self.pages.uninstall()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata and flow.response is None and flow.error is None:
+            self._flows[flow.id] = _Watched(flow, time.time())
+            if len(self._routed_targets) < 4096:
+                self._routed_targets.add((flow.request.host, flow.request.port))
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # Runs inside the task that will connect and then read this connection: cancelling it
+        # is how a timed-out connection is dropped.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[data.server] = task
+        if data.server.address is not None and data.server.address in self._routed_targets:
+            self._connecting[data.server] = time.time()
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._connecting.pop(data.server, None)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._connecting.pop(data.server, None)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        watched = self._flows.get(flow.id)
+        if watched is None or flow.response is None:
+            return
+        watched.last_chunk_at = time.time()
+        inner = flow.response.stream
+        if not inner:
+            return  # a buffered answer: the read timeout keeps counting until it is complete
+        pass_on = inner if callable(inner) else None
+
+        def note_chunk(chunk: bytes) -> bytes:
+            watched.last_chunk_at = time.time()
+            return pass_on(chunk) if pass_on is not None else chunk
+
+        flow.response.stream = note_chunk
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._flows.pop(flow.id, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        watched = self._flows.pop(flow.id, None)
+        summary = flow.metadata.get(METADATA_KEY)
+        if summary is None or flow.error is None:
+            return
+        host = flow.request.pretty_host
+        if flow.response is not None and flow.response.stream:
+            # The answer had started reaching the client: all that can be done is not to pass
+            # it off as complete.
+            received = "" if watched is None or watched.last_chunk_at is None else " after its first bytes"
+            logger.warning(
+                f"memory-routing: the answer from {host} was cut short{received} ({flow.error.msg}); "
+                f"the client gets a broken stream"
+            )
+            return
+        status, message = self._describe(flow, host)
+        logger.warning(f"memory-routing: {message}")
+        protocol = ClientProtocol(summary["client_protocol"])
+        answer = error_response(flow, status, message, retryable=True, protocol=protocol)
+        self.pages.register(flow.error.msg, answer)
+
+    # --- timeouts -------------------------------------------------------------------------
+
+    def _describe(self, flow: http.HTTPFlow, host: str) -> tuple[int, str]:
+        text = flow.error.msg if flow.error else ""
+        timed_out = flow.metadata.get(TIMEOUT_MARK)
+        if timed_out == "read":
+            return 504, f"{host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
+        recent = self._connect_timeouts.get((flow.request.host, flow.request.port))
+        if CONNECT_TIMEOUT_TEXT in text or (recent is not None and time.time() - recent < _RECENT_SECONDS):
+            return 504, (
+                f"{host} did not accept a connection within {self.connect_timeout:g} s "
+                f"(memory_routing_connect_timeout)"
+            )
+        if "body_size_limit" in text:
+            return 413, f"mitmproxy refused the body: {text}"
+        return 502, f"the proxy could not get an answer from {host}: {text}"
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self._sweep(time.time())
+            except Exception:  # the sweeper must outlive any one bad flow
+                logger.exception("memory-routing: upstream timeout check failed")
+
+    def _sweep(self, now: float) -> None:
+        for server, started in list(self._connecting.items()):
+            if now - started > self.connect_timeout:
+                self._connecting.pop(server, None)
+                if server.address is not None:
+                    self._connect_timeouts[server.address] = now
+                self._cancel(server, f"{CONNECT_TIMEOUT_TEXT} after {self.connect_timeout:g} s")
+        for address, when in list(self._connect_timeouts.items()):
+            if now - when > _RECENT_SECONDS:
+                del self._connect_timeouts[address]
+        for flow_id, watched in list(self._flows.items()):
+            flow = watched.flow
+            if not flow.live or flow.error is not None:
+                del self._flows[flow_id]
+                continue
+            connected_at = flow.server_conn.timestamp_tcp_setup
+            if connected_at is None or flow.server_conn.state is connection.ConnectionState.CLOSED:
+                continue  # still connecting: the connect timeout applies
+            last = watched.last_chunk_at or max(watched.sent_at, connected_at)
+            if now - last > self.read_timeout:
+                del self._flows[flow_id]
+                flow.metadata[TIMEOUT_MARK] = "read"
+                self._cancel(flow.server_conn, "memory-routing: read timeout")
+
+    def _cancel(self, server: connection.Server, reason: str) -> None:
+        task = self._tasks.get(server)
+        if task is not None and not task.done():
+            task.cancel(reason)
