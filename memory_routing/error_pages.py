@@ -6,7 +6,10 @@ instead (mitmproxy PR #7999 proposes that and is not merged in 11.x or 12.x). SD
 parse that page and retry blindly. So the module functions that render the page are wrapped:
 the ``error`` hook registers the answer for one failure, keyed by the identity of the message
 string mitmproxy hands both to ``flow.error`` and to the page renderer, and every failure that
-registered nothing still gets mitmproxy's page.
+registered nothing still gets mitmproxy's page. Some messages are constants ("server closed
+connection"), shared by every flow that fails that way, and other flows may fail between a
+flow's hook and its page: answers for one message are kept in arrival order, first come first
+served.
 
 Hand-written because mitmproxy has no supported way to do this; kept to the two renderers
 and checked against mitmproxy 11.0.2 and 12.x by the end-to-end tests.
@@ -28,14 +31,20 @@ PENDING_LIMIT = 1024
 
 class ErrorPageOverrides:
     def __init__(self) -> None:
-        # id(message) -> (message, answer); the message is held so its id stays unique.
-        self._pending: collections.OrderedDict[int, tuple[str, http.Response]] = collections.OrderedDict()
+        # id(message) -> (message, answers in arrival order); the message is held so its id
+        # stays unique.
+        self._pending: collections.OrderedDict[int, tuple[str, collections.deque[http.Response]]] = (
+            collections.OrderedDict()
+        )
         self._originals: tuple[Callable, Callable] | None = None
 
     def register(self, message: str, answer: http.Response) -> None:
         """Send ``answer`` instead of mitmproxy's page for the failure whose text is ``message``
         (the very object in ``flow.error.msg``)."""
-        self._pending[id(message)] = (message, answer)
+        entry = self._pending.get(id(message))
+        if entry is None or entry[0] is not message:
+            entry = self._pending[id(message)] = (message, collections.deque(maxlen=PENDING_LIMIT))
+        entry[1].append(answer)
         while len(self._pending) > PENDING_LIMIT:
             self._pending.popitem(last=False)
 
@@ -68,7 +77,11 @@ class ErrorPageOverrides:
         self._pending.clear()
 
     def _take(self, message: object) -> http.Response | None:
-        entry = self._pending.pop(id(message), None)
+        entry = self._pending.get(id(message))
         if entry is None or entry[0] is not message:
             return None
-        return entry[1]
+        answers = entry[1]
+        answer = answers.popleft()
+        if not answers:
+            del self._pending[id(message)]
+        return answer

@@ -69,9 +69,7 @@ class FakeUpstream:
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def start(self) -> FakeUpstream:
-        self.server = ThreadingHTTPServer((self.host, 0), _Handler)
-        self.server.request_queue_size = 256
-        self.server.daemon_threads = True
+        self.server = _Server((self.host, 0), _Handler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -138,6 +136,12 @@ class FakeUpstream:
     def _broken_write(self) -> None:
         with self._lock:
             self.broken_writes += 1
+
+
+class _Server(ThreadingHTTPServer):
+    # Read by listen() in the constructor: a load test opens hundreds of connections at once.
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):
