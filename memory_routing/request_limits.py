@@ -1,4 +1,5 @@
-"""Addon that refuses oversized model calls before they are routed: 431 for headers, 413 for bodies.
+"""Addon that refuses oversized or ambiguous model calls before they are routed: 431 for
+headers, 413 for bodies, 400 for a second Host header.
 
 Both answers come in the client's own error shape, with ``x-should-retry: false`` (the same
 request will never fit). A body announced by Content-Length is refused as soon as its headers
@@ -54,6 +55,11 @@ class RequestLimits:
         if flow.response or not self._applies(flow):
             return
         fields = flow.request.headers.fields
+        if sum(name.lower() == b"host" for name, _ in fields) > 1:
+            # Two Host headers let two parsers disagree about where a request goes; h2 <= 4.4.0
+            # passes them on from HTTP/2 (CVE-2026-71554) and mitmproxy 12.2 ships h2 4.3.0.
+            flow.response = error_response(flow, 400, "the request has more than one Host header")
+            return
         if self.max_headers and sum(len(name) + len(value) + 4 for name, value in fields) > self.max_headers:
             flow.response = error_response(
                 flow, 431,

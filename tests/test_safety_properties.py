@@ -90,7 +90,7 @@ def make_flow(path: str, headers: list[tuple[str, str]], body: bytes, gateway: b
         (name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in headers
     ]
     request = tutils.treq(method=b"POST", path=path.encode(), content=body, headers=Headers(fields))
-    request.host = "api.openai.com"
+    request.data.host = "api.openai.com"  # not the setter: it would rewrite every Host header
     flow = tflow.tflow(req=request)
     if gateway:
         flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://memory-routing.localhost")
@@ -182,3 +182,20 @@ def test_a_config_secret_with_a_line_break_is_refused_not_sent(config_file: Path
         router.request(flow)
         assert flow.response.status_code == 500
         assert "'authorization'" in flow.response.text and "sk-1" not in flow.response.text
+
+
+@pytest.mark.parametrize(
+    "extra, status",
+    [([], None), ([("host", "evil.example")], 400), ([("x-big", "v" * 20000)], 431), ([("content-length", "2000000")], 413)],
+)
+def test_request_limits(config_file: Path, extra, status):
+    routing = RoutingConfig()
+    limits = RequestLimits(routing)
+    with taddons.context(routing, limits) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        tctx.configure(limits, memory_routing_max_header_size="16k", memory_routing_max_body_size="1m")
+        flow = make_flow("/v1/chat/completions", extra, b"{}", gateway=False)
+        limits.requestheaders(flow)
+        assert (flow.response.status_code if flow.response else None) == status
+        if status:
+            assert_answer_in_client_shape(flow)
