@@ -18,6 +18,7 @@ and checked against mitmproxy 11.0.2 and 12.x by the end-to-end tests.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 
 from mitmproxy import http
@@ -27,13 +28,16 @@ from mitmproxy.proxy.layers.http import _http1, _http2
 # Registered answers whose failure never reached a renderer (the client was already gone)
 # are dropped oldest-first past this many.
 PENDING_LIMIT = 1024
+# mitmproxy renders the page right after the error hook; an answer older than this was for a
+# failure that never got a page (the client had left) and must not go to another client.
+STALE_SECONDS = 5.0
 
 
 class ErrorPageOverrides:
     def __init__(self) -> None:
         # id(message) -> (message, answers in arrival order); the message is held so its id
         # stays unique.
-        self._pending: collections.OrderedDict[int, tuple[str, collections.deque[http.Response]]] = (
+        self._pending: collections.OrderedDict[int, tuple[str, collections.deque[tuple[float, http.Response]]]] = (
             collections.OrderedDict()
         )
         self._originals: tuple[Callable, Callable] | None = None
@@ -44,7 +48,7 @@ class ErrorPageOverrides:
         entry = self._pending.get(id(message))
         if entry is None or entry[0] is not message:
             entry = self._pending[id(message)] = (message, collections.deque(maxlen=PENDING_LIMIT))
-        entry[1].append(answer)
+        entry[1].append((time.monotonic(), answer))
         while len(self._pending) > PENDING_LIMIT:
             self._pending.popitem(last=False)
 
@@ -81,7 +85,12 @@ class ErrorPageOverrides:
         if entry is None or entry[0] is not message:
             return None
         answers = entry[1]
-        answer = answers.popleft()
+        oldest_usable = time.monotonic() - STALE_SECONDS
+        answer = None
+        while answers and answer is None:
+            registered_at, candidate = answers.popleft()
+            if registered_at >= oldest_usable:
+                answer = candidate
         if not answers:
             del self._pending[id(message)]
         return answer

@@ -149,6 +149,8 @@ class UpstreamFailures:
             return
         status, message = self._describe(flow, host)
         logger.warning(f"memory-routing: {message}")
+        if not flow.client_conn.state & connection.ConnectionState.CAN_WRITE:
+            return  # the client has gone: no page will be written
         protocol = ClientProtocol(summary["client_protocol"])
         answer = error_response(flow, status, message, retryable=True, protocol=protocol)
         self.pages.register(flow.error.msg, answer)
