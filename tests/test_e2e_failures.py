@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -344,7 +345,8 @@ def test_client_disconnect_mid_stream_drops_the_upstream_stream(proxy: RunningPr
 
 
 def test_forward_proxy_client_gets_json_not_mitmproxys_page(proxy: RunningProxy, upstream: FakeUpstream):
-    with httpx.Client(proxy=proxy.forward_url, verify=str(proxy.ca_cert), timeout=WAIT) as client:
+    trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    with httpx.Client(proxy=proxy.forward_url, verify=trust, timeout=WAIT) as client:
         answer = client.post(
             "https://api.openai.com/v1/chat/completions", json={"model": "refused-alias", "messages": []},
             headers={"authorization": "Bearer sk-client"},
