@@ -21,6 +21,7 @@ ENV_PREFIX = "os.environ/"
 DEFAULT_CUSTOM_HEADER = "x-memory-user-id"
 DEFAULT_USER_ID = "default-dev"
 DEFAULT_SUPERMEMORY_BASE_URL = "https://api.supermemory.ai/v3"
+TRANSLATE_MODES = ("auto", "always", "never")
 
 # A memory user id ends up in the x-sm-user-id header and in Supermemory's storage keys,
 # so only a conservative alphabet is allowed, whether it comes from the config or a client.
@@ -81,6 +82,14 @@ class ModelAlias:
     unset_env_vars: tuple[str, ...]
     # Entry-level `memory: false` keeps this alias out of Supermemory even when memory is on.
     memory: bool = True
+    # Entry-level `translate`: "auto" translates only when the provider has no endpoint in the
+    # client's format, "always" uses the provider's native API, "never" refuses to translate.
+    translate: str = "auto"
+
+    @property
+    def drop_params(self) -> bool:
+        """LiteLLM's drop_params: leave out request parameters the provider does not take."""
+        return self.other_params.get("drop_params") is True
 
     @property
     def provider_hint(self) -> str | None:
@@ -304,6 +313,9 @@ def _parse_model(ctx: _Context, raw: Any, path: str) -> ModelAlias:
     memory = entry.get("memory", True)
     if not isinstance(memory, bool):
         raise ctx.error(f"{path}.memory", f"must be true or false, got {memory!r}")
+    translate = entry.get("translate", "auto")
+    if translate not in TRANSLATE_MODES:
+        raise ctx.error(f"{path}.translate", f"must be one of {', '.join(TRANSLATE_MODES)}, got {translate!r}")
     api_key = _secret(ctx, params.get("api_key"), f"{params_path}.api_key")
     extra_headers = _parse_extra_headers(ctx, params.get("extra_headers"), f"{params_path}.extra_headers")
 
@@ -339,6 +351,7 @@ def _parse_model(ctx: _Context, raw: Any, path: str) -> ModelAlias:
         other_params=MappingProxyType(other),
         unset_env_vars=tuple(dict.fromkeys(unset)),
         memory=memory,
+        translate=translate,
     )
 
 

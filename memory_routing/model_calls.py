@@ -73,6 +73,19 @@ def upstream_path(call: ModelCall, provider_model: str) -> str:
     return f"/{call.endpoint.value}"
 
 
+def native_path(protocol: ClientProtocol, provider_model: str, stream: bool) -> str:
+    """The chat path below a provider's native base (see ProviderRoute) for a translated call."""
+    if protocol is ClientProtocol.GEMINI:
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"/v1beta/models/{provider_model}:{method}"
+    if protocol is ClientProtocol.ANTHROPIC:
+        return "/v1/messages"
+    return "/chat/completions"
+
+
+# Calls LiteLLM can translate into another provider's chat API.
+TRANSLATABLE_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES})
+
 # Which OpenAI-format endpoints each non-OpenAI provider's compatibility layer serves.
 OPENAI_COMPAT_ENDPOINTS: dict[str, frozenset[Endpoint]] = {
     "anthropic": frozenset({Endpoint.CHAT_COMPLETIONS}),

@@ -14,6 +14,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from .classify import InvalidUserId
+from .cloudflare import is_cloudflare_error_head
 from .flow_log import FlowLog
 from .headers import HeaderIndex
 from .local_endpoints import is_gateway
@@ -34,6 +35,7 @@ from .routing import (
     loggable_url,
 )
 from .routing_config import RoutingConfig
+from .translation import AnswerTranslation, TranslationRefused, translate_request
 from .usage import UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ QUIET_PATHS = frozenset({"/api/event_logging/batch"})
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
+# Where a client's own API key may be, in the order they are looked at.
+_CLIENT_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 
 
 @dataclass
@@ -54,14 +58,17 @@ class _FlowRecord:
     first_body_byte_at: float | None = None
     meter: UsageMeter | None = None
     supermemory: dict[str, str] = field(default_factory=dict)
+    answer: AnswerTranslation | None = None  # set when the call was translated
+    translate_chunk: Any = None  # the answer's stream translator, once it streams
 
-    def tap(self, chunk: bytes) -> bytes:
-        """mitmproxy's per-chunk stream callback: note timing and usage, pass the bytes on."""
+    def tap(self, chunk: bytes) -> bytes | list[bytes]:
+        """mitmproxy's per-chunk stream callback: note timing and usage, pass the bytes on
+        (translated into the client's events when the call was translated)."""
         if chunk and self.first_body_byte_at is None:
             self.first_body_byte_at = time.time()
         if self.meter is not None:
-            self.meter.feed(chunk)
-        return chunk
+            self.meter.feed(chunk)  # the provider's own events: the meter reads every format
+        return chunk if self.translate_chunk is None else self.translate_chunk(chunk)
 
 
 class ModelRouter:
@@ -129,6 +136,9 @@ class ModelRouter:
         record = self._records.get(flow)
         if record is None or flow.response is None:
             return
+        if record.answer is not None:
+            self._prepare_translated_answer(flow, record)
+            return
         content_type = length = encoding = b""
         for name, value in flow.response.headers.fields:
             lowered = name.lower()
@@ -154,6 +164,8 @@ class ModelRouter:
         if record.meter is None and not record.stream and flow.response.raw_content is not None:
             record.meter = UsageMeter(event_stream=False)
             record.meter.feed(flow.response.content or b"")
+        if record.answer is not None and not record.stream:
+            self._translate_answer(flow, record.answer)
         self._log(flow, record, status=flow.response.status_code, error=None)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -185,6 +197,8 @@ class ModelRouter:
             has_client_credentials=any(h in headers for h in CREDENTIAL_HEADERS)
             or ("?" in request.path and any(p in request.query for p in CREDENTIAL_QUERY_PARAMS)),
             conversation_id=conversation_id_from(headers.get),
+            stream=payload is not None and payload.get("stream") is True,
+            client_credential=_client_key(headers),
         )
         decision = self.planner.plan(config, identity, facts)
         target = decision.upstream
@@ -207,10 +221,17 @@ class ModelRouter:
             dropped = dropped | {b"host"}
             added = added + ((b"host", target.host_header.encode()),)
         body = None
-        if decision.body_model is not None and payload is not None:
+        answer = None
+        if decision.translation is not None and payload is not None:
+            body, answer, translated_headers = _translated_body(decision, payload)
+            # The answer is translated as it passes: it must arrive uncompressed.
+            dropped = dropped | {b"accept-encoding", b"content-encoding"} | {name for name, _ in translated_headers}
+            added = added + translated_headers + ((b"accept-encoding", b"identity"),)
+        elif decision.body_model is not None and payload is not None:
             payload["model"] = decision.body_model
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-            if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields}:
+        if body is not None:
+            if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.
                 dropped = dropped | {b"content-length", b"transfer-encoding"}
                 added = added + ((b"content-length", str(len(body)).encode()),)
@@ -232,10 +253,47 @@ class ModelRouter:
         request.data.path = target.path.encode()
         if not plain_http1:
             request.host_header = target.host_header
-        record = _FlowRecord(decision, decision.summary())
+        record = _FlowRecord(decision, decision.summary(), answer=answer)
         flow.metadata[METADATA_KEY] = record.summary
         flow.comment = decision.describe()
         self._records[flow] = record
+
+    def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord) -> None:
+        """Stream a translated event stream through its translator; read anything else whole."""
+        response = flow.response
+        assert response is not None and record.answer is not None
+        content_type = response.headers.get("content-type", "")
+        if response.status_code >= 400 or not content_type.startswith("text/event-stream"):
+            response.stream = False  # one JSON document (or an error): translated in response()
+            return
+        record.stream = True
+        record.meter = UsageMeter(event_stream=True)
+        record.translate_chunk = record.answer.stream_translator()
+        response.headers.pop("content-length", None)
+        response.headers["content-type"] = "text/event-stream; charset=utf-8"
+        response.stream = record.tap
+
+    def _translate_answer(self, flow: http.HTTPFlow, answer: AnswerTranslation) -> None:
+        response = flow.response
+        assert response is not None
+        lowered = {name.lower(): value for name, value in response.headers.items()}
+        if is_cloudflare_error_head(response.status_code, lowered):
+            return  # Cloudflare's own page: CloudflareGuard answers it in the client's shape
+        try:
+            body = answer.body(response.status_code, lowered.get("content-type", ""), response.content or b"")
+        except TranslationRefused as e:
+            flow.response = error_response(flow, e.status, e.message, retryable=True, protocol=answer.client)
+            return
+        except Exception:
+            logger.exception(f"memory-routing: could not translate the answer of {answer.provider}")
+            flow.response = error_response(
+                flow, 502, f"the proxy could not translate {answer.provider}'s answer; its log has the details",
+                retryable=True, protocol=answer.client,
+            )
+            return
+        response.headers.pop("content-encoding", None)
+        response.headers["content-type"] = "application/json"
+        response.content = body
 
     def _answer_non_model_call(self, flow: http.HTTPFlow) -> http.Response:
         path = flow.request.path.split("?", 1)[0]
@@ -297,6 +355,37 @@ def _move_gemini_key_to_header(request: http.Request) -> None:
         return
     del request.query["key"]
     request.headers[GEMINI_KEY_HEADER] = key
+
+
+def _translated_body(
+    decision: RoutingDecision, payload: dict[str, Any]
+) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...]]:
+    translation = decision.translation
+    assert translation is not None
+    try:
+        translated = translate_request(
+            decision.client_protocol, translation.provider, translation.provider_model, payload,
+            drop_params=translation.drop_params,
+        )
+    except TranslationRefused as e:
+        raise RouteRefused(e.status, e.message) from None
+    for name, value in translated.headers:
+        if not header_safe(value):
+            raise RouteRefused(500, f"LiteLLM's translation produced an unusable {name!r} header")
+    headers = tuple((name.encode(), value.encode()) for name, value in translated.headers)
+    return translated.body, translated.answer, headers
+
+
+def _client_key(headers: HeaderIndex) -> str | None:
+    """The API key the client sent, from whichever header its SDK uses."""
+    for name in _CLIENT_KEY_HEADERS:
+        if value := headers.get(name):
+            return value.strip() if header_safe(value) else None
+    authorization = headers.get("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip() and header_safe(token):
+        return token.strip()
+    return None
 
 
 def _json_body(request: http.Request, headers: HeaderIndex) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .classify import ClientIdentity
 from .config import ModelAlias, ProxyConfig
-from .model_calls import OPENAI_COMPAT_ENDPOINTS, ModelCall, upstream_path
+from .model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
 from .protocol import ClientProtocol
 from .providers import ProviderResolver, ProviderRoute, UnresolvableModel, UnsupportedProvider
 
@@ -36,6 +36,13 @@ _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 # Longest header value the proxy writes; API keys and ids are far shorter.
 MAX_HEADER_VALUE = 8192
 GEMINI_KEY_HEADER = "x-goog-api-key"
+# Headers of one API family that mean nothing (or something else) to another: dropped when a
+# call is translated away from that family.
+_FAMILY_HEADERS = {
+    ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
+    ClientProtocol.OPENAI: ("openai-organization", "openai-project", "openai-beta"),
+    ClientProtocol.GEMINI: ("x-goog-api-client", "x-goog-user-project"),
+}
 
 
 class RouteRefused(Exception):
@@ -74,6 +81,16 @@ class UpstreamTarget:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """The call goes to the provider's native API in its own format, translated by LiteLLM."""
+
+    provider: str
+    provider_model: str
+    target_protocol: ClientProtocol
+    drop_params: bool
+
+
+@dataclass(frozen=True)
 class RoutingDecision:
     user_id: str
     rule: str
@@ -88,6 +105,7 @@ class RoutingDecision:
     body_model: str | None  # the model to write into the JSON body, None to leave the body alone
     remove_headers: tuple[str, ...]
     remove_query_params: tuple[str, ...]
+    translation: Translation | None
     # Header values include credentials: kept out of repr, logs and flow metadata.
     set_headers: tuple[tuple[str, str], ...] = field(repr=False)
     # Derived once, for the router's single pass over the request: the split upstream URL,
@@ -115,13 +133,18 @@ class RoutingDecision:
             "upstream_url": loggable_url(self.upstream_url),
             "client_protocol": self.client_protocol.value,
             "memory": self.memory,
+            "translated_to": self.translation.target_protocol.value if self.translation else None,
             "headers_set": [name for name, _ in self.set_headers],
         }
 
     def describe(self) -> str:
         alias = f"{self.alias} → " if self.alias else ""
+        translated = (
+            f"; translated {self.client_protocol.value} → {self.translation.target_protocol.value}"
+            if self.translation else ""
+        )
         return (
-            f"user {self.user_id} ({self.rule}); {alias}{self.provider}/{self.provider_model}; "
+            f"user {self.user_id} ({self.rule}); {alias}{self.provider}/{self.provider_model}{translated}; "
             f"{'memory on' if self.memory else 'memory off'}; {loggable_url(self.upstream_url)}"
         )
 
@@ -136,6 +159,10 @@ class RequestFacts:
     original_url: str  # as the client addressed it (forward mode); the gateway's URL otherwise
     has_client_credentials: bool
     conversation_id: str | None
+    stream: bool = False  # the body asks for a streamed answer
+    # The client's own API key, whichever header carried it: moved into the provider's header
+    # when a translated call has no key in the config.
+    client_credential: str | None = field(default=None, repr=False)
 
 
 class RoutePlanner:
@@ -148,13 +175,28 @@ class RoutePlanner:
             # The client addressed a provider itself: keep its destination.
             return self._decide(config, identity, facts, None, None, facts.original_url)
         route = self._resolve(config, alias, facts)
+        mode = alias.translate if alias is not None else "auto"
         base = route.base_for(facts.call.protocol)
-        if base is None or not _compat_layer_serves(route, facts.call):
-            raise RouteRefused(400, _needs_translation(facts, route), param="model")
-        provider_url = base + upstream_path(facts.call, route.provider_model)
-        if facts.call.query:
-            provider_url += "?" + facts.call.query
-        return self._decide(config, identity, facts, alias, route, provider_url)
+        compatible = base is not None and _compat_layer_serves(route, facts.call)
+        if compatible and not (mode == "always" and route.native_protocol is not facts.call.protocol):
+            assert base is not None
+            provider_url = base + upstream_path(facts.call, route.provider_model)
+            if facts.call.query:
+                provider_url += "?" + facts.call.query
+            return self._decide(config, identity, facts, alias, route, provider_url)
+        if mode == "never" or facts.call.endpoint not in TRANSLATABLE_ENDPOINTS or (
+            facts.call.protocol is ClientProtocol.GEMINI or route.native_protocol is facts.call.protocol
+        ):
+            raise RouteRefused(400, _cannot_translate(facts, route, mode), param="model")
+        translation = Translation(
+            provider=route.provider,
+            provider_model=route.provider_model,
+            target_protocol=route.native_protocol,
+            drop_params=alias.drop_params if alias is not None else False,
+        )
+        # The client's query string belongs to its own API (Claude Code's ?beta=true): not sent on.
+        provider_url = route.native_base + native_path(route.native_protocol, route.provider_model, facts.stream)
+        return self._decide(config, identity, facts, alias, route, provider_url, translation)
 
     def _resolve(self, config: ProxyConfig, alias: ModelAlias | None, facts: RequestFacts) -> ProviderRoute:
         if alias is not None and alias.unset_env_vars:
@@ -191,6 +233,7 @@ class RoutePlanner:
         alias: ModelAlias | None,
         route: ProviderRoute | None,
         provider_url: str,
+        translation: Translation | None = None,
     ) -> RoutingDecision:
         provider_host = urlsplit(provider_url).hostname or ""
         memory_settings = config.memory
@@ -203,10 +246,19 @@ class RoutePlanner:
         set_headers: list[tuple[str, str]] = []
         remove_headers: list[str] = [config.user_id_mappings.custom_header]
         remove_query: list[str] = []
+        target_protocol = translation.target_protocol if translation else facts.call.protocol
+        if translation is not None:
+            remove_headers.extend(_FAMILY_HEADERS[facts.call.protocol])
         if key is not None:
             remove_headers.extend(CREDENTIAL_HEADERS)
             remove_query.extend(CREDENTIAL_QUERY_PARAMS)
-            set_headers.append(_auth_header(facts.call.protocol, key.value or ""))
+            set_headers.append(_auth_header(target_protocol, key.value or ""))
+        elif translation is not None and facts.client_credential and (
+            facts.on_gateway or urlsplit(facts.original_url).hostname == provider_host
+        ):
+            # The key the client chose for this endpoint, in the header the provider reads.
+            remove_headers.extend(CREDENTIAL_HEADERS)
+            set_headers.append(_auth_header(target_protocol, facts.client_credential))
         elif facts.has_client_credentials and not facts.on_gateway:
             original_host = urlsplit(facts.original_url).hostname or ""
             if original_host != provider_host:
@@ -253,7 +305,8 @@ class RoutePlanner:
                 )
         provider_model = route.provider_model if route else facts.requested_model
         body_model = None
-        if route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
+        # A translated body names the provider model itself.
+        if translation is None and route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
             body_model = provider_model
         return RoutingDecision(
             user_id=identity.user_id,
@@ -269,6 +322,7 @@ class RoutePlanner:
             body_model=body_model,
             remove_headers=tuple(dict.fromkeys(remove_headers)),
             remove_query_params=tuple(remove_query),
+            translation=translation,
             set_headers=tuple(set_headers),
         )
 
@@ -311,11 +365,16 @@ def _compat_layer_serves(route: ProviderRoute, call: ModelCall) -> bool:
     return call.endpoint in OPENAI_COMPAT_ENDPOINTS.get(route.provider, frozenset())
 
 
-def _needs_translation(facts: RequestFacts, route: ProviderRoute) -> str:
-    return (
+def _cannot_translate(facts: RequestFacts, route: ProviderRoute, mode: str) -> str:
+    served = (
         f"model {facts.requested_model!r} is served by {route.provider}, which has no "
-        f"{facts.call.protocol.value}-format {facts.call.endpoint.value} endpoint; translating between "
-        f"the two formats is not supported yet (see README, 'Protocols')"
+        f"{facts.call.protocol.value}-format {facts.call.endpoint.value} endpoint"
+    )
+    if mode == "never":
+        return f"{served}, and its config entry says translate: never"
+    return (
+        f"{served}; the proxy translates only OpenAI chat/completions and Anthropic messages calls "
+        "(see README, 'Protocols and translation')"
     )
 
 

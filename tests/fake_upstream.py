@@ -64,6 +64,9 @@ class FakeUpstream:
     cf_token: str | None = None
     # When set, streams pause after the first event until release() (bounded).
     hold_streams: bool = False
+    # Check request bodies the way the real APIs do (required fields, roles, unknown keys) and
+    # answer their 400 otherwise: the judge of what a translating proxy sends.
+    strict: bool = False
     _gate: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -223,14 +226,18 @@ class _Handler(BaseHTTPRequestHandler):
         route = path.split("?", 1)[0]
         model = payload.get("model", "")
         stream = bool(payload.get("stream"))
+        if self.fake.strict and (problem := native_request_problem(route, self.headers, payload)):
+            self._native_error(route, 400, problem, extra)
+            return
+        tools = payload.get("tools") or []
         if fault := self.headers.get(FAULT_HEADER):
             self._fault(fault, route, model, stream, extra)
             return
         if route.endswith("/chat/completions"):
             if stream:
-                self._sse(_openai_chat_events(model), extra)
+                self._sse(_openai_tool_events(model, tools) if tools else _openai_chat_events(model), extra)
             else:
-                self._json(200, _openai_chat(model), extra)
+                self._json(200, _openai_tool_call(model, tools) if tools else _openai_chat(model), extra)
         elif route.endswith("/responses"):
             self._json(200, {"id": "resp_1", "object": "response", "model": model, "output": [],
                              "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT, "total_tokens": 18}}, extra)
@@ -245,25 +252,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"input_tokens": USAGE_IN}, extra)
         elif route == "/v1/messages":
             if stream:
-                self._sse(_anthropic_events(model), extra)
+                self._sse(_anthropic_tool_events(model, tools) if tools else _anthropic_events(model), extra)
             else:
-                self._json(200, _anthropic_message(model), extra)
+                self._json(200, _anthropic_tool_use(model, tools) if tools else _anthropic_message(model), extra)
         elif m := re.match(r"^/(v1|v1beta)/models/([^/:]+):(generateContent|streamGenerateContent)$", route):
             if m.group(3) == "streamGenerateContent":
-                self._sse(_gemini_events(m.group(2)), extra)
+                self._sse(_gemini_tool_events(m.group(2), tools) if tools else _gemini_events(m.group(2)), extra)
             else:
-                self._json(200, _gemini_answer(m.group(2), "Hello from Gemini"), extra)
+                answer = _gemini_function_call(m.group(2), tools) if tools else _gemini_answer(m.group(2), "Hello from Gemini")
+                self._json(200, answer, extra)
         else:
             self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
+
+    def _native_error(self, route: str, status: int, message: str, extra: dict[str, Any]) -> None:
+        if route.endswith("/messages"):
+            kind = {529: "overloaded_error", 429: "rate_limit_error", 400: "invalid_request_error"}.get(status, "api_error")
+            self._json(status, {"type": "error", "error": {"type": kind, "message": message}}, extra)
+        elif "/models/" in route:
+            kind = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED"}.get(status, "INTERNAL")
+            self._json(status, {"error": {"code": status, "message": message, "status": kind}}, extra)
+        else:
+            kind = "invalid_request_error" if status == 400 else "server_error"
+            self._json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}}, extra)
 
     def _fault(self, fault: str, route: str, model: str, stream: bool, extra: dict[str, Any]) -> None:
         if fault.startswith("status="):
             status = int(fault.split("=", 1)[1])
-            if route.endswith("/messages"):
-                kind = "overloaded_error" if status == 529 else "api_error"
-                self._json(status, {"type": "error", "error": {"type": kind, "message": f"fake {status}"}}, extra)
-            else:
-                self._json(status, {"error": {"message": f"fake {status}", "type": "server_error", "param": None, "code": None}}, extra)
+            self._native_error(route, status, f"fake {status}", extra)
         elif fault == "hang":
             self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
             self.close_connection = True
@@ -404,4 +419,184 @@ def _gemini_answer(model: str, text: str, usage: bool = True) -> dict[str, Any]:
 
 
 def _gemini_events(model: str) -> list[tuple[str | None, Any]]:
-    return [(None, _gemini_answer(model, "Hello", usage=False)), (None, _gemini_answer(model, " from Gemini"))]
+    first = _gemini_answer(model, "Hello", usage=False)
+    del first["candidates"][0]["finishReason"]  # only the last chunk of a real stream has one
+    return [(None, first), (None, _gemini_answer(model, " from Gemini"))]
+
+
+# --- tool use: each API's answer when the request offers tools (the first one is called) -----
+
+TOOL_ARGUMENTS = {"city": "Paris"}
+
+
+def _tool_name(tools: list[Any]) -> str:
+    tool = tools[0]
+    if "function" in tool:  # OpenAI
+        return tool["function"]["name"]
+    if "function_declarations" in tool or "functionDeclarations" in tool:  # Gemini
+        return (tool.get("function_declarations") or tool.get("functionDeclarations"))[0]["name"]
+    return tool["name"]  # Anthropic
+
+
+def _openai_tool_call(model: str, tools: list[Any]) -> dict[str, Any]:
+    answer = _openai_chat(model)
+    answer["choices"][0] = {"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_fake", "type": "function",
+                        "function": {"name": _tool_name(tools), "arguments": json.dumps(TOOL_ARGUMENTS)}}]}}
+    return answer
+
+
+def _openai_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, Any]]:
+    arguments = json.dumps(TOOL_ARGUMENTS)
+    half = len(arguments) // 2
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    call = {"index": 0, "id": "call_fake", "type": "function", "function": {"name": _tool_name(tools), "arguments": ""}}
+    return [
+        (None, chunk({"role": "assistant", "content": None, "tool_calls": [call]})),
+        (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})),
+        (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})),
+        (None, chunk({}, "tool_calls")),
+        (None, {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+                "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": 18}}),
+        (None, "[DONE]"),
+    ]
+
+
+def _anthropic_tool_use(model: str, tools: list[Any]) -> dict[str, Any]:
+    return _anthropic_message(model) | {"stop_reason": "tool_use", "content": [
+        {"type": "text", "text": "Let me check."},
+        {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": TOOL_ARGUMENTS}]}
+
+
+def _anthropic_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, Any]]:
+    arguments = json.dumps(TOOL_ARGUMENTS)
+    half = len(arguments) // 2
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
+    tool = {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": {}}
+    return [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": tool}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "input_json_delta", "partial_json": arguments[:half]}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "input_json_delta", "partial_json": arguments[half:]}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                           "usage": {"output_tokens": USAGE_OUT}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def _gemini_function_call(model: str, tools: list[Any]) -> dict[str, Any]:
+    answer = _gemini_answer(model, "")
+    answer["candidates"][0]["content"]["parts"] = [{"functionCall": {"name": _tool_name(tools), "args": TOOL_ARGUMENTS}}]
+    return answer
+
+
+def _gemini_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, Any]]:
+    first = _gemini_answer(model, "Let me check.", usage=False)
+    del first["candidates"][0]["finishReason"]
+    return [(None, first), (None, _gemini_function_call(model, tools))]
+
+
+# --- what the real APIs refuse ----------------------------------------------------------------
+
+_OPENAI_CHAT_KEYS = frozenset({
+    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+_ANTHROPIC_KEYS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature", "top_k",
+    "top_p", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers", "context_management",
+})
+_GEMINI_KEYS = frozenset({
+    "contents", "systemInstruction", "system_instruction", "tools", "toolConfig", "tool_config", "generationConfig",
+    "generation_config", "safetySettings", "safety_settings", "cachedContent", "cached_content", "labels",
+})
+_ANTHROPIC_BLOCKS = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"})
+
+
+def native_request_problem(route: str, headers: Any, payload: Any) -> str | None:
+    """What the real API would refuse in this request, or None."""
+    if not isinstance(payload, dict):
+        return "the body must be a JSON object"
+    if route.endswith("/chat/completions"):
+        return _openai_chat_problem(payload)
+    if route == "/v1/messages":
+        if not headers.get("anthropic-version"):
+            return "anthropic-version: header is required"
+        return _anthropic_problem(payload)
+    if "/models/" in route:
+        return _gemini_problem(payload)
+    return None
+
+
+def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
+    if unknown := set(payload) - _OPENAI_CHAT_KEYS:
+        return f"Unrecognized request argument supplied: {sorted(unknown)[0]}"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: must be a non-empty array"
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            return f"messages[{i}].role: invalid value {role!r}"
+        if unknown := set(message) - {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}:
+            return f"messages[{i}]: unknown parameter {sorted(unknown)[0]}"
+        if role == "tool" and not message.get("tool_call_id"):
+            return f"messages[{i}].tool_call_id: required for tool messages"
+        for call in message.get("tool_calls") or []:
+            if call.get("type") != "function" or not call.get("id") or not isinstance(call["function"].get("arguments"), str):
+                return f"messages[{i}].tool_calls: invalid tool call {call!r}"
+    for i, tool in enumerate(payload.get("tools") or []):
+        if tool.get("type") != "function" or not tool.get("function", {}).get("name"):
+            return f"tools[{i}]: must be a function tool with a name"
+    return None
+
+
+def _anthropic_problem(payload: dict[str, Any]) -> str | None:
+    if unknown := set(payload) - _ANTHROPIC_KEYS:
+        return f"{sorted(unknown)[0]}: Extra inputs are not permitted"
+    if not isinstance(payload.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: Field required"
+    for i, message in enumerate(messages):
+        if message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") not in _ANTHROPIC_BLOCKS:
+                return f"messages.{i}.content: unknown block type {block.get('type')!r}"
+    if messages[0].get("role") != "user":
+        return "messages: first message must use the user role"
+    for i, tool in enumerate(payload.get("tools") or []):
+        if not tool.get("name") or ("input_schema" not in tool and "type" not in tool):
+            return f"tools.{i}: name and input_schema are required"
+    return None
+
+
+def _gemini_problem(payload: dict[str, Any]) -> str | None:
+    if unknown := set(payload) - _GEMINI_KEYS:
+        return f'Invalid JSON payload received. Unknown name "{sorted(unknown)[0]}": Cannot find field.'
+    contents = payload.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "contents is not specified"
+    for i, content in enumerate(contents):
+        if content.get("role") not in ("user", "model", "function", None):
+            return f"contents[{i}].role: please use a valid role: user, model"
+        if not isinstance(content.get("parts"), list) or not content["parts"]:
+            return f"contents[{i}].parts: must not be empty"
+    return None

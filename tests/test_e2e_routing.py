@@ -246,14 +246,6 @@ def test_claude_code_paths_with_beta_query(proxy: RunningProxy, upstream: FakeUp
     assert (seen.headers["user-agent"], seen.headers["x-sm-user-id"]) == (CLAUDE_CODE_UA, "claude-cli")
 
 
-def test_anthropic_format_for_gpt_needs_translation(proxy: RunningProxy, upstream: FakeUpstream):
-    with pytest.raises(anthropic.BadRequestError) as excinfo:
-        gateway_anthropic(proxy).messages.create(model="gpt-alias", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
-    assert excinfo.value.body["type"] == "error"
-    assert "not supported yet" in excinfo.value.body["error"]["message"]
-    assert upstream.requests == []
-
-
 def test_unknown_model_is_404_listing_aliases(proxy: RunningProxy, upstream: FakeUpstream):
     with pytest.raises(openai.NotFoundError) as excinfo:
         gateway_openai(proxy).chat.completions.create(model="no-such-model-xyz", messages=[{"role": "user", "content": "hi"}])

@@ -146,6 +146,14 @@ model_list:
       api_base: https://api.supermemory.ai/v3/https://api.anthropic.com
       api_key: sk-ant-config
       extra_headers: {x-supermemory-api-key: sm-from-extra-headers}
+  - model_name: claude-native
+    translate: always
+    litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: sk-ant-config}
+  - model_name: gpt-untranslated
+    translate: never
+    litellm_params: {model: openai/gpt-4o, api_key: sk-config-openai}
+  - model_name: gpt-nokey
+    litellm_params: {model: openai/gpt-4o, drop_params: true}
 memory:
   api_key: sm-key
 """
@@ -157,10 +165,13 @@ def config(text: str = CONFIG, memory: bool = True):
     return parse_config(source, "cfg.yaml", {})
 
 
-def facts(path: str, model: str, gateway: bool = True, url: str = "http://memory-routing.localhost", creds: bool = True, conversation: str | None = None):
+def facts(
+    path: str, model: str, gateway: bool = True, url: str = "http://memory-routing.localhost", creds: bool = True,
+    conversation: str | None = None, stream: bool = False, client_key: str | None = None,
+):
     call = parse_model_call("POST", path)
     assert call is not None
-    return RequestFacts(call, model, gateway, url + path, creds, conversation)
+    return RequestFacts(call, model, gateway, url + path, creds, conversation, stream, client_key)
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +287,10 @@ def test_forward_mode_never_sends_credentials_to_another_host(planner):
 @pytest.mark.parametrize(
     "path, model, status, fragment",
     [
-        ("/v1/messages", "gpt-alias", 400, "translating between the two formats is not supported yet"),
-        ("/v1/responses", "claude-alias", 400, "has no openai-format responses endpoint"),
+        ("/v1/messages", "gpt-untranslated", 400, "its config entry says translate: never"),
+        ("/v1/responses", "claude-alias", 400, "the proxy translates only OpenAI chat/completions and Anthropic messages"),
+        ("/v1/messages/count_tokens", "gpt-alias", 400, "has no anthropic-format messages/count_tokens endpoint"),
+        ("/v1beta/models/gpt-alias:generateContent", "gpt-alias", 400, "has no gemini-format generateContent endpoint"),
         ("/v1/chat/completions", "no-such-model-xyz", 404, "neither a configured alias (gpt-alias, claude-alias"),
         ("/v1/chat/completions", "needs-env", 500, "needs the environment variable(s) MR_UNSET_KEY"),
         ("/v1/chat/completions", "bedrock/anthropic.claude-v2", 400, "bedrock is not supported"),
@@ -288,6 +301,56 @@ def test_refusals(planner, path, model, status, fragment):
         planner.plan(config(), IDENTITY, facts(path, model))
     assert excinfo.value.status == status
     assert fragment in excinfo.value.message
+
+
+# --- translation -----------------------------------------------------------------------------
+
+
+def test_anthropic_client_on_a_gpt_alias_is_translated_to_chat_completions(planner):
+    d = planner.plan(config(), IDENTITY, facts("/v1/messages?beta=true", "gpt-alias", conversation="sess-1"))
+    assert d.translation is not None and d.translation.target_protocol is ClientProtocol.OPENAI
+    # Through Supermemory, without Claude Code's ?beta=true, with the key in OpenAI's header.
+    assert d.upstream_url == "https://api.supermemory.ai/v3/https://api.openai.com/v1/chat/completions"
+    assert headers_of(d)["authorization"] == "Bearer sk-config-openai"
+    assert headers_of(d)["x-sm-user-id"] == "claude-cli" and headers_of(d)["x-sm-conversation-id"] == "sess-1"
+    assert {"anthropic-version", "anthropic-beta", "x-api-key"} <= set(d.remove_headers)
+    assert d.body_model is None  # the translated body names the model
+    assert d.summary()["translated_to"] == "openai"
+
+
+@pytest.mark.parametrize("stream, method", [(False, "generateContent"), (True, "streamGenerateContent?alt=sse")])
+def test_anthropic_client_on_gemini_uses_the_native_api(planner, stream, method):
+    d = planner.plan(config(memory=False), IDENTITY, facts("/v1/messages", "gemini-alias", stream=stream))
+    assert d.provider_url == f"https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:{method}"
+    assert headers_of(d)["x-goog-api-key"] == "g-config-key"
+
+
+def test_openai_client_on_claude_passes_through_unless_the_entry_says_always(planner):
+    passed = planner.plan(config(), IDENTITY, facts("/v1/chat/completions", "claude-alias"))
+    assert passed.translation is None
+    translated = planner.plan(config(), IDENTITY, facts("/v1/chat/completions", "claude-native"))
+    assert translated.translation is not None
+    assert translated.provider_url == "https://api.anthropic.com/v1/messages"
+    assert headers_of(translated)["x-api-key"] == "sk-ant-config"
+    assert "authorization" in translated.remove_headers and "openai-organization" in translated.remove_headers
+    # "always" means the native API: an Anthropic client on it is plain pass-through.
+    assert planner.plan(config(), IDENTITY, facts("/v1/messages", "claude-native")).translation is None
+
+
+def test_translated_call_without_a_config_key_carries_the_clients_key_in_the_providers_header(planner):
+    d = planner.plan(config(), IDENTITY, facts("/v1/messages", "gpt-nokey", client_key="sk-client-own"))
+    assert headers_of(d)["authorization"] == "Bearer sk-client-own"
+    assert "x-api-key" in d.remove_headers
+    assert d.translation is not None and d.translation.drop_params is True
+
+
+def test_forward_mode_translation_never_moves_a_key_to_another_host(planner):
+    with pytest.raises(RouteRefused) as excinfo:
+        planner.plan(
+            config(), IDENTITY,
+            facts("/v1/messages", "gpt-nokey", gateway=False, url="https://api.anthropic.com", client_key="sk-ant-own"),
+        )
+    assert "will not send credentials meant for api.anthropic.com" in excinfo.value.message
 
 
 def test_decision_summary_and_repr_hold_no_secret(planner):

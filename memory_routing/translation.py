@@ -1,0 +1,641 @@
+"""Translate a model call between API formats with LiteLLM's own transformations.
+
+No mitmproxy imports. LiteLLM does every format mapping: the client's body becomes LiteLLM's
+OpenAI-shaped completion arguments (its Anthropic adapter for ``/v1/messages`` clients), those
+become the provider's native body (its provider configs), and the provider's answer comes
+back the same way, through LiteLLM's ``ModelResponse`` / ``ModelResponseStream``. What is
+written here is the plumbing LiteLLM leaves to its own HTTP client: framing server-sent
+events, driving its pull-style stream wrapper from mitmproxy's push-style chunk callback, and
+the final OpenAI chunk shape its ``CustomStreamWrapper`` would add.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import ClientProtocol, error_body
+from .providers import litellm
+
+import httpx  # noqa: E402  (LiteLLM's response transforms take an httpx.Response)
+from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message  # noqa: E402
+from litellm.llms.anthropic.chat.handler import ModelResponseIterator as AnthropicChunkParser  # noqa: E402
+from litellm.llms.anthropic.chat.transformation import AnthropicConfig  # noqa: E402
+from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import (  # noqa: E402
+    AnthropicStreamWrapper,
+)
+from litellm.llms.anthropic.experimental_pass_through.adapters.transformation import (  # noqa: E402
+    LiteLLMAnthropicMessagesAdapter,
+)
+from litellm.llms.gemini.chat.transformation import GoogleAIStudioGeminiConfig  # noqa: E402
+from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body as gemini_request_body  # noqa: E402
+from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import (  # noqa: E402
+    ModelResponseIterator as GeminiChunkParser,
+)
+from litellm.types.utils import ModelResponse, ModelResponseStream  # noqa: E402
+from litellm.utils import ProviderConfigManager, get_optional_params  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+ANTHROPIC_VERSION = "2023-06-01"
+# An event longer than this (bytes) ends the stream with an error instead of growing the buffer.
+SSE_EVENT_LIMIT = 16 * 1024 * 1024
+# The OpenAI parameters get_optional_params maps per provider; anything else in a body is
+# handed to it as a provider-specific extra, which it checks (and drops, with drop_params).
+_MAPPED_PARAMS = frozenset(inspect.signature(get_optional_params).parameters) - {
+    "model", "custom_llm_provider", "drop_params", "messages", "kwargs", "base_model",
+}
+# LiteLLM's own call options, never part of a provider body.
+_LITELLM_ONLY = frozenset({"metadata", "litellm_metadata", "mock_response", "api_key", "api_base"})
+
+
+class TranslationRefused(Exception):
+    """The request cannot be translated: answer the client with this status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TranslatedRequest:
+    body: bytes
+    # Headers the provider needs besides its key: anthropic-version, betas LiteLLM chose.
+    headers: tuple[tuple[str, str], ...]
+    answer: AnswerTranslation
+
+
+@dataclass(frozen=True)
+class AnswerTranslation:
+    """What translating the answer needs to know about the request."""
+
+    client: ClientProtocol
+    provider: str
+    provider_model: str
+    stream: bool
+    include_usage: bool  # an OpenAI client asked for the usage chunk
+    optional_params: dict[str, Any] = field(repr=False, compare=False)
+    litellm_params: dict[str, Any] = field(repr=False, compare=False)
+    # Anthropic adapter: tool names it shortened for OpenAI's 64-character limit.
+    tool_name_mapping: dict[str, str] = field(repr=False, compare=False)
+
+    def body(self, status: int, content_type: str, body: bytes) -> bytes:
+        """A whole answer (or a provider error) rewritten for the client."""
+        if status >= 400:
+            return error_body(self.client, status, f"{self.provider}: {provider_error_message(body, status)}")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON") from None
+        if not isinstance(document, dict):
+            raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object")
+        response = self._model_response(document, status, content_type, body)
+        if self.client is ClientProtocol.ANTHROPIC:
+            message = LiteLLMAnthropicMessagesAdapter().translate_openai_response_to_anthropic(
+                response, self.tool_name_mapping
+            )
+            return json.dumps(_plain(message), ensure_ascii=False).encode()
+        return json.dumps(_openai_completion(response), ensure_ascii=False).encode()
+
+    def stream_translator(self) -> StreamTranslator:
+        return StreamTranslator(self)
+
+    def _model_response(self, document: dict, status: int, content_type: str, body: bytes) -> ModelResponse:
+        raw = httpx.Response(status, content=body, headers={"content-type": content_type})
+        if self.provider == "anthropic":
+            return AnthropicConfig().transform_parsed_response(
+                completion_response=document,
+                raw_response=raw,
+                model_response=ModelResponse(),
+                tool_name_reverse_map=_reverse_tool_map(self.litellm_params),
+            )
+        if self.provider == "gemini":
+            return GoogleAIStudioGeminiConfig()._transform_google_generate_content_to_openai_model_response(
+                completion_response=document,
+                model_response=ModelResponse(),
+                model=self.provider_model,
+                logging_obj=_CallDetails(self.optional_params),
+                raw_response=raw,
+            )
+        return ModelResponse(**document)
+
+
+def translate_request(
+    client: ClientProtocol,
+    provider: str,
+    provider_model: str,
+    payload: dict[str, Any],
+    *,
+    drop_params: bool = False,
+) -> TranslatedRequest:
+    """The provider's native body for a client body of ``client``'s format."""
+    tool_name_mapping: dict[str, str] = {}
+    if client is ClientProtocol.ANTHROPIC:
+        completion, tool_name_mapping = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(
+            payload, custom_llm_provider=provider
+        )
+        completion = dict(completion)
+    else:
+        completion = dict(payload)
+    messages = completion.pop("messages", None)
+    if not isinstance(messages, list) or not messages:
+        raise TranslationRefused(400, 'the request body needs a non-empty "messages" list')
+    _refuse_remote_media(messages, provider)
+    stream = completion.get("stream") is True
+    stream_options = completion.get("stream_options")
+    include_usage = (
+        client is ClientProtocol.OPENAI and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    )
+    if stream and provider not in ("anthropic", "gemini"):
+        # OpenAI-format providers send usage in a stream only when asked; Anthropic clients
+        # expect it in message_delta.
+        completion["stream_options"] = {"include_usage": True}
+    params = {k: v for k, v in completion.items() if k != "model" and k not in _LITELLM_ONLY and v is not None}
+    mapped = {k: v for k, v in params.items() if k in _MAPPED_PARAMS}
+    extra = {k: v for k, v in params.items() if k not in _MAPPED_PARAMS}
+    try:
+        optional = get_optional_params(
+            model=provider_model, custom_llm_provider=provider, drop_params=drop_params, **mapped, **extra
+        )
+    except litellm.UnsupportedParamsError as e:
+        raise TranslationRefused(400, _litellm_message(e)) from None
+    headers: dict[str, str] = {}
+    litellm_params: dict[str, Any] = {}
+    try:
+        body = _native_body(provider, provider_model, messages, dict(optional), litellm_params, headers)
+    except TranslationRefused:
+        raise
+    except Exception as e:  # LiteLLM raises its BadRequestError & co. for content it cannot map
+        raise TranslationRefused(400, f"the request cannot be translated for {provider}: {_litellm_message(e)}") from None
+    if provider == "anthropic":
+        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+    answer = AnswerTranslation(
+        client=client,
+        provider=provider,
+        provider_model=provider_model,
+        stream=stream,
+        include_usage=include_usage,
+        optional_params=dict(optional),
+        litellm_params=litellm_params,
+        tool_name_mapping=tool_name_mapping,
+    )
+    return TranslatedRequest(
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        headers=tuple((name.lower(), str(value)) for name, value in headers.items()),
+        answer=answer,
+    )
+
+
+def _native_body(
+    provider: str, model: str, messages: list, optional: dict, litellm_params: dict, headers: dict
+) -> dict[str, Any]:
+    if provider == "gemini":
+        # Gemini names the model and the streaming mode in the URL, not in the body.
+        optional.pop("stream", None)
+        optional.pop("stream_options", None)
+        return dict(gemini_request_body(messages, model, optional, "gemini", litellm_params, None))
+    if provider != "anthropic":
+        # Anthropic's adapter leaves thinking_blocks (often null) on assistant messages; an
+        # OpenAI-format API refuses keys it does not know. LiteLLM's Mistral config strips
+        # nulls for the same reason; signed thinking blocks mean nothing to another model.
+        messages = [
+            {k: v for k, v in strip_none_values_from_message(m).items() if k != "thinking_blocks"}
+            if isinstance(m, dict) else m
+            for m in messages
+        ]
+    config = ProviderConfigManager.get_provider_chat_config(model=model, provider=litellm.LlmProviders(provider))
+    if config is None:
+        raise TranslationRefused(400, f"LiteLLM has no chat transformation for {provider}")
+    body = dict(config.transform_request(model, messages, optional, litellm_params, headers))
+    # LiteLLM leaves provider extras under extra_body for the OpenAI SDK to merge; no SDK here.
+    extra_body = body.pop("extra_body", None)
+    if isinstance(extra_body, dict):
+        body.update(extra_body)
+    return body
+
+
+def _refuse_remote_media(messages: list, provider: str) -> None:
+    """LiteLLM downloads some image URLs while translating, blocking the proxy: refuse those."""
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "file"):
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or url.startswith("data:"):
+                continue
+            if provider == "anthropic" and url.startswith("https://"):
+                continue  # passed on as a URL source, which Anthropic fetches itself
+            raise TranslationRefused(
+                400,
+                f"an image given by URL cannot be translated for {provider}: this proxy does not download "
+                "images on a client's behalf; send it inline as a data: URL (base64)",
+            )
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str | None
+    data: str
+
+
+class SseDecoder:
+    """Server-sent events from a byte stream cut anywhere (WHATWG framing, data lines joined)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._carriage_return = False
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        if self._carriage_return:
+            chunk = b"\r" + chunk
+            self._carriage_return = False
+        if chunk.endswith(b"\r"):
+            # The \n of a \r\n may be in the next chunk.
+            chunk, self._carriage_return = chunk[:-1], True
+        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events: list[SseEvent] = []
+        while (end := self._buffer.find(b"\n\n")) >= 0:
+            block = bytes(self._buffer[:end])
+            del self._buffer[: end + 2]
+            if (event := _parse_event(block)) is not None:
+                events.append(event)
+        if len(self._buffer) > SSE_EVENT_LIMIT:
+            raise TranslationRefused(502, f"an event of the provider's stream is over {SSE_EVENT_LIMIT} bytes")
+        return events
+
+    def close(self) -> list[SseEvent]:
+        block, self._buffer = bytes(self._buffer), bytearray()
+        event = _parse_event(block.strip(b"\n")) if block.strip() else None
+        return [event] if event is not None else []
+
+
+def _parse_event(block: bytes) -> SseEvent | None:
+    name: str | None = None
+    data: list[str] = []
+    for line in block.decode("utf-8", "replace").split("\n"):
+        field_name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field_name == "event":
+            name = value
+        elif field_name == "data":
+            data.append(value)
+    return SseEvent(name, "\n".join(data)) if data else None
+
+
+class StreamTranslator:
+    """mitmproxy's per-chunk stream callback for one translated answer: bytes in the
+    provider's event format in, bytes in the client's out, at most one event held back.
+
+    Between LiteLLM's provider parser and the client's writer, the finish reason and token
+    usage are held to the end, as LiteLLM's CustomStreamWrapper does: Gemini marks every
+    chunk "stop", Anthropic splits usage over two events, OpenAI sends it after the finish.
+    """
+
+    def __init__(self, answer: AnswerTranslation) -> None:
+        self.answer = answer
+        self._decoder = SseDecoder()
+        self._source = _source_for(answer)
+        self._sink: _AnthropicEvents | _OpenAIChunks = (
+            _AnthropicEvents(answer) if answer.client is ClientProtocol.ANTHROPIC else _OpenAIChunks(answer)
+        )
+        self._finish_reason: str | None = None
+        self._prompt_tokens: int | None = None
+        self._completion_tokens: int | None = None
+        self._closed = False
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        # A list, never b"": mitmproxy writes an empty bytes object as an empty HTTP/1 chunk,
+        # which ends the client's chunked body.
+        out = self._step(chunk)
+        return [out] if out else []
+
+    def _step(self, chunk: bytes) -> bytes:
+        if self._closed:
+            return b""
+        try:
+            if not chunk:  # mitmproxy's call at the end of the body
+                return self._finish(self._decoder.close())
+            return b"".join(self._translate(event) for event in self._decoder.feed(chunk))
+        except TranslationRefused as e:
+            return self._fail(e.status, e.message)
+        except Exception as e:  # a LiteLLM parser that chokes on an event ends the stream cleanly
+            logger.warning(f"memory-routing: translating {self.answer.provider}'s stream failed", exc_info=True)
+            return self._fail(502, f"the proxy could not translate {self.answer.provider}'s stream: {_litellm_message(e)}")
+
+    def _translate(self, event: SseEvent) -> bytes:
+        if self._closed:
+            return b""
+        data = event.data.strip()
+        if data == "[DONE]":
+            return self._finish([])
+        try:
+            document = json.loads(data) if data else None
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            return b""  # a keep-alive or a comment: nothing to translate
+        if event.event == "error" or document.get("type") == "error" or "error" in document:
+            status = _stream_error_status(document)
+            return self._fail(status, f"{self.answer.provider}: {provider_error_message(json.dumps(document).encode(), status)}")
+        if self.answer.provider == "anthropic" and document.get("type") == "message_stop":
+            return self._finish([])
+        chunk = self._source(document)
+        if chunk is None or not self._hold_finish_and_usage(chunk):
+            return b""
+        return self._sink.push(chunk)
+
+    def _hold_finish_and_usage(self, chunk: ModelResponseStream) -> bool:
+        """Take the finish reason and usage off ``chunk``; False when nothing else is left."""
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            # Running totals, or split over events (Anthropic: input first, output last).
+            if usage.prompt_tokens:
+                self._prompt_tokens = max(self._prompt_tokens or 0, usage.prompt_tokens)
+            if usage.completion_tokens:
+                self._completion_tokens = max(self._completion_tokens or 0, usage.completion_tokens)
+            del chunk.usage
+        has_content = False
+        for choice in chunk.choices or ():
+            if choice.finish_reason:
+                self._finish_reason = choice.finish_reason
+                choice.finish_reason = None
+            delta = choice.delta
+            if delta is not None and (
+                delta.content or delta.tool_calls or getattr(delta, "reasoning_content", None)
+                or getattr(delta, "thinking_blocks", None)
+            ):
+                has_content = True
+        return has_content
+
+    def _final_chunk(self) -> ModelResponseStream | None:
+        if self._finish_reason is None:
+            return None  # ended without saying why: the client sees the stream end as it is
+        final: dict[str, Any] = {"choices": [{"index": 0, "delta": {}, "finish_reason": self._finish_reason}]}
+        if self._prompt_tokens is not None or self._completion_tokens is not None:
+            prompt, completion = self._prompt_tokens or 0, self._completion_tokens or 0
+            final["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return ModelResponseStream(**final)
+
+    def _finish(self, trailing: list[SseEvent]) -> bytes:
+        out = b"".join(self._translate(event) for event in trailing)
+        if self._closed:
+            return out
+        self._closed = True
+        final = self._final_chunk()
+        if final is not None:
+            out += self._sink.push(final)
+        return out + self._sink.close()
+
+    def _fail(self, status: int, message: str) -> bytes:
+        if self._closed:
+            return b""
+        self._closed = True
+        return self._sink.error(status, message)
+
+
+def _source_for(answer: AnswerTranslation):
+    """A function from one provider event (parsed JSON) to a LiteLLM ModelResponseStream."""
+    if answer.provider == "anthropic":
+        parser = AnthropicChunkParser(None, sync_stream=True, tool_name_reverse_map=_reverse_tool_map(answer.litellm_params))
+        return parser.chunk_parser
+    if answer.provider == "gemini":
+        return GeminiChunkParser(None, sync_stream=True, logging_obj=_CallDetails(answer.optional_params)).chunk_parser
+    return lambda document: ModelResponseStream(**document)
+
+
+class _DataWanted:
+    """What the Anthropic wrapper's coroutine waits on when it has read every chunk so far."""
+
+    def __await__(self):
+        yield self
+
+
+class _PushedChunks:
+    """An async iterator over chunks pushed from outside; it suspends (never blocks) when empty."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[ModelResponseStream] = deque()
+        self.ended = False
+
+    def __aiter__(self) -> _PushedChunks:
+        return self
+
+    async def __anext__(self) -> ModelResponseStream:
+        while not self.chunks:
+            if self.ended:
+                raise StopAsyncIteration
+            await _DataWanted()
+        return self.chunks.popleft()
+
+
+class _AnthropicEvents:
+    """LiteLLM's AnthropicStreamWrapper, driven chunk by chunk.
+
+    The wrapper pulls from an async iterator. Its coroutine is stepped by hand: when it waits
+    for a chunk that has not arrived, it is kept suspended until the next push, so its state
+    (open content blocks, held stop reason) carries over exactly as in LiteLLM's own proxy.
+    """
+
+    def __init__(self, answer: AnswerTranslation) -> None:
+        self._chunks = _PushedChunks()
+        self._wrapper = AnthropicStreamWrapper(
+            self._chunks, model=answer.provider_model, tool_name_mapping=answer.tool_name_mapping
+        )
+        self._waiting = None  # the wrapper's suspended __anext__ coroutine
+
+    def push(self, chunk: ModelResponseStream) -> bytes:
+        self._chunks.chunks.append(chunk)
+        return self._drain()
+
+    def close(self) -> bytes:
+        self._chunks.ended = True
+        return self._drain()
+
+    def error(self, status: int, message: str) -> bytes:
+        body = json.loads(error_body(ClientProtocol.ANTHROPIC, status, message))
+        return _sse("error", body)
+
+    def _drain(self) -> bytes:
+        out: list[bytes] = []
+        while True:
+            step, self._waiting = self._waiting or self._wrapper.__anext__(), None
+            try:
+                step.send(None)
+            except StopIteration as done:
+                event = done.value
+                if isinstance(event, dict):
+                    out.append(_sse(str(event.get("type", "message")), _plain(event)))
+                continue
+            except StopAsyncIteration:
+                return b"".join(out)
+            self._waiting = step
+            return b"".join(out)
+
+
+class _OpenAIChunks:
+    """OpenAI chat.completion.chunk events from LiteLLM's ModelResponseStream objects."""
+
+    def __init__(self, answer: AnswerTranslation) -> None:
+        self.answer = answer
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self._role_sent = False
+        self._usage: dict[str, int] | None = None
+
+    def push(self, chunk: ModelResponseStream) -> bytes:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:  # only on the final chunk (see StreamTranslator)
+            self._usage = {
+                "prompt_tokens": usage.prompt_tokens or 0,
+                "completion_tokens": usage.completion_tokens or 0,
+                "total_tokens": usage.total_tokens or 0,
+            }
+        out: list[bytes] = []
+        for choice in chunk.choices or ():
+            delta = _openai_delta(choice.delta)
+            if not self._role_sent:
+                delta = {"role": "assistant", **delta}
+            finish = choice.finish_reason or None
+            if not delta and finish is None:
+                continue
+            self._role_sent = True
+            out.append(_sse(None, self._chunk([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])))
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        out = b""
+        if self.answer.include_usage and self._usage is not None:
+            out += _sse(None, self._chunk([]) | {"usage": self._usage})
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, status: int, message: str) -> bytes:
+        return _sse(None, json.loads(error_body(ClientProtocol.OPENAI, status, message)))
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.answer.provider_model,
+            "choices": choices,
+        }
+
+
+def _openai_delta(delta: Any) -> dict[str, Any]:
+    if delta is None:
+        return {}
+    out: dict[str, Any] = {}
+    if delta.content:
+        out["content"] = delta.content
+    if getattr(delta, "reasoning_content", None):
+        out["reasoning_content"] = delta.reasoning_content
+    if delta.tool_calls:
+        calls = []
+        for position, call in enumerate(delta.tool_calls):
+            function = call.function
+            entry: dict[str, Any] = {"index": call.index if call.index is not None else position}
+            if call.id:
+                entry["id"] = call.id
+                entry["type"] = "function"
+            entry["function"] = {
+                key: value
+                for key, value in (("name", function.name), ("arguments", function.arguments or ""))
+                if value is not None
+            }
+            calls.append(entry)
+        out["tool_calls"] = calls
+    return out
+
+
+def _openai_completion(response: ModelResponse) -> dict[str, Any]:
+    document = response.model_dump(exclude_none=True)
+    for choice in document.get("choices", []):
+        message = choice.get("message", {})
+        message.pop("provider_specific_fields", None)
+        message.setdefault("content", None)  # required by the API, null beside tool calls
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            call.pop("index", None)
+            call.setdefault("type", "function")
+        choice.setdefault("logprobs", None)
+    return document
+
+
+def _sse(event: str | None, data: Any) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def _plain(value: Any) -> Any:
+    """LiteLLM's typed dicts and pydantic objects as plain JSON values."""
+    return json.loads(json.dumps(value, default=lambda o: o.model_dump() if hasattr(o, "model_dump") else str(o)))
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def provider_error_message(body: bytes, status: int) -> str:
+    """The message inside any of the three error shapes, or the start of a non-JSON body."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        text = body[:300].decode("utf-8", "replace").strip()
+        return f"HTTP {status}" + (f": {text}" if text else "")
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    return f"HTTP {status}"
+
+
+def _stream_error_status(document: dict[str, Any]) -> int:
+    error = document.get("error")
+    if isinstance(error, dict):
+        if isinstance(error.get("code"), int) and 400 <= error["code"] < 600:
+            return error["code"]
+        if error.get("type") in ("overloaded_error",):
+            return 529
+        if error.get("type") == "rate_limit_error":
+            return 429
+    return 502
+
+
+def _litellm_message(error: Exception) -> str:
+    message = getattr(error, "message", None) or str(error)
+    # LiteLLM's advice is about its own proxy's config; the README gives ours.
+    message = message.split(" To drop these, set", 1)[0]
+    return message.replace("litellm.BadRequestError: ", "").replace("litellm.UnsupportedParamsError: ", "").strip()
+
+
+def _reverse_tool_map(litellm_params: dict[str, Any]) -> dict[str, str] | None:
+    from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
+
+    candidate = litellm_params.get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY)
+    return candidate if isinstance(candidate, dict) else None
+
+
+class _CallDetails:
+    """The part of LiteLLM's logging object its Gemini parsers read: the call's parameters.
+
+    LiteLLM's real Logging object starts callbacks and threads per call; the parsers only
+    look up ``optional_params`` (to know a function call was requested) and report to
+    ``post_call``, which has nothing to report to here.
+    """
+
+    def __init__(self, optional_params: dict[str, Any]) -> None:
+        self.optional_params = optional_params
+
+    def post_call(self, *args: Any, **kwargs: Any) -> None:
+        return None
