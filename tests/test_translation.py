@@ -1,0 +1,184 @@
+"""Translation units: SSE framing, streams cut anywhere, errors mid-stream, request mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fake_upstream import (
+    USAGE_IN,
+    USAGE_OUT,
+    _anthropic_events,
+    _anthropic_tool_events,
+    _gemini_events,
+    _gemini_tool_events,
+    _openai_chat_events,
+    _openai_tool_events,
+)
+from memory_routing.protocol import ClientProtocol
+from memory_routing.translation import SseDecoder, SseEvent, TranslationRefused, translate_request
+
+ANTHROPIC_REQUEST = {"model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+OPENAI_REQUEST = {
+    "model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+    "stream_options": {"include_usage": True},
+}
+TOOLS_ANTHROPIC = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+
+def sse(events, line_end: str = "\n") -> bytes:
+    text = ""
+    for name, data in events:
+        head = f"event: {name}{line_end}" if name else ""
+        text += f"{head}data: {data if isinstance(data, str) else json.dumps(data)}{line_end}{line_end}"
+    return text.encode()
+
+
+def run_stream(translator, raw: bytes, piece: int) -> bytes:
+    out = b""
+    for i in range(0, len(raw), piece):
+        out += b"".join(translator(raw[i:i + piece]))
+    return out + b"".join(translator(b""))
+
+
+def anthropic_events(raw: bytes) -> list[dict]:
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = block.split("\n")
+        payload = json.loads(data.removeprefix("data: "))
+        assert payload["type"] == name.removeprefix("event: ")
+        events.append(payload)
+    return events
+
+
+def openai_chunks(raw: bytes) -> list[dict | str]:
+    return [
+        data if (data := block.removeprefix("data: ")) == "[DONE]" else json.loads(data)
+        for block in raw.decode().split("\n\n") if block.strip()
+    ]
+
+
+def check_anthropic_order(events: list[dict]) -> None:
+    """The order the anthropic SDK's accumulator insists on."""
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+    assert events[-2]["type"] == "message_delta"
+    open_block = None
+    for event in events[1:-2]:
+        if event["type"] == "content_block_start":
+            assert open_block is None
+            open_block = event["index"]
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_block
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert open_block is None
+
+
+def test_sse_decoder_handles_every_line_ending_and_split():
+    raw = b"event: a\r\ndata: 1\r\n\r\n: comment\n\ndata: x\ndata: y\n\nevent: b\rdata: 2\r\r"
+    for piece in range(1, len(raw) + 1):
+        decoder = SseDecoder()
+        events = [e for i in range(0, len(raw), piece) for e in decoder.feed(raw[i:i + piece])] + decoder.close()
+        assert events == [SseEvent("a", "1"), SseEvent(None, "x\ny"), SseEvent("b", "2")], piece
+
+
+@pytest.mark.parametrize("provider, events, text", [
+    ("openai", _openai_chat_events("gpt-4o"), "Hello"),
+    ("gemini", _gemini_events("gemini-2.5-pro"), "Hello from Gemini"),
+])
+@pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
+def test_anthropic_client_stream_survives_any_chunking(provider, events, text, piece):
+    translated = translate_request(ClientProtocol.ANTHROPIC, provider, "m", dict(ANTHROPIC_REQUEST))
+    raw = sse(events, "\r\n" if provider == "gemini" else "\n")
+    out = anthropic_events(run_stream(translated.answer.stream_translator(), raw, piece))
+    check_anthropic_order(out)
+    assert "".join(e["delta"]["text"] for e in out if e["type"] == "content_block_delta") == text
+    assert out[-2]["delta"]["stop_reason"] == "end_turn"
+    assert out[-2]["usage"]["output_tokens"] == USAGE_OUT
+
+
+@pytest.mark.parametrize("provider, events", [
+    ("openai", _openai_tool_events("gpt-4o", TOOLS_ANTHROPIC)),
+    ("gemini", _gemini_tool_events("gemini-2.5-pro", TOOLS_ANTHROPIC)),
+])
+def test_anthropic_client_stream_of_a_tool_call(provider, events):
+    request = dict(ANTHROPIC_REQUEST, tools=TOOLS_ANTHROPIC)
+    translated = translate_request(ClientProtocol.ANTHROPIC, provider, "m", request)
+    out = anthropic_events(run_stream(translated.answer.stream_translator(), sse(events), 5))
+    check_anthropic_order(out)
+    tool = next(e["content_block"] for e in out if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use")
+    arguments = "".join(e["delta"].get("partial_json", "") for e in out if e["type"] == "content_block_delta")
+    assert tool["name"] == "get_weather" and json.loads(arguments) == {"city": "Paris"}
+    assert out[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("piece", [1, 13, 100_000])
+def test_openai_client_stream_from_anthropic(piece):
+    translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", dict(OPENAI_REQUEST))
+    chunks = openai_chunks(run_stream(translated.answer.stream_translator(), sse(_anthropic_events("claude-x")), piece))
+    assert chunks[-1] == "[DONE]"
+    body = [c for c in chunks if isinstance(c, dict)]
+    assert body[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in body if c["choices"]) == "Hello from Claude"
+    assert [c["choices"][0]["finish_reason"] for c in body if c["choices"]][-1] == "stop"
+    assert body[-1]["choices"] == [] and body[-1]["usage"]["prompt_tokens"] == USAGE_IN
+    assert len({c["id"] for c in body}) == 1
+
+
+def test_openai_client_stream_of_a_tool_call_from_anthropic():
+    translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", dict(OPENAI_REQUEST))
+    raw = sse(_anthropic_tool_events("claude-x", TOOLS_ANTHROPIC))
+    body = [c for c in openai_chunks(run_stream(translated.answer.stream_translator(), raw, 9)) if isinstance(c, dict)]
+    calls = [call for c in body if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls[0]["id"] == "toolu_fake" and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(call["function"]["arguments"] for call in calls)) == {"city": "Paris"}
+    assert [c["choices"][0]["finish_reason"] for c in body if c["choices"]][-1] == "tool_calls"
+
+
+def test_an_error_event_mid_stream_reaches_the_client_in_its_shape():
+    translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", dict(OPENAI_REQUEST))
+    events = _anthropic_events("claude-x")[:3] + [
+        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    translator = translated.answer.stream_translator()
+    chunks = openai_chunks(run_stream(translator, sse(events), 100_000))
+    assert chunks[-1] == {"error": {"message": "anthropic: Overloaded", "type": "server_error", "param": None, "code": None}}
+    assert translator(b"more") == []  # nothing after the error
+
+    anthropic_side = translate_request(ClientProtocol.ANTHROPIC, "openai", "gpt-4o", dict(ANTHROPIC_REQUEST))
+    raw = sse(_openai_chat_events("gpt-4o")[:1] + [(None, {"error": {"message": "boom", "type": "server_error"}})])
+    out = anthropic_events(run_stream(anthropic_side.answer.stream_translator(), raw, 100_000))
+    assert out[-1] == {"type": "error", "error": {"type": "api_error", "message": "openai: boom"}}
+
+
+def test_whole_answers_and_errors():
+    translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", {**OPENAI_REQUEST, "stream": False})
+    answer = json.loads(translated.answer.body(200, "application/json", json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "stop_reason": "max_tokens",
+        "content": [{"type": "text", "text": "cut"}], "usage": {"input_tokens": 3, "output_tokens": 4}}).encode()))
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "cut"}
+    assert (answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"]) == (3, 4)
+    error = json.loads(translated.answer.body(529, "application/json", b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'))
+    assert error == {"error": {"message": "anthropic: busy", "type": "server_error", "param": None, "code": None}}
+    html = json.loads(translated.answer.body(502, "text/html", b"<html>Bad gateway</html>"))
+    assert html["error"]["message"] == "anthropic: HTTP 502: <html>Bad gateway</html>"
+    with pytest.raises(TranslationRefused):
+        translated.answer.body(200, "text/plain", b"not json")
+
+
+def test_request_mapping_refuses_what_cannot_be_sent():
+    with pytest.raises(TranslationRefused, match="logit_bias"):
+        translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", {**OPENAI_REQUEST, "logit_bias": {"1": 1}})
+    dropped = translate_request(
+        ClientProtocol.OPENAI, "anthropic", "claude-x", {**OPENAI_REQUEST, "logit_bias": {"1": 1}}, drop_params=True)
+    assert "logit_bias" not in json.loads(dropped.body)
+    with pytest.raises(TranslationRefused, match="does not download images"):
+        translate_request(ClientProtocol.ANTHROPIC, "gemini", "g", {**ANTHROPIC_REQUEST, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.png"}}]}]})
+    with pytest.raises(TranslationRefused, match="messages"):
+        translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", {"model": "x", "messages": []})
