@@ -83,8 +83,9 @@ def native_path(protocol: ClientProtocol, provider_model: str, stream: bool) -> 
     return "/chat/completions"
 
 
-# Calls LiteLLM can translate into another provider's chat API.
-TRANSLATABLE_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES})
+# Calls LiteLLM can translate into another provider's chat API (count_tokens is answered by
+# LiteLLM's tokenizer: other providers have no such endpoint).
+TRANSLATABLE_ENDPOINTS = frozenset({Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
 
 # Which OpenAI-format endpoints each non-OpenAI provider's compatibility layer serves.
 OPENAI_COMPAT_ENDPOINTS: dict[str, frozenset[Endpoint]] = {

@@ -18,7 +18,7 @@ from .cloudflare import is_cloudflare_error_head
 from .flow_log import FlowLog
 from .headers import HeaderIndex
 from .local_endpoints import is_gateway
-from .model_calls import ModelCall, parse_model_call
+from .model_calls import Endpoint, ModelCall, parse_model_call
 from .modes import parsed_modes
 from .responses import error_response, json_response
 from .routing import (
@@ -35,7 +35,7 @@ from .routing import (
     loggable_url,
 )
 from .routing_config import RoutingConfig
-from .translation import AnswerTranslation, TranslationRefused, translate_request
+from .translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
 from .usage import UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ class ModelRouter:
             return
         try:
             decision, payload = self._decide(flow, call, on_gateway)
+            if decision.translation is not None and call.endpoint is Endpoint.COUNT_TOKENS and payload is not None:
+                flow.response = self._count_tokens(decision, payload)
+                return
             self._apply(flow, decision, payload)
         except InvalidUserId as e:
             flow.response = error_response(flow, 400, str(e))
@@ -257,6 +260,14 @@ class ModelRouter:
         flow.metadata[METADATA_KEY] = record.summary
         flow.comment = decision.describe()
         self._records[flow] = record
+
+    def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
+        assert decision.translation is not None
+        try:
+            tokens = count_input_tokens(decision.translation.provider_model, payload)
+        except TranslationRefused as e:
+            raise RouteRefused(e.status, e.message) from None
+        return json_response(200, {"input_tokens": tokens})
 
     def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord) -> None:
         """Stream a translated event stream through its translator; read anything else whole."""

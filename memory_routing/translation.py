@@ -193,6 +193,20 @@ def translate_request(
     )
 
 
+def count_input_tokens(provider_model: str, payload: dict[str, Any]) -> int:
+    """Anthropic's count_tokens for a model of another family, counted by LiteLLM's tokenizers
+    (bundled with LiteLLM: nothing is downloaded)."""
+    request = {"max_tokens": 1, **payload}
+    completion, _ = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(request)
+    messages = completion.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise TranslationRefused(400, 'the request body needs a non-empty "messages" list')
+    try:
+        return int(litellm.token_counter(model=provider_model, messages=messages, tools=completion.get("tools")))
+    except Exception as e:
+        raise TranslationRefused(400, f"the tokens of this request cannot be counted: {_litellm_message(e)}") from None
+
+
 def _native_body(
     provider: str, model: str, messages: list, optional: dict, litellm_params: dict, headers: dict
 ) -> dict[str, Any]:

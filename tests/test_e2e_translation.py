@@ -385,6 +385,17 @@ def test_client_key_moves_to_the_providers_header_when_the_config_has_none(proxy
     assert "x-api-key" not in seen.headers
 
 
+def test_claude_codes_token_count_is_answered_by_litellms_tokenizer(proxy: RunningProxy, upstream: FakeUpstream):
+    count = claude_code(proxy).messages.count_tokens(
+        model="gpt-for-claude-code", system="Be brief.", tools=[WEATHER_TOOL_ANTHROPIC],
+        messages=[{"role": "user", "content": "What is the weather in Paris today? " * 20}],
+    )
+    short = claude_code(proxy).messages.count_tokens(
+        model="gpt-for-claude-code", messages=[{"role": "user", "content": "hi"}])
+    assert 0 < short.input_tokens < 20 < count.input_tokens
+    assert upstream.requests == []  # OpenAI has no such endpoint: counted locally
+
+
 def test_curl_stream_is_well_formed_sse(proxy: RunningProxy, upstream: FakeUpstream):
     raw = httpx.post(
         f"{proxy.gateway_url}/v1/messages", timeout=WAIT,

@@ -289,7 +289,6 @@ def test_forward_mode_never_sends_credentials_to_another_host(planner):
     [
         ("/v1/messages", "gpt-untranslated", 400, "its config entry says translate: never"),
         ("/v1/responses", "claude-alias", 400, "the proxy translates only OpenAI chat/completions and Anthropic messages"),
-        ("/v1/messages/count_tokens", "gpt-alias", 400, "has no anthropic-format messages/count_tokens endpoint"),
         ("/v1beta/models/gpt-alias:generateContent", "gpt-alias", 400, "has no gemini-format generateContent endpoint"),
         ("/v1/chat/completions", "no-such-model-xyz", 404, "neither a configured alias (gpt-alias, claude-alias"),
         ("/v1/chat/completions", "needs-env", 500, "needs the environment variable(s) MR_UNSET_KEY"),
