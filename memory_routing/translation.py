@@ -136,17 +136,8 @@ def translate_request(
     drop_params: bool = False,
 ) -> TranslatedRequest:
     """The provider's native body for a client body of ``client``'s format."""
-    tool_name_mapping: dict[str, str] = {}
-    if client is ClientProtocol.ANTHROPIC:
-        completion, tool_name_mapping = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(
-            payload, custom_llm_provider=provider
-        )
-        completion = dict(completion)
-    else:
-        completion = dict(payload)
-    messages = completion.pop("messages", None)
-    if not isinstance(messages, list) or not messages:
-        raise TranslationRefused(400, 'the request body needs a non-empty "messages" list')
+    completion, tool_name_mapping = _completion_arguments(client, provider, payload)
+    messages = completion.pop("messages")
     _refuse_remote_media(messages, provider)
     stream = completion.get("stream") is True
     stream_options = completion.get("stream_options")
@@ -160,20 +151,25 @@ def translate_request(
     params = {k: v for k, v in completion.items() if k != "model" and k not in _LITELLM_ONLY and v is not None}
     mapped = {k: v for k, v in params.items() if k in _MAPPED_PARAMS}
     extra = {k: v for k, v in params.items() if k not in _MAPPED_PARAMS}
+    headers: dict[str, str] = {}
+    litellm_params: dict[str, Any] = {}
     try:
         optional = get_optional_params(
             model=provider_model, custom_llm_provider=provider, drop_params=drop_params, **mapped, **extra
         )
-    except litellm.UnsupportedParamsError as e:
-        raise TranslationRefused(400, _litellm_message(e)) from None
-    headers: dict[str, str] = {}
-    litellm_params: dict[str, Any] = {}
-    try:
         body = _native_body(provider, provider_model, messages, dict(optional), litellm_params, headers)
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     except TranslationRefused:
         raise
-    except Exception as e:  # LiteLLM raises its BadRequestError & co. for content it cannot map
-        raise TranslationRefused(400, f"the request cannot be translated for {provider}: {_litellm_message(e)}") from None
+    except litellm.UnsupportedParamsError as e:
+        raise TranslationRefused(400, _litellm_message(e)) from None
+    except Exception as e:
+        # LiteLLM's transforms assume a well-formed request and trip (TypeError, KeyError, its
+        # BadRequestError) on anything else: the provider would have refused it too.
+        logger.debug("memory-routing: LiteLLM could not translate a request", exc_info=True)
+        raise TranslationRefused(
+            400, f"the request cannot be translated for {provider}: {type(e).__name__}: {_litellm_message(e)}"
+        ) from None
     if provider == "anthropic":
         headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     answer = AnswerTranslation(
@@ -187,7 +183,7 @@ def translate_request(
         tool_name_mapping=tool_name_mapping,
     )
     return TranslatedRequest(
-        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        body=encoded,
         headers=tuple((name.lower(), str(value)) for name, value in headers.items()),
         answer=answer,
     )
@@ -196,15 +192,30 @@ def translate_request(
 def count_input_tokens(provider_model: str, payload: dict[str, Any]) -> int:
     """Anthropic's count_tokens for a model of another family, counted by LiteLLM's tokenizers
     (bundled with LiteLLM: nothing is downloaded)."""
-    request = {"max_tokens": 1, **payload}
-    completion, _ = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(request)
-    messages = completion.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise TranslationRefused(400, 'the request body needs a non-empty "messages" list')
+    completion, _ = _completion_arguments(ClientProtocol.ANTHROPIC, None, {"max_tokens": 1, **payload})
     try:
-        return int(litellm.token_counter(model=provider_model, messages=messages, tools=completion.get("tools")))
+        return int(litellm.token_counter(model=provider_model, messages=completion["messages"], tools=completion.get("tools")))
     except Exception as e:
         raise TranslationRefused(400, f"the tokens of this request cannot be counted: {_litellm_message(e)}") from None
+
+
+def _completion_arguments(
+    client: ClientProtocol, provider: str | None, payload: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The client's body as LiteLLM's OpenAI-shaped completion arguments, and the tool names
+    the Anthropic adapter shortened."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise TranslationRefused(400, 'the request body needs a non-empty "messages" list of objects')
+    if client is not ClientProtocol.ANTHROPIC:
+        return dict(payload), {}
+    try:
+        completion, tool_name_mapping = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(
+            payload, custom_llm_provider=provider
+        )
+    except Exception as e:  # the adapter assumes a well-formed request: say what it tripped on
+        raise TranslationRefused(400, f"the request cannot be translated: {type(e).__name__}: {_litellm_message(e)}") from None
+    return dict(completion), tool_name_mapping
 
 
 def _native_body(

@@ -69,8 +69,18 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
+# Conversations of any shape, for the calls the proxy translates (gpt-alias from /v1/messages).
+messages = st.lists(
+    st.dictionaries(st.sampled_from(["role", "content", "tool_calls", "name"]), json_values, max_size=3)
+    | st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]), "content": json_values}),
+    max_size=4,
+)
 bodies = st.one_of(
     st.binary(max_size=300),
+    st.builds(lambda model, conversation, extra, stream: json.dumps(
+        {"model": model, "messages": conversation, "stream": stream, **extra}).encode(),
+              models, messages, st.dictionaries(st.sampled_from(["tools", "system", "max_tokens", "tool_choice", "temperature"]),
+                                                json_values, max_size=3), st.booleans()),
     st.builds(lambda model, extra, stream: json.dumps({"model": model, "stream": stream, **extra}).encode(),
               models, st.dictionaries(st.text(max_size=10), json_values, max_size=4), st.booleans()),
     json_values.map(lambda value: json.dumps(value).encode()),

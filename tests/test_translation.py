@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fake_upstream import (
     USAGE_IN,
@@ -182,3 +184,48 @@ def test_request_mapping_refuses_what_cannot_be_sent():
             {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.png"}}]}]})
     with pytest.raises(TranslationRefused, match="messages"):
         translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", {"model": "x", "messages": []})
+
+
+# --- whatever a client sends, translation refuses cleanly or produces JSON -------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=10,
+)
+blocks = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image", "tool_use", "tool_result", "image_url", "thinking"])},
+    optional={"text": json_values, "source": json_values, "id": json_values, "name": json_values,
+              "input": json_values, "content": json_values, "tool_use_id": json_values, "image_url": json_values},
+)
+conversation = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "tool", "bogus"])},
+        optional={"content": st.one_of(st.text(max_size=20), st.lists(blocks, max_size=3), json_values),
+                  "tool_calls": json_values, "tool_call_id": json_values},
+    ),
+    min_size=1, max_size=4,
+)
+extras = st.dictionaries(
+    st.sampled_from(["system", "tools", "tool_choice", "max_tokens", "temperature", "stop", "stop_sequences", "n", "top_p"]),
+    json_values, max_size=3,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pair=st.sampled_from([
+        (ClientProtocol.ANTHROPIC, "openai"), (ClientProtocol.ANTHROPIC, "gemini"),
+        (ClientProtocol.OPENAI, "anthropic"), (ClientProtocol.OPENAI, "gemini"),
+    ]),
+    messages=conversation, extra=extras, stream=st.booleans(),
+)
+def test_any_request_is_translated_or_refused_with_a_message(pair, messages, extra, stream):
+    client, provider = pair
+    payload = {"model": "m", "messages": messages, "stream": stream, **extra}
+    try:
+        translated = translate_request(client, provider, "model-x", payload)
+    except TranslationRefused as e:
+        assert 400 <= e.status < 600 and e.message
+        return
+    assert isinstance(json.loads(translated.body), dict)
