@@ -25,12 +25,17 @@ class Endpoint(enum.Enum):
 
     @property
     def protocol(self) -> ClientProtocol:
-        if self in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
-            return ClientProtocol.ANTHROPIC
-        if self in (Endpoint.GENERATE_CONTENT, Endpoint.STREAM_GENERATE_CONTENT):
-            return ClientProtocol.GEMINI
-        return ClientProtocol.OPENAI
+        return _PROTOCOL_OF_ENDPOINT[self]
 
+
+_PROTOCOL_OF_ENDPOINT = {
+    endpoint: (
+        ClientProtocol.ANTHROPIC if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
+        else ClientProtocol.GEMINI if endpoint in (Endpoint.GENERATE_CONTENT, Endpoint.STREAM_GENERATE_CONTENT)
+        else ClientProtocol.OPENAI
+    )
+    for endpoint in Endpoint
+}
 
 # The OpenAI family is reached under /v1 (OpenAI, Anthropic's compat layer), under
 # /v1beta/openai (Gemini's compat layer), or bare when a client's base URL has no /v1.

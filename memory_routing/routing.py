@@ -33,6 +33,8 @@ CONVERSATION_ID_HEADER = "x-sm-conversation-id"
 # Where clients say which conversation a request belongs to; the first one present wins.
 CONVERSATION_SOURCE_HEADERS = ("x-memory-conversation-id", "x-claude-code-session-id")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# Distinct (client, request shape) decisions kept; conversation ids make most of them.
+_DECISION_CACHE_LIMIT = 4096
 # Longest header value the proxy writes; API keys and ids are far shorter.
 MAX_HEADER_VALUE = 8192
 GEMINI_KEY_HEADER = "x-goog-api-key"
@@ -122,7 +124,12 @@ class RoutingDecision:
         object.__setattr__(self, "added_header_fields", added)
 
     def summary(self) -> dict[str, object]:
-        """What may be shown: no header values, no query string (it may hold a key)."""
+        """What may be shown: no header values, no query string (it may hold a key). A copy:
+        each flow gets its own."""
+        return dict(self._summary)
+
+    @functools.cached_property
+    def _summary(self) -> dict[str, object]:
         return {
             "user_id": self.user_id,
             "rule": self.rule,
@@ -168,8 +175,25 @@ class RequestFacts:
 class RoutePlanner:
     def __init__(self, resolver: ProviderResolver) -> None:
         self.resolver = resolver
+        self._decisions: dict[tuple[ClientIdentity, RequestFacts], RoutingDecision] = {}
+        self._decisions_config: ProxyConfig | None = None
 
     def plan(self, config: ProxyConfig, identity: ClientIdentity, facts: RequestFacts) -> RoutingDecision:
+        # A decision is a function of the config, the identity and the facts alone, and the
+        # same client asks for the same model request after request: plan each once per config.
+        if config is not self._decisions_config:
+            self._decisions.clear()
+            self._decisions_config = config
+        key = (identity, facts)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._plan(config, identity, facts)
+            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def _plan(self, config: ProxyConfig, identity: ClientIdentity, facts: RequestFacts) -> RoutingDecision:
         alias = config.model(facts.requested_model)
         if alias is None and not facts.on_gateway:
             # The client addressed a provider itself: keep its destination.
