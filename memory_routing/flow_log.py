@@ -22,6 +22,10 @@ class FlowLog:
         self._stream: IO[str] | None = sys.stderr
         self._owned = False
         self.target = STDERR
+        # json.dumps builds a new encoder on every call with non-default separators.
+        self._encode = json.JSONEncoder(separators=(",", ":")).encode
+        self._second = -1
+        self._second_stamp = ""
 
     def open(self, target: str) -> None:
         """``-`` for stderr, an empty string for no flow log, otherwise a file to append to."""
@@ -42,10 +46,12 @@ class FlowLog:
         if self._stream is None:
             return
         now = time.time()
-        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        if int(now) != self._second:  # formatting the clock once a second is enough
+            self._second = int(now)
+            self._second_stamp = time.strftime("%H:%M:%S", time.localtime(now))
         # Both targets are line-buffered (stderr since Python 3.9, the file by opening it so):
         # each line goes out whole without a flush call per flow.
-        self._stream.write(f"[{stamp}] {PREFIX}{json.dumps(fields, separators=(',', ':'))}\n")
+        self._stream.write(f"[{self._second_stamp}.{int(now % 1 * 1000):03d}] {PREFIX}{self._encode(fields)}\n")
 
     def close(self) -> None:
         if self._owned and self._stream is not None:

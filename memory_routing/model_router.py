@@ -78,6 +78,8 @@ class ModelRouter:
         self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
         self.flow_log = FlowLog()
         self.own_listeners: frozenset[tuple[str, int]] = frozenset()
+        # json.dumps builds a new encoder on every call with non-default arguments.
+        self._encode_body = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -232,7 +234,7 @@ class ModelRouter:
             added = added + translated_headers + ((b"accept-encoding", b"identity"),)
         elif decision.body_model is not None and payload is not None:
             payload["model"] = decision.body_model
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            body = self._encode_body(payload).encode()
         if body is not None:
             if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.

@@ -21,25 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .protocol import ClientProtocol, error_body
-from .providers import litellm
 
-import httpx  # noqa: E402  (LiteLLM's response transforms take an httpx.Response)
-from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message  # noqa: E402
-from litellm.llms.anthropic.chat.handler import ModelResponseIterator as AnthropicChunkParser  # noqa: E402
-from litellm.llms.anthropic.chat.transformation import AnthropicConfig  # noqa: E402
-from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import (  # noqa: E402
-    AnthropicStreamWrapper,
-)
-from litellm.llms.anthropic.experimental_pass_through.adapters.transformation import (  # noqa: E402
-    LiteLLMAnthropicMessagesAdapter,
-)
-from litellm.llms.gemini.chat.transformation import GoogleAIStudioGeminiConfig  # noqa: E402
-from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body as gemini_request_body  # noqa: E402
-from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import (  # noqa: E402
+# First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
+from .providers import litellm  # isort: skip
+
+import httpx  # LiteLLM's response transforms take an httpx.Response
+from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message
+from litellm.llms.anthropic.chat.handler import ModelResponseIterator as AnthropicChunkParser
+from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY, AnthropicConfig
+from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import AnthropicStreamWrapper
+from litellm.llms.anthropic.experimental_pass_through.adapters.transformation import LiteLLMAnthropicMessagesAdapter
+from litellm.llms.gemini.chat.transformation import GoogleAIStudioGeminiConfig
+from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body as gemini_request_body
+from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import (
     ModelResponseIterator as GeminiChunkParser,
 )
-from litellm.types.utils import ModelResponse, ModelResponseStream  # noqa: E402
-from litellm.utils import ProviderConfigManager, get_optional_params  # noqa: E402
+from litellm.types.utils import ModelResponse, ModelResponseStream
+from litellm.utils import ProviderConfigManager, get_optional_params
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +77,6 @@ class AnswerTranslation:
     client: ClientProtocol
     provider: str
     provider_model: str
-    stream: bool
     include_usage: bool  # an OpenAI client asked for the usage chunk
     optional_params: dict[str, Any] = field(repr=False, compare=False)
     litellm_params: dict[str, Any] = field(repr=False, compare=False)
@@ -176,7 +173,6 @@ def translate_request(
         client=client,
         provider=provider,
         provider_model=provider_model,
-        stream=stream,
         include_usage=include_usage,
         optional_params=dict(optional),
         litellm_params=litellm_params,
@@ -645,8 +641,7 @@ def _litellm_message(error: Exception) -> str:
 
 
 def _reverse_tool_map(litellm_params: dict[str, Any]) -> dict[str, str] | None:
-    from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
-
+    """Tool names AnthropicConfig rewrote for Anthropic's name rules, back to the client's."""
     candidate = litellm_params.get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY)
     return candidate if isinstance(candidate, dict) else None
 
