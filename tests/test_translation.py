@@ -229,3 +229,32 @@ def test_any_request_is_translated_or_refused_with_a_message(pair, messages, ext
         assert 400 <= e.status < 600 and e.message
         return
     assert isinstance(json.loads(translated.body), dict)
+
+
+def test_openai_client_on_gemini_native():
+    translated = translate_request(ClientProtocol.OPENAI, "gemini", "gemini-2.5-pro", {
+        **OPENAI_REQUEST, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    })
+    body = json.loads(translated.body)
+    assert body["system_instruction"] == {"parts": [{"text": "Be brief."}]}
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+    assert body["tools"][0]["function_declarations"][0]["name"] == "get_weather"
+    assert "stream" not in body and "model" not in body  # Gemini names both in the URL
+
+    raw = sse(_gemini_tool_events("gemini-2.5-pro", body["tools"]), "\r\n")
+    chunks = openai_chunks(run_stream(translated.answer.stream_translator(), raw, 11))
+    data = [c for c in chunks if isinstance(c, dict)]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in data if c["choices"]) == "Let me check."
+    calls = [call for c in data if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls[0]["function"]["name"] == "get_weather" and json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert [c["choices"][0]["finish_reason"] for c in data if c["choices"]][-1] == "tool_calls"
+    assert data[-1]["usage"] == {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT}
+    assert chunks[-1] == "[DONE]"
+
+    whole = json.loads(translated.answer.body(200, "application/json", json.dumps({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "Hi there"}]}, "finishReason": "MAX_TOKENS"}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7}}).encode()))
+    assert whole["choices"][0]["message"]["content"] == "Hi there"
+    assert whole["choices"][0]["finish_reason"] == "length"
+    assert whole["usage"]["prompt_tokens"] == 5
