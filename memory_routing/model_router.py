@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ class _FlowRecord:
     meter: UsageMeter | None = None
     supermemory: dict[str, str] = field(default_factory=dict)
     answer: AnswerTranslation | None = None  # set when the call was translated
-    translate_chunk: Any = None  # the answer's stream translator, once it streams
+    translate_chunk: Callable[[bytes], list[bytes]] | None = None  # the answer's stream translator
 
     def tap(self, chunk: bytes) -> bytes | list[bytes]:
         """mitmproxy's per-chunk stream callback: note timing and usage, pass the bytes on
@@ -141,9 +142,6 @@ class ModelRouter:
         record = self._records.get(flow)
         if record is None or flow.response is None:
             return
-        if record.answer is not None:
-            self._prepare_translated_answer(flow, record)
-            return
         content_type = length = encoding = b""
         for name, value in flow.response.headers.fields:
             lowered = name.lower()
@@ -156,6 +154,9 @@ class ModelRouter:
             elif lowered == b"content-encoding":
                 encoding = value
         event_stream = content_type.startswith(b"text/event-stream")
+        if record.answer is not None:
+            self._prepare_translated_answer(flow, record, event_stream)
+            return
         if event_stream or not length.isdigit() or int(length) > BUFFER_LIMIT:
             record.stream = True
             # Compressed streams are passed on as they are; their usage is not read.
@@ -260,7 +261,7 @@ class ModelRouter:
             request.host_header = target.host_header
         record = _FlowRecord(decision, decision.summary(), answer=answer)
         flow.metadata[METADATA_KEY] = record.summary
-        flow.comment = decision.describe()
+        flow.comment = decision.description
         self._records[flow] = record
 
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
@@ -271,12 +272,11 @@ class ModelRouter:
             raise RouteRefused(e.status, e.message) from None
         return json_response(200, {"input_tokens": tokens})
 
-    def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord) -> None:
+    def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord, event_stream: bool) -> None:
         """Stream a translated event stream through its translator; read anything else whole."""
         response = flow.response
         assert response is not None and record.answer is not None
-        content_type = response.headers.get("content-type", "")
-        if response.status_code >= 400 or not content_type.startswith("text/event-stream"):
+        if response.status_code >= 400 or not event_stream:
             response.stream = False  # one JSON document (or an error): translated in response()
             return
         record.stream = True

@@ -144,7 +144,9 @@ class RoutingDecision:
             "headers_set": [name for name, _ in self.set_headers],
         }
 
-    def describe(self) -> str:
+    @functools.cached_property
+    def description(self) -> str:
+        """One line for mitmweb's flow comment: no header values, no key in the URL."""
         alias = f"{self.alias} → " if self.alias else ""
         translated = (
             f"; translated {self.client_protocol.value} → {self.translation.target_protocol.value}"
