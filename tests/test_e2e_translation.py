@@ -19,6 +19,7 @@ import yaml
 
 from fake_upstream import TOOL_ARGUMENTS, USAGE_IN, USAGE_OUT, FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
+from test_e2e_routing import log_line_for
 
 pytestmark = pytest.mark.e2e
 
@@ -142,6 +143,10 @@ def test_anthropic_sdk_on_gpt_non_streaming(proxy: RunningProxy, upstream: FakeU
     assert image == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
     assert body["messages"][2]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}
     assert body["messages"][3] == {"role": "tool", "tool_call_id": "toolu_earlier", "content": "sunny, 21 C"}
+    line = log_line_for(proxy, alias="gpt-for-claude-code", stream=False)
+    assert (line["client_protocol"], line["translated_to"], line["status"]) == ("anthropic", "openai", 200)
+    assert (line["input_tokens"], line["output_tokens"]) == (USAGE_IN, USAGE_OUT)
+    assert line["supermemory"]["x-supermemory-conversation-id"] == "conv-fake"
 
 
 def test_anthropic_sdk_on_gpt_streaming(proxy: RunningProxy, upstream: FakeUpstream):
@@ -157,6 +162,8 @@ def test_anthropic_sdk_on_gpt_streaming(proxy: RunningProxy, upstream: FakeUpstr
     assert final.usage.output_tokens == USAGE_OUT
     body = upstream.last().json
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    line = log_line_for(proxy, alias="gpt-for-claude-code", stream=True)
+    assert (line["input_tokens"], line["output_tokens"], line["translated_to"]) == (USAGE_IN, USAGE_OUT, "openai")
 
 
 def test_anthropic_sdk_on_gpt_tool_use(proxy: RunningProxy, upstream: FakeUpstream):
