@@ -47,8 +47,6 @@ QUIET_PATHS = frozenset({"/api/event_logging/batch"})
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
-# Where a client's own API key may be, in the order they are looked at.
-_CLIENT_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
 
 
 @dataclass
@@ -267,7 +265,7 @@ class ModelRouter:
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
         try:
-            tokens = count_input_tokens(decision.translation.provider_model, payload)
+            tokens = count_input_tokens(decision.provider_model, payload)
         except TranslationRefused as e:
             raise RouteRefused(e.status, e.message) from None
         return json_response(200, {"input_tokens": tokens})
@@ -377,7 +375,7 @@ def _translated_body(
     assert translation is not None
     try:
         translated = translate_request(
-            decision.client_protocol, translation.provider, translation.provider_model, payload,
+            decision.client_protocol, decision.provider, decision.provider_model, payload,
             drop_params=translation.drop_params,
         )
     except TranslationRefused as e:
@@ -390,9 +388,9 @@ def _translated_body(
 
 
 def _client_key(headers: HeaderIndex) -> str | None:
-    """The API key the client sent, from whichever header its SDK uses."""
-    for name in _CLIENT_KEY_HEADERS:
-        if value := headers.get(name):
+    """The API key the client sent, from whichever header its SDK uses (a bearer token last)."""
+    for name in CREDENTIAL_HEADERS:
+        if name != "authorization" and (value := headers.get(name)):
             return value.strip() if header_safe(value) else None
     authorization = headers.get("authorization") or ""
     scheme, _, token = authorization.partition(" ")

@@ -84,10 +84,9 @@ class UpstreamTarget:
 
 @dataclass(frozen=True)
 class Translation:
-    """The call goes to the provider's native API in its own format, translated by LiteLLM."""
+    """The call goes to the provider's native API in its own format, translated by LiteLLM
+    (the decision's provider and provider_model say which)."""
 
-    provider: str
-    provider_model: str
     target_protocol: ClientProtocol
     drop_params: bool
 
@@ -215,8 +214,6 @@ class RoutePlanner:
         ):
             raise RouteRefused(400, _cannot_translate(facts, route, mode), param="model")
         translation = Translation(
-            provider=route.provider,
-            provider_model=route.provider_model,
             target_protocol=route.native_protocol,
             drop_params=alias.drop_params if alias is not None else False,
         )

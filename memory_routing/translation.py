@@ -369,7 +369,7 @@ class StreamTranslator:
             return b""  # a keep-alive or a comment: nothing to translate
         if event.event == "error" or document.get("type") == "error" or "error" in document:
             status = _stream_error_status(document)
-            return self._fail(status, f"{self.answer.provider}: {provider_error_message(json.dumps(document).encode(), status)}")
+            return self._fail(status, f"{self.answer.provider}: {_error_message_in(document, status)}")
         if self.answer.provider == "anthropic" and document.get("type") == "message_stop":
             return self._finish([])
         chunk = self._source(document)
@@ -613,6 +613,10 @@ def provider_error_message(body: bytes, status: int) -> str:
     except ValueError:
         text = body[:300].decode("utf-8", "replace").strip()
         return f"HTTP {status}" + (f": {text}" if text else "")
+    return _error_message_in(document, status)
+
+
+def _error_message_in(document: Any, status: int) -> str:
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return error["message"]
