@@ -203,15 +203,17 @@ class RoutePlanner:
         mode = alias.translate if alias is not None else "auto"
         base = route.base_for(facts.call.protocol)
         compatible = base is not None and _compat_layer_serves(route, facts.call)
-        if compatible and not (mode == "always" and route.native_protocol is not facts.call.protocol):
+        translatable = facts.call.endpoint in TRANSLATABLE_ENDPOINTS and (
+            facts.call.protocol is not ClientProtocol.GEMINI and route.native_protocol is not facts.call.protocol
+        )
+        # "always" prefers the native API for what can be translated; the rest still passes.
+        if compatible and not (mode == "always" and translatable):
             assert base is not None
             provider_url = base + upstream_path(facts.call, route.provider_model)
             if facts.call.query:
                 provider_url += "?" + facts.call.query
             return self._decide(config, identity, facts, alias, route, provider_url)
-        if mode == "never" or facts.call.endpoint not in TRANSLATABLE_ENDPOINTS or (
-            facts.call.protocol is ClientProtocol.GEMINI or route.native_protocol is facts.call.protocol
-        ):
+        if mode == "never" or not translatable:
             raise RouteRefused(400, _cannot_translate(facts, route, mode), param="model")
         translation = Translation(
             target_protocol=route.native_protocol,

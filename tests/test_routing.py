@@ -149,6 +149,9 @@ model_list:
   - model_name: claude-native
     translate: always
     litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: sk-ant-config}
+  - model_name: gemini-native
+    translate: always
+    litellm_params: {model: gemini/gemini-2.5-flash, api_key: g-config-key}
   - model_name: gpt-untranslated
     translate: never
     litellm_params: {model: openai/gpt-4o, api_key: sk-config-openai}
@@ -334,6 +337,13 @@ def test_openai_client_on_claude_passes_through_unless_the_entry_says_always(pla
     assert "authorization" in translated.remove_headers and "openai-organization" in translated.remove_headers
     # "always" means the native API: an Anthropic client on it is plain pass-through.
     assert planner.plan(config(), IDENTITY, facts("/v1/messages", "claude-native")).translation is None
+
+
+def test_translate_always_leaves_calls_it_cannot_translate_on_the_compatible_endpoint(planner):
+    assert planner.plan(config(), IDENTITY, facts("/v1/chat/completions", "gemini-native")).translation is not None
+    embeddings = planner.plan(config(), IDENTITY, facts("/v1/embeddings", "gemini-native"))
+    assert embeddings.translation is None
+    assert embeddings.provider_url == "https://generativelanguage.googleapis.com/v1beta/openai/embeddings"
 
 
 def test_translated_call_without_a_config_key_carries_the_clients_key_in_the_providers_header(planner):
