@@ -39,11 +39,10 @@ _DECISION_CACHE_LIMIT = 4096
 MAX_HEADER_VALUE = 8192
 GEMINI_KEY_HEADER = "x-goog-api-key"
 # Headers of one API family that mean nothing (or something else) to another: dropped when a
-# call is translated away from that family.
+# call is translated away from that family (Gemini-format calls are never translated).
 _FAMILY_HEADERS = {
     ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
     ClientProtocol.OPENAI: ("openai-organization", "openai-project", "openai-beta"),
-    ClientProtocol.GEMINI: ("x-goog-api-client", "x-goog-user-project"),
 }
 
 
