@@ -77,7 +77,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 ca-bundle: $(STAMP)
-	$(VENV)/bin/python -m memory_routing.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))
+	$(VENV)/bin/python -m memory_routing.mitm.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))
 
 # Maintainers only: resolves for Python 3.11 through the newest, mitmproxy and litellm together.
 lock:

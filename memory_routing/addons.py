@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from .cloudflare_guard import CloudflareGuard
-from .gateway_auth import GatewayAuth
-from .heap_freeze import HeapFreeze
-from .in_flight import InFlightLimiter
-from .intercept_scope import InterceptScope
-from .listen_guard import ListenGuard
-from .local_endpoints import LocalEndpoints
-from .model_router import ModelRouter
-from .providers import ProviderResolver
-from .request_limits import RequestLimits
-from .routing import RoutePlanner
-from .routing_config import RoutingConfig
-from .upstream_cookies import UpstreamCookies
-from .upstream_failures import UpstreamFailures
+from memory_routing.cloudflare.guard import CloudflareGuard
+from memory_routing.guard.gateway_auth import GatewayAuth
+from memory_routing.mitm.heap_freeze import HeapFreeze
+from memory_routing.cloudflare.in_flight import InFlightLimiter
+from memory_routing.guard.intercept_scope import InterceptScope
+from memory_routing.guard.listen import ListenGuard
+from memory_routing.local.endpoints import LocalEndpoints
+from memory_routing.routing.router import ModelRouter
+from memory_routing.routing.providers import ProviderResolver
+from memory_routing.guard.request_limits import RequestLimits
+from memory_routing.routing.planner import RoutePlanner
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.wire.upstream_failures import UpstreamFailures
 
 
 def create_addons() -> list[object]:

@@ -17,10 +17,10 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing import routing_config
-from memory_routing.listen_guard import ListenGuard
-from memory_routing.local_endpoints import RESERVED_HOST, LocalEndpoints
-from memory_routing.routing_config import RoutingConfig
+from memory_routing.config import holder as routing_config
+from memory_routing.guard.listen import ListenGuard
+from memory_routing.local.endpoints import RESERVED_HOST, LocalEndpoints
+from memory_routing.config.holder import RoutingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,7 +295,7 @@ def test_listen_guard_allows_exposure_with_proxy_auth():
 def test_heap_is_frozen_once_running():
     import gc
 
-    from memory_routing.heap_freeze import HeapFreeze
+    from memory_routing.mitm.heap_freeze import HeapFreeze
 
     gc.unfreeze()
     try:

@@ -9,8 +9,8 @@ import openai
 import pytest
 from mitmproxy.http import Headers
 
-from memory_routing.classify import MATCH_PREFIX_LENGTH, Classifier, InvalidUserId
-from memory_routing.config import load_config, parse_config
+from memory_routing.routing.classify import MATCH_PREFIX_LENGTH, Classifier, InvalidUserId
+from memory_routing.config.schema import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

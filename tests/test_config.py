@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.config import (
+from memory_routing.config.schema import (
     DEFAULT_SUPERMEMORY_BASE_URL,
     ConfigError,
     Secret,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.cloudflare import classify_cloudflare_error
-from memory_routing.cookie_jar import UpstreamCookieJar
+from memory_routing.cloudflare.pages import classify_cloudflare_error
+from memory_routing.cloudflare.cookie_jar import UpstreamCookieJar
 
 API = "https://api.example.com/v1/chat/completions"
 

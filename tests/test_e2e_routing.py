@@ -348,7 +348,7 @@ def test_forward_proxy_refuses_to_carry_credentials_to_another_host(proxy: Runni
 
 def test_sdks_with_https_proxy_and_a_combined_ca_bundle(proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path):
     bundle = tmp_path / "bundle.pem"
-    subprocess.run([sys.executable, "-m", "memory_routing.ca_bundle", "--confdir", str(proxy.confdir), "--out", str(bundle)],
+    subprocess.run([sys.executable, "-m", "memory_routing.mitm.ca_bundle", "--confdir", str(proxy.confdir), "--out", str(bundle)],
                    check=True, capture_output=True, timeout=60, cwd=ROOT)
     script = textwrap.dedent(
         """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.flow_log import PREFIX, FlowLog
+from memory_routing.wire.flow_log import PREFIX, FlowLog
 
 
 def test_file_target_is_private_and_appended(tmp_path: Path):

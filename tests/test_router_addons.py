@@ -14,12 +14,12 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.intercept_scope import InterceptScope
-from memory_routing.model_router import ModelRouter
-from memory_routing.providers import ProviderResolver
-from memory_routing.routing import RoutePlanner
-from memory_routing.routing_config import RoutingConfig
-from memory_routing.upstream_cookies import UpstreamCookies
+from memory_routing.guard.intercept_scope import InterceptScope
+from memory_routing.routing.router import ModelRouter
+from memory_routing.routing.providers import ProviderResolver
+from memory_routing.routing.planner import RoutePlanner
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.cloudflare.cookies import UpstreamCookies
 
 CONFIG = """
 model_list:

@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
-from memory_routing.classify import ClientIdentity
-from memory_routing.config import parse_config
-from memory_routing.model_calls import Endpoint, ModelCall, parse_model_call
-from memory_routing.protocol import ClientProtocol
-from memory_routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
-from memory_routing.routing import (
+from memory_routing.routing.classify import ClientIdentity
+from memory_routing.config.schema import parse_config
+from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
+from memory_routing.routing.planner import (
     RequestFacts,
     RoutePlanner,
     RouteRefused,

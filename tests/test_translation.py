@@ -18,8 +18,8 @@ from fake_upstream import (
     _openai_chat_events,
     _openai_tool_events,
 )
-from memory_routing.protocol import ClientProtocol
-from memory_routing.translation import SseDecoder, SseEvent, TranslationRefused, translate_request
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.translate.translation import SseDecoder, SseEvent, TranslationRefused, translate_request
 
 ANTHROPIC_REQUEST = {"model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 OPENAI_REQUEST = {

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from memory_routing.usage import JSON_BODY_LIMIT, Usage, UsageMeter
+from memory_routing.wire.usage import JSON_BODY_LIMIT, Usage, UsageMeter
 
 ANTHROPIC_SSE = (
     b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}\n\n'

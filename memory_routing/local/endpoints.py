@@ -8,17 +8,17 @@ from collections.abc import Callable
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from . import __version__
-from .classify import InvalidUserId
-from .local_bodies import (
+from memory_routing import __version__
+from memory_routing.routing.classify import InvalidUserId
+from memory_routing.local.bodies import (
     anthropic_models_body,
     health_body,
     openai_models_body,
     routing_info_body,
 )
-from .protocol import ClientProtocol, detect_protocol
-from .responses import error_response, json_response
-from .routing_config import RoutingConfig
+from memory_routing.wire.protocol import ClientProtocol, detect_protocol
+from memory_routing.wire.responses import error_response, json_response
+from memory_routing.config.holder import RoutingConfig
 
 # Through the forward proxy the endpoints live on this name. ".localhost" is reserved
 # (RFC 6761): it never resolves to a real server, so no request to it can leak upstream.

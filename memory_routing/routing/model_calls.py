@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from .protocol import ClientProtocol
+from memory_routing.wire.protocol import ClientProtocol
 
 
 class Endpoint(enum.Enum):

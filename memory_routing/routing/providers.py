@@ -19,7 +19,7 @@ import litellm  # noqa: E402
 from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig  # noqa: E402
 from litellm.utils import ProviderConfigManager  # noqa: E402
 
-from .protocol import ClientProtocol  # noqa: E402
+from memory_routing.wire.protocol import ClientProtocol  # noqa: E402
 
 # LiteLLM prints a provider list to stdout on every failed lookup.
 litellm.suppress_debug_info = True

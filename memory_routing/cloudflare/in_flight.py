@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from mitmproxy import ctx
 from mitmproxy import http
 
-from .model_router import METADATA_KEY
-from .protocol import ClientProtocol
-from .responses import error_response
+from memory_routing.routing.router import METADATA_KEY
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.wire.responses import error_response
 
 
 @dataclass

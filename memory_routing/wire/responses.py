@@ -6,7 +6,7 @@ import json
 
 from mitmproxy import http
 
-from .protocol import ClientProtocol, detect_protocol, error_body
+from memory_routing.wire.protocol import ClientProtocol, detect_protocol, error_body
 
 
 def json_response(status: int, payload: object | bytes, extra_headers: dict[str, str] | None = None) -> http.Response:

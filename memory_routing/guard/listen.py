@@ -7,7 +7,7 @@ import ipaddress
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
-from .modes import parsed_modes
+from memory_routing.mitm.modes import parsed_modes
 
 
 def is_loopback(host: str) -> bool:

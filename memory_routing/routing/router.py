@@ -14,15 +14,15 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from .classify import InvalidUserId
-from .cloudflare import is_cloudflare_error_head
-from .flow_log import FlowLog
-from .headers import HeaderIndex
-from .local_endpoints import is_gateway
-from .model_calls import Endpoint, ModelCall, parse_model_call
-from .modes import parsed_modes
-from .responses import error_response, json_response
-from .routing import (
+from memory_routing.routing.classify import InvalidUserId
+from memory_routing.cloudflare.pages import is_cloudflare_error_head
+from memory_routing.wire.flow_log import FlowLog
+from memory_routing.routing.headers import HeaderIndex
+from memory_routing.local.endpoints import is_gateway
+from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.mitm.modes import parsed_modes
+from memory_routing.wire.responses import error_response, json_response
+from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
     CREDENTIAL_QUERY_PARAMS,
     GEMINI_KEY_HEADER,
@@ -35,9 +35,9 @@ from .routing import (
     header_safe,
     loggable_url,
 )
-from .routing_config import RoutingConfig
-from .translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
-from .usage import UsageMeter
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.translate.translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
+from memory_routing.wire.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
-from .classify import Classifier
-from .config import ConfigError, ProxyConfig, load_config
-from .local_bodies import config_summary
-from .routing import llm_hosts
+from memory_routing.routing.classify import Classifier
+from memory_routing.config.schema import ConfigError, ProxyConfig, load_config
+from memory_routing.local.bodies import config_summary
+from memory_routing.routing.planner import llm_hosts
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from .cookie_jar import CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, UpstreamCookieJar
-from .model_router import METADATA_KEY
+from memory_routing.cloudflare.cookie_jar import CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, UpstreamCookieJar
+from memory_routing.routing.router import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 

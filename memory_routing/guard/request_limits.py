@@ -15,10 +15,10 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.utils import human
 
-from .local_endpoints import is_gateway
-from .model_calls import parse_model_call
-from .responses import error_response
-from .routing_config import RoutingConfig
+from memory_routing.local.endpoints import is_gateway
+from memory_routing.routing.model_calls import parse_model_call
+from memory_routing.wire.responses import error_response
+from memory_routing.config.holder import RoutingConfig
 
 
 class RequestLimits:

@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .classify import ClientIdentity
-from .config import ModelAlias, ProxyConfig
-from .model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
-from .protocol import ClientProtocol
-from .providers import ProviderResolver, ProviderRoute, UnresolvableModel, UnsupportedProvider
+from memory_routing.routing.classify import ClientIdentity
+from memory_routing.config.schema import ModelAlias, ProxyConfig
+from memory_routing.routing.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.routing.providers import ProviderResolver, ProviderRoute, UnresolvableModel, UnsupportedProvider
 
 # Hosts whose model calls are routed in forward-proxy mode, besides every host the config names.
 KNOWN_LLM_HOSTS: dict[str, str] = {

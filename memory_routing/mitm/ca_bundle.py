@@ -2,7 +2,7 @@
 
 Python clients read ``SSL_CERT_FILE`` / ``REQUESTS_CA_BUNDLE`` as a *replacement* for their
 default roots, so pointing them at mitmproxy's CA alone breaks every other HTTPS call they make.
-Usage: ``python -m memory_routing.ca_bundle [--confdir ~/.mitmproxy] [--out FILE]``.
+Usage: ``python -m memory_routing.mitm.ca_bundle [--confdir ~/.mitmproxy] [--out FILE]``.
 """
 
 from __future__ import annotations

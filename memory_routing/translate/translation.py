@@ -20,10 +20,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import ClientProtocol, error_body
+from memory_routing.wire.protocol import ClientProtocol, error_body
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
-from .providers import litellm  # isort: skip
+from memory_routing.routing.providers import litellm  # isort: skip
 
 import httpx  # LiteLLM's response transforms take an httpx.Response
 from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message

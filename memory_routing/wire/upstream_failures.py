@@ -25,10 +25,10 @@ from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from .error_pages import ErrorPageOverrides
-from .model_router import METADATA_KEY
-from .protocol import ClientProtocol
-from .responses import error_response
+from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.routing.router import METADATA_KEY
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
 

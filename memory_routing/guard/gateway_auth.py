@@ -19,8 +19,8 @@ from mitmproxy import http
 from mitmproxy.addons.proxyauth import parse_http_basic_auth
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .local_endpoints import is_gateway
-from .responses import error_response
+from memory_routing.local.endpoints import is_gateway
+from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from .classify import ClientIdentity
-from .config import ProxyConfig
+from memory_routing.routing.classify import ClientIdentity
+from memory_routing.config.schema import ProxyConfig
 
 # Header names that carry credentials or session state in some client or provider.
 _SECRET_HEADER_NAME = re.compile(r"auth|key|token|secret|cookie|session|password", re.IGNORECASE)

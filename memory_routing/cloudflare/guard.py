@@ -11,10 +11,10 @@ import time
 
 from mitmproxy import http
 
-from .cloudflare import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
-from .model_router import METADATA_KEY
-from .protocol import ClientProtocol
-from .responses import error_response
+from memory_routing.cloudflare.pages import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
+from memory_routing.routing.router import METADATA_KEY
+from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import USER_ID_PATTERN, HeaderPattern, UserIdMappings
+from memory_routing.config.schema import USER_ID_PATTERN, HeaderPattern, UserIdMappings
 
 # Patterns are matched on a bounded prefix: a client cannot make classification slow by
 # sending a megabyte User-Agent, and no real client identifies itself past this point.

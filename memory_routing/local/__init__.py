@@ -1,0 +1,2 @@
+"""Stage 2, the proxy's own endpoints (``/health``, ``/memory-routing/…``, ``/v1/models``):
+answered here, never forwarded."""

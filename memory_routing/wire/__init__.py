@@ -1,0 +1,4 @@
+"""What goes back on the wire: the client's protocol and its error shape (``protocol``, pure),
+answers the proxy makes itself (``responses``), token usage read as answers pass (``usage``),
+upstream failures in the client's shape (``upstream_failures``) and the per-flow log line
+(``flow_log``)."""
