@@ -547,6 +547,8 @@ def main() -> int:
     }
     summary = {f"capacity_{kind}": median(values) for kind, values in ratios.items()}
     print_report(results, summary, census, args.process_rounds)
+    for kind, values in ratios.items():
+        print(f"capacity per round, {kind}: {', '.join(f'{v:.1%}' for v in values)}")
     print(f"\n(bench ran {time.monotonic() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(finite({
