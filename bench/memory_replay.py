@@ -435,12 +435,30 @@ class Call:
     error: str = ""
 
 
+def streamed_text(data: bytes) -> str | None:
+    """The answer's text from OpenAI server-sent events; None when they do not end with [DONE]."""
+    pieces, done = [], False
+    for line in data.decode(errors="replace").splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            done = True
+            continue
+        try:
+            choices = json.loads(payload).get("choices") or []
+        except (ValueError, AttributeError):
+            return None
+        pieces += [c.get("delta", {}).get("content") or "" for c in choices if isinstance(c, dict)]
+    return "".join(pieces) if done else None
+
+
 def model_call(gateway: Gateway, upstream: Upstream, messages: list[dict[str, str]], answer: str,
-               headers: dict[str, str]) -> Call:
+               headers: dict[str, str], stream: bool = False) -> Call:
     """One chat/completions call through the proxy, answered by the upstream with ``answer``."""
     upstream.script(answer)
     before = upstream.last().get("count", 0)
-    body = json.dumps({"model": MODEL, "messages": messages}).encode()
+    body = json.dumps({"model": MODEL, "messages": messages, **({"stream": True} if stream else {})}).encode()
     started = time.perf_counter()
     status, response_headers, data = gateway.request(
         "POST", "/v1/chat/completions", body,
@@ -450,11 +468,14 @@ def model_call(gateway: Gateway, upstream: Upstream, messages: list[dict[str, st
     last = upstream.last()
     received = last.get("body") if last.get("count", 0) == before + 1 else None
     error = "" if status == 200 else data[:300].decode(errors="replace")
-    if status == 200:
+    if status == 200 and stream:
+        content = streamed_text(data)
+    elif status == 200:
         try:
             content = json.loads(data)["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             content = None
+    if status == 200:
         if content != answer:
             error = "the client did not receive the scripted answer"
     return Call(status, response_headers, seconds, received, error)
@@ -527,7 +548,7 @@ class ReplayStats:
     expected_rows: dict[str, int] = field(default_factory=dict)
 
 
-def replay(gateway: Gateway, upstream: Upstream, conversations: list[Conversation]) -> ReplayStats:
+def replay(gateway: Gateway, upstream: Upstream, conversations: list[Conversation], stream: bool) -> ReplayStats:
     stats = ReplayStats()
     for conversation in conversations:
         rows = 0
@@ -537,7 +558,7 @@ def replay(gateway: Gateway, upstream: Upstream, conversations: list[Conversatio
             for exchange in session.exchanges:
                 answer = exchange.answer.text if exchange.answer else ""
                 call = model_call(gateway, upstream, chat_messages(session.date, exchange.history, exchange.user.text),
-                                  answer, headers)
+                                  answer, headers, stream)
                 stats.calls += 1
                 rows += 1 + bool(answer)
                 if call.status != 200 or call.error or call.received is None:
@@ -669,6 +690,7 @@ def main() -> int:
     parser.add_argument("--store-size", type=int, default=0,
                         help="first import this many synthetic memories of another user (e.g. 100000)")
     parser.add_argument("--latency-pairs", type=int, default=200, help="alternating with/without-memory pairs")
+    parser.add_argument("--stream", action="store_true", help="replay the sessions as streamed calls (SSE)")
     parser.add_argument("--store-timeout", type=float, default=STORE_TIMEOUT)
     parser.add_argument("--mitm-arg", action="append", default=[], help="extra mitmdump argument (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -712,7 +734,7 @@ def run(args: argparse.Namespace, conversations: list[Conversation]) -> int:
                     import_filler(gateway, args.store_size)
                     print(f"imported {args.store_size} filler memories: total "
                           f"{memory_total(gateway, FILLER_USER)}", file=sys.stderr)
-                stats = replay(gateway, upstream, conversations)
+                stats = replay(gateway, upstream, conversations, args.stream)
                 if stats.failed:
                     raise BenchFailure(f"{len(stats.failed)} of {stats.calls} replayed calls failed, e.g. {stats.failed[0]}")
                 totals = {} if missing else wait_stored(gateway, stats.expected_rows, args.store_timeout)

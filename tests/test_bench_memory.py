@@ -212,3 +212,9 @@ def test_missing_data_is_a_clear_skip(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["memory_replay.py", "--data", str(tmp_path / "absent.json")])
     assert replay.main() == 0
     assert "bench-memory skipped: no LoCoMo data" in capsys.readouterr().out
+
+
+def test_streamed_text_joins_the_deltas_and_needs_done():
+    events = upstream.stream_events("m", "a streamed answer of more than eight words, to split it up")
+    assert replay.streamed_text(b"".join(events)) == "a streamed answer of more than eight words, to split it up"
+    assert replay.streamed_text(b"".join(events[:-1])) is None  # cut off before [DONE]
