@@ -40,13 +40,16 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test bench venv ca-bundle lock clean
+.PHONY: help run web test bench bench-memory venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
 	@echo "make test    run the test suite"
-	@echo "make bench   direct vs bare mitmdump vs the addon, as ratios (about eight minutes)"
+	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about seven"
+	@echo "             minutes; BENCH_ARGS='--quick' about three, BENCH_ARGS='--json out.json' for the figures)"
+	@echo "make bench-memory  replay LoCoMo (../shared/data/locomo-dev.json) through the proxy: memory recall,"
+	@echo "             injected size, latency (BENCH_MEMORY_ARGS='--conversations conv-26 --store-size 100000')"
 	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
 	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"
@@ -72,9 +75,15 @@ web: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# Wall-clock figures plus callgrind instruction counts (needs valgrind; skipped without it).
+# CPU time per request, start-up and RSS in alternating fresh-process rounds, wall-clock figures,
+# plus callgrind instruction counts (needs valgrind; skipped without it).
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
+
+# Memory quality and latency on LoCoMo dialogues, read from ../shared/data/ (never copied here;
+# skipped with a message when absent).
+bench-memory: $(STAMP)
+	$(VENV)/bin/python bench/memory_replay.py $(BENCH_MEMORY_ARGS)
 
 ca-bundle: $(STAMP)
 	$(VENV)/bin/python -m memory_routing.mitm.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))
