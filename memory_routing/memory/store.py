@@ -1,0 +1,421 @@
+"""Where memories live: the MemoryStore interface and its SQLite (WAL + FTS5 BM25) implementation.
+
+One file holds everything. Writes go through one connection (the writer thread), reads through
+another, so a long write never stalls a search on the event loop (WAL lets both run at once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .records import Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError, NewMemory
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
+_EXPORT_PAGE = 500
+_MAX_QUERY_TERMS = 48
+
+# Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
+# posting lists an OR query walks short (latency at 100k memories).
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are aren as at be because been before
+being below between both but by can could couldn did didn do does doesn doing don down during each
+few for from further get got had hadn has hasn have haven having he her here hers herself him himself
+his how i if in into is isn it its itself just let ll me might more most must mustn my myself no nor
+not now of off on once only or other ought our ours ourselves out over own re really s same shall
+she should shouldn so some such t than that the their theirs them themselves then there these they
+this those through to too under until up us ve very was wasn we were weren what when where which
+while who whom why will with won would wouldn you your yours yourself yourselves hey hi hello oh
+yeah yes ok okay thanks thank wow cool great good awesome lol gonna wanna like d m y
+""".split())
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def query_terms(text: str, *, limit: int = _MAX_QUERY_TERMS) -> list[str]:
+    """The distinct, lower-cased, non-stopword words of `text`, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS or word in seen or (len(word) < 2 and not word.isdigit()):
+            continue
+        seen[word] = None
+        if len(seen) >= limit:
+            break
+    return list(seen)
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression (any of the words) for arbitrary user text; None when nothing is left.
+
+    Every term is a quoted string, so no user text can be read as FTS5 syntax (AND, NEAR, column
+    filters, unbalanced quotes, a leading '-' ...). \\w+ never yields a '"', but double it anyway.
+    """
+    terms = query_terms(text)
+    if not terms:
+        return None
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """What the proxy needs from a memory backend (SQLite here; Postgres next)."""
+
+    def add_many(self, memories: Sequence[NewMemory]) -> list[int]: ...
+
+    def search(self, user_id: str, query: str, limit: int = 10, *,
+               exclude_conversation_id: str | None = None) -> list[tuple[Memory, float]]: ...
+
+    def neighbours(self, memory: Memory, before: int, after: int) -> list[Memory]: ...
+
+    def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]: ...
+
+    def get(self, memory_id: int) -> Memory | None: ...
+
+    def delete(self, memory_id: int, user_id: str | None = None) -> bool: ...
+
+    def forget_user(self, user_id: str) -> int: ...
+
+    def export_jsonl(self, user_id: str | None = None) -> Iterator[str]: ...
+
+    def import_jsonl(self, lines: Iterable[str]) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def users(self) -> list[tuple[str, int]]: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    model TEXT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    text_sha BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS memories_dedupe
+    ON memories (user_id, conversation_id, role, text_sha);
+CREATE INDEX IF NOT EXISTS memories_by_user ON memories (user_id, id);
+CREATE INDEX IF NOT EXISTS memories_by_conversation ON memories (user_id, conversation_id, id);
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5 (
+    text, content='memories', content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS memories_fts_insert AFTER INSERT ON memories BEGIN
+    INSERT INTO memories_fts (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS memories_fts_delete AFTER DELETE ON memories BEGIN
+    INSERT INTO memories_fts (memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"""
+
+
+def _text_sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _row_to_memory(row: Sequence) -> Memory:
+    return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
+
+
+class SQLiteMemoryStore:
+    """MemoryStore in one SQLite file: WAL, mode 0600, secure_delete, FTS5 BM25 with Porter stemming."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._writer = self._open_checked()
+        except sqlite3.DatabaseError as e:
+            if not _is_corruption(e):
+                raise MemoryStoreError(f"memory store {self.path}: {e}") from e
+            self._move_aside(e)
+            self._writer = self._open_checked()
+        self._reader = self.open_connection()
+
+    # --- connections -------------------------------------------------------------------------
+
+    def open_connection(self) -> sqlite3.Connection:
+        """A new connection to the same file, set up like the store's own (other tables may live here).
+
+        The caller owns it: use it from one thread at a time and close it.
+        """
+        _create_private_file(self.path)
+        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = self.open_connection()
+        try:
+            conn.executescript(_SCHEMA)
+            verdict = conn.execute("PRAGMA quick_check").fetchone()
+            if verdict is None or verdict[0] != "ok":
+                raise _CorruptStore(f"quick_check: {verdict[0] if verdict else 'no answer'}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, error: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        log.warning("memory store %s was unreadable (%s); moved it to %s and started an empty store",
+                    self.path, error, aside)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryStoreClosedError(f"memory store {self.path} is closed")
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def add_many(self, memories: Sequence[NewMemory]) -> list[int]:
+        """Stores the memories in one transaction; returns one id per input.
+
+        The same (user, conversation, role, text) is stored once: a repeat gets the first one's id.
+        """
+        self._check_open()
+        ids: list[int] = []
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for m in memories:
+                    sha = _text_sha(m.text)
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO memories (user_id, conversation_id, client, model, role,"
+                        " text, created_at, text_sha) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.user_id, m.conversation_id, m.client, m.model, m.role, m.text,
+                         float(m.created_at), sha))
+                    if cur.rowcount == 1:
+                        ids.append(int(cur.lastrowid))
+                    else:
+                        row = conn.execute(
+                            "SELECT id FROM memories WHERE user_id = ? AND conversation_id = ?"
+                            " AND role = ? AND text_sha = ?",
+                            (m.user_id, m.conversation_id, m.role, sha)).fetchone()
+                        ids.append(int(row[0]))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return ids
+
+    def delete(self, memory_id: int, user_id: str | None = None) -> bool:
+        """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
+        self._check_open()
+        sql, args = "DELETE FROM memories WHERE id = ?", [memory_id]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            args.append(user_id)
+        return self._delete(sql, args) > 0
+
+    def forget_user(self, user_id: str) -> int:
+        """Deletes every memory of `user_id`; returns how many."""
+        self._check_open()
+        return self._delete("DELETE FROM memories WHERE user_id = ?", [user_id])
+
+    def _delete(self, sql: str, args: list) -> int:
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = conn.execute(sql, args).rowcount
+                if deleted:
+                    # An FTS5 delete only appends tombstones; the terms stay in older segments
+                    # until they are merged. 'optimize' rewrites the index without them, and
+                    # secure_delete zeroes the freed pages, so the words are gone from the file.
+                    conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('optimize')")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if deleted:
+                # Old page images stay in the WAL until a checkpoint copies them back over.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def import_jsonl(self, lines: Iterable[str]) -> int:
+        """Adds the memories of exported lines (new ids; repeats are skipped); returns how many were new.
+
+        A bad line raises MemoryRecordError naming its line number, and nothing is imported.
+        """
+        self._check_open()
+        batch: list[NewMemory] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(Memory.from_json(line).as_new())
+            except MemoryRecordError as e:
+                raise MemoryRecordError(f"line {number}: {e}") from None
+        before = self._count_all()
+        self.add_many(batch)
+        return self._count_all() - before
+
+    def _count_all(self) -> int:
+        with self._write_lock:
+            return int(self._writer.execute("SELECT count(*) FROM memories").fetchone()[0])
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _read(self, sql: str, args: Sequence = ()) -> list:
+        self._check_open()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    def search(self, user_id: str, query: str, limit: int = 10, *,
+               exclude_conversation_id: str | None = None) -> list[tuple[Memory, float]]:
+        """`user_id`'s memories best matching `query` (BM25, higher score is better); never another user's."""
+        match = fts_query(query)
+        if match is None or limit <= 0:
+            return []
+        sql = (f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, f.rank"
+               " FROM memories_fts AS f JOIN memories AS m ON m.id = f.rowid"
+               " WHERE memories_fts MATCH ? AND m.user_id = ?")
+        args: list = [match, user_id]
+        if exclude_conversation_id is not None:
+            sql += " AND m.conversation_id != ?"
+            args.append(exclude_conversation_id)
+        sql += " ORDER BY f.rank LIMIT ?"
+        args.append(limit)
+        return [(_row_to_memory(row), -float(row[8])) for row in self._read(sql, args)]
+
+    def neighbours(self, memory: Memory, before: int, after: int) -> list[Memory]:
+        """Up to `before` earlier and `after` later turns of the memory's conversation, in order, itself included."""
+        earlier = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id < ?"
+            " ORDER BY id DESC LIMIT ?", (memory.user_id, memory.conversation_id, memory.id, before))
+        later = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (memory.user_id, memory.conversation_id, memory.id, after))
+        return [_row_to_memory(r) for r in reversed(earlier)] + [memory] + [_row_to_memory(r) for r in later]
+
+    def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]:
+        """(total, page) of `user_id`'s memories: newest first, or best match first when `q` is given."""
+        where, args = ["m.user_id = ?"], [user_id]
+        if conversation_id is not None:
+            where.append("m.conversation_id = ?")
+            args.append(conversation_id)
+        match = fts_query(q) if q else None
+        if q and match is None:
+            return 0, []
+        if match is not None:
+            source = "memories_fts AS f JOIN memories AS m ON m.id = f.rowid"
+            where.insert(0, "memories_fts MATCH ?")
+            args.insert(0, match)
+            order = "f.rank"
+        else:
+            source, order = "memories AS m", "m.id DESC"
+        condition = " AND ".join(where)
+        total = int(self._read(f"SELECT count(*) FROM {source} WHERE {condition}", args)[0][0])
+        columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
+        rows = self._read(f"SELECT {columns} FROM {source} WHERE {condition} ORDER BY {order}"
+                          " LIMIT ? OFFSET ?", [*args, max(0, limit), max(0, offset)])
+        return total, [_row_to_memory(r) for r in rows]
+
+    def get(self, memory_id: int) -> Memory | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,))
+        return _row_to_memory(rows[0]) if rows else None
+
+    def export_jsonl(self, user_id: str | None = None) -> Iterator[str]:
+        """One JSON line (no newline) per memory, oldest first; read page by page, never all at once."""
+        last_id = 0
+        while True:
+            if user_id is None:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > ? ORDER BY id LIMIT ?",
+                                  (last_id, _EXPORT_PAGE))
+            else:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND id > ?"
+                                  " ORDER BY id LIMIT ?", (user_id, last_id, _EXPORT_PAGE))
+            if not rows:
+                return
+            for row in rows:
+                yield _row_to_memory(row).to_json()
+            last_id = int(rows[-1][0])
+
+    def counts(self) -> dict[str, int]:
+        row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories")[0]
+        return {"memories": int(row[0]), "users": int(row[1])}
+
+    def users(self) -> list[tuple[str, int]]:
+        rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
+        return [(r[0], int(r[1])) for r in rows]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._read_lock:
+            self._reader.close()
+        with self._write_lock:
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # closing still releases the file; the WAL is replayed on next open
+            self._writer.close()
+
+
+def _create_private_file(path: Path) -> None:
+    """Creates the file 0600 before SQLite does (SQLite gives -wal/-shm the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # memories are private even if the file was made by someone else first
+    finally:
+        os.close(fd)
+
+
+class _CorruptStore(sqlite3.DatabaseError):
+    """quick_check found damage."""
+
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_corruption(error: sqlite3.DatabaseError) -> bool:
+    """Damage to the file, as opposed to a lock, a permission or a full disk (which must not move it)."""
+    if isinstance(error, _CorruptStore):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(error)
+    return "not a database" in text or "malformed" in text
+
+
+__all__ = ["MemoryStore", "MemoryStoreError", "SQLiteMemoryStore", "fts_query", "query_terms", "STOPWORDS"]
