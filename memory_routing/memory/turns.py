@@ -18,7 +18,8 @@ MAX_ANSWER_CHARS = 16_000
 _CLIENT_REMINDER = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
 
 
-def _name(protocol: Any) -> str:
+def protocol_name(protocol: Any) -> str:
+    """The protocol's name ("openai", "anthropic", "gemini") from that string or the ClientProtocol enum."""
     name = getattr(protocol, "value", protocol)  # the ClientProtocol enum or its value
     if name not in ("openai", "anthropic", "gemini"):
         raise ValueError(f"unknown client protocol {protocol!r} (expected openai, anthropic or gemini)")
@@ -40,7 +41,7 @@ def new_human_turn(protocol: Any, payload: dict) -> str | None:
     A last message of tool results only (a tool loop's next request) is not a new human turn.
     Images and other media are left out, and so is the recall block this proxy injected.
     """
-    name = _name(protocol)
+    name = protocol_name(protocol)
     if not isinstance(payload, dict):
         return None
     if name == "gemini":
@@ -82,7 +83,7 @@ def _tool_trace(name: Any) -> str:
 
 def assistant_text(protocol: Any, answer: dict) -> str:
     """The text of a whole (not streamed) answer, tool calls as `[tool: name]`; "" when there is none."""
-    name = _name(protocol)
+    name = protocol_name(protocol)
     collector = AnswerTextCollector(name)
     if not isinstance(answer, dict):
         return ""
@@ -122,7 +123,7 @@ class AnswerTextCollector:
     """
 
     def __init__(self, protocol: Any, max_chars: int = MAX_ANSWER_CHARS) -> None:
-        self.protocol = _name(protocol)
+        self.protocol = protocol_name(protocol)
         self.max_chars = max_chars
         self.truncated = False
         self._pieces: list[str] = []
