@@ -23,7 +23,7 @@ def test_render_block_fence_dates_and_order() -> None:
     block = render_block([[mem(1, "first"), mem(2, "second", "assistant")], mem(3, "third", at=MAY_8_2023 + 86400 * 400)], 1000)
     lines = block.split("\n")
     assert lines[0] == FENCE_OPEN and lines[-1] == FENCE_CLOSE
-    assert lines[2:-1] == ["[2023-05-08] user: first", "[2023-05-08] assistant: second", "", "[2024-06-11] user: third"]
+    assert lines[2:-1] == ["[2023-05-08] user: first", "assistant: second", "", "[2024-06-11] user: third"]
     assert render_block([], 1000) == "" and render_block([[]], 1000) == ""
 
 
@@ -103,3 +103,8 @@ def test_nothing_to_inject_into() -> None:
 def test_injection_is_deterministic() -> None:
     payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}
     assert inject_recall("anthropic", payload, BLOCK) == inject_recall("anthropic", payload, BLOCK)
+
+
+def test_render_block_repeats_the_date_when_it_changes() -> None:
+    block = render_block([[mem(1, "monday"), mem(2, "tuesday", at=MAY_8_2023 + 86400), mem(3, "again", at=MAY_8_2023 + 86401)]], 1000)
+    assert block.split("\n")[2:-1] == ["[2023-05-08] user: monday", "[2023-05-09] user: tuesday", "user: again"]

@@ -295,3 +295,17 @@ def test_search_never_raises_on_arbitrary_text(text: str) -> None:
 @given(st.text(alphabet=st.sampled_from('ab"*^:()-+ NEARANDORNOT{}'), max_size=40))
 def test_search_never_raises_on_fts_syntax(text: str) -> None:
     _query_runs(text)
+
+
+def test_search_deadline(store: SQLiteMemoryStore) -> None:
+    import time
+
+    from memory_routing.memory.records import MemoryTimeoutError
+    store.add_many([turn("u", f"river number {i}") for i in range(50)])
+    assert len(store.search("u", "river", 5, deadline=time.monotonic() + 30)) == 5
+    with pytest.raises(MemoryTimeoutError):
+        store.search("u", "river", 5, deadline=time.monotonic() - 1)
+    with store._read_lock:  # another reader holds the connection past the deadline
+        with pytest.raises(MemoryTimeoutError):
+            store.search("u", "river", 5, deadline=time.monotonic() + 0.01)
+    assert len(store.search("u", "river", 5)) == 5

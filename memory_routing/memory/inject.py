@@ -36,6 +36,7 @@ def render_line(memory: Memory) -> str:
 def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: int) -> str:
     """The fenced block for `memories` in the order given (a nested sequence is a run of neighbouring
     turns, kept together and set apart by a blank line); "" when nothing fits or there is nothing.
+    Each run's first line is `[YYYY-MM-DD] role: text`; later lines of the same date are `role: text`.
 
     Lines are added while the whole block stays within budget_tokens * 4 characters; a line that
     does not fit is cut with "…" when at least a useful part of it fits.
@@ -53,8 +54,13 @@ def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: i
                 break
             lines.append("")
             room -= 1
+        shown_date = None
         for memory in run:
-            line = render_line(memory)
+            # The date opens a run and is repeated only when it changes: a run is mostly one
+            # sitting, and the characters go to more memories instead.
+            date = _date(memory.created_at)
+            line = render_line(memory) if date != shown_date else f"{memory.role}: {_defenced(memory.text)}"
+            shown_date = date
             if len(line) + 1 <= room:
                 lines.append(line)
                 room -= len(line) + 1

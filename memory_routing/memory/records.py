@@ -15,6 +15,10 @@ class MemoryRecordError(MemoryStoreError):
     """A record (for example a line of an import) is not a valid memory."""
 
 
+class MemoryTimeoutError(MemoryStoreError):
+    """A read ran past its deadline and was interrupted."""
+
+
 class MemoryStoreClosedError(MemoryStoreError):
     """The store or the writer was used after close()."""
 
