@@ -309,3 +309,16 @@ def test_search_deadline(store: SQLiteMemoryStore) -> None:
         with pytest.raises(MemoryTimeoutError):
             store.search("u", "river", 5, deadline=time.monotonic() + 0.01)
     assert len(store.search("u", "river", 5)) == 5
+
+
+def test_search_for_a_light_user_among_many(store: SQLiteMemoryStore) -> None:
+    # One user among many takes the path that narrows by owner inside FTS5; a user owning most
+    # rows is filtered after ranking. Both must give only that user's rows, minus the excluded conversation.
+    store.add_many([turn(f"user{i}", f"shared words about kayaks {j}", conversation=f"c{j}")
+                    for i in range(20) for j in range(5)])
+    store.add_many([turn("heavy", f"kayaks and more kayaks {j}", conversation=f"h{j % 3}") for j in range(2000)])
+    for user, excluded in (("user7", "c2"), ("heavy", "h1")):
+        hits = store.search(user, "kayaks words", 1000, exclude_conversation_id=excluded)
+        assert hits and all(m.user_id == user for m, _ in hits)
+        assert all(m.conversation_id != excluded for m, _ in hits)
+    assert len(store.search("user7", "kayaks", 1000, exclude_conversation_id="c2")) == 4

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 _COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
 _EXPORT_PAGE = 500
 _MAX_QUERY_TERMS = 48
+MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_terms)
+_HEAVY_SHARE = 0.25  # a user owning this share of the rows is filtered after ranking (see search)
+_MAX_FETCH = 2000
 
 # Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
 # posting lists an OR query walks short (latency at 100k memories).
@@ -64,7 +67,11 @@ def fts_query(text: str) -> str | None:
     terms = query_terms(text)
     if not terms:
         return None
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+    return " OR ".join(_quoted(term) for term in terms)
+
+
+def _quoted(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
 
 
 @runtime_checkable
@@ -170,6 +177,10 @@ class SQLiteMemoryStore:
             self._move_aside(e)
             self._writer = self._open_checked()
         self._reader = self.open_connection()
+        # Rows per user, kept by this store's own writes: tells a search whether the user owns
+        # most of the file (then narrowing by owner inside FTS5 costs more than it saves).
+        self._user_rows: dict[str, int] = dict(
+            self._writer.execute("SELECT user_id, count(*) FROM memories GROUP BY user_id").fetchall())
 
     # --- connections -------------------------------------------------------------------------
 
@@ -230,6 +241,7 @@ class SQLiteMemoryStore:
         """
         self._check_open()
         ids: list[int] = []
+        added: dict[str, int] = {}
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -244,6 +256,7 @@ class SQLiteMemoryStore:
                          thread_token(m.user_id, m.conversation_id)))
                     if cur.rowcount == 1:
                         ids.append(int(cur.lastrowid))
+                        added[m.user_id] = added.get(m.user_id, 0) + 1
                     else:
                         row = conn.execute(
                             "SELECT id FROM memories WHERE user_id = ? AND conversation_id = ?"
@@ -254,28 +267,32 @@ class SQLiteMemoryStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            for user_id, n in added.items():
+                self._user_rows[user_id] = self._user_rows.get(user_id, 0) + n
         return ids
 
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
         """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
         self._check_open()
-        sql, args = "DELETE FROM memories WHERE id = ?", [memory_id]
+        where, args = "id = ?", [memory_id]
         if user_id is not None:
-            sql += " AND user_id = ?"
+            where += " AND user_id = ?"
             args.append(user_id)
-        return self._delete(sql, args) > 0
+        return self._delete(where, args) > 0
 
     def forget_user(self, user_id: str) -> int:
         """Deletes every memory of `user_id`; returns how many."""
         self._check_open()
-        return self._delete("DELETE FROM memories WHERE user_id = ?", [user_id])
+        return self._delete("user_id = ?", [user_id])
 
-    def _delete(self, sql: str, args: list) -> int:
+    def _delete(self, where: str, args: list) -> int:
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                deleted = conn.execute(sql, args).rowcount
+                per_user = conn.execute(
+                    f"SELECT user_id, count(*) FROM memories WHERE {where} GROUP BY user_id", args).fetchall()
+                deleted = conn.execute(f"DELETE FROM memories WHERE {where}", args).rowcount
                 if deleted:
                     # An FTS5 delete only appends tombstones; the terms stay in older segments
                     # until they are merged. 'optimize' rewrites the index without them, and
@@ -285,6 +302,12 @@ class SQLiteMemoryStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            for user_id, n in per_user:
+                left = self._user_rows.get(user_id, 0) - n
+                if left > 0:
+                    self._user_rows[user_id] = left
+                else:
+                    self._user_rows.pop(user_id, None)
             if deleted:
                 # Old page images stay in the WAL until a checkpoint copies them back over.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -345,20 +368,77 @@ class SQLiteMemoryStore:
 
         With a deadline (a time.monotonic() value) a late search raises MemoryTimeoutError.
         """
-        match = fts_query(query)
-        if match is None or limit <= 0:
+        terms = query_terms(query)
+        if not terms or limit <= 0:
             return []
-        expression = f'owner : "{owner_token(user_id)}" AND text : ({match})'
+        owner = owner_token(user_id)
+        user_rows = self._user_rows.get(user_id, 0)
+        share = user_rows / max(1, sum(self._user_rows.values()))
+        # Narrowing by the owner token inside FTS5 walks the owner's whole posting list: cheap
+        # for one user among many, ~20 ms for a user who owns 100k rows. A user who owns most
+        # of the file is filtered after ranking instead, fetching enough to keep `limit` rows.
+        owner_filter = user_rows == 0 or share < _HEAVY_SHARE
+        selected = terms
+        if user_rows == 0 or user_rows > MAX_RANKED:  # else ranking is bounded by the user's rows anyway
+            selected = self._selective_terms(owner if owner_filter else None, terms, deadline)
+        rows = self._ranked(user_id, selected, limit, owner_filter, share, exclude_conversation_id, deadline)
+        if not rows and len(selected) < len(terms):
+            # The rare words counted over the whole file may all be other users' words: the
+            # full query is slower, but still bounded by the deadline.
+            rows = self._ranked(user_id, terms, limit, owner_filter, share, exclude_conversation_id, deadline)
+        return [(_row_to_memory(row), -float(row[8])) for row in rows]
+
+    def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
+                exclude_conversation_id: str | None, deadline: float | None) -> list:
+        if not terms:
+            return []
+        expression = f'text : ({" OR ".join(_quoted(term) for term in terms)})'
+        fetch = limit
+        if owner_filter:
+            expression = f'owner : "{owner_token(user_id)}" AND {expression}'
+        else:
+            fetch = min(_MAX_FETCH, int(limit / share * 1.5) + 10)
         if exclude_conversation_id is not None:
             expression += f' NOT thread : "{thread_token(user_id, exclude_conversation_id)}"'
         # The inner query is FTS5 alone (its ORDER BY rank LIMIT is done inside FTS5); the
-        # join reads only the rows kept, and checks the owner again by its real id.
+        # join reads only the rows kept, and checks the owner by its real id.
         sql = (f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, f.rank"
                " FROM (SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ?"
                " ORDER BY rank LIMIT ?) AS f JOIN memories AS m ON m.id = f.rowid"
-               " WHERE m.user_id = ? ORDER BY f.rank")
-        rows = self._read(sql, (expression, limit, user_id), deadline)
-        return [(_row_to_memory(row), -float(row[8])) for row in rows]
+               " WHERE m.user_id = ? ORDER BY f.rank LIMIT ?")
+        return self._read(sql, (expression, fetch, user_id, limit), deadline)
+
+    def _selective_terms(self, owner: str | None, terms: list[str], deadline: float | None) -> list[str]:
+        """The query's rarer terms, so that BM25 ranks at most about MAX_RANKED rows.
+
+        A word found in most of a heavy user's 100k memories makes ranking slow and carries
+        almost no weight in BM25 anyway. Counting a term's rows (capped) is cheap, so the words
+        are kept rarest first while their matches add up to MAX_RANKED; the rarest one is always
+        kept; words with no match are dropped. Counts are over the whole file first (an upper
+        bound), then, with `owner`, over that user's rows when the first count is over the cap.
+        """
+        if len(terms) == 1:
+            return terms
+        counted = []
+        for term in terms:
+            count = self._count_matches(f"text : {_quoted(term)}", deadline)
+            if count > MAX_RANKED and owner is not None:
+                count = self._count_matches(f'owner : "{owner}" AND text : {_quoted(term)}', deadline)
+            if count:
+                counted.append((count, term))
+        counted.sort()
+        kept, total = [], 0
+        for count, term in counted:
+            if kept and total + count > MAX_RANKED:
+                break
+            kept.append(term)
+            total += count
+        return kept
+
+    def _count_matches(self, expression: str, deadline: float | None) -> int:
+        rows = self._read("SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
+                          (expression, MAX_RANKED + 1), deadline)
+        return int(rows[0][0])
 
     def neighbours(self, memory: Memory, before: int, after: int, *,
                    deadline: float | None = None) -> list[Memory]:
