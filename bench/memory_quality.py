@@ -164,6 +164,7 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--min-relative-score", type=float)
     parser.add_argument("--window-score", choices=("sum", "max"))
+    parser.add_argument("--common-share", type=float)
     parser.add_argument("--include-current", action="store_true")
     parser.add_argument("--budget", type=int, default=1000)
     args = parser.parse_args()
@@ -177,7 +178,7 @@ def main() -> None:
             texts = fill(store, samples)
             print(f"stored {store.counts()} in {time.perf_counter() - started:.1f}s; {len(qas)} questions", flush=True)
             tuning = RecallTuning()
-            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score", "window_score", "wide",
+            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score", "window_score", "wide", "common_share",
                                                       "narrow_after")
                          if getattr(args, k) is not None}
             tuning = replace(tuning, **overrides, exclude_current_conversation=not args.include_current)
@@ -193,6 +194,14 @@ def main() -> None:
                 print(f"synthetic users ({args.synthetic // args.synthetic_users} memories each):",
                       search_latency(store, qas, lambda u, n: f"synthetic-{n % args.synthetic_users}", tuning, args.budget))
                 print("quality with the big store:", json.dumps(evaluate(store, texts, qas, tuning, args.budget)))
+                # Deleting rewrites the FTS index (optimize) so deleted words leave the file: time it.
+                victim = store.list("synthetic-0", limit=1)[1][0].id
+                started = time.perf_counter()
+                store.delete(victim)
+                print(f"delete one memory at this size: {(time.perf_counter() - started) * 1000:.0f} ms")
+                started = time.perf_counter()
+                n = store.forget_user(qas[0][0])
+                print(f"forget a user ({n} memories): {(time.perf_counter() - started) * 1000:.0f} ms")
         finally:
             store.close()
 

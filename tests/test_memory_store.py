@@ -322,3 +322,17 @@ def test_search_for_a_light_user_among_many(store: SQLiteMemoryStore) -> None:
         assert hits and all(m.user_id == user for m, _ in hits)
         assert all(m.conversation_id != excluded for m, _ in hits)
     assert len(store.search("user7", "kayaks", 1000, exclude_conversation_id="c2")) == 4
+
+
+def test_common_share_leaves_out_words_that_are_everywhere(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", f"Hey Caroline, chat number {i} about nothing") for i in range(40)])
+    store.add_many([turn("u", "Caroline adopted a puppy called Rex", conversation="pets"),
+                    turn("u", "puppy training tips from the vet", conversation="pets")])
+    plain = store.search("u", "Caroline puppy", 2)
+    narrowed = store.search("u", "Caroline puppy", 5, common_share=0.1)
+    # Without it "caroline" matches the 41 chats too; with it only the puppy rows are candidates.
+    assert len(store.search("u", "Caroline puppy", 50)) == 42
+    assert {m.text for m, _ in narrowed} == {"Caroline adopted a puppy called Rex", "puppy training tips from the vet"}
+    assert plain[0][0].text == "Caroline adopted a puppy called Rex"
+    # Every word common: the query is kept whole rather than emptied.
+    assert len(store.search("u", "Caroline chat", 50, common_share=0.1)) == 41

@@ -36,6 +36,7 @@ class RecallTuning:
     exclude_current_conversation: bool = True
     min_relative_score: float = 0.0  # drop hits scoring under this fraction of the best one
     window_score: str = "sum"  # a run's rank: "sum" or "max" of its hits' scores
+    common_share: float | None = 0.1  # leave out words found in more than this share of the user's memories
 
 
 class _LRU:
@@ -112,7 +113,7 @@ class Recaller:
         t = self.tuning
         exclude = conversation_id if t.exclude_current_conversation else None
         hits = self.store.search(user_id, turn_text, t.candidates, exclude_conversation_id=exclude,
-                                 deadline=deadline)
+                                 deadline=deadline, common_share=t.common_share)
         if not hits:
             return None
         best = hits[0][1]

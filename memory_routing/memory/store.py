@@ -28,6 +28,7 @@ _MAX_QUERY_TERMS = 48
 MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_terms)
 _HEAVY_SHARE = 0.25  # a user owning this share of the rows is filtered after ranking (see search)
 _MAX_FETCH = 2000
+_COMMON_MIN_ROWS = 10  # a word is never "common" (see search's common_share) in fewer rows than this
 
 # Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
 # posting lists an OR query walks short (latency at 100k memories).
@@ -82,7 +83,8 @@ class MemoryStore(Protocol):
 
     def search(self, user_id: str, query: str, limit: int = 10, *,
                exclude_conversation_id: str | None = None,
-               deadline: float | None = None) -> list[tuple[Memory, float]]: ...
+               deadline: float | None = None,
+               common_share: float | None = None) -> list[tuple[Memory, float]]: ...
 
     def neighbours(self, memory: Memory, before: int, after: int, *,
                    deadline: float | None = None) -> list[Memory]: ...
@@ -363,10 +365,14 @@ class SQLiteMemoryStore:
 
     def search(self, user_id: str, query: str, limit: int = 10, *,
                exclude_conversation_id: str | None = None,
-               deadline: float | None = None) -> list[tuple[Memory, float]]:
+               deadline: float | None = None,
+               common_share: float | None = None) -> list[tuple[Memory, float]]:
         """`user_id`'s memories best matching `query` (BM25, higher score is better); never another user's.
 
         With a deadline (a time.monotonic() value) a late search raises MemoryTimeoutError.
+        With common_share, words found in more than that share of the user's memories (names,
+        greetings: words that are everywhere in one user's memory) are left out of the query,
+        unless every word is that common.
         """
         terms = query_terms(query)
         if not terms or limit <= 0:
@@ -381,6 +387,9 @@ class SQLiteMemoryStore:
         selected = terms
         if user_rows == 0 or user_rows > MAX_RANKED:  # else ranking is bounded by the user's rows anyway
             selected = self._selective_terms(owner if owner_filter else None, terms, deadline)
+        if common_share is not None and user_rows and len(selected) > 1:
+            selected = self._uncommon_terms(owner if owner_filter else None, selected,
+                                            max(_COMMON_MIN_ROWS, int(common_share * user_rows)), deadline)
         rows = self._ranked(user_id, selected, limit, owner_filter, share, exclude_conversation_id, deadline)
         if not rows and len(selected) < len(terms):
             # The rare words counted over the whole file may all be other users' words: the
@@ -435,9 +444,19 @@ class SQLiteMemoryStore:
             total += count
         return kept
 
-    def _count_matches(self, expression: str, deadline: float | None) -> int:
+    def _uncommon_terms(self, owner: str | None, terms: list[str], most: int, deadline: float | None) -> list[str]:
+        kept = []
+        for term in terms:
+            expression = f"text : {_quoted(term)}"
+            if owner is not None:
+                expression = f'owner : "{owner}" AND {expression}'
+            if self._count_matches(expression, deadline, cap=most + 1) <= most:
+                kept.append(term)
+        return kept or terms
+
+    def _count_matches(self, expression: str, deadline: float | None, cap: int = MAX_RANKED + 1) -> int:
         rows = self._read("SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
-                          (expression, MAX_RANKED + 1), deadline)
+                          (expression, cap), deadline)
         return int(rows[0][0])
 
     def neighbours(self, memory: Memory, before: int, after: int, *,
