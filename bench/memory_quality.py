@@ -11,6 +11,13 @@ conversation and counts an evidence turn as found when its text appears in the b
     .venv/bin/python bench/memory_quality.py --synthetic 100000   # + search p95 at 100k memories
 
 Reads ../shared/data/locomo-dev.json from the project root (never copied into the repository).
+
+Measured (2 shared cores, Python 3.13, SQLite 3.40.1), 762 questions, default tuning, budget 1,000:
+recall_any 0.846, recall_all 0.726 (multi-hop 0.775/0.239, temporal 0.891/0.865, open-domain
+0.500/0.261, single-hop 0.892/0.890); block median 3,978 chars, max 4,000; block_for p50 3 ms,
+p95 4-9 ms. With 100k synthetic memories more in the file: block_for p95 7 ms for the LoCoMo
+users, 17 ms for 20 users of 5,000 memories each, 9 ms for one user owning 100k; deleting one
+memory ~400 ms (the FTS index is rewritten so the words leave the file).
 """
 
 from __future__ import annotations
@@ -38,10 +45,15 @@ from memory_routing.memory.store import SQLiteMemoryStore  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "locomo-dev.json"
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
-# name -> (tuning, budget_tokens)
+# name -> (tuning, budget_tokens): the steps measured on the way to the default.
 VARIANTS: dict[str, tuple[RecallTuning, int]] = {
-    "single-top5": (RecallTuning(candidates=5, expand=5, before=0, after=0), 1000),
+    "single-top5": (RecallTuning(candidates=5, expand=5, before=0, after=0, common_share=None), 1000),
+    "runs-1-1": (RecallTuning(expand=10, before=1, after=1, wide=1000, narrow_after=0, common_share=None), 1000),
+    "runs-1-2": (RecallTuning(expand=20, before=1, after=2, wide=1000, narrow_after=0, common_share=None), 1000),
+    "runs-narrow-tail": (RecallTuning(common_share=None), 1000),
     "default": (RecallTuning(), 1000),
+    "default-budget-500": (RecallTuning(), 500),
+    "default-budget-2000": (RecallTuning(), 2000),
 }
 
 

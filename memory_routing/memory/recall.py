@@ -1,10 +1,18 @@
 """Recall: which of a user's memories go into a new turn, rendered once per turn.
 
-Retrieval (tuned on LoCoMo conversations 0-4 with bench/memory_quality.py; figures in its docstring):
-BM25 over single turns with stopwords removed and Porter stemming, the best `candidates` hits
-grouped into windows of neighbouring turns of the same conversation, each window scored by the
-hits it holds, best windows first until the budget is spent. The current conversation is left
-out: the client already sends it.
+Retrieval, tuned on LoCoMo conversations 0-4 with bench/memory_quality.py (budget 1,000 tokens):
+BM25 over single turns (stopwords out, Porter stemming; words found in over 10 % of the user's
+memories, such as names and greetings, left out), the best hits grown into runs of neighbouring
+turns of the same conversation (one before and two after for the five best, one after for the
+rest), runs ranked by the summed scores of the hits they hold, best first until the budget is
+spent. The current conversation is left out: the client sends it already.
+
+    single turns, top 5 ........................ recall_any 0.52   (median block 889 chars)
+    runs around hits, 1 before / 1 after ........ 0.77
+    runs, 1 before / 2 after .................... 0.81   (a date per line instead of per run: 0.79)
+    + narrower runs past the 5 best hits ........ 0.815
+    + common words (over 10 % of rows) left out . 0.846  (median block 3,978 chars, max 4,000)
+    the same with a 500 / 2,000-token budget .... 0.77 / 0.87
 """
 
 from __future__ import annotations

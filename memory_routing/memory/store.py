@@ -181,8 +181,11 @@ class SQLiteMemoryStore:
         self._reader = self.open_connection()
         # Rows per user, kept by this store's own writes: tells a search whether the user owns
         # most of the file (then narrowing by owner inside FTS5 costs more than it saves).
+        # Searches read these while the writer thread updates them: single dict.get / int reads
+        # only (iterating the dict here could see it change size).
         self._user_rows: dict[str, int] = dict(
             self._writer.execute("SELECT user_id, count(*) FROM memories GROUP BY user_id").fetchall())
+        self._total_rows = sum(self._user_rows.values())
 
     # --- connections -------------------------------------------------------------------------
 
@@ -241,6 +244,10 @@ class SQLiteMemoryStore:
 
         The same (user, conversation, role, text) is stored once: a repeat gets the first one's id.
         """
+        return self._add_many(memories)[0]
+
+    def _add_many(self, memories: Sequence[NewMemory]) -> tuple[list[int], int]:
+        """(one id per input, how many rows were new)."""
         self._check_open()
         ids: list[int] = []
         added: dict[str, int] = {}
@@ -271,7 +278,8 @@ class SQLiteMemoryStore:
                 raise
             for user_id, n in added.items():
                 self._user_rows[user_id] = self._user_rows.get(user_id, 0) + n
-        return ids
+            self._total_rows += sum(added.values())
+        return ids, sum(added.values())
 
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
         """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
@@ -304,6 +312,7 @@ class SQLiteMemoryStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            self._total_rows -= deleted
             for user_id, n in per_user:
                 left = self._user_rows.get(user_id, 0) - n
                 if left > 0:
@@ -329,13 +338,7 @@ class SQLiteMemoryStore:
                 batch.append(Memory.from_json(line).as_new())
             except MemoryRecordError as e:
                 raise MemoryRecordError(f"line {number}: {e}") from None
-        before = self._count_all()
-        self.add_many(batch)
-        return self._count_all() - before
-
-    def _count_all(self) -> int:
-        with self._write_lock:
-            return int(self._writer.execute("SELECT count(*) FROM memories").fetchone()[0])
+        return self._add_many(batch)[1]
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -379,7 +382,7 @@ class SQLiteMemoryStore:
             return []
         owner = owner_token(user_id)
         user_rows = self._user_rows.get(user_id, 0)
-        share = user_rows / max(1, sum(self._user_rows.values()))
+        share = user_rows / max(1, self._total_rows)
         # Narrowing by the owner token inside FTS5 walks the owner's whole posting list: cheap
         # for one user among many, ~20 ms for a user who owns 100k rows. A user who owns most
         # of the file is filtered after ranking instead, fetching enough to keep `limit` rows.
