@@ -127,3 +127,18 @@ def test_store_error_gives_none_and_is_not_cached(store: SQLiteMemoryStore, capl
 def test_bad_budget() -> None:
     with pytest.raises(ValueError):
         Recaller(object(), budget_tokens=0)  # type: ignore[arg-type]
+
+
+def test_no_turn_or_repeated_text_is_shown_twice(tmp_path: Path) -> None:
+    s = SQLiteMemoryStore(tmp_path / "d.sqlite3")
+    try:
+        # Hits in a row: their runs overlap and are merged; the same words typed in other
+        # conversations are shown once.
+        s.add_many([say("u", "a", "user", f"line {i} about ferries") for i in range(6)])
+        s.add_many([say("u", f"c{i}", "user", "continue with the ferries") for i in range(5)])
+        block = Recaller(s).block_for("u", "new", "ferries") or ""
+        lines = [line.split(": ", 1)[-1] for line in block.split("\n")[2:-1] if line]
+        assert len(lines) == len(set(lines)) and "continue with the ferries" in lines
+        assert all(f"line {i} about ferries" in lines for i in range(6))
+    finally:
+        s.close()

@@ -138,8 +138,10 @@ class Recaller:
         covered: dict[int, int] = {}  # memory id -> index of the window holding it
         budget_chars = self.budget_tokens * CHARS_PER_TOKEN
         used = 0
+        shown_texts: set[str] = set()
         for rank, (memory, _) in enumerate(hits[: t.expand]):
-            if memory.id in covered:
+            # The same words typed in several conversations ("continue", a pasted prompt) are shown once.
+            if memory.id in covered or memory.text in shown_texts:
                 continue
             if rank < t.wide:
                 run = self.store.neighbours(memory, t.before, t.after, deadline=deadline)
@@ -150,9 +152,10 @@ class Recaller:
                 # Join the window it touches rather than repeating turns.
                 target = overlapping[0]
                 score, turns = windows[target]
-                merged = {m.id: m for m in turns} | {m.id: m for m in run}
-                turns = [merged[i] for i in sorted(merged)]
                 new = [m for m in run if m.id not in covered]
+                # Turns already in another window stay there: no turn is shown twice.
+                merged = {m.id: m for m in turns} | {m.id: m for m in new}
+                turns = [merged[i] for i in sorted(merged)]
                 windows[target] = (score + sum(score_of.get(m.id, 0.0) for m in new), turns)
                 for m in new:
                     covered[m.id] = target
@@ -160,6 +163,7 @@ class Recaller:
                 windows.append((sum(score_of.get(m.id, 0.0) for m in run), run))
                 for m in run:
                     covered[m.id] = len(windows) - 1
+            shown_texts.update(m.text for m in run)
             used += sum(len(m.text) + 24 for m in run)
             if used > budget_chars * 1.5:
                 break  # enough to fill the budget; later hits would not be shown
