@@ -266,17 +266,17 @@ def test_fts_query_quotes_everything() -> None:
     assert fts_query("") is None
 
 
-_QUERY_STORE: list[SQLiteMemoryStore] = []
+@pytest.fixture(scope="module")
+def query_store(tmp_path_factory: pytest.TempPathFactory):
+    s = SQLiteMemoryStore(tmp_path_factory.mktemp("fts") / "h.sqlite3")
+    s.add_many([turn("u", "a few words to match against NEAR AND OR * ^ : \" ( )")])
+    yield s
+    s.close()
 
 
-def _query_runs(text: str) -> None:
-    if not _QUERY_STORE:
-        import tempfile
-        s = SQLiteMemoryStore(Path(tempfile.mkdtemp()) / "h.sqlite3")
-        s.add_many([turn("u", "a few words to match against NEAR AND OR * ^ : \" ( )")])
-        _QUERY_STORE.append(s)
-    s = _QUERY_STORE[0]
+def _query_runs(s: SQLiteMemoryStore, text: str) -> None:
     s.search("u", text, 5)
+    s.search("u", text, 5, exclude_conversation_id=text, common_share=0.1)
     s.list("u", q=text)
     q = fts_query(text)
     if q is not None:
@@ -286,15 +286,15 @@ def _query_runs(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text())
-def test_search_never_raises_on_arbitrary_text(text: str) -> None:
-    _query_runs(text)
+@given(text=st.text())
+def test_search_never_raises_on_arbitrary_text(query_store: SQLiteMemoryStore, text: str) -> None:
+    _query_runs(query_store, text)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(alphabet=st.sampled_from('ab"*^:()-+ NEARANDORNOT{}'), max_size=40))
-def test_search_never_raises_on_fts_syntax(text: str) -> None:
-    _query_runs(text)
+@given(text=st.text(alphabet=st.sampled_from('ab"*^:()-+ NEARANDORNOT{}'), max_size=40))
+def test_search_never_raises_on_fts_syntax(query_store: SQLiteMemoryStore, text: str) -> None:
+    _query_runs(query_store, text)
 
 
 def test_search_deadline(store: SQLiteMemoryStore) -> None:
