@@ -16,7 +16,8 @@ Measured (2 shared cores, Python 3.13, SQLite 3.40.1), 762 questions, default tu
 recall_any 0.846, recall_all 0.726 (multi-hop 0.775/0.239, temporal 0.891/0.865, open-domain
 0.500/0.261, single-hop 0.892/0.890); block median 3,978 chars, max 4,000; block_for p50 3 ms,
 p95 4-9 ms. With 100k synthetic memories more in the file: block_for p95 7 ms for the LoCoMo
-users, 17 ms for 20 users of 5,000 memories each, 9 ms for one user owning 100k; deleting one
+users, 17-21 ms for 20 users of 5,000 random-word memories each, 9 ms for one user owning
+100k (store.search alone: p95 6, 17 and 8 ms); deleting one
 memory ~400 ms (the FTS index is rewritten so the words leave the file).
 """
 
