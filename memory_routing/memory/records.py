@@ -1,0 +1,95 @@
+"""What the memory stores, and the memory's one error hierarchy."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class MemoryStoreError(Exception):
+    """Base of every error the embedded memory raises."""
+
+
+class MemoryRecordError(MemoryStoreError):
+    """A record (for example a line of an import) is not a valid memory."""
+
+
+class MemoryTimeoutError(MemoryStoreError):
+    """A read ran past its deadline and was interrupted."""
+
+
+class MemoryStoreClosedError(MemoryStoreError):
+    """The store or the writer was used after close()."""
+
+
+_TEXT_FIELDS = ("user_id", "conversation_id", "client", "model", "role", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """One turn to store: the human's turn or the assistant's answer."""
+
+    user_id: str
+    conversation_id: str
+    client: str
+    model: str
+    role: str
+    text: str
+    created_at: float  # seconds since the epoch (UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A stored turn, with the id the store gave it."""
+
+    id: int
+    user_id: str
+    conversation_id: str
+    client: str
+    model: str
+    role: str
+    text: str
+    created_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Memory:
+        """Parses one exported line; an import gives rows new ids, so "id" may be absent."""
+        fields = _parse_object(line)
+        raw_id = fields.get("id", 0)
+        if not isinstance(raw_id, int) or isinstance(raw_id, bool):
+            raise MemoryRecordError("memory line: 'id' must be an integer")
+        new = _new_memory_from(fields)
+        return cls(id=raw_id, **asdict(new))
+
+    def as_new(self) -> NewMemory:
+        return NewMemory(self.user_id, self.conversation_id, self.client, self.model,
+                         self.role, self.text, self.created_at)
+
+
+def _parse_object(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MemoryRecordError(f"memory line is not JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(value, dict):
+        raise MemoryRecordError("memory line must be a JSON object")
+    return value
+
+
+def _new_memory_from(fields: dict[str, Any]) -> NewMemory:
+    values: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = fields.get(name, "" if name in ("client", "model", "conversation_id") else None)
+        if not isinstance(value, str):
+            raise MemoryRecordError(f"memory line: {name!r} must be a string")
+        values[name] = value
+    if not values["user_id"]:
+        raise MemoryRecordError("memory line: 'user_id' must not be empty")
+    created_at = fields.get("created_at")
+    if not isinstance(created_at, (int, float)) or isinstance(created_at, bool):
+        raise MemoryRecordError("memory line: 'created_at' must be a number")
+    return NewMemory(created_at=float(created_at), **values)

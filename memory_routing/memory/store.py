@@ -1,0 +1,569 @@
+"""Where memories live: the MemoryStore interface and its SQLite (WAL + FTS5 BM25) implementation.
+
+One file holds everything. Writes go through one connection (the writer thread), reads through
+another, so a long write never stalls a search on the event loop (WAL lets both run at once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .records import (Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError, MemoryTimeoutError,
+                      NewMemory)
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
+_EXPORT_PAGE = 500
+_MAX_QUERY_TERMS = 48
+MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_terms)
+_HEAVY_SHARE = 0.25  # a user owning this share of the rows is filtered after ranking (see search)
+_MAX_FETCH = 2000
+_COMMON_MIN_ROWS = 10  # a word is never "common" (see search's common_share) in fewer rows than this
+
+# Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
+# posting lists an OR query walks short (latency at 100k memories).
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are aren as at be because been before
+being below between both but by can could couldn did didn do does doesn doing don down during each
+few for from further get got had hadn has hasn have haven having he her here hers herself him himself
+his how i if in into is isn it its itself just let ll me might more most must mustn my myself no nor
+not now of off on once only or other ought our ours ourselves out over own re really s same shall
+she should shouldn so some such t than that the their theirs them themselves then there these they
+this those through to too under until up us ve very was wasn we were weren what when where which
+while who whom why will with won would wouldn you your yours yourself yourselves hey hi hello oh
+yeah yes ok okay thanks thank wow cool great good awesome lol gonna wanna like d m y
+""".split())
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def query_terms(text: str, *, limit: int = _MAX_QUERY_TERMS) -> list[str]:
+    """The distinct, lower-cased, non-stopword words of `text`, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS or word in seen or (len(word) < 2 and not word.isdigit()):
+            continue
+        seen[word] = None
+        if len(seen) >= limit:
+            break
+    return list(seen)
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression (any of the words) for arbitrary user text; None when nothing is left.
+
+    Every term is a quoted string, so no user text can be read as FTS5 syntax (AND, NEAR, column
+    filters, unbalanced quotes, a leading '-' ...). \\w+ never yields a '"', but double it anyway.
+    """
+    terms = query_terms(text)
+    if not terms:
+        return None
+    return " OR ".join(_quoted(term) for term in terms)
+
+
+def _quoted(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """What the proxy needs from a memory backend (SQLite here; Postgres next)."""
+
+    def add_many(self, memories: Sequence[NewMemory]) -> list[int]: ...
+
+    def search(self, user_id: str, query: str, limit: int = 10, *,
+               exclude_conversation_id: str | None = None,
+               deadline: float | None = None,
+               common_share: float | None = None) -> list[tuple[Memory, float]]: ...
+
+    def neighbours(self, memory: Memory, before: int, after: int, *,
+                   deadline: float | None = None) -> list[Memory]: ...
+
+    def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]: ...
+
+    def get(self, memory_id: int) -> Memory | None: ...
+
+    def delete(self, memory_id: int, user_id: str | None = None) -> bool: ...
+
+    def forget_user(self, user_id: str) -> int: ...
+
+    def export_jsonl(self, user_id: str | None = None) -> Iterator[str]: ...
+
+    def import_jsonl(self, lines: Iterable[str]) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def users(self) -> list[tuple[str, int]]: ...
+
+    def close(self) -> None: ...
+
+
+# The FTS index also holds a token for the owner and one for the conversation, so a search
+# narrows to one user (and away from the current conversation) inside FTS5 itself, before any
+# row is ranked or read: at 100k memories that is the difference between ~100 ms and a few ms.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    model TEXT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    text_sha BLOB NOT NULL,
+    owner TEXT NOT NULL,
+    thread TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS memories_dedupe
+    ON memories (user_id, conversation_id, role, text_sha);
+CREATE INDEX IF NOT EXISTS memories_by_user ON memories (user_id, id);
+CREATE INDEX IF NOT EXISTS memories_by_conversation ON memories (user_id, conversation_id, id);
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5 (
+    text, owner, thread, content='memories', content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS memories_fts_insert AFTER INSERT ON memories BEGIN
+    INSERT INTO memories_fts (rowid, text, owner, thread) VALUES (new.id, new.text, new.owner, new.thread);
+END;
+CREATE TRIGGER IF NOT EXISTS memories_fts_delete AFTER DELETE ON memories BEGIN
+    INSERT INTO memories_fts (memories_fts, rowid, text, owner, thread)
+        VALUES ('delete', old.id, old.text, old.owner, old.thread);
+END;
+-- Only the text counts for ranking; the tokens only filter.
+INSERT INTO memories_fts (memories_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0, 0.0)');
+"""
+
+
+def owner_token(user_id: str) -> str:
+    return "u" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def thread_token(user_id: str, conversation_id: str) -> str:
+    key = f"{user_id}\0{conversation_id}".encode("utf-8", "surrogatepass")
+    return "c" + hashlib.sha256(key).hexdigest()[:24]
+
+
+def _text_sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _row_to_memory(row: Sequence) -> Memory:
+    return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
+
+
+class SQLiteMemoryStore:
+    """MemoryStore in one SQLite file: WAL, mode 0600, secure_delete, FTS5 BM25 with Porter stemming."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._writer = self._open_checked()
+        except sqlite3.DatabaseError as e:
+            if not _is_corruption(e):
+                raise MemoryStoreError(f"memory store {self.path}: {e}") from e
+            self._move_aside(e)
+            self._writer = self._open_checked()
+        self._reader = self.open_connection()
+        # Rows per user, kept by this store's own writes: tells a search whether the user owns
+        # most of the file (then narrowing by owner inside FTS5 costs more than it saves).
+        # Searches read these while the writer thread updates them: single dict.get / int reads
+        # only (iterating the dict here could see it change size).
+        self._user_rows: dict[str, int] = dict(
+            self._writer.execute("SELECT user_id, count(*) FROM memories GROUP BY user_id").fetchall())
+        self._total_rows = sum(self._user_rows.values())
+
+    # --- connections -------------------------------------------------------------------------
+
+    def open_connection(self) -> sqlite3.Connection:
+        """A new connection to the same file, set up like the store's own (other tables may live here).
+
+        The caller owns it: use it from one thread at a time and close it.
+        """
+        _create_private_file(self.path)
+        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = self.open_connection()
+        try:
+            conn.executescript(_SCHEMA)
+            verdict = conn.execute("PRAGMA quick_check").fetchone()
+            if verdict is None or verdict[0] != "ok":
+                raise _CorruptStore(f"quick_check: {verdict[0] if verdict else 'no answer'}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, error: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        log.warning("memory store %s was unreadable (%s); moved it to %s and started an empty store",
+                    self.path, error, aside)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryStoreClosedError(f"memory store {self.path} is closed")
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def add_many(self, memories: Sequence[NewMemory]) -> list[int]:
+        """Stores the memories in one transaction; returns one id per input.
+
+        The same (user, conversation, role, text) is stored once: a repeat gets the first one's id.
+        """
+        return self._add_many(memories)[0]
+
+    def _add_many(self, memories: Sequence[NewMemory]) -> tuple[list[int], int]:
+        """(one id per input, how many rows were new)."""
+        self._check_open()
+        ids: list[int] = []
+        added: dict[str, int] = {}
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for m in memories:
+                    sha = _text_sha(m.text)
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO memories (user_id, conversation_id, client, model, role,"
+                        " text, created_at, text_sha, owner, thread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.user_id, m.conversation_id, m.client, m.model, m.role, m.text,
+                         float(m.created_at), sha, owner_token(m.user_id),
+                         thread_token(m.user_id, m.conversation_id)))
+                    if cur.rowcount == 1:
+                        ids.append(int(cur.lastrowid))
+                        added[m.user_id] = added.get(m.user_id, 0) + 1
+                    else:
+                        row = conn.execute(
+                            "SELECT id FROM memories WHERE user_id = ? AND conversation_id = ?"
+                            " AND role = ? AND text_sha = ?",
+                            (m.user_id, m.conversation_id, m.role, sha)).fetchone()
+                        ids.append(int(row[0]))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            for user_id, n in added.items():
+                self._user_rows[user_id] = self._user_rows.get(user_id, 0) + n
+            self._total_rows += sum(added.values())
+        return ids, sum(added.values())
+
+    def delete(self, memory_id: int, user_id: str | None = None) -> bool:
+        """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
+        self._check_open()
+        where, args = "id = ?", [memory_id]
+        if user_id is not None:
+            where += " AND user_id = ?"
+            args.append(user_id)
+        return self._delete(where, args) > 0
+
+    def forget_user(self, user_id: str) -> int:
+        """Deletes every memory of `user_id`; returns how many."""
+        self._check_open()
+        return self._delete("user_id = ?", [user_id])
+
+    def _delete(self, where: str, args: list) -> int:
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                per_user = conn.execute(
+                    f"SELECT user_id, count(*) FROM memories WHERE {where} GROUP BY user_id", args).fetchall()
+                deleted = conn.execute(f"DELETE FROM memories WHERE {where}", args).rowcount
+                if deleted:
+                    # An FTS5 delete only appends tombstones; the terms stay in older segments
+                    # until they are merged. 'optimize' rewrites the index without them, and
+                    # secure_delete zeroes the freed pages, so the words are gone from the file.
+                    conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('optimize')")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._total_rows -= deleted
+            for user_id, n in per_user:
+                left = self._user_rows.get(user_id, 0) - n
+                if left > 0:
+                    self._user_rows[user_id] = left
+                else:
+                    self._user_rows.pop(user_id, None)
+            if deleted:
+                # Old page images stay in the WAL until a checkpoint copies them back over.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def import_jsonl(self, lines: Iterable[str]) -> int:
+        """Adds the memories of exported lines (new ids; repeats are skipped); returns how many were new.
+
+        A bad line raises MemoryRecordError naming its line number, and nothing is imported.
+        """
+        self._check_open()
+        batch: list[NewMemory] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(Memory.from_json(line).as_new())
+            except MemoryRecordError as e:
+                raise MemoryRecordError(f"line {number}: {e}") from None
+        return self._add_many(batch)[1]
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _read(self, sql: str, args: Sequence = (), deadline: float | None = None) -> list:
+        """Runs a read; with a deadline (time.monotonic() seconds) it is interrupted when late."""
+        self._check_open()
+        if deadline is None:
+            with self._read_lock:
+                return self._reader.execute(sql, args).fetchall()
+        if time.monotonic() >= deadline:
+            raise MemoryTimeoutError("memory read: the deadline had passed before it started")
+        if not self._read_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise MemoryTimeoutError("memory read: waited past the deadline for the connection")
+        try:
+            # SQLite calls this every 1000 VM steps; a true answer interrupts the statement.
+            self._reader.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            try:
+                return self._reader.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as e:
+                if time.monotonic() > deadline:
+                    raise MemoryTimeoutError("memory read: interrupted at its deadline") from e
+                raise
+            finally:
+                self._reader.set_progress_handler(None, 0)
+        finally:
+            self._read_lock.release()
+
+    def search(self, user_id: str, query: str, limit: int = 10, *,
+               exclude_conversation_id: str | None = None,
+               deadline: float | None = None,
+               common_share: float | None = None) -> list[tuple[Memory, float]]:
+        """`user_id`'s memories best matching `query` (BM25, higher score is better); never another user's.
+
+        With a deadline (a time.monotonic() value) a late search raises MemoryTimeoutError.
+        With common_share, words found in more than that share of the user's memories (names,
+        greetings: words that are everywhere in one user's memory) are left out of the query,
+        unless every word is that common.
+        """
+        terms = query_terms(query)
+        if not terms or limit <= 0:
+            return []
+        owner = owner_token(user_id)
+        user_rows = self._user_rows.get(user_id, 0)
+        share = user_rows / max(1, self._total_rows)
+        # Narrowing by the owner token inside FTS5 walks the owner's whole posting list: cheap
+        # for one user among many, ~20 ms for a user who owns 100k rows. A user who owns most
+        # of the file is filtered after ranking instead, fetching enough to keep `limit` rows.
+        owner_filter = user_rows == 0 or share < _HEAVY_SHARE
+        selected = terms
+        if user_rows == 0 or user_rows > MAX_RANKED:  # else ranking is bounded by the user's rows anyway
+            selected = self._selective_terms(owner if owner_filter else None, terms, deadline)
+        if common_share is not None and user_rows and len(selected) > 1:
+            selected = self._uncommon_terms(owner if owner_filter else None, selected,
+                                            max(_COMMON_MIN_ROWS, int(common_share * user_rows)), deadline)
+        rows = self._ranked(user_id, selected, limit, owner_filter, share, exclude_conversation_id, deadline)
+        if not rows and len(selected) < len(terms):
+            # The rare words counted over the whole file may all be other users' words: the
+            # full query is slower, but still bounded by the deadline.
+            rows = self._ranked(user_id, terms, limit, owner_filter, share, exclude_conversation_id, deadline)
+        return [(_row_to_memory(row), -float(row[8])) for row in rows]
+
+    def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
+                exclude_conversation_id: str | None, deadline: float | None) -> list:
+        if not terms:
+            return []
+        expression = f'text : ({" OR ".join(_quoted(term) for term in terms)})'
+        fetch = limit
+        if owner_filter:
+            expression = f'owner : "{owner_token(user_id)}" AND {expression}'
+        else:
+            fetch = min(_MAX_FETCH, int(limit / share * 1.5) + 10)
+        if exclude_conversation_id is not None:
+            expression += f' NOT thread : "{thread_token(user_id, exclude_conversation_id)}"'
+        # The inner query is FTS5 alone (its ORDER BY rank LIMIT is done inside FTS5); the
+        # join reads only the rows kept, and checks the owner by its real id.
+        sql = (f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, f.rank"
+               " FROM (SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ?"
+               " ORDER BY rank LIMIT ?) AS f JOIN memories AS m ON m.id = f.rowid"
+               " WHERE m.user_id = ? ORDER BY f.rank LIMIT ?")
+        return self._read(sql, (expression, fetch, user_id, limit), deadline)
+
+    def _selective_terms(self, owner: str | None, terms: list[str], deadline: float | None) -> list[str]:
+        """The query's rarer terms, so that BM25 ranks at most about MAX_RANKED rows.
+
+        A word found in most of a heavy user's 100k memories makes ranking slow and carries
+        almost no weight in BM25 anyway. Counting a term's rows (capped) is cheap, so the words
+        are kept rarest first while their matches add up to MAX_RANKED; the rarest one is always
+        kept; words with no match are dropped. Counts are over the whole file first (an upper
+        bound), then, with `owner`, over that user's rows when the first count is over the cap.
+        """
+        if len(terms) == 1:
+            return terms
+        counted = []
+        for term in terms:
+            count = self._count_matches(f"text : {_quoted(term)}", deadline)
+            if count > MAX_RANKED and owner is not None:
+                count = self._count_matches(f'owner : "{owner}" AND text : {_quoted(term)}', deadline)
+            if count:
+                counted.append((count, term))
+        counted.sort()
+        kept, total = [], 0
+        for count, term in counted:
+            if kept and total + count > MAX_RANKED:
+                break
+            kept.append(term)
+            total += count
+        return kept
+
+    def _uncommon_terms(self, owner: str | None, terms: list[str], most: int, deadline: float | None) -> list[str]:
+        kept = []
+        for term in terms:
+            expression = f"text : {_quoted(term)}"
+            if owner is not None:
+                expression = f'owner : "{owner}" AND {expression}'
+            if self._count_matches(expression, deadline, cap=most + 1) <= most:
+                kept.append(term)
+        return kept or terms
+
+    def _count_matches(self, expression: str, deadline: float | None, cap: int = MAX_RANKED + 1) -> int:
+        rows = self._read("SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
+                          (expression, cap), deadline)
+        return int(rows[0][0])
+
+    def neighbours(self, memory: Memory, before: int, after: int, *,
+                   deadline: float | None = None) -> list[Memory]:
+        """Up to `before` earlier and `after` later turns of the memory's conversation, in order, itself included."""
+        earlier = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id < ?"
+            " ORDER BY id DESC LIMIT ?", (memory.user_id, memory.conversation_id, memory.id, before), deadline)
+        later = self._read(
+            f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (memory.user_id, memory.conversation_id, memory.id, after), deadline)
+        return [_row_to_memory(r) for r in reversed(earlier)] + [memory] + [_row_to_memory(r) for r in later]
+
+    def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]:
+        """(total, page) of `user_id`'s memories: newest first, or best match first when `q` is given."""
+        where, args = ["m.user_id = ?"], [user_id]
+        if conversation_id is not None:
+            where.append("m.conversation_id = ?")
+            args.append(conversation_id)
+        match = fts_query(q) if q else None
+        if q and match is None:
+            return 0, []
+        if match is not None:
+            source = "memories_fts AS f JOIN memories AS m ON m.id = f.rowid"
+            where.insert(0, "memories_fts MATCH ?")
+            args.insert(0, f'owner : "{owner_token(user_id)}" AND text : ({match})')
+            order = "f.rank"
+        else:
+            source, order = "memories AS m", "m.id DESC"
+        condition = " AND ".join(where)
+        total = int(self._read(f"SELECT count(*) FROM {source} WHERE {condition}", args)[0][0])
+        columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
+        rows = self._read(f"SELECT {columns} FROM {source} WHERE {condition} ORDER BY {order}"
+                          " LIMIT ? OFFSET ?", [*args, max(0, limit), max(0, offset)])
+        return total, [_row_to_memory(r) for r in rows]
+
+    def get(self, memory_id: int) -> Memory | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,))
+        return _row_to_memory(rows[0]) if rows else None
+
+    def export_jsonl(self, user_id: str | None = None) -> Iterator[str]:
+        """One JSON line (no newline) per memory, oldest first; read page by page, never all at once."""
+        last_id = 0
+        while True:
+            if user_id is None:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > ? ORDER BY id LIMIT ?",
+                                  (last_id, _EXPORT_PAGE))
+            else:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND id > ?"
+                                  " ORDER BY id LIMIT ?", (user_id, last_id, _EXPORT_PAGE))
+            if not rows:
+                return
+            for row in rows:
+                yield _row_to_memory(row).to_json()
+            last_id = int(rows[-1][0])
+
+    def counts(self) -> dict[str, int]:
+        row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories")[0]
+        return {"memories": int(row[0]), "users": int(row[1])}
+
+    def users(self) -> list[tuple[str, int]]:
+        rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
+        return [(r[0], int(r[1])) for r in rows]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._read_lock:
+            self._reader.close()
+        with self._write_lock:
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # closing still releases the file; the WAL is replayed on next open
+            self._writer.close()
+
+
+def _create_private_file(path: Path) -> None:
+    """Creates the file 0600 before SQLite does (SQLite gives -wal/-shm the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # memories are private even if the file was made by someone else first
+    finally:
+        os.close(fd)
+
+
+class _CorruptStore(sqlite3.DatabaseError):
+    """quick_check found damage."""
+
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_corruption(error: sqlite3.DatabaseError) -> bool:
+    """Damage to the file, as opposed to a lock, a permission or a full disk (which must not move it)."""
+    if isinstance(error, _CorruptStore):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(error)
+    return "not a database" in text or "malformed" in text
+
+
+__all__ = ["MemoryStore", "MemoryStoreError", "SQLiteMemoryStore", "fts_query", "query_terms", "STOPWORDS"]

@@ -1,0 +1,138 @@
+"""MemoryWriter: turns are stored by one thread off the event loop, through a bounded queue.
+
+submit() never blocks and never fails an answer: when the queue is full the turns are dropped,
+counted, and logged at most once a minute. Preparation (our recall block stripped, <private>
+text dropped, secrets redacted: redact.prepare_text) happens here, in the writer thread, so the
+regular expressions never run on the event loop, and nothing reaches the store unprepared.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from .records import NewMemory
+from .redact import prepare_text
+from .store import MemoryStore
+
+log = logging.getLogger(__name__)
+
+_BATCH_MAX = 256  # submits written in one transaction
+_DROP_LOG_INTERVAL_S = 60.0
+_STOP = object()
+
+
+def prepare(memories: Sequence[NewMemory]) -> list[NewMemory]:
+    """What is stored of `memories`: texts prepared by prepare_text; turns left empty are dropped."""
+    prepared = []
+    for memory in memories:
+        text = prepare_text(memory.text)
+        if text:
+            prepared.append(memory if text == memory.text else replace(memory, text=text))
+    return prepared
+
+
+class MemoryWriter:
+    """One daemon thread writing submitted turns to `store` in batches."""
+
+    def __init__(self, store: MemoryStore, max_queue: int = 1000) -> None:
+        if max_queue <= 0:
+            raise ValueError("max_queue must be positive")
+        self.store = store
+        self.dropped = 0  # turns dropped because the queue was full (or the writer closed)
+        self.failed = 0  # turns the store refused (logged, without their text)
+        self.written = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._pending = 0  # submits not yet written (or failed)
+        self._done = threading.Condition()
+        self._closed = False
+        self._dropped_unlogged = 0
+        self._last_drop_log = float("-inf")
+        self._thread = threading.Thread(target=self._run, name="memory-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, memories: Sequence[NewMemory]) -> bool:
+        """Queues the turns for writing; False (and counted) when they were dropped. Never blocks."""
+        if not memories:
+            return True
+        batch = list(memories)
+        with self._done:
+            if self._closed:
+                self._count_drop(len(batch))
+                return False
+            try:
+                self._queue.put_nowait(batch)
+            except queue.Full:
+                self._count_drop(len(batch))
+                return False
+            self._pending += 1
+        return True
+
+    def _count_drop(self, n: int) -> None:
+        self.dropped += n
+        self._dropped_unlogged += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_INTERVAL_S:
+            log.warning("memory writer queue is full: dropped %d turn(s) since the last report (%d in all)",
+                        self._dropped_unlogged, self.dropped)
+            self._dropped_unlogged = 0
+            self._last_drop_log = now
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until everything submitted so far is written; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._done:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._done.wait(left)
+        return True
+
+    def close(self, timeout: float) -> bool:
+        """Stops taking turns, writes what is queued, stops the thread; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._done:
+            already = self._closed
+            self._closed = True
+        if not already:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            batches = [self._queue.get()]
+            while len(batches) < _BATCH_MAX:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(b is _STOP for b in batches)
+            batches = [b for b in batches if b is not _STOP]
+            if batches:
+                self._write(batches)
+            if stop:
+                return
+
+    def _write(self, batches: list[list[NewMemory]]) -> None:
+        turns = [m for batch in batches for m in batch]
+        try:
+            prepared = prepare(turns)
+            if prepared:
+                self.store.add_many(prepared)
+            self.written += len(prepared)
+        except Exception as e:  # noqa: BLE001 - the writer thread must outlive a bad batch
+            self.failed += len(turns)
+            log.error("memory writer: could not store %d turn(s): %s", len(turns), type(e).__name__)
+        finally:
+            with self._done:
+                self._pending -= len(batches)
+                self._done.notify_all()

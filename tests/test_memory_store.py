@@ -1,0 +1,338 @@
+"""The SQLite memory store: dedupe, isolation, deletion that really deletes, corruption, threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memory_routing.memory.records import Memory, MemoryRecordError, MemoryStoreError, NewMemory
+from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore, fts_query
+
+
+def turn(user: str, text: str, conversation: str = "c1", role: str = "user", at: float = 1_700_000_000.0) -> NewMemory:
+    return NewMemory(user, conversation, "claude-code", "claude-x", role, text, at)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteMemoryStore(tmp_path / "memory.sqlite3")
+    yield s
+    s.close()
+
+
+def test_is_a_memory_store(store: SQLiteMemoryStore) -> None:
+    assert isinstance(store, MemoryStore)
+
+
+def test_file_is_private_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    s = SQLiteMemoryStore(path)
+    try:
+        s.add_many([turn("u", "hello there wal")])
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists() and stat.S_IMODE(wal.stat().st_mode) == 0o600
+        conn = s.open_connection()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+    finally:
+        s.close()
+
+
+def test_add_many_dedupes_the_same_turn(store: SQLiteMemoryStore) -> None:
+    first = store.add_many([turn("u", "I adopted a cat named Miso"), turn("u", "nice", role="assistant")])
+    again = store.add_many([turn("u", "I adopted a cat named Miso"), turn("u", "a new line")])
+    assert again[0] == first[0]
+    assert again[1] not in first
+    assert store.counts() == {"memories": 3, "users": 1}
+    # The same text in another conversation or role is another memory.
+    store.add_many([turn("u", "I adopted a cat named Miso", conversation="c2")])
+    store.add_many([turn("u", "I adopted a cat named Miso", role="assistant")])
+    assert store.counts()["memories"] == 5
+
+
+def test_search_ranks_and_is_isolated_per_user(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("alice", "My cat Miso loves tuna"), turn("alice", "I went hiking in the Alps"),
+                    turn("bob", "My cat Miso is secret bob stuff")])
+    hits = store.search("alice", "what does my cat eat? Miso", 5)
+    assert [m.text for m, _ in hits][0] == "My cat Miso loves tuna"
+    assert all(m.user_id == "alice" for m, _ in hits)
+    assert hits[0][1] > 0
+    assert store.search("carol", "cat Miso", 5) == []
+    assert all(m.user_id == "bob" for m, _ in store.search("bob", "cat Miso tuna Alps", 5))
+
+
+def test_search_stems_and_excludes_conversation(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", "We were painting sunsets", conversation="old"),
+                    turn("u", "painted a sunset today", conversation="now")])
+    assert {m.conversation_id for m, _ in store.search("u", "paint", 5)} == {"old", "now"}
+    hits = store.search("u", "paints", 5, exclude_conversation_id="now")
+    assert [m.conversation_id for m, _ in hits] == ["old"]
+
+
+def test_neighbours_stay_in_the_conversation(store: SQLiteMemoryStore) -> None:
+    ids = []
+    for i in range(5):
+        ids += store.add_many([turn("u", f"a{i}", conversation="A"), turn("u", f"b{i}", conversation="B")])
+    middle = store.get(ids[4])  # a2
+    assert middle is not None and middle.text == "a2"
+    assert [m.text for m in store.neighbours(middle, 1, 2)] == ["a1", "a2", "a3", "a4"]
+
+
+def test_list_pages_filters_and_counts(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", f"note number {i} about gardening" if i % 2 else f"note {i}",
+                         conversation=f"c{i % 3}") for i in range(10)])
+    store.add_many([turn("v", "gardening elsewhere")])
+    total, page = store.list("u", limit=3)
+    assert total == 10 and [m.text for m in page] == ["note number 9 about gardening", "note 8", "note number 7 about gardening"]
+    total, page = store.list("u", limit=3, offset=9)
+    assert total == 10 and [m.text for m in page] == ["note 0"]
+    total, page = store.list("u", q="gardening")
+    assert total == 5 and all("gardening" in m.text for m in page)
+    total, page = store.list("u", conversation_id="c0")
+    assert total == 4 and {m.conversation_id for m in page} == {"c0"}
+    assert store.list("u", q="the of and") == (0, [])
+
+
+def test_delete_only_own_and_forget_user(store: SQLiteMemoryStore) -> None:
+    [a, b] = store.add_many([turn("u", "one thing"), turn("v", "other thing")])
+    assert store.delete(b, user_id="u") is False
+    assert store.get(b) is not None
+    assert store.delete(a, user_id="u") is True
+    assert store.get(a) is None and store.delete(a) is False
+    store.add_many([turn("v", f"more {i}") for i in range(3)])
+    assert store.forget_user("v") == 4
+    assert store.list("v") == (0, [])
+    assert store.search("v", "thing more", 10) == []
+    assert store.counts() == {"memories": 0, "users": 0}
+
+
+def test_deleted_text_is_gone_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    s = SQLiteMemoryStore(path)
+    secret, kept = "zanzibarquux", "keepmeplease"
+    s.add_many([turn("u", f"{secret} is my wifi name")] + [turn("u", f"{kept} filler {i}") for i in range(50)])
+    s.add_many([turn("u", f"{secret}{i} another") for i in range(5)])
+    [victim] = s.add_many([turn("v", f"{secret} for v")])
+    conn = s.open_connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert secret.encode() in path.read_bytes()
+    assert s.forget_user("u") == 56
+    assert s.delete(victim) is True
+    s.add_many([turn("w", f"{kept} survives")])
+    conn = s.open_connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = path.read_bytes() + path.with_name(path.name + "-wal").read_bytes()
+    assert secret.encode() not in data
+    assert secret[:6].encode() not in data  # not even an FTS term prefix
+    assert kept.encode() in data
+    s.close()
+
+
+def test_export_import_round_trip(store: SQLiteMemoryStore, tmp_path: Path) -> None:
+    store.add_many([turn("u", "first ü"), turn("u", "second", role="assistant", at=5.5), turn("v", "other")])
+    lines = list(store.export_jsonl("u"))
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert json.loads(lines[1])["created_at"] == 5.5
+    assert len(list(store.export_jsonl())) == 3
+    other = SQLiteMemoryStore(tmp_path / "other.sqlite3")
+    try:
+        assert other.import_jsonl(lines) == 2
+        assert other.import_jsonl(lines) == 0  # dedupe
+        assert [m.text for m in other.list("u")[1]] == ["second", "first ü"]
+        with pytest.raises(MemoryRecordError, match="line 2"):
+            other.import_jsonl([lines[0], "{not json", lines[1]])
+        with pytest.raises(MemoryRecordError, match="user_id"):
+            other.import_jsonl(['{"conversation_id": "c", "role": "user", "text": "x", "created_at": 1}'])
+        assert other.counts()["memories"] == 2
+    finally:
+        other.close()
+
+
+def test_memory_json_round_trip() -> None:
+    m = Memory(7, "u", "c", "cli", "mod", "user", "text \"quoted\"\n", 12.25)
+    assert Memory.from_json(m.to_json()) == m
+    assert issubclass(MemoryRecordError, MemoryStoreError)
+
+
+def test_users_lists_counts(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("b", "x1"), turn("a", "y1"), turn("b", "x2")])
+    assert store.users() == [("a", 1), ("b", 2)]
+
+
+def test_corrupt_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "memory.sqlite3"
+    garbage = os.urandom(8192)
+    path.write_bytes(garbage)
+    neighbour = tmp_path / "other-file.txt"
+    neighbour.write_text("untouched")
+    with caplog.at_level(logging.WARNING, logger="memory_routing.memory.store"):
+        s = SQLiteMemoryStore(path)
+    try:
+        records = [r for r in caplog.records if r.name == "memory_routing.memory.store"]
+        assert len(records) == 1 and "moved it to" in records[0].getMessage()
+        [aside] = list(tmp_path.glob("memory.sqlite3.corrupt-*"))
+        assert aside.read_bytes() == garbage
+        assert neighbour.read_text() == "untouched"
+        s.add_many([turn("u", "fresh start")])
+        assert s.counts() == {"memories": 1, "users": 1}
+    finally:
+        s.close()
+
+
+def test_malformed_database_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "memory.sqlite3"
+    s = SQLiteMemoryStore(path)
+    s.add_many([turn("u", f"line {i} " + "x" * 500) for i in range(200)])
+    s.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[page * 3: page * 6] = os.urandom(page * 3)  # trash some b-tree pages, keep the header
+    path.write_bytes(bytes(data))
+    s = SQLiteMemoryStore(path)
+    try:
+        assert len(list(tmp_path.glob("memory.sqlite3.corrupt-*"))) == 1
+        assert s.counts()["memories"] == 0
+    finally:
+        s.close()
+
+
+def test_locked_file_is_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "memory.sqlite3"
+    path.mkdir()  # cannot be opened as a file at all: an error, not corruption
+    with pytest.raises((MemoryStoreError, OSError)):
+        SQLiteMemoryStore(path)
+    assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_reads_while_a_thread_writes(store: SQLiteMemoryStore) -> None:
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(200):
+                store.add_many([turn("u", f"concurrent memory {i} about rivers")])
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while not done.is_set() and reads < 100_000:
+        store.search("u", "rivers memory", 5)
+        store.counts()
+        reads += 1
+    writer.join(timeout=30)
+    assert not errors and not writer.is_alive()
+    assert store.counts()["memories"] == 200
+
+
+def test_closed_store_raises(tmp_path: Path) -> None:
+    s = SQLiteMemoryStore(tmp_path / "m.sqlite3")
+    s.close()
+    s.close()
+    with pytest.raises(MemoryStoreError):
+        s.search("u", "anything", 3)
+    with pytest.raises(MemoryStoreError):
+        s.add_many([turn("u", "x")])
+
+
+def test_open_connection_allows_another_table(store: SQLiteMemoryStore) -> None:
+    conn = store.open_connection()
+    conn.execute("CREATE TABLE usage (k TEXT)")
+    conn.execute("INSERT INTO usage VALUES ('x')")
+    conn.close()
+    store.add_many([turn("u", "still works")])
+    assert store.counts()["memories"] == 1
+
+
+def test_fts_query_quotes_everything() -> None:
+    assert fts_query('cat AND dog NEAR(xx) -yy "zz') == '"cat" OR "dog" OR "near" OR "xx" OR "yy" OR "zz"'
+    assert fts_query("the of a") is None
+    assert fts_query("") is None
+
+
+@pytest.fixture(scope="module")
+def query_store(tmp_path_factory: pytest.TempPathFactory):
+    s = SQLiteMemoryStore(tmp_path_factory.mktemp("fts") / "h.sqlite3")
+    s.add_many([turn("u", "a few words to match against NEAR AND OR * ^ : \" ( )")])
+    yield s
+    s.close()
+
+
+def _query_runs(s: SQLiteMemoryStore, text: str) -> None:
+    s.search("u", text, 5)
+    s.search("u", text, 5, exclude_conversation_id=text, common_share=0.1)
+    s.list("u", q=text)
+    q = fts_query(text)
+    if q is not None:
+        conn = s.open_connection()
+        conn.execute("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (q,)).fetchall()
+        conn.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text())
+def test_search_never_raises_on_arbitrary_text(query_store: SQLiteMemoryStore, text: str) -> None:
+    _query_runs(query_store, text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from('ab"*^:()-+ NEARANDORNOT{}'), max_size=40))
+def test_search_never_raises_on_fts_syntax(query_store: SQLiteMemoryStore, text: str) -> None:
+    _query_runs(query_store, text)
+
+
+def test_search_deadline(store: SQLiteMemoryStore) -> None:
+    import time
+
+    from memory_routing.memory.records import MemoryTimeoutError
+    store.add_many([turn("u", f"river number {i}") for i in range(50)])
+    assert len(store.search("u", "river", 5, deadline=time.monotonic() + 30)) == 5
+    with pytest.raises(MemoryTimeoutError):
+        store.search("u", "river", 5, deadline=time.monotonic() - 1)
+    with store._read_lock:  # another reader holds the connection past the deadline
+        with pytest.raises(MemoryTimeoutError):
+            store.search("u", "river", 5, deadline=time.monotonic() + 0.01)
+    assert len(store.search("u", "river", 5)) == 5
+
+
+def test_search_for_a_light_user_among_many(store: SQLiteMemoryStore) -> None:
+    # One user among many takes the path that narrows by owner inside FTS5; a user owning most
+    # rows is filtered after ranking. Both must give only that user's rows, minus the excluded conversation.
+    store.add_many([turn(f"user{i}", f"shared words about kayaks {j}", conversation=f"c{j}")
+                    for i in range(20) for j in range(5)])
+    store.add_many([turn("heavy", f"kayaks and more kayaks {j}", conversation=f"h{j % 3}") for j in range(2000)])
+    for user, excluded in (("user7", "c2"), ("heavy", "h1")):
+        hits = store.search(user, "kayaks words", 1000, exclude_conversation_id=excluded)
+        assert hits and all(m.user_id == user for m, _ in hits)
+        assert all(m.conversation_id != excluded for m, _ in hits)
+    assert len(store.search("user7", "kayaks", 1000, exclude_conversation_id="c2")) == 4
+
+
+def test_common_share_leaves_out_words_that_are_everywhere(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", f"Hey Caroline, chat number {i} about nothing") for i in range(40)])
+    store.add_many([turn("u", "Caroline adopted a puppy called Rex", conversation="pets"),
+                    turn("u", "puppy training tips from the vet", conversation="pets")])
+    plain = store.search("u", "Caroline puppy", 2)
+    narrowed = store.search("u", "Caroline puppy", 5, common_share=0.1)
+    # Without it "caroline" matches the 41 chats too; with it only the puppy rows are candidates.
+    assert len(store.search("u", "Caroline puppy", 50)) == 42
+    assert {m.text for m, _ in narrowed} == {"Caroline adopted a puppy called Rex", "puppy training tips from the vet"}
+    assert plain[0][0].text == "Caroline adopted a puppy called Rex"
+    # Every word common: the query is kept whole rather than emptied.
+    assert len(store.search("u", "Caroline chat", 50, common_share=0.1)) == 41
