@@ -83,7 +83,7 @@ def test_until_as_a_date_includes_that_day(sources, stores):
 
 
 @pytest.mark.parametrize(("query", "message"), [
-    ({"group_by": "provider"}, "group_by must be one of user, model, client, day, not 'provider'"),
+    ({"group_by": "provider"}, "group_by must be one of user, model, client, day, all, not 'provider'"),
     ({"since": "yesterday"}, "since must be epoch seconds or an ISO 8601 date or date-time"),
     ({"since": "nan"}, "since must be a finite number"),
     ({"since": "2025-11-20", "until": "2025-11-01"}, "since must not be after until"),

@@ -80,6 +80,7 @@ def test_totals_by_model_client_and_day(conn):
         ("claude-sonnet-4-5", 2), ("gpt-4o-mini", 1)]
     assert [(t["key"], t["calls"]) for t in usage_totals(conn, "client")] == [("claude-code", 2), ("curl", 1)]
     assert [(t["key"], t["calls"]) for t in usage_totals(conn, "day")] == [("2025-11-23", 1), ("2025-11-24", 2)]
+    assert [(t["key"], t["calls"]) for t in usage_totals(conn, "all")] == [("all", 3)]
 
 
 def test_range_is_since_inclusive_until_exclusive(conn):

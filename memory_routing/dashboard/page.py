@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 RANGES = {"24h": (86400, "hour"), "7d": (7 * 86400, "day"), "30d": (30 * 86400, "day")}
 RANGE_LABELS = {"24h": "24 hours", "7d": "7 days", "30d": "30 days"}
 DEFAULT_RANGE = "7d"
-RECENT_CALLS = 25
+RECENT_CALLS = 20
 MEMORY_PAGE = 100
 # Colour-blind-safe palette (Okabe-Ito) for up to eight users; the rest share grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -93,6 +93,7 @@ def _usage_section(data: PageInput, since: float, bucket: str) -> str:
     by_user = data.usage.totals("user", since, None)
     by_model = data.usage.totals("model", since, None)
     by_client = data.usage.totals("client", since, None)
+    overall = data.usage.totals("all", since, None)
     series = data.usage.series(since, None, bucket)
     recent = data.usage.recent(RECENT_CALLS)
     users = [row["key"] for row in by_user]
@@ -104,15 +105,17 @@ def _usage_section(data: PageInput, since: float, bucket: str) -> str:
     return (
         "<section id=usage>"
         f"<h2>Usage <span class=muted>last {label}</span></h2>"
-        + _tiles(by_user)
+        + _tiles(by_user, overall[0] if overall else None)
         + "<div class=grid2>"
         + _figure(f"Tokens per memory user (in + out, per {bucket})",
                   stacked_bars_svg(starts, bucket, tokens, colours, _tokens, "tokens-chart"), users, colours)
         + _figure(f"Cost per memory user (USD, per {bucket})",
-                  stacked_bars_svg(starts, bucket, cost, colours, _usd, "cost-chart"), users, colours)
+                  stacked_bars_svg(starts, bucket, cost, colours, _usd_axis, "cost-chart"), users, colours)
         + "</div><div class=grid2>"
-        + "<figure><figcaption>Calls and errors per model</figcaption>"
+        + "<div><figure><figcaption>Calls and errors per model</figcaption>"
         + model_bars_svg(by_model) + "</figure>"
+        + "<figure><figcaption>Latency per model (ms, p50 solid, p95 light)</figcaption>"
+        + latency_bars_svg(by_model) + "</figure></div>"
         + "<div><h3>Per model</h3>" + _totals_table(by_model, "Model", "per-model") + "</div>"
         + "</div><div class=grid2>"
         + "<div><h3>Per memory user</h3>" + _totals_table(by_user, "User", "per-user") + "</div>"
@@ -123,7 +126,7 @@ def _usage_section(data: PageInput, since: float, bucket: str) -> str:
     )
 
 
-def _tiles(by_user: Sequence[Mapping[str, Any]]) -> str:
+def _tiles(by_user: Sequence[Mapping[str, Any]], overall: Mapping[str, Any] | None) -> str:
     calls = sum(row["calls"] for row in by_user)
     errors = sum(row["errors"] for row in by_user)
     tokens_in = sum(row["input_tokens"] for row in by_user)
@@ -138,6 +141,8 @@ def _tiles(by_user: Sequence[Mapping[str, Any]]) -> str:
         ("Tokens out", _tokens(tokens_out), ""),
         ("Cost", _usd(sum(priced)) if priced else "–", f"{unpriced} call{'s' if unpriced != 1 else ''} unpriced"
          if unpriced else "LiteLLM price table"),
+        ("Latency p50 / p95", f"{_ms(overall['latency_ms_p50'])} / {_ms(overall['latency_ms_p95'])}"
+         if overall else "–", "ms, request to last byte"),
     ]
     cells = "".join(
         f"<div class=tile><div class=label>{label}</div><div class=value>{escape(value)}</div>"
@@ -246,6 +251,35 @@ def model_bars_svg(by_model: Sequence[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
+def latency_bars_svg(by_model: Sequence[Mapping[str, Any]]) -> str:
+    """Horizontal bars per model: p95 light, p50 solid over it."""
+    rows = [row for row in by_model if row["latency_ms_p95"] is not None][:12]
+    row_h, left, width = 24, 200, 640
+    height = max(1, len(rows)) * row_h + 8
+    peak = max((row["latency_ms_p95"] for row in rows), default=0.0)
+    out = [f"<svg id=latency-chart class=chart viewBox='0 0 {width} {height}' role=img "
+           "aria-label='latency per model'>"]
+    if not rows:
+        out.append(f"<text x={width / 2:.0f} y=20 class=empty text-anchor=middle>no latencies in this range</text>")
+    bar_space = width - left - 110
+    for i, row in enumerate(rows):
+        y = 4 + i * row_h
+        name = str(row["key"])
+        shown = name if len(name) <= 28 else name[:27] + "…"
+        p50, p95 = row["latency_ms_p50"], row["latency_ms_p95"]
+        w50, w95 = (bar_space * p50 / peak, bar_space * p95 / peak) if peak else (0, 0)
+        out.append(
+            f"<text x={left - 8} y={y + 16} class=axis text-anchor=end><title>{escape(name)}</title>{escape(shown)}</text>"
+            f"<rect x={left} y={y + 3} width={w95:.1f} height={row_h - 8} fill='{PALETTE[4]}' fill-opacity=0.45 "
+            f"data-model='{escape(name)}' data-p95='{p95:g}'><title>{escape(name)}: p95 {_ms(p95)} ms</title></rect>"
+            f"<rect x={left} y={y + 3} width={w50:.1f} height={row_h - 8} fill='{PALETTE[0]}' "
+            f"data-p50='{p50:g}'><title>{escape(name)}: p50 {_ms(p50)} ms</title></rect>"
+            f"<text x={left + w95 + 6:.1f} y={y + 16} class=axis>{_ms(p50)} / {_ms(p95)}</text>"
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
 def _totals_table(rows: Sequence[Mapping[str, Any]], title: str, element_id: str) -> str:
     if not rows:
         return f"<p class=muted id={element_id}>No calls in this range.</p>"
@@ -276,7 +310,7 @@ def _recent_table(rows: Sequence[Any]) -> str:
         status = str(row.status) if row.status is not None else "–"
         error = f"<div class='muted small'>{escape(row.error)}</div>" if row.error else ""
         body.append(
-            f"<tr class='{'failed' if failed else ''}'><td>{escape(_clock(row.at))}</td>"
+            f"<tr class='{'failed' if failed else ''}'><td class=time>{escape(_clock(row.at))}</td>"
             f"<td class=key>{escape(row.user_id)}</td><td>{escape(row.client)}</td>"
             f"<td>{escape(row.alias)} → {escape(row.provider)}/{escape(row.provider_model)}"
             f" <span class=muted>({escape(row.protocol)})</span></td>"
@@ -284,7 +318,7 @@ def _recent_table(rows: Sequence[Any]) -> str:
             f"<td class=num>{_tokens(row.input_tokens)}</td><td class=num>{_tokens(row.output_tokens)}</td>"
             f"<td class=num>{_usd(row.cost_usd) if row.cost_usd is not None else '–'}</td>"
             f"<td class=num>{_ms(row.ttfb_ms)}</td><td class=num>{_ms(row.latency_ms)}</td>"
-            f"<td>{escape(memory) or '–'}</td></tr>"
+            f"<td class=nowrap>{escape(memory) or '–'}</td></tr>"
         )
     return f"<table id=recent-calls><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -407,6 +441,10 @@ def _usd(value: float | None) -> str:
     if value == 0:
         return "$0"
     return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def _usd_axis(value: float) -> str:
+    return "$0" if value == 0 else f"${value:.4g}"
 
 
 def _ms(value: float | None) -> str:

@@ -47,7 +47,7 @@ class UsageRow:
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(UsageRow))
-GROUP_BY = ("user", "model", "client", "day")
+GROUP_BY = ("user", "model", "client", "day", "all")
 BUCKETS = {"hour": 3600, "day": 86400}
 
 _SCHEMA = """
@@ -83,6 +83,7 @@ _GROUP_KEY = {
     "model": "provider_model",
     "client": "client",
     "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
+    "all": "'all'",  # one row over every call
 }
 
 
