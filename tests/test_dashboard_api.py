@@ -196,6 +196,20 @@ def test_cross_site_writes_are_refused(sources, stores):
     assert answer.status == 200
 
 
+def test_foreign_host_names_are_refused(sources, stores):
+    add(stores[0], "alice", "private")
+    for host in ("127.0.0.1:8764", "localhost:8764", "[::1]:8764", "memory-routing.localhost"):
+        answer, _ = call(sources, "GET", "/memory-routing/memories", {"user_id": "alice"}, headers={"host": host})
+        assert answer.status == 200, host
+    answer, body = call(sources, "GET", "/memory-routing/memories", {"user_id": "alice"},
+                        headers={"host": "rebound.example:8764"})
+    assert answer.status == 403 and "not Host 'rebound.example:8764'" in body["error"]["message"]
+    anywhere = replace(sources, allowed_hosts=None)
+    answer, _ = call(anywhere, "GET", "/memory-routing/memories", {"user_id": "alice"},
+                     headers={"host": "proxy.lan:8764"})
+    assert answer.status == 200
+
+
 def test_methods_and_unknown_paths(sources):
     answer, body = call(sources, "POST", "/memory-routing/usage")
     assert answer.status == 405 and ("allow", "GET") in answer.headers

@@ -45,6 +45,7 @@ JSONL = "application/x-ndjson"
 _SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _STATIC_NAME = re.compile(r"[a-z][a-z0-9_-]*\.(js|css)")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "memory-routing.localhost"})
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -74,6 +75,9 @@ class DashboardSources:
     config_summary: Callable[[], Mapping[str, Any]] = dict
     health: Callable[[], Mapping[str, Any]] = dict
     clock: Callable[[], float] = time.time
+    # Host names the dashboard answers to; a page of another site whose name was re-pointed at
+    # 127.0.0.1 (DNS rebinding) sends its own name and is refused. None: any host.
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ def handle(
 ) -> LocalAnswer | None:
     """Answers a request under /memory-routing/; None when the path is not the dashboard's.
 
+    It answers every path under the prefix (404 for unknown ones), so the addon dispatches its
+    own endpoints there (/memory-routing/info) before calling it.
+
     ``path`` without the query string; ``headers`` with lower-case names (Host, Origin and
     Content-Type are read to refuse cross-site writes).
     """
@@ -113,6 +120,7 @@ def handle(
         return None
     method = method.upper()
     try:
+        _check_host(headers or {}, sources.allowed_hosts)
         answer = _route(method if method != "HEAD" else "GET", path, query, body, sources, headers or {})
     except DashboardRequestError as e:
         answer = error_answer(e.status, e.message, e.error_type, e.headers)
@@ -182,6 +190,16 @@ def _allow(method: str, *allowed: str) -> None:
     if method not in allowed:
         raise DashboardRequestError(405, f"this endpoint answers {', '.join(allowed)}, not {method}",
                                     headers=(("allow", ", ".join(allowed)),))
+
+
+def _check_host(headers: Mapping[str, str], allowed: frozenset[str] | None) -> None:
+    host = headers.get("host")
+    if allowed is None or host is None:
+        return
+    name = urlsplit("//" + host).hostname or ""
+    if name not in allowed and not name.endswith(".localhost"):
+        raise DashboardRequestError(403, f"the dashboard answers only to {', '.join(sorted(allowed))}, "
+                                    f"not Host {host!r}", "permission_error")
 
 
 def _refuse_cross_site(method: str, headers: Mapping[str, str]) -> None:
