@@ -40,7 +40,7 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test bench bench-memory venv ca-bundle lock clean
+.PHONY: help run web test chromium bench bench-memory venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
@@ -72,8 +72,19 @@ run: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/mitmweb $(PROXY_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's chromium through Playwright (never Playwright's own download).
+# As root (CI) it is installed when missing; otherwise those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$MEMORY_ROUTING_CHROMIUM" ] || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's chromium for the browser tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "chromium not found: the browser tests will be skipped (sudo apt-get install chromium)" >&2; \
+		fi; }
 
 # CPU time per request, start-up and RSS in alternating fresh-process rounds, wall-clock figures,
 # plus callgrind instruction counts (needs valgrind; skipped without it).

@@ -1,0 +1,276 @@
+"""Usage rows: one per model call, kept in the memory's SQLite file in a table of their own.
+
+Pure logic over a ``sqlite3.Connection``; no mitmproxy, no LiteLLM. The caller owns the
+connection (the memory store's file) and runs the writes off the event loop.
+
+Token convention: ``input_tokens`` counts every input token, cached ones included (OpenAI's
+``prompt_tokens``); ``cached_tokens`` is the part of it read from the provider's prompt cache.
+A call is an error when the proxy or the upstream did not answer it with a 1xx-3xx status.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+
+class UsageQueryError(ValueError):
+    """A usage query the store cannot answer (unknown grouping or bucket, bad range)."""
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    at: float  # seconds since the epoch (UTC) when the request arrived
+    user_id: str
+    client: str
+    alias: str  # the model name the client asked for
+    provider: str
+    provider_model: str
+    protocol: str  # the client's API format: openai, anthropic, gemini, ...
+    status: int | None  # None: no answer at all (connection failed)
+    error: str | None  # short reason for a refusal or failure, never a secret
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_tokens: int | None
+    cost_usd: float | None  # None: the price table does not know the model
+    latency_ms: float | None
+    ttfb_ms: float | None
+    memory_injected: bool
+    memory_stored: bool
+    route: str  # the routing decision, e.g. "routed", "translated", "refused"
+    translated_to: str | None  # the provider's API format when the call was translated
+
+
+USAGE_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(UsageRow))
+GROUP_BY = ("user", "model", "client", "day", "all")
+BUCKETS = {"hour": 3600, "day": 86400}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_calls (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    user_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    provider_model TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    status INTEGER,
+    error TEXT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cached_tokens INTEGER,
+    cost_usd REAL,
+    latency_ms REAL,
+    ttfb_ms REAL,
+    memory_injected INTEGER NOT NULL,
+    memory_stored INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    translated_to TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_calls_at ON usage_calls (at);
+"""
+
+_IS_ERROR = "(error IS NOT NULL OR status IS NULL OR status >= 400)"
+# The grouping key of each ``group_by`` value; "day" is the UTC calendar day.
+_GROUP_KEY = {
+    "user": "user_id",
+    "model": "provider_model",
+    "client": "client",
+    "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
+    "all": "'all'",  # one row over every call
+}
+
+
+def create_usage_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+
+
+def insert_usage(conn: sqlite3.Connection, rows: Iterable[UsageRow]) -> int:
+    values = [astuple(row) for row in rows]
+    placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
+    with _transaction(conn):
+        conn.executemany(f"INSERT INTO usage_calls ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})", values)
+    return len(values)
+
+
+def usage_totals(
+    conn: sqlite3.Connection, group_by: str, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
+    """Per group: calls, errors, token sums, cost and latency percentiles; busiest group first.
+
+    ``cost_usd`` sums the calls whose price is known; ``unpriced_calls`` counts the others.
+    Latency percentiles interpolate linearly between ranks (numpy's default).
+    """
+    if group_by not in _GROUP_KEY:
+        raise UsageQueryError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
+    where, params = _range(since, until)
+    key = _GROUP_KEY[group_by]
+    totals = conn.execute(
+        f"""SELECT {key}, COUNT(*), SUM({_IS_ERROR}), SUM(input_tokens), SUM(output_tokens),
+                   SUM(cached_tokens), SUM(cost_usd), SUM(cost_usd IS NULL), MIN(at), MAX(at)
+            FROM usage_calls {where} GROUP BY 1""",
+        params,
+    ).fetchall()
+    latencies: dict[str, list[float]] = {}
+    for group, latency in conn.execute(
+        f"SELECT {key}, latency_ms FROM usage_calls {where} {'AND' if where else 'WHERE'} latency_ms IS NOT NULL",
+        params,
+    ):
+        latencies.setdefault(group, []).append(latency)
+    result = []
+    for group, calls, errors, tokens_in, tokens_out, cached, cost, unpriced, first, last in totals:
+        p50, p95 = percentiles(latencies.get(group, []), (50, 95))
+        result.append({
+            "key": group,
+            "calls": calls,
+            "errors": errors,
+            "input_tokens": tokens_in or 0,
+            "output_tokens": tokens_out or 0,
+            "cached_tokens": cached or 0,
+            "cost_usd": round(cost, 6) if cost is not None else None,
+            "unpriced_calls": unpriced,
+            "latency_ms_p50": p50,
+            "latency_ms_p95": p95,
+            "first_at": first,
+            "last_at": last,
+        })
+    if group_by == "day":
+        result.sort(key=lambda row: row["key"])
+    else:
+        result.sort(key=lambda row: (-row["calls"], row["key"]))
+    return result
+
+
+def usage_series(
+    conn: sqlite3.Connection, since: float | None = None, until: float | None = None, bucket: str = "day"
+) -> list[dict[str, Any]]:
+    """Tokens and cost per memory user per UTC hour or day, oldest bucket first.
+
+    ``start`` is the bucket's first second (epoch); buckets without calls are absent.
+    """
+    if bucket not in BUCKETS:
+        raise UsageQueryError(f"bucket must be one of {', '.join(BUCKETS)}, not {bucket!r}")
+    width = BUCKETS[bucket]
+    where, params = _range(since, until)
+    rows = conn.execute(
+        f"""SELECT CAST(at / {width} AS INTEGER) * {width}, user_id, COUNT(*), SUM({_IS_ERROR}),
+                   SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
+            FROM usage_calls {where} GROUP BY 1, 2 ORDER BY 1, 2""",
+        params,
+    ).fetchall()
+    return [
+        {
+            "start": start,
+            "user_id": user_id,
+            "calls": calls,
+            "errors": errors,
+            "input_tokens": tokens_in or 0,
+            "output_tokens": tokens_out or 0,
+            "cost_usd": round(cost, 6) if cost is not None else None,
+        }
+        for start, user_id, calls, errors, tokens_in, tokens_out, cost in rows
+    ]
+
+
+def recent_calls(conn: sqlite3.Connection, limit: int = 50) -> list[UsageRow]:
+    """The newest calls first."""
+    if limit < 0:
+        raise UsageQueryError("limit must not be negative")
+    rows = conn.execute(
+        f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_calls ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [_row(values) for values in rows]
+
+
+def prune_usage(conn: sqlite3.Connection, older_than: float) -> int:
+    """Deletes the calls made before ``older_than`` (epoch seconds); returns how many."""
+    with _transaction(conn):
+        return conn.execute("DELETE FROM usage_calls WHERE at < ?", (older_than,)).rowcount
+
+
+def percentiles(values: list[float], ranks: Iterable[int]) -> tuple[float | None, ...]:
+    """Linearly interpolated percentiles (numpy's default method); None for no values."""
+    ranks = tuple(ranks)
+    if not values:
+        return tuple(None for _ in ranks)
+    if len(values) == 1:
+        return tuple(float(values[0]) for _ in ranks)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return tuple(round(cuts[rank - 1], 3) for rank in ranks)
+
+
+class SQLiteUsageStore:
+    """The usage store over one SQLite connection, shared by the writer thread and the API.
+
+    The interface a Postgres backend implements: insert, totals, series, recent, prune.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # One connection serves several threads (check_same_thread=False): one statement at a time.
+        self._lock = threading.Lock()
+        with self._lock:
+            create_usage_schema(conn)
+
+    def insert(self, rows: Iterable[UsageRow]) -> int:
+        with self._lock:
+            return insert_usage(self.conn, rows)
+
+    def totals(self, group_by: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return usage_totals(self.conn, group_by, since, until)
+
+    def series(self, since: float | None = None, until: float | None = None, bucket: str = "day") -> list[dict[str, Any]]:
+        with self._lock:
+            return usage_series(self.conn, since, until, bucket)
+
+    def recent(self, limit: int = 50) -> list[UsageRow]:
+        with self._lock:
+            return recent_calls(self.conn, limit)
+
+    def prune(self, older_than: float) -> int:
+        with self._lock:
+            return prune_usage(self.conn, older_than)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, on connections in autocommit mode (the memory store's) or Python's default."""
+    if conn.in_transaction:
+        # The caller's own transaction: it commits.
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _range(since: float | None, until: float | None) -> tuple[str, tuple[float, ...]]:
+    """``since`` inclusive, ``until`` exclusive; either may be open."""
+    if since is not None and until is not None and since > until:
+        raise UsageQueryError("since must not be after until")
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("at < ?")
+        params.append(until)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _row(values: tuple[Any, ...]) -> UsageRow:
+    record = dict(zip(USAGE_COLUMNS, values))
+    record["memory_injected"] = bool(record["memory_injected"])
+    record["memory_stored"] = bool(record["memory_stored"])
+    return UsageRow(**record)
