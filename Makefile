@@ -40,12 +40,12 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test bench venv ca-bundle lock clean
+.PHONY: help run web test bench venv node-clients ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
-	@echo "make test    run the test suite"
+	@echo "make test    run the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
 	@echo "make bench   direct vs bare mitmdump vs the addon, as ratios (about eight minutes)"
 	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
@@ -69,8 +69,16 @@ run: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/mitmweb $(PROXY_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) node-clients
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The real Claude Code CLI the end-to-end tests drive, pinned with integrity hashes in
+# tests/node/package-lock.json. --ignore-scripts: its native binary comes as an npm package of its
+# own (@anthropic-ai/claude-code-<platform>); nothing is downloaded from elsewhere.
+node-clients:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the Claude Code end-to-end tests will skip" >&2; \
+	elif [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then \
+		cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
 
 # Wall-clock figures plus callgrind instruction counts (needs valgrind; skipped without it).
 bench: $(STAMP)
@@ -87,4 +95,4 @@ lock:
 		--python-version 3.11 --index-url https://pypi.org/simple -o requirements.lock
 
 clean:
-	rm -rf .venv .venv-py* .lock-tools .pytest_cache
+	rm -rf .venv .venv-py* .lock-tools .pytest_cache tests/node/node_modules
