@@ -19,6 +19,7 @@ Dropped parameters are reported under the names the client sent them by.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ class UnsupportedParams(ValueError):
         self.names = names
 
 
+@functools.lru_cache(maxsize=1024)  # the same few models, call after call; LiteLLM's lookups are not free
 def target_model(provider: str, model: str) -> TargetModel:
     """LiteLLM's bundled model table on ``provider``'s ``model`` (nothing is fetched)."""
     try:

@@ -189,6 +189,9 @@ def test_claude_code_on_gpt_by_proxy(claude: Path, proxy: RunningProxy, upstream
     assert {body["model"] for body in chat_requests(upstream)} == {"gpt-4o-mini"}
     line = log_line_for(proxy, alias="gpt-4o-mini", translated_to="openai")
     assert line["fitted"] == {"max_tokens": 16384} and "context_management" in line["dropped"]
+    # Through the forward proxy too, nothing went anywhere but to the loopback fake.
+    connects = [entry for entry in proxy.log().splitlines() if "server connect" in entry]
+    assert connects and all("server connect 127.0.0.1:" in entry for entry in connects), connects
 
 
 def test_claude_code_on_an_anthropic_alias_passes_through(
