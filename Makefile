@@ -40,12 +40,12 @@ PROXY_ARGS = -s addon.py \
 	--set memory_routing_config=$(CONFIG) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test chromium bench bench-memory venv ca-bundle lock clean
+.PHONY: help run web test chromium node-clients bench bench-memory venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser)"
-	@echo "make test    run the test suite"
+	@echo "make test    run the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
 	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about seven"
 	@echo "             minutes; BENCH_ARGS='--quick' about three, BENCH_ARGS='--json out.json' for the figures)"
 	@echo "make bench-memory  replay LoCoMo (../shared/data/locomo-dev.json) through the proxy: memory recall,"
@@ -72,7 +72,7 @@ run: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/mitmweb $(PROXY_ARGS)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium node-clients
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The browser tests drive Debian's chromium through Playwright (never Playwright's own download).
@@ -85,6 +85,14 @@ chromium:
 		else \
 			echo "chromium not found: the browser tests will be skipped (sudo apt-get install chromium)" >&2; \
 		fi; }
+
+# The real Claude Code CLI the end-to-end tests drive, pinned with integrity hashes in
+# tests/node/package-lock.json. --ignore-scripts: its native binary comes as an npm package of its
+# own (@anthropic-ai/claude-code-<platform>); nothing is downloaded from elsewhere.
+node-clients:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the Claude Code end-to-end tests will skip" >&2; \
+	elif [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then \
+		cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
 
 # CPU time per request, start-up and RSS in alternating fresh-process rounds, wall-clock figures,
 # plus callgrind instruction counts (needs valgrind; skipped without it).
@@ -107,4 +115,4 @@ lock:
 		--python-version 3.11 --index-url https://pypi.org/simple -o requirements.lock
 
 clean:
-	rm -rf .venv .venv-py* .lock-tools .pytest_cache
+	rm -rf .venv .venv-py* .lock-tools .pytest_cache tests/node/node_modules

@@ -67,6 +67,9 @@ class FakeUpstream:
     # Check request bodies the way the real APIs do (required fields, roles, unknown keys) and
     # answer their 400 otherwise: the judge of what a translating proxy sends.
     strict: bool = False
+    # Behave like a tool-using model (see agent_answer): call Bash with the command the prompt
+    # names, then answer in text once the tool's result is in.
+    agent: bool = False
     _gate: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -233,6 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault := self.headers.get(FAULT_HEADER):
             self._fault(fault, route, model, stream, extra)
             return
+        if self.fake.agent and (turn := agent_turn(route, payload)) is not None:
+            self._agent_answer(route, model, stream, tools, turn, extra)
+            return
         if route.endswith("/chat/completions"):
             if stream:
                 self._sse(_openai_tool_events(model, tools) if tools else _openai_chat_events(model), extra)
@@ -263,6 +269,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, answer, extra)
         else:
             self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
+
+    def _agent_answer(
+        self, route: str, model: str, stream: bool, tools: list[Any], turn: dict[str, Any] | str, extra: dict[str, Any]
+    ) -> None:
+        """``turn``: the Bash tool's arguments to call it with, or the final text."""
+        tools = [{"name": AGENT_TOOL}]
+        if route == "/v1/messages":
+            if isinstance(turn, str):
+                events, whole = _anthropic_events(model, turn), _anthropic_message(model, turn)
+            else:
+                events, whole = _anthropic_tool_events(model, tools, turn), _anthropic_tool_use(model, tools, turn)
+        elif isinstance(turn, str):
+            events, whole = _openai_chat_events(model, turn), _openai_chat(model, turn)
+        else:
+            events, whole = _openai_tool_events(model, tools, turn), _openai_tool_call(model, tools, turn)
+        if stream:
+            self._sse(events, extra)
+        else:
+            self._json(200, whole, extra)
 
     def _native_error(self, route: str, status: int, message: str, extra: dict[str, Any]) -> None:
         if route.endswith("/messages"):
@@ -362,45 +387,45 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _openai_chat(model: str) -> dict[str, Any]:
+def _openai_chat(model: str, text: str = "Hello from OpenAI") -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from OpenAI"}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": USAGE_IN + USAGE_OUT},
     }
 
 
-def _openai_chat_events(model: str) -> list[tuple[str | None, Any]]:
+def _openai_chat_events(model: str, text: str = "Hello") -> list[tuple[str | None, Any]]:
     def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> dict[str, Any]:
         return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
                 **({"usage": usage} if usage else {})}
 
     return [
-        (None, chunk({"role": "assistant", "content": "Hel"})),
-        (None, chunk({"content": "lo"})),
+        (None, chunk({"role": "assistant", "content": text[:3]})),
+        (None, chunk({"content": text[3:]})),
         (None, chunk({}, "stop")),
         (None, chunk({}, usage={"prompt_tokens": USAGE_IN, "completion_tokens": USAGE_OUT, "total_tokens": 18})),
         (None, "[DONE]"),
     ]
 
 
-def _anthropic_message(model: str) -> dict[str, Any]:
+def _anthropic_message(model: str, text: str = "Hello from Claude") -> dict[str, Any]:
     return {
         "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": "Hello from Claude"}],
+        "content": [{"type": "text", "text": text}],
         "stop_reason": "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT},
     }
 
 
-def _anthropic_events(model: str) -> list[tuple[str | None, Any]]:
+def _anthropic_events(model: str, text: str = "Hello from Claude") -> list[tuple[str | None, Any]]:
     start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
     return [
         ("message_start", {"type": "message_start", "message": start}),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from Claude"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text[:5]}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text[5:]}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                            "usage": {"output_tokens": USAGE_OUT}}),
@@ -438,17 +463,19 @@ def _tool_name(tools: list[Any]) -> str:
     return tool["name"]  # Anthropic
 
 
-def _openai_tool_call(model: str, tools: list[Any]) -> dict[str, Any]:
+def _openai_tool_call(model: str, tools: list[Any], arguments: dict[str, Any] = TOOL_ARGUMENTS) -> dict[str, Any]:
     answer = _openai_chat(model)
     answer["choices"][0] = {"index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": None,
         "tool_calls": [{"id": "call_fake", "type": "function",
-                        "function": {"name": _tool_name(tools), "arguments": json.dumps(TOOL_ARGUMENTS)}}]}}
+                        "function": {"name": _tool_name(tools), "arguments": json.dumps(arguments)}}]}}
     return answer
 
 
-def _openai_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, Any]]:
-    arguments = json.dumps(TOOL_ARGUMENTS)
+def _openai_tool_events(
+    model: str, tools: list[Any], tool_arguments: dict[str, Any] = TOOL_ARGUMENTS
+) -> list[tuple[str | None, Any]]:
+    arguments = json.dumps(tool_arguments)
     half = len(arguments) // 2
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -467,14 +494,16 @@ def _openai_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, 
     ]
 
 
-def _anthropic_tool_use(model: str, tools: list[Any]) -> dict[str, Any]:
+def _anthropic_tool_use(model: str, tools: list[Any], arguments: dict[str, Any] = TOOL_ARGUMENTS) -> dict[str, Any]:
     return _anthropic_message(model) | {"stop_reason": "tool_use", "content": [
         {"type": "text", "text": "Let me check."},
-        {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": TOOL_ARGUMENTS}]}
+        {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": arguments}]}
 
 
-def _anthropic_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, Any]]:
-    arguments = json.dumps(TOOL_ARGUMENTS)
+def _anthropic_tool_events(
+    model: str, tools: list[Any], tool_arguments: dict[str, Any] = TOOL_ARGUMENTS
+) -> list[tuple[str | None, Any]]:
+    arguments = json.dumps(tool_arguments)
     half = len(arguments) // 2
     start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
     tool = {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": {}}
@@ -507,7 +536,42 @@ def _gemini_tool_events(model: str, tools: list[Any]) -> list[tuple[str | None, 
     return [(None, first), (None, _gemini_function_call(model, tools))]
 
 
+# --- a tool-using model, as a coding agent (Claude Code) meets it ---------------------------
+
+AGENT_TOOL = "Bash"
+# The command the prompt asks for: the agent runs exactly that (a file the test then finds).
+AGENT_COMMAND = re.compile(r"echo hi > [^\s\"'\\`]+")
+AGENT_DONE = "Done: the file is written."
+
+
+def agent_turn(route: str, payload: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The model's next step in an agent loop: the Bash call the prompt names (arguments), the
+    final text once a tool result came back, or None when the request is no such loop (a
+    client's side call: a title, a summary)."""
+    messages = payload.get("messages") or []
+    offers_bash = any(
+        AGENT_TOOL in (tool.get("name"), (tool.get("function") or {}).get("name"))
+        for tool in payload.get("tools") or [] if isinstance(tool, dict)
+    )
+    if not offers_bash or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    content = last.get("content")
+    if last.get("role") == "tool" or (
+        isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    ):
+        return AGENT_DONE
+    prompts = json.dumps([m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"])
+    if (command := AGENT_COMMAND.search(prompts)) is None:
+        return None
+    return {"command": command.group(0), "description": "Write the file the prompt asks for"}
+
+
 # --- what the real APIs refuse ----------------------------------------------------------------
+
+# OpenAI's models without reasoning refuse reasoning_effort; these write at most 16384 tokens.
+_OPENAI_NON_REASONING = frozenset({"gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"})
+_OPENAI_OUTPUT_CAPS = {"gpt-4o": 16384, "gpt-4o-mini": 16384, "gpt-4.1": 32768, "gpt-4.1-mini": 32768}
 
 _OPENAI_CHAT_KEYS = frozenset({
     "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
@@ -545,6 +609,16 @@ def native_request_problem(route: str, headers: Any, payload: Any) -> str | None
 def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
     if unknown := set(payload) - _OPENAI_CHAT_KEYS:
         return f"Unrecognized request argument supplied: {sorted(unknown)[0]}"
+    model = payload.get("model")
+    if model in _OPENAI_NON_REASONING and "reasoning_effort" in payload:
+        return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    for key in ("max_tokens", "max_completion_tokens"):
+        cap, value = _OPENAI_OUTPUT_CAPS.get(model), payload.get(key)
+        if cap is not None and isinstance(value, int) and value > cap:
+            return (f"{key} is too large: {value}. This model supports at most {cap} completion tokens, "
+                    f"whereas you provided {value}.")
+    if problem := _openai_tool_pairing_problem(payload.get("messages")):
+        return problem
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: must be a non-empty array"
@@ -562,6 +636,27 @@ def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
     for i, tool in enumerate(payload.get("tools") or []):
         if tool.get("type") != "function" or not tool.get("function", {}).get("name"):
             return f"tools[{i}]: must be a function tool with a name"
+    return None
+
+
+def _openai_tool_pairing_problem(messages: Any) -> str | None:
+    """Every tool call answered by a tool message right after it; no tool message without one."""
+    if not isinstance(messages, list):
+        return None
+    open_calls: list[str] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}]: must be an object"
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") not in open_calls:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        "with 'tool_calls'.")
+            open_calls.remove(message["tool_call_id"])
+            continue
+        if open_calls:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                    f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_calls)}")
+        open_calls = [c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     return None
 
 

@@ -63,6 +63,10 @@ def translation_config(fake_url: str) -> dict:
             # Anthropic has an OpenAI-compatible endpoint: translate: always asks for the native one.
             {"model_name": "claude-for-pycharm", "translate": "always", "litellm_params": {
                 "model": "anthropic/claude-sonnet-4-5", "api_base": fake_url, "api_key": "os.environ/MR_TR_ANTHROPIC_KEY"}},
+            # drop_params: false restores LiteLLM's strict refusal of what the provider does not take.
+            {"model_name": "claude-strict", "translate": "always", "litellm_params": {
+                "model": "anthropic/claude-sonnet-4-5", "api_base": fake_url, "api_key": "os.environ/MR_TR_ANTHROPIC_KEY",
+                "drop_params": False}},
             {"model_name": "claude-compat", "litellm_params": {
                 "model": "anthropic/claude-sonnet-4-5", "api_base": fake_url, "api_key": "os.environ/MR_TR_ANTHROPIC_KEY"}},
             {"model_name": "gpt-never", "translate": "never", "litellm_params": {
@@ -362,7 +366,7 @@ def test_provider_errors_come_back_in_the_clients_shape(proxy: RunningProxy, ups
 def test_a_request_the_provider_cannot_take_is_refused_before_it_leaves(proxy: RunningProxy, upstream: FakeUpstream):
     with pytest.raises(openai.BadRequestError) as excinfo:
         pycharm(proxy).chat.completions.create(
-            model="claude-for-pycharm", max_tokens=8, logit_bias={"50256": -100},
+            model="claude-strict", max_tokens=8, logit_bias={"50256": -100},
             messages=[{"role": "user", "content": "hi"}],
         )
     assert "logit_bias" in excinfo.value.body["message"]

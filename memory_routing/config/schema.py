@@ -88,8 +88,10 @@ class ModelAlias:
 
     @property
     def drop_params(self) -> bool:
-        """LiteLLM's drop_params: leave out request parameters the provider does not take."""
-        return self.other_params.get("drop_params") is True
+        """LiteLLM's drop_params: leave out request parameters the provider does not take. On
+        unless the entry sets it false: translated clients (Claude Code) send parameters no
+        other provider has."""
+        return self.other_params.get("drop_params") is not False
 
     @property
     def provider_hint(self) -> str | None:

@@ -216,7 +216,7 @@ class RoutePlanner:
             raise RouteRefused(400, _cannot_translate(facts, route, mode), param="model")
         translation = Translation(
             target_protocol=route.native_protocol,
-            drop_params=alias.drop_params if alias is not None else False,
+            drop_params=alias.drop_params if alias is not None else True,
         )
         # The client's query string belongs to its own API (Claude Code's ?beta=true): not sent on.
         provider_url = route.native_base + native_path(route.native_protocol, route.provider_model, facts.stream)

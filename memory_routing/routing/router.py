@@ -21,6 +21,7 @@ from memory_routing.routing.headers import HeaderIndex
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.modes import parsed_modes
+from memory_routing.wire.protocol import gateway_path_protocol
 from memory_routing.wire.responses import error_response, json_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
@@ -43,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 METADATA_KEY = "memory_routing"
 # Claude Code posts its telemetry to the base URL; it wants a quick 2xx, not an error.
-QUIET_PATHS = frozenset({"/api/event_logging/batch"})
+QUIET_PATHS = frozenset({"/api/event_logging/batch", "/api/event_logging/v2/batch", "/api/hello"})
+# Names the client's parameters a translated call left out (see translate.parameters).
+DROPPED_HEADER = "x-memory-routing-dropped"
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
@@ -152,6 +155,8 @@ class ModelRouter:
             elif lowered == b"content-encoding":
                 encoding = value
         event_stream = content_type.startswith(b"text/event-stream")
+        if dropped := record.summary.get("dropped"):
+            flow.response.headers[DROPPED_HEADER] = ",".join(dropped)  # type: ignore[arg-type]
         if record.answer is not None:
             self._prepare_translated_answer(flow, record, event_stream)
             return
@@ -226,8 +231,9 @@ class ModelRouter:
             added = added + ((b"host", target.host_header.encode()),)
         body = None
         answer = None
+        fit_notes: dict[str, object] = {}
         if decision.translation is not None and payload is not None:
-            body, answer, translated_headers = _translated_body(decision, payload)
+            body, answer, translated_headers, fit_notes = _translated_body(decision, payload)
             # The answer is translated as it passes: it must arrive uncompressed.
             dropped = dropped | {b"accept-encoding", b"content-encoding"} | {name for name, _ in translated_headers}
             added = added + translated_headers + ((b"accept-encoding", b"identity"),)
@@ -257,7 +263,7 @@ class ModelRouter:
         request.data.path = target.path.encode()
         if not plain_http1:
             request.host_header = target.host_header
-        record = _FlowRecord(decision, decision.summary(), answer=answer)
+        record = _FlowRecord(decision, decision.summary() | fit_notes, answer=answer)
         flow.metadata[METADATA_KEY] = record.summary
         flow.comment = decision.description
         self._records[flow] = record
@@ -309,13 +315,14 @@ class ModelRouter:
     def _answer_non_model_call(self, flow: http.HTTPFlow) -> http.Response:
         path = flow.request.path.split("?", 1)[0]
         if path in QUIET_PATHS:
-            return json_response(200, {})
+            return json_response(200, {}) if flow.request.method != "HEAD" else http.Response.make(200)
         return error_response(
             flow,
             404,
             f"{flow.request.method} {path} is not a model call this gateway serves "
             "(POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings, /v1/messages, "
             "/v1/messages/count_tokens, /v1beta/models/{model}:generateContent)",
+            protocol=gateway_path_protocol(path, flow.request.headers),
         )
 
     def _log(self, flow: http.HTTPFlow, record: _FlowRecord, status: int | None, error: str | None) -> None:
@@ -370,13 +377,13 @@ def _move_gemini_key_to_header(request: http.Request) -> None:
 
 def _translated_body(
     decision: RoutingDecision, payload: dict[str, Any]
-) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...]]:
+) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
     translation = decision.translation
     assert translation is not None
     try:
         translated = translate_request(
             decision.client_protocol, decision.provider, decision.provider_model, payload,
-            drop_params=translation.drop_params,
+            drop_params=translation.drop_params, user_id=decision.user_id,
         )
     except TranslationRefused as e:
         raise RouteRefused(e.status, e.message) from None
@@ -384,7 +391,12 @@ def _translated_body(
         if not header_safe(value):
             raise RouteRefused(500, f"LiteLLM's translation produced an unusable {name!r} header")
     headers = tuple((name.encode(), value.encode()) for name, value in translated.headers)
-    return translated.body, translated.answer, headers
+    notes: dict[str, object] = {}
+    if translated.dropped:
+        notes["dropped"] = list(translated.dropped)
+    if translated.fitted:
+        notes["fitted"] = dict(translated.fitted)
+    return translated.body, translated.answer, headers, notes
 
 
 def _client_key(headers: HeaderIndex) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memory_routing.wire.protocol import ClientProtocol, error_body
+from memory_routing.translate.parameters import UnsupportedParams, fit_params, target_model
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.routing.providers import litellm  # isort: skip
@@ -51,6 +52,9 @@ _MAPPED_PARAMS = frozenset(inspect.signature(get_optional_params).parameters) - 
 }
 # LiteLLM's own call options, never part of a provider body.
 _LITELLM_ONLY = frozenset({"metadata", "litellm_metadata", "mock_response", "api_key", "api_base"})
+# Completion arguments that are no provider parameter to judge: the stream's mode is the
+# proxy's to set per provider (Gemini's is in the URL).
+_NOT_FITTED = _LITELLM_ONLY | {"model", "messages", "stream", "stream_options"}
 
 
 class TranslationRefused(Exception):
@@ -68,6 +72,10 @@ class TranslatedRequest:
     # Headers the provider needs besides its key: anthropic-version, betas LiteLLM chose.
     headers: tuple[tuple[str, str], ...]
     answer: AnswerTranslation
+    # Client parameters the target has no equivalent for, left out (drop_params).
+    dropped: tuple[str, ...] = ()
+    # (parameter, value) lowered to the model's cap.
+    fitted: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,9 +139,23 @@ def translate_request(
     payload: dict[str, Any],
     *,
     drop_params: bool = False,
+    user_id: str | None = None,
 ) -> TranslatedRequest:
-    """The provider's native body for a client body of ``client``'s format."""
+    """The provider's native body for a client body of ``client``'s format.
+
+    ``user_id``: the memory user id, the only value sent as the provider's ``user``."""
     completion, tool_name_mapping = _completion_arguments(client, provider, payload)
+    try:
+        fit = fit_params(
+            completion, target_model(provider, provider_model), client=client, client_payload=payload,
+            drop=drop_params, user_id=user_id, not_params=_NOT_FITTED,
+        )
+    except UnsupportedParams as e:
+        raise TranslationRefused(
+            400, f"{provider} model {provider_model} does not take {e}; remove them, or let the proxy drop "
+            "them: drop_params is on unless the alias sets it false",
+        ) from None
+    completion = fit.completion
     messages = completion.pop("messages")
     _refuse_remote_media(messages, provider)
     stream = completion.get("stream") is True
@@ -182,6 +204,8 @@ def translate_request(
         body=encoded,
         headers=tuple((name.lower(), str(value)) for name, value in headers.items()),
         answer=answer,
+        dropped=fit.dropped,
+        fitted=fit.fitted,
     )
 
 

@@ -36,6 +36,14 @@ def detect_protocol(path: str, headers: HeaderGet) -> ClientProtocol:
     return ClientProtocol.OPENAI
 
 
+def gateway_path_protocol(path: str, headers: HeaderGet) -> ClientProtocol:
+    """The dialect of a path on the gateway, model call or not: ``/api/...`` is Claude Code's
+    own (telemetry, ``HEAD /api/hello``), the rest is told by ``detect_protocol``."""
+    if path.startswith("/api/"):
+        return ClientProtocol.ANTHROPIC
+    return detect_protocol(path, headers)
+
+
 # (OpenAI error type, Anthropic error type, Gemini status) for each HTTP status we answer with.
 _ERROR_KINDS: dict[int, tuple[str, str, str]] = {
     400: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
