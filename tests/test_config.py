@@ -137,9 +137,54 @@ def test_memory_section():
     assert parse("memory: {api_key: os.environ/SM}", {"SM": "x"}).memory.active is True
     assert parse("memory: {api_key: os.environ/SM, enabled: false}", {"SM": "x"}).memory.active is False
     off = parse("memory: {api_key: os.environ/SM, enabled: true}")
-    assert off.memory.active is False
-    assert off.warnings[-1] == "cfg.yaml: memory.enabled: memory is enabled but memory.api_key is not set: memory stays off"
+    assert off.memory.active is False and off.memory.backend == "local"
+    assert off.warnings[-1] == "cfg.yaml: memory.enabled: memory is enabled but memory.api_key is not set: using the local memory"
     assert parse("{}").memory.base_url == DEFAULT_SUPERMEMORY_BASE_URL
+
+
+def test_memory_backend_defaults_to_supermemory_with_a_key_else_local():
+    assert parse("{}").memory.backend == "local"
+    assert parse("memory: {api_key: os.environ/SM}").memory.backend == "local"
+    with_key = parse("memory: {api_key: os.environ/SM}", {"SM": "x"}).memory
+    assert (with_key.backend, with_key.active, with_key.local) == ("supermemory", True, False)
+    assert parse("memory: {api_key: os.environ/SM, enabled: false}", {"SM": "x"}).memory.backend == "off"
+    # An explicit backend wins over the key.
+    local = parse("memory: {backend: local, api_key: os.environ/SM}", {"SM": "x"}).memory
+    assert (local.backend, local.active, local.local, local.backend_configured) == ("local", False, True, True)
+    off = parse("memory: {backend: 'off', api_key: os.environ/SM}", {"SM": "x"}).memory
+    assert (off.backend, off.active, off.local) == ("off", False, False)
+    unkeyed = parse("memory: {backend: supermemory, api_key: os.environ/SM}")
+    assert (unkeyed.memory.backend, unkeyed.memory.active) == ("supermemory", False)
+    assert "memory.api_key: environment variable SM is not set: memory (Supermemory) is off" in unkeyed.warnings[-1]
+
+
+def test_shipped_config_gives_local_memory_without_keys():
+    memory = load_config(ROOT / "config.yaml", environ={}).memory
+    assert (memory.backend, memory.budget_tokens, memory.deadline_ms) == ("local", 1000, 50.0)
+    assert load_config(ROOT / "config.yaml", environ={"SUPERMEMORY_API_KEY": "k"}).memory.backend == "supermemory"
+
+
+def test_memory_budget_deadline_and_client_defaults():
+    memory = parse(
+        """
+        memory:
+          backend: local
+          budget_tokens: 500
+          deadline_ms: 20.5
+          clients:
+            - {header: User-Agent, pattern: '^curl/', mode: read}
+            - {pattern: 'Java', mode: 'off'}
+            - {user_id: claude-cli, mode: write}
+        """
+    ).memory
+    assert (memory.budget_tokens, memory.deadline_ms) == (500, 20.5)
+    first, second, third = memory.clients
+    assert (first.header, first.pattern, first.mode, first.user_id) == ("user-agent", "^curl/", "read", None)
+    assert first.regex.search("curl/8.5") and first.rule_name == "memory.clients[0]"
+    assert (second.header, second.mode) == ("user-agent", "off")
+    assert (third.user_id, third.mode, third.header, third.regex) == ("claude-cli", "write", None, None)
+    warned = parse("memory: {backend: 'off', clients: [{user_id: a, mode: read}]}")
+    assert warned.warnings[-1] == "cfg.yaml: memory.clients: only the local memory reads these; the backend is off"
 
 
 def test_defaults_and_case_insensitive_header_names():
@@ -293,9 +338,39 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         "memory: {apikey: x}",
-        "cfg.yaml: memory.apikey: unknown key (expected one of: api_key, base_url, enabled)",
+        "cfg.yaml: memory.apikey: unknown key (expected one of: api_key, backend, base_url, budget_tokens, "
+        "clients, deadline_ms, enabled)",
         id="misspelt-memory-key",
     ),
+    pytest.param("memory: {backend: sqlite}", "cfg.yaml: memory.backend: must be one of local, supermemory, off, got 'sqlite'",
+                 id="memory-backend-unknown"),
+    pytest.param("memory: {budget_tokens: 10}",
+                 "cfg.yaml: memory.budget_tokens: must be a whole number from 50 to 100000, got 10", id="memory-budget-small"),
+    pytest.param("memory: {budget_tokens: '1000'}",
+                 "cfg.yaml: memory.budget_tokens: must be a whole number from 50 to 100000, got '1000'", id="memory-budget-str"),
+    pytest.param("memory: {deadline_ms: 0}",
+                 "cfg.yaml: memory.deadline_ms: must be a number of milliseconds from 1 to 10000, got 0", id="memory-deadline"),
+    pytest.param("memory: {clients: {user_id: a}}", "cfg.yaml: memory.clients: must be a list, got dict",
+                 id="memory-clients-not-list"),
+    pytest.param("memory: {clients: [{user_id: a, mode: never}]}",
+                 "cfg.yaml: memory.clients[0].mode: must be one of off, read, write, both, got 'never'", id="memory-client-mode"),
+    pytest.param("memory: {clients: [{mode: read}]}",
+                 "cfg.yaml: memory.clients[0]: give either user_id (a memory user id) or pattern (with header, default "
+                 "user-agent)", id="memory-client-no-match"),
+    pytest.param("memory: {clients: [{user_id: a, pattern: b, mode: read}]}",
+                 "cfg.yaml: memory.clients[0]: give either user_id (a memory user id) or pattern (with header, default "
+                 "user-agent)", id="memory-client-both-matches"),
+    pytest.param("memory: {clients: [{user_id: a, header: x-a, mode: read}]}",
+                 "cfg.yaml: memory.clients[0].header: goes with pattern, not with user_id", id="memory-client-header-with-user"),
+    pytest.param("memory: {clients: [{pattern: '(', mode: read}]}",
+                 "cfg.yaml: memory.clients[0].pattern: invalid regex: missing ), unterminated subpattern at position 0",
+                 id="memory-client-bad-regex"),
+    pytest.param("memory: {clients: [{user_id: 'a b', mode: read}]}",
+                 "cfg.yaml: memory.clients[0].user_id: invalid user id 'a b': use 1-128 characters from A-Z a-z 0-9 . _ : @ -",
+                 id="memory-client-bad-user"),
+    pytest.param("memory: {clients: [{pattern: x, mode: read, when: now}]}",
+                 "cfg.yaml: memory.clients[0].when: unknown key (expected one of: header, mode, pattern, user_id)",
+                 id="memory-client-unknown-key"),
     pytest.param(
         "model_list:\n  - model_name: a\n   litellm_params: {}\n",
         "cfg.yaml: line 3, column 4: invalid YAML: expected <block end>, but found '<block mapping start>'",

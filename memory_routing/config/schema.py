@@ -22,6 +22,11 @@ DEFAULT_CUSTOM_HEADER = "x-memory-user-id"
 DEFAULT_USER_ID = "default-dev"
 DEFAULT_SUPERMEMORY_BASE_URL = "https://api.supermemory.ai/v3"
 TRANSLATE_MODES = ("auto", "always", "never")
+MEMORY_BACKENDS = ("local", "supermemory", "off")
+# What a call does with memory: "both" reads (recall) and writes (stores the turn).
+MEMORY_MODES = ("off", "read", "write", "both")
+DEFAULT_MEMORY_BUDGET_TOKENS = 1000
+DEFAULT_MEMORY_DEADLINE_MS = 50
 
 # A memory user id ends up in the x-sm-user-id header and in Supermemory's storage keys,
 # so only a conservative alphabet is allowed, whether it comes from the config or a client.
@@ -128,17 +133,48 @@ class UserIdMappings:
 
 
 @dataclass(frozen=True)
+class MemoryClientRule:
+    """``memory.clients[i]``: a client's default memory mode, by its memory user id or a header
+    pattern (searched like ``user_id_mappings.header_patterns``)."""
+
+    index: int
+    mode: str  # one of MEMORY_MODES
+    user_id: str | None = None
+    header: str | None = None  # lower-cased; set together with regex
+    pattern: str | None = None
+    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def rule_name(self) -> str:
+        return f"memory.clients[{self.index}]"
+
+
+@dataclass(frozen=True)
 class MemorySettings:
-    """Supermemory: ``enabled`` None means on exactly when the API key resolves."""
+    """Which memory a call gets: ``backend`` is resolved at load time ("local", "supermemory", "off").
+
+    Supermemory: ``enabled`` None means on exactly when the API key resolves.
+    """
 
     enabled: bool | None
     api_key: Secret | None
     base_url: str
+    backend: str = "local"
+    backend_configured: bool = False  # False: the default (Supermemory when its key resolves, else local)
+    budget_tokens: int = DEFAULT_MEMORY_BUDGET_TOKENS
+    deadline_ms: float = DEFAULT_MEMORY_DEADLINE_MS
+    clients: tuple[MemoryClientRule, ...] = ()
 
     @property
     def active(self) -> bool:
+        """Supermemory's router is used."""
         key_set = self.api_key is not None and self.api_key.is_set
-        return key_set if self.enabled is None else (self.enabled and key_set)
+        return self.backend == "supermemory" and key_set and self.enabled is not False
+
+    @property
+    def local(self) -> bool:
+        """The embedded memory is used."""
+        return self.backend == "local"
 
 
 @dataclass(frozen=True)
@@ -412,6 +448,13 @@ def _parse_user_id_mappings(ctx: _Context, raw: Any) -> UserIdMappings:
 def _parse_header_pattern(ctx: _Context, raw: Any, index: int, path: str) -> HeaderPattern:
     item = _mapping(ctx, raw, path)
     _reject_unknown_keys(ctx, item, path, {"header", "pattern", "user_id"})
+    header, pattern, regex = _header_pattern(ctx, item, path)
+    user_id = _user_id(ctx, item.get("user_id"), f"{path}.user_id")
+    return HeaderPattern(index=index, header=header, pattern=pattern, user_id=user_id, regex=regex)
+
+
+def _header_pattern(ctx: _Context, item: Mapping[str, Any], path: str) -> tuple[str, str, re.Pattern[str]]:
+    """``header`` (default user-agent, lower-cased), ``pattern`` and its compiled regex."""
     header = item.get("header", "user-agent")
     if not isinstance(header, str) or not HEADER_NAME_PATTERN.fullmatch(header):
         raise ctx.error(f"{path}.header", f"not a valid HTTP header name: {header!r}")
@@ -420,26 +463,72 @@ def _parse_header_pattern(ctx: _Context, raw: Any, index: int, path: str) -> Hea
         regex = re.compile(pattern)
     except re.error as e:
         raise ctx.error(f"{path}.pattern", f"invalid regex: {e}") from e
-    user_id = _user_id(ctx, item.get("user_id"), f"{path}.user_id")
-    return HeaderPattern(index=index, header=header.lower(), pattern=pattern, user_id=user_id, regex=regex)
+    return header.lower(), pattern, regex
 
 
 def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     path = "memory"
     section = _mapping(ctx, raw, path) if raw is not None else {}
-    _reject_unknown_keys(ctx, section, path, {"enabled", "api_key", "base_url"})
+    _reject_unknown_keys(ctx, section, path, {"enabled", "api_key", "base_url", "backend", "budget_tokens",
+                                              "deadline_ms", "clients"})
     enabled = section.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise ctx.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
-    api_key = _secret(ctx, section.get("api_key"), f"{path}.api_key", ": memory (Supermemory) is off")
+    backend = section.get("backend")
+    if backend is not None and backend not in MEMORY_BACKENDS:
+        raise ctx.error(f"{path}.backend", f"must be one of {', '.join(MEMORY_BACKENDS)}, got {backend!r}")
+    wants_supermemory = backend is None and enabled is not False
+    consequence = (": memory (Supermemory) is off" if backend == "supermemory"
+                   else ": the local memory is used" if wants_supermemory else "")
+    api_key = _secret(ctx, section.get("api_key"), f"{path}.api_key", consequence)
     base_url = _optional_url(
         ctx, _resolve_env(ctx, section.get("base_url"), f"{path}.base_url").value, f"{path}.base_url"
     )
-    if enabled and (api_key is None or not api_key.is_set):
-        ctx.warn(f"{path}.enabled", "memory is enabled but memory.api_key is not set: memory stays off")
-    return MemorySettings(
-        enabled=enabled, api_key=api_key, base_url=(base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/")
+    key_set = api_key is not None and api_key.is_set
+    if backend is None:
+        # Today's behaviour with a Supermemory key; otherwise memory is still on, embedded.
+        resolved = "off" if enabled is False else "supermemory" if key_set else "local"
+        if enabled and not key_set:
+            ctx.warn(f"{path}.enabled", "memory is enabled but memory.api_key is not set: using the local memory")
+    else:
+        resolved = backend
+        if backend == "supermemory" and enabled is False:
+            ctx.warn(f"{path}.enabled", "false turns Supermemory off: memory is off")
+    budget = section.get("budget_tokens", DEFAULT_MEMORY_BUDGET_TOKENS)
+    if not isinstance(budget, int) or isinstance(budget, bool) or not 50 <= budget <= 100_000:
+        raise ctx.error(f"{path}.budget_tokens", f"must be a whole number from 50 to 100000, got {budget!r}")
+    deadline = section.get("deadline_ms", DEFAULT_MEMORY_DEADLINE_MS)
+    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 1 <= deadline <= 10_000:
+        raise ctx.error(f"{path}.deadline_ms", f"must be a number of milliseconds from 1 to 10000, got {deadline!r}")
+    raw_clients = section.get("clients") or []
+    if not isinstance(raw_clients, list):
+        raise ctx.error(f"{path}.clients", f"must be a list, got {_type_name(raw_clients)}")
+    clients = tuple(
+        _parse_memory_client(ctx, item, index, f"{path}.clients[{index}]") for index, item in enumerate(raw_clients)
     )
+    if clients and resolved != "local":
+        ctx.warn(f"{path}.clients", f"only the local memory reads these; the backend is {resolved}")
+    return MemorySettings(
+        enabled=enabled, api_key=api_key, base_url=(base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
+        backend=resolved, backend_configured=backend is not None, budget_tokens=budget,
+        deadline_ms=float(deadline), clients=clients,
+    )
+
+
+def _parse_memory_client(ctx: _Context, raw: Any, index: int, path: str) -> MemoryClientRule:
+    item = _mapping(ctx, raw, path)
+    _reject_unknown_keys(ctx, item, path, {"user_id", "header", "pattern", "mode"})
+    mode = item.get("mode")
+    if mode not in MEMORY_MODES:
+        raise ctx.error(f"{path}.mode", f"must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
+    if ("user_id" in item) == ("pattern" in item):
+        raise ctx.error(path, "give either user_id (a memory user id) or pattern (with header, default user-agent)")
+    if "user_id" in item:
+        if "header" in item:
+            raise ctx.error(f"{path}.header", "goes with pattern, not with user_id")
+        return MemoryClientRule(index=index, mode=mode, user_id=_user_id(ctx, item["user_id"], f"{path}.user_id"))
+    header, pattern, regex = _header_pattern(ctx, item, path)
+    return MemoryClientRule(index=index, mode=mode, header=header, pattern=pattern, regex=regex)
 
 
 # --- small validators -------------------------------------------------------------------
@@ -502,6 +591,7 @@ __all__ = [
     "ConfigError",
     "GeneralSettings",
     "HeaderPattern",
+    "MemoryClientRule",
     "MemorySettings",
     "ModelAlias",
     "ProxyConfig",

@@ -1,0 +1,420 @@
+"""Addon giving model calls the embedded (local) memory: recall into a new human turn, store the answer.
+
+mitmproxy calls the addons of its list in order, hook by hook, so the job takes two objects:
+``EmbeddedMemory`` sits before the router (the recall block goes into the client's own body,
+before any translation), its ``answers`` (``MemoryAnswers``) after it (by then the router has set
+its stream callback and translated a whole answer into the client's format, which is the format
+the answer's text is read in).
+
+Nothing in the memory path may fail a call: an error is logged (never with contents) and the
+request goes on as the client sent it. Memories are searched for the memory user id the
+classifier gives the call, and only that one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.config.schema import ProxyConfig
+from memory_routing.local.endpoints import is_gateway
+from memory_routing.memory.inject import inject_recall
+from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
+from memory_routing.memory.recall import Recaller
+from memory_routing.memory.records import NewMemory
+from memory_routing.memory.store import MemoryStore
+from memory_routing.memory.turns import AnswerTextCollector, assistant_text, new_human_turn
+from memory_routing.memory.writer import MemoryWriter
+from memory_routing.routing.classify import InvalidUserId
+from memory_routing.routing.headers import HeaderIndex
+from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.routing.planner import conversation_id_from
+from memory_routing.wire.responses import error_response
+
+logger = logging.getLogger(__name__)
+
+# For the benchmark and for curious users: how long the recall took, and what came of it
+# (injected | none | timeout | error).
+RECALL_MS_HEADER = "x-memory-routing-recall-ms"
+RECALL_HEADER = "x-memory-routing-recall"
+# Calls that hold a conversation; embeddings, completions, Responses and count_tokens do not get memory.
+MEMORY_ENDPOINTS = frozenset({
+    Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES, Endpoint.GENERATE_CONTENT, Endpoint.STREAM_GENERATE_CONTENT,
+})
+# A streamed answer that is not an event stream (chunked JSON) is read whole up to this size.
+ANSWER_BUFFER_LIMIT = 4 * 1024 * 1024
+MEMORY_PATH = "/memory-routing/memories"
+WRITER_CLOSE_TIMEOUT_S = 10.0
+RECALL_THREADS = 2  # reads share one SQLite connection: more threads would only queue
+_CLIENT_NAME_LIMIT = 64
+# An answer that is only tool-call traces says nothing worth remembering.
+_ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")
+
+
+@dataclass
+class _CallMemory:
+    """What one model call does with memory; lives from its request to its answer."""
+
+    user_id: str
+    conversation_id: str
+    protocol: str  # "openai" | "anthropic" | "gemini"
+    model: str
+    client: str
+    turn: str | None  # the new human turn's text; None for a tool loop's request
+    writes: bool
+    writer: MemoryWriter
+    recall: str | None = None  # outcome, when a recall was tried
+    recall_ms: float | None = None
+    collector: AnswerTextCollector | None = None  # a streamed event-stream answer
+    buffer: bytearray | None = None  # a streamed answer that is one JSON document
+    events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
+
+    def memories(self, answer: str) -> list[NewMemory]:
+        now = time.time()
+        rows = []
+        if self.turn:
+            rows.append(NewMemory(self.user_id, self.conversation_id, self.client, self.model, "user", self.turn, now))
+        # A tool loop's intermediate answers are kept when they say something; the loop's final
+        # answer comes in a request whose last message is a tool result.
+        if answer and (self.turn or not _ONLY_TOOL_TRACES.fullmatch(answer)):
+            rows.append(NewMemory(self.user_id, self.conversation_id, self.client, self.model, "assistant",
+                                  answer, now))
+        return rows
+
+
+class EmbeddedMemory:
+    """Request side (before ModelRouter): x-memory-mode, recall and injection; owns the writer."""
+
+    def __init__(self, routing: RoutingConfig, stores: Any) -> None:
+        self.routing = routing
+        # LocalStores: owns the SQLite file; its `memory` is read on use, never kept past a change.
+        self.stores = stores
+        self.answers = MemoryAnswers(self)
+        self.calls: weakref.WeakKeyDictionary[http.HTTPFlow, _CallMemory] = weakref.WeakKeyDictionary()
+        self.recaller: Recaller | None = None
+        self.writer: MemoryWriter | None = None
+        self._store: MemoryStore | None = None
+        self._recaller_settings: tuple[int, float] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._encode_body = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        # The writer's queue is written out before the file is closed (shutdown or a new file).
+        stores.before_close.append(self.close_writer)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def done(self) -> None:
+        self.close_writer()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close_writer(self) -> None:
+        writer, self.writer, self._store, self.recaller = self.writer, None, None, None
+        if writer is not None and not writer.close(WRITER_CLOSE_TIMEOUT_S):
+            logger.warning("memory: the writer did not finish within %.0f s; turns still queued are lost",
+                           WRITER_CLOSE_TIMEOUT_S)
+
+    def status(self) -> dict[str, object]:
+        """For /memory-routing/info: the backend and counts, never contents."""
+        config = self.routing.config
+        backend = config.memory.backend if config is not None else None
+        status: dict[str, object] = {"backend": backend}
+        store = self.stores.memory
+        if backend != "local" or store is None:
+            return status
+        try:
+            status.update(store.counts())
+        except Exception as e:  # noqa: BLE001 - info must answer even if the store does not
+            status["error"] = type(e).__name__
+        writer, recaller = self.writer, self.recaller
+        if writer is not None:
+            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed)
+        if recaller is not None:
+            status["recall_timeouts"] = recaller.timeouts
+        return status
+
+    def _engine(self, config: ProxyConfig) -> tuple[Recaller, MemoryWriter] | None:
+        store = self.stores.memory
+        if store is None:
+            return None
+        if store is not self._store:
+            self.close_writer()
+            self._store, self.writer = store, MemoryWriter(store)
+        settings = (config.memory.budget_tokens, config.memory.deadline_ms)
+        if self.recaller is None or settings != self._recaller_settings:
+            self.recaller = Recaller(store, budget_tokens=settings[0], deadline_s=settings[1] / 1000)
+            self._recaller_settings = settings
+        assert self.writer is not None
+        return self.recaller, self.writer
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow):
+        if flow.response is not None:
+            self._after_local_answer(flow)
+            return None
+        if flow.error or not flow.live:
+            return None
+        request = flow.request
+        if not is_gateway(flow) and request.host.lower() not in self.routing.llm_hosts:
+            return None
+        call = parse_model_call(request.method, request.path)
+        if call is None:
+            return None
+        asked: MemoryMode | None = None
+        if MODE_HEADER in request.headers:
+            try:
+                asked = mode_from_header(request.headers.get_all(MODE_HEADER))
+            except InvalidMemoryMode as e:
+                flow.response = error_response(flow, 400, str(e), protocol=call.protocol)
+                return None
+            # The header is the proxy's: no provider is told about it.
+            del request.headers[MODE_HEADER]
+        config = self.routing.config
+        if (config is None or not config.memory.local or call.endpoint not in MEMORY_ENDPOINTS
+                or asked is MemoryMode.OFF):
+            return None
+        try:
+            return self._begin(flow, call, config, asked)
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            logger.error("memory: skipped for a call after an internal error (%s)", type(e).__name__)
+            self.calls.pop(flow, None)
+            return None
+
+    def _begin(self, flow: http.HTTPFlow, call: ModelCall, config: ProxyConfig, asked: MemoryMode | None):
+        request = flow.request
+        headers = HeaderIndex(request.headers.fields)
+        assert self.routing.classifier is not None
+        try:
+            identity = self.routing.classifier.classify(headers)
+        except InvalidUserId:
+            return None  # the router answers it
+        mode = asked or client_default(config.memory.clients, identity.user_id, headers)
+        if mode is MemoryMode.OFF:
+            return None
+        payload = _json_payload(request, headers)
+        if payload is None:
+            return None  # the router answers what is not JSON
+        model = call.path_model or payload.get("model")
+        if not isinstance(model, str) or not model:
+            return None
+        alias = config.model(model)
+        if alias is not None and not alias.memory:
+            return None  # the entry's `memory: false` keeps it out of every memory
+        protocol = call.protocol.value
+        turn = new_human_turn(protocol, payload)
+        reads = mode.reads and turn is not None
+        if not reads and not mode.writes:
+            return None
+        engine = self._engine(config)
+        if engine is None:
+            return None
+        recaller, writer = engine
+        state = _CallMemory(
+            user_id=identity.user_id,
+            conversation_id=conversation_id_from(headers.get) or derived_conversation_id(protocol, payload),
+            protocol=protocol,
+            model=model,
+            client=_client_name(headers.get("user-agent")),
+            turn=turn,
+            writes=mode.writes,
+            writer=writer,
+        )
+        self.calls[flow] = state
+        if reads:
+            return self._recall(flow, state, payload, recaller)
+        return None
+
+    async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller) -> None:
+        assert state.turn is not None
+        started = time.perf_counter()
+        block = None
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
+            # The search runs in a thread; the request waits for it at most the deadline, queueing included.
+            future = asyncio.get_running_loop().run_in_executor(
+                self._pool, recaller.block_for, state.user_id, state.conversation_id, state.turn)
+            block = await asyncio.wait_for(future, recaller.deadline_s)
+            outcome = "injected" if block else "none"
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
+            outcome = "error"
+        if block and flow.live and flow.response is None and flow.error is None:
+            try:
+                body = self._encode_body(inject_recall(state.protocol, payload, block)).encode()
+                # The setter encodes for any content-encoding and sets content-length.
+                flow.request.content = body
+            except Exception as e:  # noqa: BLE001
+                logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
+                outcome = "error"
+        state.recall = outcome
+        state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def _after_local_answer(self, flow: http.HTTPFlow) -> None:
+        """A memory deleted through the management API must not come back from a cached block."""
+        request = flow.request
+        if (request.method == "DELETE" and request.path.startswith(MEMORY_PATH)
+                and flow.response is not None and flow.response.status_code < 400 and self.recaller is not None):
+            self.recaller.forget_all()
+
+
+class MemoryAnswers:
+    """Answer side (after ModelRouter): reads the answer's text in the client's format and stores the turn."""
+
+    def __init__(self, memory: EmbeddedMemory) -> None:
+        self.memory = memory
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.memory.calls.get(flow)
+        response = flow.response
+        if state is None or response is None:
+            return
+        if state.recall is not None:
+            response.headers[RECALL_MS_HEADER] = f"{state.recall_ms:.2f}"
+            response.headers[RECALL_HEADER] = state.recall
+        if not state.writes or not 200 <= response.status_code < 300:
+            state.writes = False
+            return
+        stream = response.stream
+        if not stream:
+            return  # read whole in response(), after the router translated it
+        event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        if event_stream:
+            # Imported here: the decoder's module loads LiteLLM, which the router has loaded by now.
+            from memory_routing.translate.translation import SseDecoder
+
+            state.events = SseDecoder()
+            state.collector = AnswerTextCollector(state.protocol)
+        else:
+            state.buffer = bytearray()
+        inner = stream if callable(stream) else None
+
+        def tap(chunk: bytes):
+            out = inner(chunk) if inner is not None else chunk
+            if not isinstance(out, bytes):
+                out = list(out)  # a generator would be used up by reading it here
+            if state.writes:
+                try:
+                    for piece in [out] if isinstance(out, bytes) else out:
+                        _read_piece(state, piece)
+                    if not chunk:  # mitmproxy's end-of-stream call
+                        _end_of_stream(state)
+                except Exception as e:  # noqa: BLE001 - the answer streams on regardless
+                    state.writes = False
+                    logger.error("memory: could not read a streamed answer (%s); it is not stored", type(e).__name__)
+            return out
+
+        response.stream = tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self.memory.calls.pop(flow, None)
+        if state is None or not state.writes or flow.response is None:
+            return
+        try:
+            answer = _answer_text(state, flow.response)
+            if answer is not None:
+                state.writer.submit(state.memories(answer))  # never blocks
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            logger.error("memory: could not store a turn (%s)", type(e).__name__)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.memory.calls.pop(flow, None)
+
+
+def _read_piece(state: _CallMemory, piece: bytes) -> None:
+    if not piece:
+        return
+    if state.events is not None:
+        assert state.collector is not None
+        for event in state.events.feed(piece):
+            _feed_event(state.collector, event.data)
+    elif state.buffer is not None:
+        if len(state.buffer) + len(piece) > ANSWER_BUFFER_LIMIT:
+            state.writes = False
+            state.buffer = None
+        else:
+            state.buffer += piece
+
+
+def _end_of_stream(state: _CallMemory) -> None:
+    if state.events is not None and state.collector is not None:
+        for event in state.events.close():
+            _feed_event(state.collector, event.data)
+
+
+def _feed_event(collector: AnswerTextCollector, data: str) -> None:
+    if not data or data == "[DONE]":
+        return
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return
+    collector.feed(event)
+
+
+def _answer_text(state: _CallMemory, response: http.Response) -> str | None:
+    """The assistant's text of a complete answer in the client's format; None when it cannot be read."""
+    if state.collector is not None:
+        return state.collector.text()
+    if state.buffer is not None:
+        body = bytes(state.buffer)
+    else:
+        body = response.get_content(strict=False) or b""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(document, list):  # Gemini's streamGenerateContent without alt=sse: an array of answers
+        collector = AnswerTextCollector(state.protocol)
+        for item in document:
+            collector.feed(item)
+        return collector.text()
+    return assistant_text(state.protocol, document)
+
+
+def _json_payload(request: http.Request, headers: HeaderIndex) -> dict | None:
+    body = request.raw_content if "content-encoding" not in headers else request.get_content(strict=False)
+    try:
+        payload = json.loads(body or b"")
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def derived_conversation_id(protocol: str, payload: dict) -> str:
+    """A stable id for a client that sends none: the conversation's first human message does not
+    change while the conversation goes on (the client resends it with every turn)."""
+    first = None
+    if protocol == "gemini":
+        contents = payload.get("contents")
+        if isinstance(contents, list):
+            first = next((c for c in contents if isinstance(c, dict) and c.get("role", "user") == "user"), None)
+        text = new_human_turn(protocol, {"contents": [first]}) if first else None
+    else:
+        messages = payload.get("messages")
+        if isinstance(messages, list):
+            first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+        text = new_human_turn(protocol, {"messages": [first]}) if first else None
+    digest = hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return f"first-{digest}"
+
+
+def _client_name(user_agent: str | None) -> str:
+    """The client's product token (``OpenAI/Python``, ``claude-cli/2.0.1``), stored beside its memories."""
+    if not user_agent:
+        return ""
+    return user_agent.split(" ", 1)[0][:_CLIENT_NAME_LIMIT]
