@@ -9,6 +9,8 @@ from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
 from memory_routing.local.endpoints import LocalEndpoints
+from memory_routing.memory.addon import EmbeddedMemory
+from memory_routing.memory.holder import MemoryStoreHolder
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -22,19 +24,27 @@ def create_addons() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
+    memory_stores = MemoryStoreHolder()
+    memory = EmbeddedMemory(routing, memory_stores)
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
     # slot taken for the rewritten upstream; Cloudflare's pages are recognised after the router
-    # chose to stream; the upstream watchdog starts counting once a request has its slot.
+    # chose to stream; the upstream watchdog starts counting once a request has its slot. The
+    # memory injects into the client's own body before the router translates it, and reads the
+    # answer (memory.answers) after the router has translated it back.
     return [
         ListenGuard(),
         routing,
         InterceptScope(routing),
         GatewayAuth(),
         RequestLimits(routing),
-        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}),
+        memory_stores,
+        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status,
+                                                "memory": memory.status}),
+        memory,
         ModelRouter(routing, RoutePlanner(ProviderResolver())),
+        memory.answers,
         cookies,
         limiter,
         CloudflareGuard(),

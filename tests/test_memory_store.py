@@ -336,3 +336,28 @@ def test_common_share_leaves_out_words_that_are_everywhere(store: SQLiteMemorySt
     assert plain[0][0].text == "Caroline adopted a puppy called Rex"
     # Every word common: the query is kept whole rather than emptied.
     assert len(store.search("u", "Caroline chat", 50, common_share=0.1)) == 41
+
+
+def test_another_process_opening_the_file_leaves_the_open_stores_wal_alone(tmp_path: Path):
+    """A second process (the sqlite3 CLI, a backup, a test) opening and closing the file must not
+    take itself for the last connection and delete the WAL the proxy still writes to."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.sqlite3"
+    store = SQLiteMemoryStore(path)
+    try:
+        store.add_many([turn("u", "giraffe poster")])
+        wal = os.stat(str(path) + "-wal").st_ino
+        code = f"from memory_routing.memory.store import SQLiteMemoryStore as S; S({str(path)!r}).close()"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        assert os.stat(str(path) + "-wal").st_ino == wal
+        store.add_many([turn("u", "written after")])
+        other = sqlite3.connect(path)
+        try:
+            assert other.execute("SELECT count(*) FROM memories").fetchone()[0] == 2
+        finally:
+            other.close()
+    finally:
+        store.close()

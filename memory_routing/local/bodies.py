@@ -61,6 +61,11 @@ def config_summary(config: ProxyConfig, loaded_at: float, last_error: str | None
             "default_user_id": mappings.default_user_id,
         },
         "memory": {
+            "backend": memory.backend,
+            "budget_tokens": memory.budget_tokens,
+            "deadline_ms": memory.deadline_ms,
+            "clients": [{"rule": rule.rule_name, "mode": rule.mode, "user_id": rule.user_id, "header": rule.header,
+                         "pattern": rule.pattern} for rule in memory.clients],
             "active": memory.active,
             "enabled": memory.enabled,
             "base_url": memory.base_url,

@@ -79,7 +79,10 @@ class LocalEndpoints:
             return error_response(flow, 400, str(e))
         listener = "gateway" if is_gateway(flow) else "forward"
         body = routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
-        body["upstreams"] = {name: source() for name, source in self.status_sources.items()}
+        # The memory's backend and counts (never contents) have a section of their own.
+        body["upstreams"] = {name: source() for name, source in self.status_sources.items() if name != "memory"}
+        if (memory := self.status_sources.get("memory")) is not None:
+            body["memory"] = memory()
         return json_response(200, body)
 
     def models(self, flow: http.HTTPFlow) -> http.Response:

@@ -540,12 +540,20 @@ class SQLiteMemoryStore:
 
 
 def _create_private_file(path: Path) -> None:
-    """Creates the file 0600 before SQLite does (SQLite gives -wal/-shm the same mode)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """Creates the file 0600 before SQLite does (SQLite gives -wal/-shm the same mode).
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock the process holds on it, so the open connections' WAL locks would go, and the next
+    process to close its own connection would take itself for the last one and delete the WAL
+    these connections still write to.
+    """
     try:
-        os.fchmod(fd, 0o600)  # memories are private even if the file was made by someone else first
-    finally:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
         os.close(fd)
+    os.chmod(path, 0o600)  # memories are private even if the file was made by someone else first
 
 
 class _CorruptStore(sqlite3.DatabaseError):
