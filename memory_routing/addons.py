@@ -9,6 +9,7 @@ from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
 from memory_routing.local.endpoints import LocalEndpoints
+from memory_routing.local.stores import LocalStores
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -22,6 +23,7 @@ def create_addons() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
+    stores = LocalStores()
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -33,7 +35,10 @@ def create_addons() -> list[object]:
         InterceptScope(routing),
         GatewayAuth(),
         RequestLimits(routing),
-        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}),
+        stores,
+        LocalEndpoints(
+            routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores
+        ),
         ModelRouter(routing, RoutePlanner(ProviderResolver())),
         cookies,
         limiter,

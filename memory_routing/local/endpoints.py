@@ -10,6 +10,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing import __version__
 from memory_routing.routing.classify import InvalidUserId
+from memory_routing.local.stores import LocalStores
 from memory_routing.local.bodies import (
     anthropic_models_body,
     health_body,
@@ -35,9 +36,14 @@ def is_gateway(flow: http.HTTPFlow) -> bool:
 
 class LocalEndpoints:
     def __init__(
-        self, routing: RoutingConfig, status_sources: dict[str, Callable[[], object]] | None = None
+        self,
+        routing: RoutingConfig,
+        status_sources: dict[str, Callable[[], object]] | None = None,
+        stores: LocalStores | None = None,
     ) -> None:
         self.routing = routing
+        # The local SQLite file (memory, usage rows) the dashboard reads; None: no dashboard.
+        self.stores = stores
         # Live state of other addons shown under "upstreams" in /memory-routing/info.
         self.status_sources = status_sources or {}
         self.started_at = time.time()
