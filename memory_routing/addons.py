@@ -10,6 +10,7 @@ from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
 from memory_routing.local.endpoints import LocalEndpoints
 from memory_routing.local.stores import LocalStores
+from memory_routing.local.usage_log import UsageLog
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -24,6 +25,7 @@ def create_addons() -> list[object]:
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
     stores = LocalStores()
+    router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -36,10 +38,11 @@ def create_addons() -> list[object]:
         GatewayAuth(),
         RequestLimits(routing),
         stores,
+        UsageLog(stores, router),
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores
         ),
-        ModelRouter(routing, RoutePlanner(ProviderResolver())),
+        router,
         cookies,
         limiter,
         CloudflareGuard(),
