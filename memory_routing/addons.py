@@ -9,8 +9,9 @@ from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
 from memory_routing.local.endpoints import LocalEndpoints
+from memory_routing.local.stores import LocalStores
+from memory_routing.local.usage_log import UsageLog
 from memory_routing.memory.addon import EmbeddedMemory
-from memory_routing.memory.holder import MemoryStoreHolder
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -24,8 +25,9 @@ def create_addons() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
-    memory_stores = MemoryStoreHolder()
-    memory = EmbeddedMemory(routing, memory_stores)
+    stores = LocalStores()
+    router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
+    memory = EmbeddedMemory(routing, stores)
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -39,11 +41,14 @@ def create_addons() -> list[object]:
         InterceptScope(routing),
         GatewayAuth(),
         RequestLimits(routing),
-        memory_stores,
-        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status,
-                                                "memory": memory.status}),
+        stores,
+        UsageLog(stores, router),
+        LocalEndpoints(
+            routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
+            memory_status=memory.status,
+        ),
         memory,
-        ModelRouter(routing, RoutePlanner(ProviderResolver())),
+        router,
         memory.answers,
         cookies,
         limiter,

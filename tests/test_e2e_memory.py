@@ -26,7 +26,6 @@ from fake_upstream import FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
 
 from memory_routing.memory.redact import FENCE_OPEN
-from memory_routing.memory.store import SQLiteMemoryStore
 
 pytestmark = pytest.mark.e2e
 
@@ -120,8 +119,9 @@ def last_user_text(body: dict) -> str:
 
 def test_a_fresh_machine_gets_local_memory(proxy: RunningProxy, upstream: FakeUpstream):
     info = json.loads(urllib.request.urlopen(f"{proxy.gateway_url}/memory-routing/info", timeout=WAIT).read())
-    assert info["memory"]["backend"] == "local" and info["config"]["memory"]["backend"] == "local"
-    assert set(info["memory"]) >= {"memories", "users"}
+    memory = info["store"]["memory"]
+    assert memory["backend"] == "local" and info["config"]["memory"]["backend"] == "local"
+    assert set(memory) >= {"memories", "users"}
     assert store_file(proxy).stat().st_mode & 0o777 == 0o600
 
 
@@ -216,12 +216,15 @@ def test_forgetting_a_user(proxy: RunningProxy, upstream: FakeUpstream):
     ask(client, "Where is my locker combination hint?", "f2")
     assert "giraffe poster" in last_user_text(upstream.last().json)
     wait_stored(proxy, "forgetuser", 4)  # nothing of the user still queued
-    # The management endpoints are not part of this branch: the store is used directly.
-    store = SQLiteMemoryStore(store_file(proxy))
-    try:
-        assert store.forget_user("forgetuser") >= 2
-    finally:
-        store.close()
+    # The same question again: a block cached for it before the delete must not come back.
+    ask(client, "Tell me about the giraffe poster and my locker", "f3")
+    assert "hint is the giraffe poster" in last_user_text(upstream.last().json)
+    wait_stored(proxy, "forgetuser", 6)
+    forgotten = httpx.delete(f"{proxy.gateway_url}/memory-routing/memories", params={"user_id": "forgetuser"},
+                             timeout=WAIT)
+    assert forgotten.status_code == 200, forgotten.text
+    listed = httpx.get(f"{proxy.gateway_url}/memory-routing/memories", params={"user_id": "forgetuser"}, timeout=WAIT)
+    assert listed.json()["total"] == 0
     assert stored(proxy, "forgetuser") == []
     assert b"giraffe" not in b"".join(p.read_bytes() for p in proxy.confdir.glob(STORE_NAME + "*"))
     upstream.reset()

@@ -208,7 +208,7 @@ def percentiles(values: list[float], ranks: Iterable[int]) -> tuple[float | None
 class SQLiteUsageStore:
     """The usage store over one SQLite connection, shared by the writer thread and the API.
 
-    The interface a Postgres backend implements: insert, totals, series, recent, prune.
+    The interface a Postgres backend implements: insert, totals, series, recent, prune, count.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -237,6 +237,11 @@ class SQLiteUsageStore:
     def prune(self, older_than: float) -> int:
         with self._lock:
             return prune_usage(self.conn, older_than)
+
+    def count(self) -> int:
+        """How many calls are kept (for /memory-routing/info)."""
+        with self._lock:
+            return self.conn.execute("SELECT COUNT(*) FROM usage_calls").fetchone()[0]
 
 
 @contextmanager

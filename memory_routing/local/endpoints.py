@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing import __version__
+from memory_routing.dashboard import api as dashboard
 from memory_routing.routing.classify import InvalidUserId
+from memory_routing.local.stores import LocalStores
 from memory_routing.local.bodies import (
     anthropic_models_body,
     health_body,
@@ -27,6 +32,11 @@ RESERVED_HOST = "memory-routing.localhost"
 HEALTH_PATH = "/health"
 INFO_PATH = "/memory-routing/info"
 MODELS_PATH = "/v1/models"
+DASHBOARD_PATH = dashboard.PREFIX + "/"
+# Dashboard requests read and write SQLite in threads; at most this many at once, the rest wait.
+DASHBOARD_THREADS = 4
+
+logger = logging.getLogger(__name__)
 
 
 def is_gateway(flow: http.HTTPFlow) -> bool:
@@ -35,9 +45,19 @@ def is_gateway(flow: http.HTTPFlow) -> bool:
 
 class LocalEndpoints:
     def __init__(
-        self, routing: RoutingConfig, status_sources: dict[str, Callable[[], object]] | None = None
+        self,
+        routing: RoutingConfig,
+        status_sources: dict[str, Callable[[], object]] | None = None,
+        stores: LocalStores | None = None,
+        memory_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.routing = routing
+        # The local SQLite file (memory, usage rows) the dashboard reads; None: no dashboard.
+        self.stores = stores
+        # The memory addon's own account for /memory-routing/info (backend and counts, never
+        # contents); without one, the store's counts. Called in a thread.
+        self.memory_status = memory_status
+        self._dashboard_slots: asyncio.Semaphore | None = None
         # Live state of other addons shown under "upstreams" in /memory-routing/info.
         self.status_sources = status_sources or {}
         self.started_at = time.time()
@@ -47,24 +67,35 @@ class LocalEndpoints:
             MODELS_PATH: self.models,
         }
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         on_gateway = is_gateway(flow)
         if not on_gateway and flow.request.host.lower() != RESERVED_HOST:
-            return
-        path = flow.request.path.split("?", 1)[0].rstrip("/") or "/"
+            return None
+        raw_path = flow.request.path.split("?", 1)[0]
+        path = raw_path.rstrip("/") or "/"
         handler = self.routes.get(path)
+        if handler is None and self.stores is not None and (path == dashboard.PREFIX or raw_path.startswith(DASHBOARD_PATH)):
+            # Only this request waits for the store; mitmproxy awaits what a hook returns.
+            return self._dashboard(flow, raw_path)
         if handler is None:
             if not on_gateway:
                 # Nothing exists behind the reserved name, so an unknown path ends here.
                 flow.response = error_response(flow, 404, f"no local endpoint {path}; try {', '.join(self.routes)}")
-            return
+            return None
         if flow.request.method not in ("GET", "HEAD"):
             flow.response = error_response(flow, 405, f"{path} answers GET only")
-            return
-        flow.response = handler(flow)
+            return None
         flow.metadata["memory_routing.local_endpoint"] = path
+        if path == INFO_PATH and self.stores is not None:
+            body = self._routing_info_body(flow)
+            if isinstance(body, dict):
+                return self._info_with_store(flow, body)
+            flow.response = body
+            return None
+        flow.response = handler(flow)
+        return None
 
     def health(self, flow: http.HTTPFlow) -> http.Response:
         return json_response(
@@ -72,6 +103,10 @@ class LocalEndpoints:
         )
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:
+        body = self._routing_info_body(flow)
+        return body if isinstance(body, http.Response) else json_response(200, body)
+
+    def _routing_info_body(self, flow: http.HTTPFlow) -> dict[str, Any] | http.Response:
         assert self.routing.classifier is not None
         try:
             identity = self.routing.classifier.classify(flow.request.headers)
@@ -79,11 +114,66 @@ class LocalEndpoints:
             return error_response(flow, 400, str(e))
         listener = "gateway" if is_gateway(flow) else "forward"
         body = routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
-        # The memory's backend and counts (never contents) have a section of their own.
-        body["upstreams"] = {name: source() for name, source in self.status_sources.items() if name != "memory"}
-        if (memory := self.status_sources.get("memory")) is not None:
-            body["memory"] = memory()
-        return json_response(200, body)
+        body["upstreams"] = {name: source() for name, source in self.status_sources.items()}
+        return body
+
+    async def _off_loop(self, work: Callable[[], Any]) -> Any:
+        if self._dashboard_slots is None:
+            self._dashboard_slots = asyncio.Semaphore(DASHBOARD_THREADS)
+        async with self._dashboard_slots:
+            return await asyncio.to_thread(work)
+
+    async def _dashboard(self, flow: http.HTTPFlow, path: str) -> None:
+        request = flow.request
+        sources = self._dashboard_sources()
+        query = {name: value for name, value in request.query.items()}
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        body = request.raw_content if "content-encoding" not in request.headers else request.get_content(strict=False)
+        try:
+            answer = await self._off_loop(
+                lambda: dashboard.handle(request.method, path, query, body or b"", sources, headers)
+            )
+        except Exception:
+            logger.exception("memory-routing: the dashboard failed to answer")
+            answer = dashboard.error_answer(500, "the dashboard failed to answer; the proxy's log has the details",
+                                            "internal_error")
+        if answer is None:  # not the dashboard's path after all
+            answer = dashboard.error_answer(404, f"no local endpoint {path}")
+        flow.response = http.Response.make(
+            answer.status, answer.body,
+            [("content-type", answer.content_type), ("cache-control", "no-store"), *answer.headers],
+        )
+        flow.metadata["memory_routing.local_endpoint"] = dashboard.PREFIX
+
+    def _dashboard_sources(self) -> dashboard.DashboardSources:
+        assert self.stores is not None
+        return dashboard.DashboardSources(
+            usage=self.stores.usage,
+            memory=self.stores.memory,
+            config_summary=lambda: self.routing.summary,
+            health=lambda: health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
+            | {"store": self.stores.status() if self.stores else None},
+        )
+
+    async def _info_with_store(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
+        try:
+            body["store"] = await self._off_loop(self.store_status)
+        except Exception as e:  # info answers even when the store does not
+            body["store"] = {"error": type(e).__name__}
+        flow.response = json_response(200, body)
+
+    def store_status(self) -> dict[str, object]:
+        """Where the local file is and how much it holds: counts, never contents."""
+        assert self.stores is not None
+        status: dict[str, object] = self.stores.status()
+        usage, memory = self.stores.usage, self.stores.memory
+        if usage is not None:
+            status["usage_calls"] = usage.count()
+        if self.memory_status is not None:
+            status["memory"] = self.memory_status()
+        elif memory is not None:
+            status["memory"] = memory.counts()
+        return status
 
     def models(self, flow: http.HTTPFlow) -> http.Response:
         assert self.routing.config is not None

@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
-from memory_routing.wire.flow_log import FlowLog
+from memory_routing.wire.flow_log import FlowLog, client_name
 from memory_routing.routing.headers import HeaderIndex
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
@@ -50,6 +50,8 @@ DROPPED_HEADER = "x-memory-routing-dropped"
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
+# Other addons add fields to a call's log line by putting a dict here (e.g. what memory did).
+LOG_FIELDS_KEY = "memory_routing.log_fields"
 
 
 @dataclass
@@ -79,6 +81,9 @@ class ModelRouter:
         self.planner = planner
         self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
         self.flow_log = FlowLog()
+        # Called with each call's line once built (refusals included, which the flow log omits);
+        # a sink must be quick and must not raise (the usage recorder only queues it).
+        self.log_sinks: list[Callable[[dict[str, Any]], None]] = []
         self.own_listeners: frozenset[tuple[str, int]] = frozenset()
         # json.dumps builds a new encoder on every call with non-default arguments.
         self._encode_body = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -129,15 +134,18 @@ class ModelRouter:
             self._apply(flow, decision, payload)
         except InvalidUserId as e:
             flow.response = error_response(flow, 400, str(e))
+            self._log_refusal(flow, call, 400, str(e))
         except RouteRefused as e:
             logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {e.message}")
             flow.response = error_response(flow, e.status, e.message, param=e.param)
+            self._log_refusal(flow, call, e.status, e.message)
         except Exception:
             # Fail closed: a half-rewritten request must never leave the proxy.
             logger.exception("memory-routing: internal error while routing")
             flow.response = error_response(
                 flow, 500, "the proxy failed to route this request; its log has the details", retryable=True
             )
+            self._log_refusal(flow, call, 500, "internal error while routing")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self._records.get(flow)
@@ -333,6 +341,8 @@ class ModelRouter:
         usage = record.meter.finish() if record.meter else None
         line = {
             **record.summary,
+            "at": started,
+            "client": client_name(request.headers.get("user-agent")),
             "status": status,
             "stream": record.stream,
             "latency_ms": round((ended - started) * 1000, 1),
@@ -346,10 +356,40 @@ class ModelRouter:
             flow.metadata[METADATA_KEY] = {**flow.metadata.get(METADATA_KEY, {}), "supermemory": record.supermemory}
         if error:
             line["error"] = error
+        line.update(flow.metadata.get(LOG_FIELDS_KEY, ()))
         try:
             self.flow_log.write(line)
         except OSError as e:  # a full disk must not take the proxy down
             logger.warning(f"memory-routing: cannot write the flow log: {e}")
+        self._to_sinks(line)
+
+    def _log_refusal(self, flow: http.HTTPFlow, call: ModelCall, status: int, error: str) -> None:
+        """A call the proxy answered itself: no flow-log line (nothing was routed), but the sinks count it."""
+        if not self.log_sinks:
+            return
+        request = flow.request
+        try:
+            user_id = self.routing.classifier.classify(HeaderIndex(request.headers.fields)).user_id  # type: ignore[union-attr]
+        except Exception:  # an unusable user id header is what was refused
+            user_id = ""
+        self._to_sinks({
+            "user_id": user_id,
+            "requested_model": call.path_model or _requested_model(request),
+            "client_protocol": call.protocol.value,
+            "route": "refused",
+            "at": request.timestamp_start,
+            "client": client_name(request.headers.get("user-agent")),
+            "status": status,
+            "error": error,
+            "latency_ms": round((time.time() - request.timestamp_start) * 1000, 1),
+        })
+
+    def _to_sinks(self, line: dict[str, Any]) -> None:
+        for sink in self.log_sinks:
+            try:
+                sink(line)
+            except Exception:
+                logger.exception("memory-routing: a flow-log sink failed")
 
 
 def own_listeners(modes: list[str], listen_host: str) -> frozenset[tuple[str, int]]:
@@ -397,6 +437,18 @@ def _translated_body(
     if translated.fitted:
         notes["fitted"] = dict(translated.fitted)
     return translated.body, translated.answer, headers, notes
+
+
+def _requested_model(request: http.Request) -> str:
+    """The body's "model" of a refused call, when the body is small, plain JSON that has one."""
+    body = request.raw_content
+    if not body or len(body) > BUFFER_LIMIT or "content-encoding" in request.headers:
+        return ""
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return ""
+    return model if isinstance(model, str) else ""
 
 
 def _client_key(headers: HeaderIndex) -> str | None:

@@ -15,6 +15,14 @@ from typing import IO, Any
 
 PREFIX = "memory-routing: routed "
 STDERR = "-"
+CLIENT_NAME_LIMIT = 64
+
+
+def client_name(user_agent: str | None) -> str:
+    """The client's product token (``OpenAI/Python``, ``claude-cli/2.0.1``): enough to tell clients apart."""
+    if not user_agent:
+        return ""
+    return user_agent.split(" ", 1)[0][:CLIENT_NAME_LIMIT]
 
 
 class FlowLog:

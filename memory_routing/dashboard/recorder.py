@@ -1,0 +1,217 @@
+"""UsageRecorder: turns the router's per-call log lines into usage rows, off the event loop.
+
+``submit()`` (called on the event loop, once per call) only appends the line to a bounded queue;
+one writer thread prices the calls (cost.call_cost_usd: LiteLLM's bundled table, imported on
+that thread) and inserts them in batches. A full queue drops the line and counts it: a slow
+disk must never slow a model call. The same thread deletes rows older than the retention, at
+start and then once a day of the injected clock.
+
+Pure logic: no mitmproxy. The usage store is asked for at each write (``usage()``), so a store
+reopened on another file is followed, and a closed one (None) counts the rows as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from .cost import call_cost_usd
+from .usage_rows import UsageRow
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+ERROR_TEXT_LIMIT = 300
+
+
+class UsageWriter(Protocol):
+    """The part of the usage store the recorder writes to (SQLiteUsageStore, later Postgres)."""
+
+    def insert(self, rows: Iterable[UsageRow]) -> int: ...
+
+    def prune(self, older_than: float) -> int: ...
+
+
+Pricer = Callable[[str, str, "int | None", "int | None", "int | None"], "float | None"]
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def usage_row(line: Mapping[str, Any], cost_usd: float | None, now: float) -> UsageRow:
+    """The usage row of one router log line (see ModelRouter._log and _log_refusal)."""
+    status = _int_or_none(line.get("status"))
+    error = line.get("error")
+    translated_to = line.get("translated_to") if isinstance(line.get("translated_to"), str) else None
+    route = _text(line.get("route")) or ("failed" if status is None else "translated" if translated_to else "routed")
+    requested = _text(line.get("requested_model"))
+    return UsageRow(
+        at=_float_or_none(line.get("at")) or now,
+        user_id=_text(line.get("user_id")),
+        client=_text(line.get("client")),
+        alias=_text(line.get("alias")) or requested,
+        provider=_text(line.get("provider")),
+        provider_model=_text(line.get("provider_model")) or requested,
+        protocol=_text(line.get("client_protocol")),
+        status=status,
+        error=str(error)[:ERROR_TEXT_LIMIT] if error else None,
+        input_tokens=_int_or_none(line.get("input_tokens")),
+        output_tokens=_int_or_none(line.get("output_tokens")),
+        cached_tokens=_int_or_none(line.get("cached_tokens")),
+        cost_usd=cost_usd,
+        latency_ms=_float_or_none(line.get("latency_ms")),
+        ttfb_ms=_float_or_none(line.get("ttfb_ms")),
+        # Fields the memory addon adds to the line (ModelRouter's LOG_FIELDS_KEY).
+        memory_injected=line.get("memory_recall") == "injected" or line.get("memory_injected") is True,
+        memory_stored=line.get("memory_stored") is True,
+        route=route,
+        translated_to=translated_to,
+    )
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        usage: Callable[[], UsageWriter | None],
+        *,
+        retention_days: float | None = None,
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        clock: Callable[[], float] = time.time,
+        price: Pricer = call_cost_usd,
+        idle_wake_s: float = 60.0,
+    ) -> None:
+        self.usage = usage
+        self.retention_days = retention_days  # None: keep everything
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.clock = clock
+        self.price = price
+        # How often an idle writer looks at the clock for the daily prune.
+        self.idle_wake_s = idle_wake_s
+        self.written = self.dropped = self.failed = self.pruned = 0
+        self._lines: deque[Mapping[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        self._next_prune: float | None = None  # None: prune on the first turn of the writer
+        self._thread: threading.Thread | None = None
+
+    # --- event loop side ------------------------------------------------------------------
+
+    def submit(self, line: Mapping[str, Any]) -> None:
+        """Queues one call's line; never blocks (a full queue drops it and counts it)."""
+        with self._cond:
+            if len(self._lines) >= self.capacity or self._stopping:
+                self.dropped += 1
+                return
+            self._lines.append(line)
+            self._cond.notify()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="usage-recorder", daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until every queued line is written (or dropped); False when ``timeout`` ran out."""
+        with self._cond:
+            if self._thread is None:
+                return not self._lines
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._lines and not self._busy, timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Writes what is queued, then stops the writer; False when it did not finish in time."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def status(self) -> dict[str, object]:
+        with self._cond:
+            queued = len(self._lines)
+        return {"queued": queued, "written": self.written, "dropped": self.dropped, "failed": self.failed,
+                "pruned": self.pruned, "retention_days": self.retention_days}
+
+    # --- writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._prune_if_due()
+            with self._cond:
+                if not self._lines and not self._stopping:
+                    self._cond.wait(self.idle_wake_s)
+                if not self._lines:
+                    if self._stopping:
+                        return
+                    continue
+                batch = [self._lines.popleft() for _ in range(min(self.batch_size, len(self._lines)))]
+                self._busy = True
+            try:
+                self._write(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _write(self, lines: list[Mapping[str, Any]]) -> None:
+        now = self.clock()
+        rows = [usage_row(line, self._cost(line), now) for line in lines]
+        store = self.usage()
+        if store is None:
+            self.dropped += len(rows)
+            return
+        try:
+            self.written += store.insert(rows)
+        except Exception as e:  # a full disk or a locked file: counted, the proxy goes on
+            self.failed += len(rows)
+            log.warning("usage: could not store %d call(s): %s", len(rows), type(e).__name__)
+
+    def _cost(self, line: Mapping[str, Any]) -> float | None:
+        try:
+            return self.price(
+                _text(line.get("provider")),
+                _text(line.get("provider_model")),
+                _int_or_none(line.get("input_tokens")),
+                _int_or_none(line.get("output_tokens")),
+                _int_or_none(line.get("cached_tokens")),
+            )
+        except Exception as e:  # an unpriced call still counts
+            log.warning("usage: could not price a call: %s", type(e).__name__)
+            return None
+
+    def _prune_if_due(self) -> None:
+        now = self.clock()
+        if self.retention_days is None or (self._next_prune is not None and now < self._next_prune):
+            return
+        self._next_prune = now + DAY_S
+        store = self.usage()
+        if store is None:
+            return
+        try:
+            self.pruned += store.prune(now - self.retention_days * DAY_S)
+        except Exception as e:
+            log.warning("usage: could not delete old calls: %s", type(e).__name__)

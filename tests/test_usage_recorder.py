@@ -1,0 +1,198 @@
+"""UsageRecorder and UsageLog: router log lines become usage rows, off the event loop, pruned by age."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.http import Headers
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.dashboard.recorder import DAY_S, UsageRecorder, usage_row
+from memory_routing.dashboard.usage_rows import SQLiteUsageStore
+from memory_routing.local.stores import LocalStores
+from memory_routing.local.usage_log import UsageLog
+from memory_routing.routing.planner import RoutePlanner
+from memory_routing.routing.providers import ProviderResolver
+from memory_routing.routing.router import LOG_FIELDS_KEY, ModelRouter
+
+WAIT_S = 10.0
+ROUTED = {
+    "user_id": "alice", "rule": "custom header", "requested_model": "fast", "alias": "fast",
+    "provider": "openai", "provider_model": "gpt-4o-mini", "client_protocol": "openai", "memory": False,
+    "translated_to": None, "at": 1_700_000_000.0, "client": "OpenAI/Python", "status": 200, "stream": False,
+    "latency_ms": 120.5, "ttfb_ms": 80.0, "input_tokens": 1000, "output_tokens": 200,
+}
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store():
+    conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    yield SQLiteUsageStore(conn)
+    conn.close()
+
+
+def fixed_price(provider, model, tokens_in, tokens_out, cached):
+    return None if tokens_in is None else (tokens_in + 2 * (tokens_out or 0)) / 1e6
+
+
+def test_a_routed_line_becomes_a_row():
+    row = usage_row(ROUTED | {"memory_recall": "injected", "memory_stored": True}, 0.25, now=5.0)
+    assert (row.at, row.user_id, row.client, row.alias, row.provider_model, row.protocol) == (
+        1_700_000_000.0, "alice", "OpenAI/Python", "fast", "gpt-4o-mini", "openai")
+    assert (row.status, row.error, row.input_tokens, row.output_tokens, row.cost_usd) == (200, None, 1000, 200, 0.25)
+    assert (row.route, row.memory_injected, row.memory_stored) == ("routed", True, True)
+
+
+@pytest.mark.parametrize("line, route", [
+    (ROUTED | {"translated_to": "anthropic"}, "translated"),
+    (ROUTED | {"status": None, "error": "connection refused"}, "failed"),
+    ({"user_id": "", "requested_model": "nope", "client_protocol": "anthropic", "route": "refused",
+      "status": 400, "error": "unknown model", "at": 3.0}, "refused"),
+])
+def test_route_of_translated_failed_and_refused_calls(line, route):
+    row = usage_row(line, None, now=9.0)
+    assert row.route == route
+    if route == "refused":
+        assert (row.alias, row.provider_model, row.provider, row.status) == ("nope", "nope", "", 400)
+
+
+def test_writes_in_a_thread_prices_and_drains(store):
+    recorder = UsageRecorder(lambda: store, price=fixed_price, clock=Clock(1_700_000_000.0))
+    recorder.start()
+    writer_threads: list[str] = []
+    original = store.insert
+    store.insert = lambda rows: (writer_threads.append(threading.current_thread().name), original(rows))[1]
+    for n in range(5):
+        recorder.submit(ROUTED | {"at": ROUTED["at"] + n})
+    assert recorder.close(WAIT_S)
+    assert recorder.written == 5 and recorder.dropped == 0
+    assert set(writer_threads) == {"usage-recorder"}
+    [total] = store.totals("user")
+    assert (total["key"], total["calls"], total["cost_usd"]) == ("alice", 5, round(5 * 1400 / 1e6, 6))
+
+
+def test_a_full_queue_drops_and_counts(store):
+    recorder = UsageRecorder(lambda: store, capacity=2, price=fixed_price)
+    for _ in range(5):  # not started: nothing is written while the queue fills
+        recorder.submit(ROUTED)
+    assert recorder.dropped == 3
+    recorder.start()
+    assert recorder.flush(WAIT_S)
+    assert recorder.written == 2 and store.count() == 2
+    assert recorder.close(WAIT_S)
+
+
+def test_a_closed_store_counts_rows_as_dropped():
+    recorder = UsageRecorder(lambda: None, price=fixed_price)
+    recorder.start()
+    recorder.submit(ROUTED)
+    assert recorder.flush(WAIT_S) and recorder.close(WAIT_S)
+    assert (recorder.written, recorder.dropped) == (0, 1)
+
+
+def test_prunes_at_start_and_then_daily(store):
+    clock = Clock(100 * DAY_S)
+    store.insert([usage_row(ROUTED | {"at": at}, None, 0) for at in (1 * DAY_S, 50 * DAY_S, 99 * DAY_S)])
+    recorder = UsageRecorder(lambda: store, retention_days=30, clock=clock, price=fixed_price)
+    recorder.start()
+    recorder.submit(ROUTED | {"at": clock.now})
+    assert recorder.flush(WAIT_S)
+    assert recorder.pruned == 2 and store.count() == 2  # day 99 and the new call
+    clock.now += DAY_S / 2  # not a day yet: the next batch prunes nothing
+    recorder.retention_days = 0.1
+    recorder.submit(ROUTED | {"at": clock.now})
+    assert recorder.flush(WAIT_S) and recorder.pruned == 2
+    clock.now += DAY_S  # a day later: rows older than 0.1 day go
+    recorder.submit(ROUTED | {"at": clock.now})
+    assert recorder.flush(WAIT_S) and recorder.close(WAIT_S)
+    assert recorder.pruned == 5 and store.count() == 1
+
+
+# --- wiring: ModelRouter's sink, UsageLog's option ------------------------------------------
+
+CONFIG = """
+model_list:
+  - model_name: fast
+    litellm_params: {model: openai/gpt-4o-mini, api_base: 'http://llm.internal:8000/v1', api_key: sk-config}
+"""
+
+
+def gateway_flow(body: bytes, **headers: str):
+    request = tutils.treq(method=b"POST", path=b"/v1/chat/completions", content=body,
+                          headers=Headers(host="127.0.0.1", content_type="application/json", **headers))
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
+    return flow
+
+
+@pytest.fixture
+def wired(tmp_path: Path):
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    routing, stores = RoutingConfig(), LocalStores()
+    router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
+    usage_log = UsageLog(stores, router)
+    usage_log.recorder.price = fixed_price
+    with taddons.context(routing, stores, usage_log, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(tmp_path / "config.yaml"))
+        tctx.configure(stores, memory_routing_store=str(tmp_path / "store.sqlite3"), memory_routing_flow_log="")
+        usage_log.running()
+        yield tctx, router, stores, usage_log
+        stores.done()
+        usage_log.done()
+
+
+def test_routed_and_refused_calls_reach_the_store(wired):
+    _, router, stores, usage_log = wired
+    routed = gateway_flow(b'{"model": "fast", "messages": []}', user_agent="OpenAI/Python 1.99")
+    router.request(routed)
+    routed.metadata[LOG_FIELDS_KEY] = {"memory_recall": "injected"}
+    routed.response = tutils.tresp(content=json.dumps(
+        {"usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode(),
+        headers=Headers(content_type="application/json"))
+    router.response(routed)
+    refused = gateway_flow(b'{"model": "no-such-model", "messages": []}', user_agent="curl/8")
+    router.request(refused)
+    assert refused.response.status_code >= 400
+    bad_user = gateway_flow(b'{"model": "fast"}', x_memory_user_id="bad/id")
+    router.request(bad_user)
+    assert bad_user.response.status_code == 400
+    assert usage_log.recorder.flush(WAIT_S)
+    rows = sorted(stores.usage.recent(), key=lambda row: (row.route, row.alias))
+    assert [(r.route, r.alias, r.status) for r in rows] == [
+        ("refused", "fast", 400), ("refused", "no-such-model", refused.response.status_code), ("routed", "fast", 200)]
+    routed_row = rows[-1]
+    assert (routed_row.client, routed_row.input_tokens, routed_row.output_tokens) == ("OpenAI/Python", 11, 7)
+    assert routed_row.memory_injected and routed_row.cost_usd == fixed_price("", "", 11, 7, None)
+
+
+def test_rows_queued_at_shutdown_are_written_before_the_file_closes(wired, tmp_path: Path):
+    _, router, stores, usage_log = wired
+    for _ in range(20):
+        usage_log.recorder.submit(ROUTED)
+    stores.done()  # drains first, then closes
+    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    assert conn.execute("SELECT COUNT(*) FROM usage_calls").fetchone()[0] == 20
+    conn.close()
+
+
+def test_retention_must_be_positive(wired):
+    tctx, _, _, usage_log = wired
+    with pytest.raises(exceptions.OptionsError, match="memory_routing_usage_retention_days"):
+        tctx.configure(usage_log, memory_routing_usage_retention_days=0)
+    tctx.configure(usage_log, memory_routing_usage_retention_days=7)
+    assert usage_log.recorder.retention_days == 7
