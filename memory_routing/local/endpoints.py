@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -41,6 +42,21 @@ logger = logging.getLogger(__name__)
 
 def is_gateway(flow: http.HTTPFlow) -> bool:
     return isinstance(flow.client_conn.proxy_mode, ReverseMode)
+
+
+def gateway_host(flow: http.HTTPFlow, origin: str | None) -> str:
+    """The Host a gateway client addressed, for the dashboard's host and Origin checks.
+
+    In reverse mode mitmproxy replaces the Host header with the upstream's before any hook runs
+    (unless keep_host_header), so the listener's own address stands in for it; a loopback Origin
+    on the listener's port (the page itself, reached as localhost or 127.0.0.1) is taken as is.
+    """
+    host, port = flow.client_conn.sockname[:2]
+    if origin:
+        parts = urlsplit(origin)
+        if parts.hostname in dashboard.LOOPBACK_HOSTS and parts.port == port:
+            return parts.netloc
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class LocalEndpoints:
@@ -124,26 +140,31 @@ class LocalEndpoints:
             return await asyncio.to_thread(work)
 
     async def _dashboard(self, flow: http.HTTPFlow, path: str) -> None:
+        try:
+            flow.response = await self._dashboard_response(flow, path)
+        except Exception:
+            # Fail closed: a dashboard request is never forwarded, whatever went wrong.
+            logger.exception("memory-routing: the dashboard failed to answer")
+            flow.response = error_response(flow, 500, "the dashboard failed to answer; the proxy's log has the details")
+        flow.metadata["memory_routing.local_endpoint"] = dashboard.PREFIX
+
+    async def _dashboard_response(self, flow: http.HTTPFlow, path: str) -> http.Response:
         request = flow.request
         sources = self._dashboard_sources()
         query = {name: value for name, value in request.query.items()}
         headers = {name.lower(): value for name, value in request.headers.items()}
+        if is_gateway(flow):
+            headers["host"] = gateway_host(flow, headers.get("origin"))
         body = request.raw_content if "content-encoding" not in request.headers else request.get_content(strict=False)
-        try:
-            answer = await self._off_loop(
-                lambda: dashboard.handle(request.method, path, query, body or b"", sources, headers)
-            )
-        except Exception:
-            logger.exception("memory-routing: the dashboard failed to answer")
-            answer = dashboard.error_answer(500, "the dashboard failed to answer; the proxy's log has the details",
-                                            "internal_error")
+        answer = await self._off_loop(
+            lambda: dashboard.handle(request.method, path, query, body or b"", sources, headers)
+        )
         if answer is None:  # not the dashboard's path after all
             answer = dashboard.error_answer(404, f"no local endpoint {path}")
-        flow.response = http.Response.make(
-            answer.status, answer.body,
-            [("content-type", answer.content_type), ("cache-control", "no-store"), *answer.headers],
+        fields = [("content-type", answer.content_type), ("cache-control", "no-store"), *answer.headers]
+        return http.Response.make(
+            answer.status, answer.body, [(name.encode(), value.encode()) for name, value in fields]
         )
-        flow.metadata["memory_routing.local_endpoint"] = dashboard.PREFIX
 
     def _dashboard_sources(self) -> dashboard.DashboardSources:
         assert self.stores is not None
