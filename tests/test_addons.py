@@ -142,6 +142,31 @@ def test_deleted_file_keeps_last_good_config(loaded, config_file: Path):
     assert "cannot read" in routing.last_error
 
 
+def test_empty_config_at_start_is_an_options_error(tmp_path: Path):
+    empty = write(tmp_path / "empty.yaml", "")
+    routing = RoutingConfig()
+    with taddons.context(routing) as tctx:
+        with pytest.raises(exceptions.OptionsError) as excinfo:
+            tctx.configure(routing, memory_routing_config=str(empty))
+    assert str(excinfo.value).startswith(f"{empty}: model_list: the config is empty")
+
+
+@pytest.mark.parametrize("text", ["", "model_list: []\n"], ids=["truncated", "empty-model-list"])
+def test_config_emptied_while_running_keeps_the_last_good_one(
+    loaded, config_file: Path, caplog: pytest.LogCaptureFixture, text: str
+):
+    routing, endpoints = loaded
+    good = routing.config
+    config_file.write_text(text)
+    bump_mtime(config_file)
+    with caplog.at_level(logging.ERROR):
+        routing.reload_if_changed()
+    assert routing.config is good and routing.config.aliases == ("fast", "smart")
+    assert routing.last_error.startswith(f"{config_file}: model_list: the config ")
+    assert any("keeping the last good config" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert answer(endpoints, gateway_flow("/health"))["config_error"] == routing.last_error
+
+
 def test_running_watcher_reloads_without_being_asked(config_file: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(routing_config, "RELOAD_POLL_SECONDS", 0.05)
 
