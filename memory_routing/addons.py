@@ -8,6 +8,7 @@ from memory_routing.mitm.heap_freeze import HeapFreeze
 from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
+from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
 from memory_routing.local.endpoints import LocalEndpoints
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
@@ -28,6 +29,7 @@ def create_addons() -> list[object]:
     # slot taken for the rewritten upstream; Cloudflare's pages are recognised after the router
     # chose to stream; the upstream watchdog starts counting once a request has its slot.
     return [
+        ProxyAuthSecret(),  # before ListenGuard: proxyauth from a file/env counts as authentication
         ListenGuard(),
         routing,
         InterceptScope(routing),

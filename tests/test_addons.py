@@ -317,6 +317,39 @@ def test_listen_guard_allows_exposure_with_proxy_auth():
         tctx.configure(guard, listen_host="0.0.0.0", mode=["regular@8080"], proxyauth="user:pass")
 
 
+def test_proxyauth_from_a_file_sets_mitmproxys_option_and_allows_exposure(tmp_path: Path):
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret_file = write(tmp_path / "proxyauth", "alice:pw-from-file\n")
+    secret, guard = ProxyAuthSecret(environ={}), ListenGuard()
+    with taddons.context(ProxyAuth(), secret, guard) as tctx:
+        tctx.configure(secret, memory_routing_proxyauth_file=str(secret_file))
+        assert tctx.options.proxyauth == "alice:pw-from-file"
+        tctx.configure(guard, listen_host="0.0.0.0", mode=["regular@8080"])
+
+
+def test_proxyauth_from_the_environment():
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret = ProxyAuthSecret(environ={"MEMORY_ROUTING_PROXYAUTH": "bob:pw-from-env"})
+    with taddons.context(ProxyAuth(), secret) as tctx:
+        tctx.configure(secret, listen_host="127.0.0.1")
+        assert tctx.options.proxyauth == "bob:pw-from-env"
+
+
+def test_proxyauth_file_errors_do_not_echo_the_secret(tmp_path: Path):
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret = ProxyAuthSecret(environ={})
+    with taddons.context(ProxyAuth(), secret) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="cannot read"):
+            tctx.configure(secret, memory_routing_proxyauth_file=str(tmp_path / "missing"))
+        two_lines = write(tmp_path / "two", "alice:pw-secret\nbob:x\n")
+        with pytest.raises(exceptions.OptionsError, match="must hold one line") as excinfo:
+            tctx.configure(secret, memory_routing_proxyauth_file=str(two_lines))
+        assert "pw-secret" not in str(excinfo.value)
+
+
 def test_heap_is_frozen_once_running():
     import gc
 
