@@ -297,9 +297,16 @@ def test_local_endpoints_answer_get_only(loaded):
     [("", "regular@8080"), ("0.0.0.0", "regular@8080"), ("127.0.0.1", "reverse:http://x@0.0.0.0:8764"),
      ("192.168.1.2", "regular@8080")],
 )
-def test_listen_guard_refuses_non_loopback_without_auth(listen_host: str, mode: str):
+def test_listen_guard_refuses_non_loopback_without_auth(listen_host: str, mode: str, capsys: pytest.CaptureFixture[str]):
     guard = ListenGuard()
     with taddons.context(ProxyAuth(), guard) as tctx:
+        # At start: the reason alone on stderr, then exit 1 (before mitmproxy listens).
+        with pytest.raises(SystemExit) as excinfo:
+            tctx.configure(guard, listen_host=listen_host, mode=[mode])
+        assert excinfo.value.code == 1
+        assert capsys.readouterr().err.startswith("memory-routing: refusing to listen on ")
+        # Once running, the option change is refused and the proxy goes on.
+        guard.running()
         with pytest.raises(exceptions.OptionsError, match="refusing to listen on .* without proxy authentication"):
             tctx.configure(guard, listen_host=listen_host, mode=[mode])
 

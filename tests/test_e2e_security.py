@@ -111,8 +111,12 @@ def test_refuses_to_listen_beyond_loopback_without_real_auth(tmp_path: Path, aut
         args += ["--set", f"proxyauth={auth}"]
     result = run_mitmdump_to_exit(tmp_path, args)
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0" in output and "anyone who can reach it could spend your API keys" in output
+    # The reason alone: no script error, no traceback, and nothing listened.
+    assert result.stderr.strip().startswith("memory-routing: refusing to listen on 0.0.0.0"), result.stderr
+    for noise in ("error in script", "Traceback", "listening at", "Error logged during startup"):
+        assert noise not in output, output
 
 
 def test_secrets_go_only_to_their_own_host_and_never_into_logs(
