@@ -8,6 +8,7 @@ from memory_routing.mitm.heap_freeze import HeapFreeze
 from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
+from memory_routing.mitm.error_pages import ErrorPageOverrides
 from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
 from memory_routing.local.endpoints import LocalEndpoints
 from memory_routing.routing.router import ModelRouter
@@ -23,6 +24,7 @@ def create_addons() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
+    pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -34,12 +36,12 @@ def create_addons() -> list[object]:
         routing,
         InterceptScope(routing),
         GatewayAuth(),
-        RequestLimits(routing),
+        RequestLimits(routing, pages),
         LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}),
         ModelRouter(routing, RoutePlanner(ProviderResolver())),
         cookies,
         limiter,
         CloudflareGuard(),
-        UpstreamFailures(),
+        UpstreamFailures(pages),
         HeapFreeze(),
     ]

@@ -213,6 +213,81 @@ def test_body_over_the_limit_is_413_announced_or_chunked(proxy: RunningProxy, up
     assert not upstream.requests
 
 
+def rss_bytes(proxy: RunningProxy) -> int:
+    with open(f"/proc/{proxy.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Status line + headers, and the body (by Content-Length), bounded by the socket timeout."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("expect_continue", [True, False], ids=["expect-100-continue", "no-expect"])
+def test_announced_500_mb_body_is_refused_from_the_headers_alone(
+    proxy: RunningProxy, upstream: FakeUpstream, expect_continue: bool
+):
+    before = rss_bytes(proxy)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"content-length: {500 * 1024 * 1024}\r\n" + ("expect: 100-continue\r\n" if expect_continue else "") + "\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(head)  # and not one byte of the body
+        status, body = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 413"), status  # not "100 Continue"
+    error = json.loads(body)["error"]  # the OpenAI client's shape
+    assert "memory_routing_max_body_size" in error["message"] and "500" in error["message"], error
+    assert b"x-should-retry: false" in status.lower()
+    assert rss_bytes(proxy) - before < 64 * 1024 * 1024
+    assert not upstream.requests
+
+
+def test_chunked_body_stops_being_read_at_the_limit(proxy: RunningProxy, upstream: FakeUpstream):
+    import select
+
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(head)
+        # Never the final chunk: only a proxy that stops reading at the limit answers at all.
+        while sent < 16 * 1024 * 1024:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sent += len(piece)
+        status, body = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert json.loads(body)["error"]["type"] == "request_too_large"  # Anthropic's shape
+    assert sent < 16 * 1024 * 1024
+    assert not upstream.requests
+
+
 def test_headers_over_the_limit_are_431(proxy: RunningProxy, upstream: FakeUpstream):
     answer = httpx.post(
         f"{proxy.gateway_url}/v1/chat/completions", json={"model": "gpt-alias", "messages": []},

@@ -52,8 +52,8 @@ class _Watched:
 
 
 class UpstreamFailures:
-    def __init__(self) -> None:
-        self.pages = ErrorPageOverrides()
+    def __init__(self, pages: ErrorPageOverrides | None = None) -> None:
+        self.pages = pages or ErrorPageOverrides()
         self.connect_timeout = 10.0
         self.read_timeout = 300.0
         self._flows: dict[str, _Watched] = {}
