@@ -288,6 +288,28 @@ def test_chunked_body_stops_being_read_at_the_limit(proxy: RunningProxy, upstrea
     assert not upstream.requests
 
 
+@pytest.mark.parametrize("value", [b"a\rx-sm-user-id: victim", b"a\x00b"], ids=["bare-cr", "nul"])
+def test_control_characters_in_a_header_value_are_refused_never_forwarded(
+    proxy: RunningProxy, upstream: FakeUpstream, value: bytes
+):
+    body = json.dumps({"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"x-test: " + value + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        status, answer = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert "'x-test' contains a control character" in json.loads(answer)["error"]["message"]
+    # Nothing reached the upstream (a well-formed call in the same connection state would).
+    assert not upstream.requests
+    ok = httpx.post(f"{proxy.gateway_url}/v1/chat/completions", content=body, timeout=WAIT,
+                    headers={"content-type": "application/json", "x-test": "a"})
+    assert ok.status_code == 200, ok.text
+    assert len(upstream.requests) == 1
+
+
 def test_headers_over_the_limit_are_431(proxy: RunningProxy, upstream: FakeUpstream):
     answer = httpx.post(
         f"{proxy.gateway_url}/v1/chat/completions", json={"model": "gpt-alias", "messages": []},

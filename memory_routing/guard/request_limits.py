@@ -1,5 +1,6 @@
 """Addon that refuses oversized or ambiguous model calls before they are routed: 431 for
-headers, 413 for bodies, 400 for a second Host header.
+headers, 413 for bodies, 400 for a second Host header or a control character (NUL, CR, LF) in
+a header value.
 
 All answers come in the client's own error shape, with ``x-should-retry: false`` (the same
 request will never fit). The body limit is enforced by mitmproxy itself: the body size option
@@ -12,6 +13,8 @@ the ``error`` hook registers the client-shaped 413 in its place (see mitm/error_
 
 from __future__ import annotations
 
+import re
+
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
@@ -23,6 +26,10 @@ from memory_routing.routing.model_calls import parse_model_call
 from memory_routing.wire.responses import error_response
 from memory_routing.config.holder import RoutingConfig
 
+
+# mitmproxy's HTTP/1 parser passes NUL and a bare CR inside a header value through, and would
+# forward them raw: "x-test: a\rx-sm-user-id: victim" is a second header to some parsers.
+_CONTROL_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
 # The text of mitmproxy's refusal (mitmproxy/proxy/layers/http, check_body_size).
 BODY_SIZE_LIMIT_TEXT = "Request body exceeds mitmproxy's body_size_limit"
@@ -78,10 +85,21 @@ class RequestLimits:
             return
         fields = flow.request.headers.fields
         hosts = size = 0
+        control_in = None
         for name, value in fields:  # one pass: this runs on every model call
             size += len(name) + len(value)
             if len(name) == 4 and name.lower() == b"host":
                 hosts += 1
+            if control_in is None and _CONTROL_IN_VALUE.search(value):
+                control_in = name
+        if control_in is not None:
+            # The name is a token (mitmproxy's parser checked it), safe to echo; the value is not.
+            flow.response = error_response(
+                flow, 400,
+                f"the request header {control_in.decode('ascii', 'replace')!r} contains a control character "
+                "(NUL, CR or LF) in its value; such a request is never forwarded",
+            )
+            return
         if hosts > 1:
             # Two Host headers let two parsers disagree about where a request goes; h2 <= 4.4.0
             # passes them on from HTTP/2 (CVE-2026-71554) and mitmproxy 12.2 ships h2 4.3.0.
