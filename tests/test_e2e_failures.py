@@ -357,6 +357,24 @@ def test_upstream_that_never_answers_is_504_after_the_read_timeout(proxy: Runnin
     assert READ_TIMEOUT - 0.5 < time.monotonic() - started < READ_TIMEOUT + 5
 
 
+def routed_lines(proxy: RunningProxy) -> list[dict]:
+    prefix = "memory-routing: routed "
+    return [json.loads(line.split(prefix, 1)[1]) for line in proxy.log().splitlines() if prefix in line]
+
+
+def test_read_timeout_is_logged_as_a_timeout_and_a_stream_as_a_stream(proxy: RunningProxy, upstream: FakeUpstream):
+    before = len(routed_lines(proxy))
+    try:
+        assert_openai_error(status_error(lambda: chat(proxy, "gpt-alias", fault="hang", stream=True)), 504)
+    finally:
+        upstream.release()
+    assert wait_until(lambda: len(routed_lines(proxy)) > before)
+    line = routed_lines(proxy)[-1]
+    assert line["error"].startswith("read timeout: 127.0.0.1 sent nothing for"), line
+    assert "server closed connection" not in line["error"]
+    assert line["stream"] is True and line["status"] is None
+
+
 @pytest.mark.parametrize("status", [500, 529])
 def test_upstream_errors_pass_through_unchanged(proxy: RunningProxy, upstream: FakeUpstream, status: int):
     call = lambda: claude(proxy).messages.create(  # noqa: E731
