@@ -28,6 +28,10 @@ GATEWAY_PORT ?= 8764
 GATEWAY_UPSTREAM ?= http://memory-routing.localhost
 CONFIG ?= config.yaml
 MITM_ARGS ?=
+WEB_PORT ?= 8081
+# Proxy authentication without the password on the command line (it would be echoed and in ps):
+# a file holding user:password, or MEMORY_ROUTING_PROXYAUTH in the environment.
+PROXYAUTH_FILE ?=
 
 # LiteLLM otherwise downloads its model price list at import time.
 export LITELLM_LOCAL_MODEL_COST_MAP := True
@@ -38,13 +42,14 @@ PROXY_ARGS = -s addon.py \
 	--mode reverse:$(GATEWAY_UPSTREAM)@$(GATEWAY_PORT) \
 	--set connection_strategy=lazy \
 	--set memory_routing_config=$(CONFIG) \
+	$(if $(PROXYAUTH_FILE),--set memory_routing_proxyauth_file=$(PROXYAUTH_FILE)) \
 	$(MITM_ARGS)
 
 .PHONY: help run web test chromium node-clients bench bench-memory venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
-	@echo "make web     the same under mitmweb (flows in the browser)"
+	@echo "make web     the same under mitmweb (flows in the browser at 127.0.0.1:$(WEB_PORT), WEB_PORT=...)"
 	@echo "make test    run the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
 	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about seven"
 	@echo "             minutes; BENCH_ARGS='--quick' about three, BENCH_ARGS='--json out.json' for the figures)"
@@ -70,7 +75,7 @@ run: $(STAMP)
 	$(VENV)/bin/mitmdump $(PROXY_ARGS)
 
 web: $(STAMP)
-	$(VENV)/bin/mitmweb $(PROXY_ARGS)
+	$(VENV)/bin/mitmweb --set web_port=$(WEB_PORT) $(PROXY_ARGS)
 
 test: $(STAMP) chromium node-clients
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

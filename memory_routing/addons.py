@@ -8,6 +8,8 @@ from memory_routing.mitm.heap_freeze import HeapFreeze
 from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
+from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
 from memory_routing.local.endpoints import LocalEndpoints
 from memory_routing.local.stores import LocalStores
 from memory_routing.local.usage_log import UsageLog
@@ -28,6 +30,7 @@ def create_addons() -> list[object]:
     stores = LocalStores()
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     memory = EmbeddedMemory(routing, stores)
+    pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -36,11 +39,12 @@ def create_addons() -> list[object]:
     # memory injects into the client's own body before the router translates it, and reads the
     # answer (memory.answers) after the router has translated it back.
     return [
+        ProxyAuthSecret(),  # before ListenGuard: proxyauth from a file/env counts as authentication
         ListenGuard(),
         routing,
         InterceptScope(routing),
         GatewayAuth(),
-        RequestLimits(routing),
+        RequestLimits(routing, pages),
         stores,
         UsageLog(stores, router),
         LocalEndpoints(
@@ -53,6 +57,6 @@ def create_addons() -> list[object]:
         cookies,
         limiter,
         CloudflareGuard(),
-        UpstreamFailures(),
+        UpstreamFailures(pages),
         HeapFreeze(),
     ]

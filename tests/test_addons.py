@@ -142,6 +142,31 @@ def test_deleted_file_keeps_last_good_config(loaded, config_file: Path):
     assert "cannot read" in routing.last_error
 
 
+def test_empty_config_at_start_is_an_options_error(tmp_path: Path):
+    empty = write(tmp_path / "empty.yaml", "")
+    routing = RoutingConfig()
+    with taddons.context(routing) as tctx:
+        with pytest.raises(exceptions.OptionsError) as excinfo:
+            tctx.configure(routing, memory_routing_config=str(empty))
+    assert str(excinfo.value).startswith(f"{empty}: model_list: the config is empty")
+
+
+@pytest.mark.parametrize("text", ["", "model_list: []\n"], ids=["truncated", "empty-model-list"])
+def test_config_emptied_while_running_keeps_the_last_good_one(
+    loaded, config_file: Path, caplog: pytest.LogCaptureFixture, text: str
+):
+    routing, endpoints = loaded
+    good = routing.config
+    config_file.write_text(text)
+    bump_mtime(config_file)
+    with caplog.at_level(logging.ERROR):
+        routing.reload_if_changed()
+    assert routing.config is good and routing.config.aliases == ("fast", "smart")
+    assert routing.last_error.startswith(f"{config_file}: model_list: the config ")
+    assert any("keeping the last good config" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert answer(endpoints, gateway_flow("/health"))["config_error"] == routing.last_error
+
+
 def test_running_watcher_reloads_without_being_asked(config_file: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(routing_config, "RELOAD_POLL_SECONDS", 0.05)
 
@@ -273,9 +298,16 @@ def test_local_endpoints_answer_get_only(loaded):
     [("", "regular@8080"), ("0.0.0.0", "regular@8080"), ("127.0.0.1", "reverse:http://x@0.0.0.0:8764"),
      ("192.168.1.2", "regular@8080")],
 )
-def test_listen_guard_refuses_non_loopback_without_auth(listen_host: str, mode: str):
+def test_listen_guard_refuses_non_loopback_without_auth(listen_host: str, mode: str, capsys: pytest.CaptureFixture[str]):
     guard = ListenGuard()
     with taddons.context(ProxyAuth(), guard) as tctx:
+        # At start: the reason alone on stderr, then exit 1 (before mitmproxy listens).
+        with pytest.raises(SystemExit) as excinfo:
+            tctx.configure(guard, listen_host=listen_host, mode=[mode])
+        assert excinfo.value.code == 1
+        assert capsys.readouterr().err.startswith("memory-routing: refusing to listen on ")
+        # Once running, the option change is refused and the proxy goes on.
+        guard.running()
         with pytest.raises(exceptions.OptionsError, match="refusing to listen on .* without proxy authentication"):
             tctx.configure(guard, listen_host=listen_host, mode=[mode])
 
@@ -291,6 +323,39 @@ def test_listen_guard_allows_exposure_with_proxy_auth():
     guard = ListenGuard()
     with taddons.context(ProxyAuth(), guard) as tctx:
         tctx.configure(guard, listen_host="0.0.0.0", mode=["regular@8080"], proxyauth="user:pass")
+
+
+def test_proxyauth_from_a_file_sets_mitmproxys_option_and_allows_exposure(tmp_path: Path):
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret_file = write(tmp_path / "proxyauth", "alice:pw-from-file\n")
+    secret, guard = ProxyAuthSecret(environ={}), ListenGuard()
+    with taddons.context(ProxyAuth(), secret, guard) as tctx:
+        tctx.configure(secret, memory_routing_proxyauth_file=str(secret_file))
+        assert tctx.options.proxyauth == "alice:pw-from-file"
+        tctx.configure(guard, listen_host="0.0.0.0", mode=["regular@8080"])
+
+
+def test_proxyauth_from_the_environment():
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret = ProxyAuthSecret(environ={"MEMORY_ROUTING_PROXYAUTH": "bob:pw-from-env"})
+    with taddons.context(ProxyAuth(), secret) as tctx:
+        tctx.configure(secret, listen_host="127.0.0.1")
+        assert tctx.options.proxyauth == "bob:pw-from-env"
+
+
+def test_proxyauth_file_errors_do_not_echo_the_secret(tmp_path: Path):
+    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+
+    secret = ProxyAuthSecret(environ={})
+    with taddons.context(ProxyAuth(), secret) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="cannot read"):
+            tctx.configure(secret, memory_routing_proxyauth_file=str(tmp_path / "missing"))
+        two_lines = write(tmp_path / "two", "alice:pw-secret\nbob:x\n")
+        with pytest.raises(exceptions.OptionsError, match="must hold one line") as excinfo:
+            tctx.configure(secret, memory_routing_proxyauth_file=str(two_lines))
+        assert "pw-secret" not in str(excinfo.value)
 
 
 def test_heap_is_frozen_once_running():

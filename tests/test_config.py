@@ -399,3 +399,20 @@ def test_non_utf8_file_names_the_file(tmp_path: Path):
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     assert str(excinfo.value) == f"{path}: not UTF-8 text: invalid continuation byte at byte 20"
+
+
+@pytest.mark.parametrize(
+    "text, state",
+    [("", "is empty"), ("\n# all commented out\n", "has no models"), ("model_list: []\n", "has no models"),
+     ("memory: {enabled: false}\n", "has no models")],
+    ids=["empty-file", "only-comments", "empty-model-list", "no-model-list"],
+)
+def test_config_without_models_names_the_file(tmp_path: Path, text: str, state: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == (
+        f"{path}: model_list: the config {state}; a proxy config needs at least one model_list entry "
+        "(model_name and litellm_params.model)"
+    )

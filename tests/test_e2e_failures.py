@@ -213,6 +213,103 @@ def test_body_over_the_limit_is_413_announced_or_chunked(proxy: RunningProxy, up
     assert not upstream.requests
 
 
+def rss_bytes(proxy: RunningProxy) -> int:
+    with open(f"/proc/{proxy.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Status line + headers, and the body (by Content-Length), bounded by the socket timeout."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("expect_continue", [True, False], ids=["expect-100-continue", "no-expect"])
+def test_announced_500_mb_body_is_refused_from_the_headers_alone(
+    proxy: RunningProxy, upstream: FakeUpstream, expect_continue: bool
+):
+    before = rss_bytes(proxy)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"content-length: {500 * 1024 * 1024}\r\n" + ("expect: 100-continue\r\n" if expect_continue else "") + "\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(head)  # and not one byte of the body
+        status, body = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 413"), status  # not "100 Continue"
+    error = json.loads(body)["error"]  # the OpenAI client's shape
+    assert "memory_routing_max_body_size" in error["message"] and "500" in error["message"], error
+    assert b"x-should-retry: false" in status.lower()
+    assert rss_bytes(proxy) - before < 64 * 1024 * 1024
+    assert not upstream.requests
+
+
+def test_chunked_body_stops_being_read_at_the_limit(proxy: RunningProxy, upstream: FakeUpstream):
+    import select
+
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"anthropic-version: 2023-06-01\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(head)
+        # Never the final chunk: only a proxy that stops reading at the limit answers at all.
+        while sent < 16 * 1024 * 1024:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sent += len(piece)
+        status, body = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert json.loads(body)["error"]["type"] == "request_too_large"  # Anthropic's shape
+    assert sent < 16 * 1024 * 1024
+    assert not upstream.requests
+
+
+@pytest.mark.parametrize("value", [b"a\rx-sm-user-id: victim", b"a\x00b"], ids=["bare-cr", "nul"])
+def test_control_characters_in_a_header_value_are_refused_never_forwarded(
+    proxy: RunningProxy, upstream: FakeUpstream, value: bytes
+):
+    body = json.dumps({"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"x-test: " + value + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", proxy.gateway_port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        status, answer = read_answer(sock)
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert "'x-test' contains a control character" in json.loads(answer)["error"]["message"]
+    # Nothing reached the upstream (a well-formed call in the same connection state would).
+    assert not upstream.requests
+    ok = httpx.post(f"{proxy.gateway_url}/v1/chat/completions", content=body, timeout=WAIT,
+                    headers={"content-type": "application/json", "x-test": "a"})
+    assert ok.status_code == 200, ok.text
+    assert len(upstream.requests) == 1
+
+
 def test_headers_over_the_limit_are_431(proxy: RunningProxy, upstream: FakeUpstream):
     answer = httpx.post(
         f"{proxy.gateway_url}/v1/chat/completions", json={"model": "gpt-alias", "messages": []},
@@ -258,6 +355,24 @@ def test_upstream_that_never_answers_is_504_after_the_read_timeout(proxy: Runnin
         upstream.release()
     assert "memory_routing_read_timeout" in error["message"]
     assert READ_TIMEOUT - 0.5 < time.monotonic() - started < READ_TIMEOUT + 5
+
+
+def routed_lines(proxy: RunningProxy) -> list[dict]:
+    prefix = "memory-routing: routed "
+    return [json.loads(line.split(prefix, 1)[1]) for line in proxy.log().splitlines() if prefix in line]
+
+
+def test_read_timeout_is_logged_as_a_timeout_and_a_stream_as_a_stream(proxy: RunningProxy, upstream: FakeUpstream):
+    before = len(routed_lines(proxy))
+    try:
+        assert_openai_error(status_error(lambda: chat(proxy, "gpt-alias", fault="hang", stream=True)), 504)
+    finally:
+        upstream.release()
+    assert wait_until(lambda: len(routed_lines(proxy)) > before)
+    line = routed_lines(proxy)[-1]
+    assert line["error"].startswith("read timeout: 127.0.0.1 sent nothing for"), line
+    assert "server closed connection" not in line["error"]
+    assert line["stream"] is True and line["status"] is None
 
 
 @pytest.mark.parametrize("status", [500, 529])

@@ -111,8 +111,12 @@ def test_refuses_to_listen_beyond_loopback_without_real_auth(tmp_path: Path, aut
         args += ["--set", f"proxyauth={auth}"]
     result = run_mitmdump_to_exit(tmp_path, args)
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0" in output and "anyone who can reach it could spend your API keys" in output
+    # The reason alone: no script error, no traceback, and nothing listened.
+    assert result.stderr.strip().startswith("memory-routing: refusing to listen on 0.0.0.0"), result.stderr
+    for noise in ("error in script", "Traceback", "listening at", "Error logged during startup"):
+        assert noise not in output, output
 
 
 def test_secrets_go_only_to_their_own_host_and_never_into_logs(
@@ -150,3 +154,19 @@ def test_secrets_go_only_to_their_own_host_and_never_into_logs(
         assert secret not in log, f"{secret} in the log"
         assert secret not in info and secret not in refused
     assert "gemini-2.5-pro:generateContent" in log  # the log did see those flows
+
+
+def test_proxy_auth_from_the_environment_guards_both_listeners(fake: FakeUpstream, tmp_path: Path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model_list": [{"model_name": "gpt-alias", "litellm_params": {
+        "model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-x"}}]}))
+    env = {"MEMORY_ROUTING_PROXYAUTH": f"{PROXY_USER}:{PROXY_PASSWORD}"}
+    with running_proxy(tmp_path, config, env=env) as running:
+        with httpx.Client(proxy=running.forward_url, timeout=WAIT) as client:
+            assert client.get("http://memory-routing.localhost/health").status_code == 407
+        refused = gateway(running, "/v1/chat/completions", {"model": "gpt-alias", "messages": []})
+        assert refused.status_code == 401
+        with httpx.Client(proxy=running.forward_url.replace("://", f"://{PROXY_USER}:{PROXY_PASSWORD}@"),
+                          timeout=WAIT) as client:
+            assert client.get("http://memory-routing.localhost/health").status_code == 200
+        assert PROXY_PASSWORD not in running.log()

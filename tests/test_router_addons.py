@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -219,3 +220,22 @@ def test_requests_that_would_loop_back_into_the_proxy_are_refused(tmp_path: Path
         router.request(flow)
     assert flow.response.status_code == 508
     assert "which is this proxy" in json.loads(flow.response.content)["error"]["message"]
+
+
+def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogCaptureFixture):
+    from mitmproxy import flow as mflow
+
+    from memory_routing.routing.router import METADATA_KEY
+    from memory_routing.wire.upstream_failures import TIMEOUT_MARK, UpstreamFailures
+
+    failures = UpstreamFailures()
+    flow = tflow.tflow(resp=True)
+    flow.response.stream = True
+    flow.metadata[METADATA_KEY] = {"client_protocol": "openai"}
+    flow.metadata[TIMEOUT_MARK] = "read"
+    flow.error = mflow.Error("server closed connection")  # what mitmproxy reports for the cancelled read
+    with caplog.at_level(logging.WARNING):
+        failures.error(flow)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "cut short (read timeout: " in message and "memory_routing_read_timeout" in message
+    assert "server closed connection" not in message

@@ -226,7 +226,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: not UTF-8 text: {e.reason} at byte {e.start}") from e
-    return parse_config(text, source, os.environ if environ is None else environ)
+    config = parse_config(text, source, os.environ if environ is None else environ)
+    if not config.models:
+        # An empty file parses as valid YAML: without this, truncating the config while the
+        # proxy runs would silently drop every alias.
+        state = "is empty" if not text.strip() else "has no models"
+        raise ConfigError(
+            f"{source}: model_list: the config {state}; a proxy config needs at least one "
+            "model_list entry (model_name and litellm_params.model)"
+        )
+    return config
 
 
 def parse_config(text: str, source: str, environ: Mapping[str, str]) -> ProxyConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -20,9 +21,32 @@ def is_loopback(host: str) -> bool:
 
 
 class ListenGuard:
-    """mitmproxy listens on every interface by default; this proxy holds API keys, so it won't."""
+    """mitmproxy listens on every interface by default; this proxy holds API keys, so it won't.
+
+    At start the refusal is the only thing printed and mitmdump exits 1 before it listens: an
+    OptionsError raised while mitmproxy loads the script would be logged as ``error in script``
+    with a traceback, and the listeners would open before the start-up error check exits.
+    Once running (an option changed in mitmweb or by a script), the change is refused instead.
+    """
+
+    def __init__(self) -> None:
+        self.is_running = False
+
+    def running(self) -> None:
+        self.is_running = True
 
     def configure(self, updated) -> None:
+        try:
+            self._check(updated)
+        except exceptions.OptionsError as refusal:
+            if self.is_running:
+                raise
+            # mitmproxy loads scripts in a task of its event loop: SystemExit ends the loop (and
+            # the process) there and then, with nothing logged around it.
+            print(refusal, file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def _check(self, updated) -> None:
         if not {"listen_host", "mode", "proxyauth"} & set(updated):
             return
         # "any" accepts every user name and password: no authentication at all.

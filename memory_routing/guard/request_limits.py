@@ -1,14 +1,19 @@
 """Addon that refuses oversized or ambiguous model calls before they are routed: 431 for
-headers, 413 for bodies, 400 for a second Host header.
+headers, 413 for bodies, 400 for a second Host header or a control character (NUL, CR, LF) in
+a header value.
 
-Both answers come in the client's own error shape, with ``x-should-retry: false`` (the same
-request will never fit). A body announced by Content-Length is refused as soon as its headers
-arrive; a chunked one once it has been read (mitmproxy reads a request whole before its
-``request`` hook; its own ``body_size_limit`` option caps that memory, and its refusal is also
-answered in the client's shape).
+All answers come in the client's own error shape, with ``x-should-retry: false`` (the same
+request will never fit). The body limit is enforced by mitmproxy itself: the body size option
+sets mitmproxy's ``body_size_limit`` (unless that was set explicitly), which refuses a body
+announced by Content-Length from its headers alone, before reading it and before answering
+``Expect: 100-continue``, and stops reading a chunked body once it passes the limit. A hook
+could only answer after mitmproxy had read the body whole. mitmproxy's refusal is an HTML page;
+the ``error`` hook registers the client-shaped 413 in its place (see mitm/error_pages).
 """
 
 from __future__ import annotations
+
+import re
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -16,16 +21,28 @@ from mitmproxy import http
 from mitmproxy.utils import human
 
 from memory_routing.local.endpoints import is_gateway
+from memory_routing.mitm.error_pages import ErrorPageOverrides
 from memory_routing.routing.model_calls import parse_model_call
 from memory_routing.wire.responses import error_response
 from memory_routing.config.holder import RoutingConfig
 
 
+# mitmproxy's HTTP/1 parser passes NUL and a bare CR inside a header value through, and would
+# forward them raw: "x-test: a\rx-sm-user-id: victim" is a second header to some parsers.
+_CONTROL_IN_VALUE = re.compile(rb"[\x00\r\n]")
+
+# The text of mitmproxy's refusal (mitmproxy/proxy/layers/http, check_body_size).
+BODY_SIZE_LIMIT_TEXT = "Request body exceeds mitmproxy's body_size_limit"
+
+
 class RequestLimits:
-    def __init__(self, routing: RoutingConfig) -> None:
+    def __init__(self, routing: RoutingConfig, pages: ErrorPageOverrides | None = None) -> None:
         self.routing = routing
+        self.pages = pages
         self.max_body = 0
         self.max_headers = 0
+        # The body_size_limit value this addon set (None: the user's, or unset).
+        self._set_body_size_limit: str | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -48,18 +65,41 @@ class RequestLimits:
                     ) from None
                 if option == "memory_routing_max_body_size":
                     self.max_body = size
+                    self._apply_body_size_limit()
                 else:
                     self.max_headers = size
+
+    def _apply_body_size_limit(self) -> None:
+        if "body_size_limit" not in ctx.options.keys():
+            return  # mitmproxy's core addons are not loaded (a test harness)
+        current = ctx.options.body_size_limit
+        if current and current != self._set_body_size_limit:
+            return  # the user's own body_size_limit: theirs to choose
+        wanted = str(self.max_body) if self.max_body else None
+        self._set_body_size_limit = wanted
+        if current != wanted:
+            ctx.options.update(body_size_limit=wanted)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self._applies(flow):
             return
         fields = flow.request.headers.fields
         hosts = size = 0
+        control_in = None
         for name, value in fields:  # one pass: this runs on every model call
             size += len(name) + len(value)
             if len(name) == 4 and name.lower() == b"host":
                 hosts += 1
+            if control_in is None and _CONTROL_IN_VALUE.search(value):
+                control_in = name
+        if control_in is not None:
+            # The name is a token (mitmproxy's parser checked it), safe to echo; the value is not.
+            flow.response = error_response(
+                flow, 400,
+                f"the request header {control_in.decode('ascii', 'replace')!r} contains a control character "
+                "(NUL, CR or LF) in its value; such a request is never forwarded",
+            )
+            return
         if hosts > 1:
             # Two Host headers let two parsers disagree about where a request goes; h2 <= 4.4.0
             # passes them on from HTTP/2 (CVE-2026-71554) and mitmproxy 12.2 ships h2 4.3.0.
@@ -82,6 +122,24 @@ class RequestLimits:
         size = len(flow.request.raw_content)
         if size > self.max_body and self._applies(flow):
             flow.response = self._too_large(flow, size)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if self.pages is None or flow.error is None or not flow.error.msg.startswith(BODY_SIZE_LIMIT_TEXT):
+            return
+        length = flow.request.headers.get("content-length", "")
+        limit = human.parse_size(ctx.options.body_size_limit or "0") or 0
+        if length.isdigit():
+            size = f"{human.pretty_size(int(length))}, announced"
+        else:
+            size = f"more than {human.pretty_size(limit)}"
+        # Every flow gets a parseable answer here, model call or not: the alternative is
+        # mitmproxy's HTML page.
+        answer = error_response(
+            flow, 413,
+            f"the request body ({size}) is larger than this proxy accepts "
+            f"({human.pretty_size(limit)}, memory_routing_max_body_size)",
+        )
+        self.pages.register(flow.error.msg, answer)
 
     def _applies(self, flow: http.HTTPFlow) -> bool:
         if is_gateway(flow):

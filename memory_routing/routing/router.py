@@ -52,6 +52,9 @@ DROPPED_HEADER = "x-memory-routing-dropped"
 BUFFER_LIMIT = 1024 * 1024
 # Other addons add fields to a call's log line by putting a dict here (e.g. what memory did).
 LOG_FIELDS_KEY = "memory_routing.log_fields"
+# flow.metadata key: what really happened to a failed flow, when mitmproxy's error text does not
+# say (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
+FAILURE_NOTE_KEY = "memory_routing.failure"
 
 
 @dataclass
@@ -59,6 +62,7 @@ class _FlowRecord:
     decision: RoutingDecision
     summary: dict[str, object]
     stream: bool = False
+    asked_stream: bool = False  # the client asked for a stream (logged so even if none came)
     first_body_byte_at: float | None = None
     meter: UsageMeter | None = None
     supermemory: dict[str, str] = field(default_factory=dict)
@@ -188,7 +192,8 @@ class ModelRouter:
     def error(self, flow: http.HTTPFlow) -> None:
         record = self._records.pop(flow, None)
         if record is not None:
-            self._log(flow, record, status=None, error=flow.error.msg if flow.error else "unknown")
+            error = flow.metadata.get(FAILURE_NOTE_KEY) or (flow.error.msg if flow.error else "unknown")
+            self._log(flow, record, status=None, error=error)
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -271,7 +276,10 @@ class ModelRouter:
         request.data.path = target.path.encode()
         if not plain_http1:
             request.host_header = target.host_header
-        record = _FlowRecord(decision, decision.summary() | fit_notes, answer=answer)
+        record = _FlowRecord(
+            decision, decision.summary() | fit_notes, answer=answer,
+            asked_stream=payload is not None and payload.get("stream") is True,
+        )
         flow.metadata[METADATA_KEY] = record.summary
         flow.comment = decision.description
         self._records[flow] = record
@@ -344,7 +352,7 @@ class ModelRouter:
             "at": started,
             "client": client_name(request.headers.get("user-agent")),
             "status": status,
-            "stream": record.stream,
+            "stream": record.stream or record.asked_stream,
             "latency_ms": round((ended - started) * 1000, 1),
             "ttfb_ms": round((first_byte - started) * 1000, 1) if first_byte else None,
             "input_tokens": usage.input_tokens if usage else None,

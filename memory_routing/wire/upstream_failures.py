@@ -26,7 +26,7 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.routing.router import METADATA_KEY
+from memory_routing.routing.router import FAILURE_NOTE_KEY, METADATA_KEY
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.wire.responses import error_response
 
@@ -52,8 +52,8 @@ class _Watched:
 
 
 class UpstreamFailures:
-    def __init__(self) -> None:
-        self.pages = ErrorPageOverrides()
+    def __init__(self, pages: ErrorPageOverrides | None = None) -> None:
+        self.pages = pages or ErrorPageOverrides()
         self.connect_timeout = 10.0
         self.read_timeout = 300.0
         self._flows: dict[str, _Watched] = {}
@@ -142,8 +142,13 @@ class UpstreamFailures:
             # The answer had started reaching the client: all that can be done is not to pass
             # it off as complete.
             received = "" if watched is None or watched.last_chunk_at is None else " after its first bytes"
+            if flow.metadata.get(TIMEOUT_MARK) == "read":
+                # mitmproxy reports the cancelled read as "server closed connection": it did not.
+                why = f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout)"
+            else:
+                why = flow.error.msg
             logger.warning(
-                f"memory-routing: the answer from {host} was cut short{received} ({flow.error.msg}); "
+                f"memory-routing: the answer from {host} was cut short{received} ({why}); "
                 f"the client gets a broken stream"
             )
             return
@@ -161,7 +166,7 @@ class UpstreamFailures:
         text = flow.error.msg if flow.error else ""
         timed_out = flow.metadata.get(TIMEOUT_MARK)
         if timed_out == "read":
-            return 504, f"{host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
+            return 504, f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
         recent = self._connect_timeouts.get((flow.request.host, flow.request.port))
         if CONNECT_TIMEOUT_TEXT in text or (recent is not None and time.time() - recent < _RECENT_SECONDS):
             return 504, (
@@ -202,6 +207,10 @@ class UpstreamFailures:
             if now - last > self.read_timeout:
                 del self._flows[flow_id]
                 flow.metadata[TIMEOUT_MARK] = "read"
+                flow.metadata[FAILURE_NOTE_KEY] = (
+                    f"read timeout: {flow.request.pretty_host} sent nothing for {self.read_timeout:g} s "
+                    "(memory_routing_read_timeout)"
+                )
                 self._cancel(flow.server_conn, "memory-routing: read timeout")
 
     def _cancel(self, server: connection.Server, reason: str) -> None:
