@@ -20,6 +20,8 @@ from memory_routing.routing.providers import ProviderResolver
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.flow_state import Route, set_route
+from memory_routing.wire.protocol import ClientProtocol
 
 CONFIG = """
 model_list:
@@ -176,7 +178,8 @@ def test_connection_strategy_is_kept_lazy(config_file: Path):
 def routed_flow(user_id: str, url: str = "https://api.example.com/v1/chat/completions"):
     flow = tflow.tflow(req=tutils.treq(method=b"POST", headers=Headers(host="api.example.com")))
     flow.request.url = url
-    flow.metadata["memory_routing"] = {"user_id": user_id, "client_protocol": "openai"}
+    # The cookie jar reads only the user id and the protocol of the route.
+    set_route(flow, Route(decision=None, client_protocol=ClientProtocol.OPENAI, user_id=user_id))
     return flow
 
 

@@ -20,7 +20,7 @@ from mitmproxy.addons.proxyauth import parse_http_basic_auth
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing.local.endpoints import is_gateway
-from memory_routing.wire.responses import error_response
+from memory_routing.wire.responses import error_response, fail_closed
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class GatewayAuth:
             proxyauth.authenticated[client] = _HANDLED_HERE
             self._marked.add(client)
 
+    @fail_closed(401, "the proxy could not check this request's credentials; its log has the details")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.client_conn not in self._marked or not is_gateway(flow):
             return

@@ -17,8 +17,11 @@ from mitmproxy.utils import human
 
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import parse_model_call
-from memory_routing.wire.responses import error_response
+from memory_routing.wire.responses import error_response, fail_closed
 from memory_routing.config.holder import RoutingConfig
+
+
+_FAILED = "the proxy could not check this request's size; its log has the details"
 
 
 class RequestLimits:
@@ -51,6 +54,7 @@ class RequestLimits:
                 else:
                     self.max_headers = size
 
+    @fail_closed(500, _FAILED)
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self._applies(flow):
             return
@@ -76,6 +80,7 @@ class RequestLimits:
         if self.max_body and length.isdigit() and int(length) > self.max_body:
             flow.response = self._too_large(flow, int(length))
 
+    @fail_closed(500, _FAILED)
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.max_body or flow.request.raw_content is None:
             return

@@ -14,7 +14,8 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from memory_routing.routing.classify import InvalidUserId
+from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
+from memory_routing.flow_state import DISPLAY_KEY, Route, add_to_display, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog
 from memory_routing.routing.headers import HeaderIndex
@@ -22,7 +23,7 @@ from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.modes import parsed_modes
 from memory_routing.wire.protocol import gateway_path_protocol
-from memory_routing.wire.responses import error_response, json_response
+from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
     CREDENTIAL_QUERY_PARAMS,
@@ -30,19 +31,18 @@ from memory_routing.routing.planner import (
     KNOWN_LLM_HOSTS,
     RequestFacts,
     RoutePlanner,
-    RouteRefused,
     RoutingDecision,
     conversation_id_from,
     header_safe,
     loggable_url,
 )
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.translate.translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
+from memory_routing.translate.translation import AnswerTranslation, count_input_tokens, translate_request
 from memory_routing.wire.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "memory_routing"
+METADATA_KEY = DISPLAY_KEY  # mitmweb's summary; addons read flow_state.route_of(flow)
 # Claude Code posts its telemetry to the base URL; it wants a quick 2xx, not an error.
 QUIET_PATHS = frozenset({"/api/event_logging/batch", "/api/event_logging/v2/batch", "/api/hello"})
 # Names the client's parameters a translated call left out (see translate.parameters).
@@ -108,6 +108,7 @@ class ModelRouter:
 
     # --- hooks ----------------------------------------------------------------------------
 
+    @fail_closed(500, "the proxy failed to route this request; its log has the details")
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -127,17 +128,10 @@ class ModelRouter:
                 flow.response = self._count_tokens(decision, payload)
                 return
             self._apply(flow, decision, payload)
-        except InvalidUserId as e:
-            flow.response = error_response(flow, 400, str(e))
-        except RouteRefused as e:
+        except ProxyRefusal as e:
             logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {e.message}")
-            flow.response = error_response(flow, e.status, e.message, param=e.param)
-        except Exception:
-            # Fail closed: a half-rewritten request must never leave the proxy.
-            logger.exception("memory-routing: internal error while routing")
-            flow.response = error_response(
-                flow, 500, "the proxy failed to route this request; its log has the details", retryable=True
-            )
+            flow.response = refusal_response(e, flow)
+        # Anything else: fail_closed answers 500, as a half-rewritten request must never leave.
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self._records.get(flow)
@@ -264,16 +258,13 @@ class ModelRouter:
         if not plain_http1:
             request.host_header = target.host_header
         record = _FlowRecord(decision, decision.summary() | fit_notes, answer=answer)
-        flow.metadata[METADATA_KEY] = record.summary
+        set_route(flow, Route(decision, decision.client_protocol, decision.user_id, record), display=record.summary)
         flow.comment = decision.description
         self._records[flow] = record
 
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
-        try:
-            tokens = count_input_tokens(decision.provider_model, payload)
-        except TranslationRefused as e:
-            raise RouteRefused(e.status, e.message) from None
+        tokens = count_input_tokens(decision.provider_model, payload)
         return json_response(200, {"input_tokens": tokens})
 
     def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord, event_stream: bool) -> None:
@@ -299,7 +290,7 @@ class ModelRouter:
         try:
             body = answer.body(response.status_code, lowered.get("content-type", ""), response.content or b"")
         except TranslationRefused as e:
-            flow.response = error_response(flow, e.status, e.message, retryable=True, protocol=answer.client)
+            flow.response = refusal_response(e, flow, protocol=answer.client)
             return
         except Exception:
             logger.exception(f"memory-routing: could not translate the answer of {answer.provider}")
@@ -343,7 +334,7 @@ class ModelRouter:
         line.pop("headers_set", None)
         if record.supermemory:
             line["supermemory"] = record.supermemory
-            flow.metadata[METADATA_KEY] = {**flow.metadata.get(METADATA_KEY, {}), "supermemory": record.supermemory}
+            add_to_display(flow, supermemory=record.supermemory)
         if error:
             line["error"] = error
         try:
@@ -380,13 +371,10 @@ def _translated_body(
 ) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
     translation = decision.translation
     assert translation is not None
-    try:
-        translated = translate_request(
-            decision.client_protocol, decision.provider, decision.provider_model, payload,
-            drop_params=translation.drop_params, user_id=decision.user_id,
-        )
-    except TranslationRefused as e:
-        raise RouteRefused(e.status, e.message) from None
+    translated = translate_request(
+        decision.client_protocol, decision.provider, decision.provider_model, payload,
+        drop_params=translation.drop_params, user_id=decision.user_id,
+    )
     for name, value in translated.headers:
         if not header_safe(value):
             raise RouteRefused(500, f"LiteLLM's translation produced an unusable {name!r} header")

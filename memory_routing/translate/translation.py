@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memory_routing.wire.protocol import ClientProtocol, error_body
-from memory_routing.translate.parameters import UnsupportedParams, fit_params, target_model
+from memory_routing.errors import TranslationRefused, UnsupportedParams
+from memory_routing.translate.parameters import fit_params, target_model
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.routing.providers import litellm  # isort: skip
@@ -57,15 +58,6 @@ _LITELLM_ONLY = frozenset({"metadata", "litellm_metadata", "mock_response", "api
 _NOT_FITTED = _LITELLM_ONLY | {"model", "messages", "stream", "stream_options"}
 
 
-class TranslationRefused(Exception):
-    """The request cannot be translated: answer the client with this status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @dataclass(frozen=True)
 class TranslatedRequest:
     body: bytes
@@ -98,9 +90,9 @@ class AnswerTranslation:
         try:
             document = json.loads(body)
         except ValueError:
-            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON") from None
+            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON", retryable=True) from None
         if not isinstance(document, dict):
-            raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object")
+            raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object", retryable=True)
         response = self._model_response(document, status, content_type, body)
         if self.client is ClientProtocol.ANTHROPIC:
             message = LiteLLMAnthropicMessagesAdapter().translate_openai_response_to_anthropic(

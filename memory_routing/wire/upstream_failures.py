@@ -26,8 +26,7 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.routing.router import METADATA_KEY
-from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.flow_state import route_of
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ class UpstreamFailures:
     # --- hooks ----------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata and flow.response is None and flow.error is None:
+        if flow.response is None and route_of(flow) is not None and flow.error is None:
             self._flows[flow.id] = _Watched(flow, time.time())
             if len(self._routed_targets) < 4096:
                 self._routed_targets.add((flow.request.host, flow.request.port))
@@ -134,8 +133,8 @@ class UpstreamFailures:
 
     def error(self, flow: http.HTTPFlow) -> None:
         watched = self._flows.pop(flow.id, None)
-        summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.error is None:
+        route = route_of(flow)
+        if route is None or flow.error is None:
             return
         host = flow.request.pretty_host
         if flow.response is not None and flow.response.stream:
@@ -151,8 +150,7 @@ class UpstreamFailures:
         logger.warning(f"memory-routing: {message}")
         if not flow.client_conn.state & connection.ConnectionState.CAN_WRITE:
             return  # the client has gone: no page will be written
-        protocol = ClientProtocol(summary["client_protocol"])
-        answer = error_response(flow, status, message, retryable=True, protocol=protocol)
+        answer = error_response(flow, status, message, retryable=True, protocol=route.client_protocol)
         self.pages.register(flow.error.msg, answer)
 
     # --- timeouts -------------------------------------------------------------------------
