@@ -21,6 +21,7 @@ from memory_routing.wire.flow_log import FlowLog
 from memory_routing.routing.headers import HeaderIndex
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import parsed_modes
 from memory_routing.wire.protocol import gateway_path_protocol
 from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
@@ -251,10 +252,7 @@ class ModelRouter:
             else:  # an encoded body: mitmproxy's setter re-encodes it
                 request.content = body
         # Set as one unit: the attribute setters would rewrite the Host header three times.
-        request.data.scheme = target.scheme.encode()
-        request.data.host = target.host
-        request.data.port = target.port
-        request.data.path = target.path.encode()
+        set_request_target(request, target.scheme, target.host, target.port, target.path)
         if not plain_http1:
             request.host_header = target.host_header
         record = _FlowRecord(decision, decision.summary() | fit_notes, answer=answer)

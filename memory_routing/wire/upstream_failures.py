@@ -26,6 +26,7 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.mitm.internals import connection_task, drop_connection
 from memory_routing.flow_state import route_of
 from memory_routing.wire.responses import error_response
 
@@ -100,7 +101,7 @@ class UpstreamFailures:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         # Runs inside the task that will connect and then read this connection: cancelling it
         # is how a timed-out connection is dropped.
-        task = asyncio.current_task()
+        task = connection_task()
         if task is not None:
             self._tasks[data.server] = task
         if data.server.address is not None and data.server.address in self._routed_targets:
@@ -204,5 +205,5 @@ class UpstreamFailures:
 
     def _cancel(self, server: connection.Server, reason: str) -> None:
         task = self._tasks.get(server)
-        if task is not None and not task.done():
-            task.cancel(reason)
+        if task is not None:
+            drop_connection(task, reason)
