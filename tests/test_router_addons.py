@@ -21,6 +21,8 @@ from memory_routing.routing.providers import ProviderResolver
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.flow_state import Route, route_of, set_route
+from memory_routing.wire.protocol import ClientProtocol
 
 CONFIG = """
 model_list:
@@ -66,6 +68,10 @@ def test_routes_and_annotates_the_flow(config_file: Path):
     assert flow.request.headers["host"] == "llm.internal:8000"
     assert json.loads(flow.request.content)["model"] == "gpt-4o-mini"
     assert flow.metadata["memory_routing"]["provider_model"] == "gpt-4o-mini"
+    route = route_of(flow)  # what the addons after the router read
+    assert route is not None and route.decision.provider_model == "gpt-4o-mini"
+    assert (route.client_protocol, route.user_id) == (ClientProtocol.OPENAI, route.decision.user_id)
+    assert route_of(tflow.tflow()) is None
     assert "gpt-alias → openai/gpt-4o-mini" in flow.comment
     assert "sk-config" not in flow.comment + json.dumps(flow.metadata["memory_routing"])
 
@@ -177,7 +183,8 @@ def test_connection_strategy_is_kept_lazy(config_file: Path):
 def routed_flow(user_id: str, url: str = "https://api.example.com/v1/chat/completions"):
     flow = tflow.tflow(req=tutils.treq(method=b"POST", headers=Headers(host="api.example.com")))
     flow.request.url = url
-    flow.metadata["memory_routing"] = {"user_id": user_id, "client_protocol": "openai"}
+    # The cookie jar reads only the user id and the protocol of the route.
+    set_route(flow, Route(decision=None, client_protocol=ClientProtocol.OPENAI, user_id=user_id))
     return flow
 
 

@@ -13,7 +13,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from memory_routing.cloudflare.cookie_jar import CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, UpstreamCookieJar
-from memory_routing.routing.router import METADATA_KEY
+from memory_routing.flow_state import Route, route_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +52,21 @@ class UpstreamCookies:
                 self._load(self.path)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.response is not None or not self.jar.holds(self._scope(summary)):
+        route = route_of(flow)
+        if route is None or flow.response is not None or not self.jar.holds(self._scope(route)):
             return
         client_cookies = "; ".join(flow.request.headers.get_all("cookie")) or None
-        header = self.jar.cookie_header(flow.request.url, self._scope(summary), client_cookies)
+        header = self.jar.cookie_header(flow.request.url, self._scope(route), client_cookies)
         if header and header != client_cookies:
             flow.request.headers["cookie"] = header
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.response is None:
+        route = route_of(flow)
+        if route is None or flow.response is None:
             return
         set_cookies = [value.decode("utf-8", "surrogateescape") for name, value in flow.response.headers.fields
                        if name.lower() == b"set-cookie"]
-        if set_cookies and self.jar.store(flow.request.url, self._scope(summary), set_cookies):
+        if set_cookies and self.jar.store(flow.request.url, self._scope(route), set_cookies):
             self._save()
 
     def status(self) -> list[dict[str, object]]:
@@ -76,8 +76,8 @@ class UpstreamCookies:
             for c in self.jar.describe()
         ]
 
-    def _scope(self, summary: dict) -> str:
-        return str(summary["user_id"]) if self.per_user else MACHINE_SCOPE
+    def _scope(self, route: Route) -> str:
+        return route.user_id if self.per_user else MACHINE_SCOPE
 
     def _jar_path(self) -> Path | None:
         option = ctx.options.memory_routing_cookie_file

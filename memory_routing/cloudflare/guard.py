@@ -12,8 +12,7 @@ import time
 from mitmproxy import http
 
 from memory_routing.cloudflare.pages import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
-from memory_routing.routing.router import METADATA_KEY
-from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.flow_state import add_to_display, route_of
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class CloudflareGuard:
         # Cloudflare's pages (challenges included) come as 403/429/503: anything else is skipped
         # before the headers are read.
         if (
-            METADATA_KEY in flow.metadata and flow.response is not None
+            flow.response is not None and route_of(flow) is not None
             and flow.response.status_code in CLOUDFLARE_STATUSES
         ):
             headers = {k.lower(): v for k, v in flow.response.headers.items()}
@@ -38,9 +37,9 @@ class CloudflareGuard:
                 flow.response.stream = False  # Cloudflare's pages are small: read them whole
 
     def response(self, flow: http.HTTPFlow) -> None:
-        summary = flow.metadata.get(METADATA_KEY)
+        route = route_of(flow)
         if (
-            summary is None or flow.response is None or flow.response.stream
+            route is None or flow.response is None or flow.response.stream
             or flow.response.status_code not in CLOUDFLARE_STATUSES
         ):
             return
@@ -51,10 +50,10 @@ class CloudflareGuard:
         host = flow.request.host
         message = refusal.message(host)
         self._log_once_per_burst(host, message)
-        flow.metadata[METADATA_KEY] = {**summary, "cloudflare": {"status": flow.response.status_code, "code": refusal.code}}
+        add_to_display(flow, cloudflare={"status": flow.response.status_code, "code": refusal.code})
         flow.response = error_response(
             flow, refusal.status, message, retryable=True,
-            protocol=ClientProtocol(summary["client_protocol"]),
+            protocol=route.client_protocol,
             headers={"retry-after": str(refusal.retry_after)},
         )
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from mitmproxy import ctx
 from mitmproxy import http
 
-from memory_routing.routing.router import METADATA_KEY
-from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.wire.responses import error_response
+from memory_routing.flow_state import Route, route_of
+from memory_routing.wire.responses import error_response, fail_closed
 
 
 @dataclass
@@ -58,11 +57,12 @@ class InFlightLimiter:
         if "memory_routing_queue_timeout" in updated:
             self.queue_timeout = ctx.options.memory_routing_queue_timeout
 
+    @fail_closed(500, "the proxy failed to queue this request; its log has the details")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Synchronous when a slot is free (the common case); mitmproxy awaits what a hook
         # returns, so only a request that must queue pays for a coroutine.
-        summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.response is not None or self.cap <= 0:
+        route = route_of(flow)
+        if route is None or flow.response is not None or self.cap <= 0:
             return None
         slots = self._hosts.get(host := f"{flow.request.host}:{flow.request.port}")
         if slots is None:
@@ -71,9 +71,9 @@ class InFlightLimiter:
             slots.in_flight += 1
             self._holding[flow] = slots
             return None
-        return self._wait_for_slot(flow, slots, summary)
+        return self._wait_for_slot(flow, slots, route)
 
-    async def _wait_for_slot(self, flow: http.HTTPFlow, slots: _HostSlots, summary: dict) -> None:
+    async def _wait_for_slot(self, flow: http.HTTPFlow, slots: _HostSlots, route: Route) -> None:
         waiter = asyncio.get_running_loop().create_future()
         slots.waiting.append(waiter)
         try:
@@ -83,7 +83,7 @@ class InFlightLimiter:
                 flow, 503,
                 f"{slots.in_flight} requests to {flow.request.host} are in flight (the proxy's cap) and this one "
                 f"waited {self.queue_timeout} s for a slot; retry later",
-                retryable=True, protocol=ClientProtocol(summary["client_protocol"]),
+                retryable=True, protocol=route.client_protocol,
                 headers={"retry-after": str(max(1, self.queue_timeout // 4))},
             )
             return

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from memory_routing.errors import ConfigError  # noqa: F401 (raised here; importable from here)
+
 ENV_PREFIX = "os.environ/"
 DEFAULT_CUSTOM_HEADER = "x-memory-user-id"
 DEFAULT_USER_ID = "default-dev"
@@ -43,10 +45,6 @@ _IGNORED_TOP_LEVEL_KEYS = frozenset(
 _KNOWN_TOP_LEVEL_KEYS = frozenset(
     {"model_list", "general_settings", "user_id_mappings", "memory"}
 ) | _IGNORED_TOP_LEVEL_KEYS
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and key path."""
 
 
 @dataclass(frozen=True)

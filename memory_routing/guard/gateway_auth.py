@@ -4,7 +4,7 @@ On a reverse-mode listener mitmproxy's ProxyAuth reads ``Authorization``, which 
 OpenAI-style client puts its API key: the two would collide, and a client could never pass
 both. On the gateway this addon checks the same credentials (the same validator: user:pass,
 htpasswd or LDAP) from ``Proxy-Authorization: Basic …`` instead, and leaves ``Authorization``
-to the client. mitmproxy's ProxyAuth is told (through its documented ``authenticated`` map)
+to the client. mitmproxy's ProxyAuth is told (through its ``authenticated`` map, see mitm.internals)
 that gateway connections are taken care of; the forward proxy is left to it entirely.
 """
 
@@ -20,7 +20,8 @@ from mitmproxy.addons.proxyauth import parse_http_basic_auth
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing.local.endpoints import is_gateway
-from memory_routing.wire.responses import error_response
+from memory_routing.mitm.internals import mark_authenticated
+from memory_routing.wire.responses import error_response, fail_closed
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ class GatewayAuth:
     def client_connected(self, client: connection.Client) -> None:
         proxyauth = self._proxyauth()
         if proxyauth is not None and proxyauth.validator is not None and isinstance(client.proxy_mode, ReverseMode):
-            proxyauth.authenticated[client] = _HANDLED_HERE
+            mark_authenticated(proxyauth, client, _HANDLED_HERE)
             self._marked.add(client)
 
+    @fail_closed(401, "the proxy could not check this request's credentials; its log has the details")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.client_conn not in self._marked or not is_gateway(flow):
             return

@@ -23,7 +23,7 @@ from mitmproxy.utils import human
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.mitm.error_pages import ErrorPageOverrides
 from memory_routing.routing.model_calls import parse_model_call
-from memory_routing.wire.responses import error_response
+from memory_routing.wire.responses import error_response, fail_closed
 from memory_routing.config.holder import RoutingConfig
 
 
@@ -33,6 +33,7 @@ _CONTROL_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
 # The text of mitmproxy's refusal (mitmproxy/proxy/layers/http, check_body_size).
 BODY_SIZE_LIMIT_TEXT = "Request body exceeds mitmproxy's body_size_limit"
+_FAILED = "the proxy could not check this request's size; its log has the details"
 
 
 class RequestLimits:
@@ -80,6 +81,7 @@ class RequestLimits:
         if current != wanted:
             ctx.options.update(body_size_limit=wanted)
 
+    @fail_closed(500, _FAILED)
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self._applies(flow):
             return
@@ -116,6 +118,7 @@ class RequestLimits:
         if self.max_body and length.isdigit() and int(length) > self.max_body:
             flow.response = self._too_large(flow, int(length))
 
+    @fail_closed(500, _FAILED)
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self.max_body or flow.request.raw_content is None:
             return

@@ -14,8 +14,8 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing import __version__
 from memory_routing.dashboard import api as dashboard
-from memory_routing.routing.classify import InvalidUserId
 from memory_routing.local.stores import LocalStores
+from memory_routing.errors import InvalidUserId
 from memory_routing.local.bodies import (
     anthropic_models_body,
     health_body,
@@ -23,7 +23,7 @@ from memory_routing.local.bodies import (
     routing_info_body,
 )
 from memory_routing.wire.protocol import ClientProtocol, detect_protocol
-from memory_routing.wire.responses import error_response, json_response
+from memory_routing.wire.responses import error_response, json_response, refusal_response
 from memory_routing.config.holder import RoutingConfig
 
 # Through the forward proxy the endpoints live on this name. ".localhost" is reserved
@@ -127,7 +127,7 @@ class LocalEndpoints:
         try:
             identity = self.routing.classifier.classify(flow.request.headers)
         except InvalidUserId as e:
-            return error_response(flow, 400, str(e))
+            return refusal_response(e, flow)
         listener = "gateway" if is_gateway(flow) else "forward"
         body = routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
         body["upstreams"] = {name: source() for name, source in self.status_sources.items()}

@@ -6,9 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
-class MemoryStoreError(Exception):
-    """Base of every error the embedded memory raises."""
+from memory_routing.errors import MemoryStoreError
 
 
 class MemoryRecordError(MemoryStoreError):

@@ -22,8 +22,13 @@ import time
 from collections.abc import Callable
 
 from mitmproxy import http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1, _http2
+
+from memory_routing.mitm.internals import (
+    ErrorPageRenderers,
+    assemble_http1_response,
+    replace_error_page_renderers,
+    restore_error_page_renderers,
+)
 
 # Registered answers whose failure never reached a renderer (the client was already gone)
 # are dropped oldest-first past this many.
@@ -40,7 +45,7 @@ class ErrorPageOverrides:
         self._pending: collections.OrderedDict[int, tuple[str, collections.deque[tuple[float, http.Response]]]] = (
             collections.OrderedDict()
         )
-        self._originals: tuple[Callable, Callable] | None = None
+        self._originals: ErrorPageRenderers | None = None
 
     def register(self, message: str, answer: http.Response) -> None:
         """Send ``answer`` instead of mitmproxy's page for the failure whose text is ``message``
@@ -55,28 +60,25 @@ class ErrorPageOverrides:
     def install(self) -> None:
         if self._originals is not None:
             return
-        self._originals = (_http1.make_error_response, _http2.format_error)
-        original_page, original_body = self._originals
 
-        def make_error_response(status_code, message: str = "") -> bytes:
+        def page(original: Callable[..., bytes], status_code: int, message: str) -> bytes:
             answer = self._take(message)
             if answer is None:
-                return original_page(status_code, message)
+                return original(status_code, message)
             answer.headers["connection"] = "close"  # mitmproxy closes the connection next
-            return http1.assemble_response(answer)
+            return assemble_http1_response(answer)
 
-        def format_error(status_code, message: str) -> bytes:
+        def body(original: Callable[..., bytes], status_code: int, message: str) -> bytes:
             # HTTP/2: mitmproxy writes the status and a text/html content-type itself; only
             # the body can be replaced.
             answer = self._take(message)
-            return original_body(status_code, message) if answer is None else answer.raw_content or b""
+            return original(status_code, message) if answer is None else answer.raw_content or b""
 
-        _http1.make_error_response = make_error_response
-        _http2.format_error = format_error
+        self._originals = replace_error_page_renderers(page, body)
 
     def uninstall(self) -> None:
         if self._originals is not None:
-            _http1.make_error_response, _http2.format_error = self._originals
+            restore_error_page_renderers(self._originals)
             self._originals = None
         self._pending.clear()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from memory_routing.errors import InvalidUserId  # noqa: F401 (raised here; importable from here)
 from memory_routing.config.schema import USER_ID_PATTERN, HeaderPattern, UserIdMappings
 
 # Patterns are matched on a bounded prefix: a client cannot make classification slow by
@@ -19,14 +20,6 @@ MATCH_PREFIX_LENGTH = 1024
 
 class HeaderLookup(Protocol):
     def get_all(self, name: str) -> list[str]: ...
-
-
-class InvalidUserId(ValueError):
-    """The client's explicit user id header is unusable; answer 400, never forward it."""
-
-    def __init__(self, header: str, reason: str) -> None:
-        super().__init__(f"invalid {header} header: {reason}")
-        self.header = header
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import ModelAlias, ProxyConfig
 from memory_routing.routing.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.routing.providers import ProviderResolver, ProviderRoute, UnresolvableModel, UnsupportedProvider
+from memory_routing.errors import RouteRefused, UnresolvableModel
+
+if TYPE_CHECKING:  # the resolver is LiteLLM's; the planner itself stays pure
+    from memory_routing.routing.providers import ProviderResolver, ProviderRoute
 
 # Hosts whose model calls are routed in forward-proxy mode, besides every host the config names.
 KNOWN_LLM_HOSTS: dict[str, str] = {
@@ -44,16 +48,6 @@ _FAMILY_HEADERS = {
     ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
     ClientProtocol.OPENAI: ("openai-organization", "openai-project", "openai-beta"),
 }
-
-
-class RouteRefused(Exception):
-    """The request cannot be routed; answer the client with this status and message."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -246,8 +240,6 @@ class RoutePlanner:
                 f"nor a model LiteLLM can place; prefix it with its provider, e.g. openai/{facts.requested_model}",
                 param="model",
             ) from None
-        except UnsupportedProvider as e:
-            raise RouteRefused(400, str(e), param="model") from None
 
     def _decide(
         self,

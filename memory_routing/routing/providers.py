@@ -19,6 +19,7 @@ import litellm  # noqa: E402
 from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig  # noqa: E402
 from litellm.utils import ProviderConfigManager  # noqa: E402
 
+from memory_routing.errors import UnresolvableModel, UnsupportedProvider  # noqa: E402
 from memory_routing.wire.protocol import ClientProtocol  # noqa: E402
 
 # LiteLLM prints a provider list to stdout on every failed lookup.
@@ -33,14 +34,6 @@ _NATIVE_PROTOCOL = {"anthropic": ClientProtocol.ANTHROPIC, "gemini": ClientProto
 # A client speaking a provider's own API with a model LiteLLM cannot place means that provider.
 _PROVIDER_OF_PROTOCOL = {ClientProtocol.ANTHROPIC: "anthropic", ClientProtocol.GEMINI: "gemini"}
 _RESOLVE_CACHE_LIMIT = 4096
-
-
-class UnresolvableModel(LookupError):
-    """Neither an alias nor a model LiteLLM can place."""
-
-
-class UnsupportedProvider(LookupError):
-    """LiteLLM knows the provider, but the proxy cannot reach it by rewriting URLs."""
 
 
 @dataclass(frozen=True)

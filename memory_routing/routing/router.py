@@ -14,15 +14,17 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from memory_routing.routing.classify import InvalidUserId
+from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
+from memory_routing.flow_state import DISPLAY_KEY, Route, add_to_display, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
 from memory_routing.routing.headers import HeaderIndex
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import parsed_modes
 from memory_routing.wire.protocol import gateway_path_protocol
-from memory_routing.wire.responses import error_response, json_response
+from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
     CREDENTIAL_QUERY_PARAMS,
@@ -30,19 +32,18 @@ from memory_routing.routing.planner import (
     KNOWN_LLM_HOSTS,
     RequestFacts,
     RoutePlanner,
-    RouteRefused,
     RoutingDecision,
     conversation_id_from,
     header_safe,
     loggable_url,
 )
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.translate.translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
+from memory_routing.translate.translation import AnswerTranslation, count_input_tokens, translate_request
 from memory_routing.wire.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "memory_routing"
+METADATA_KEY = DISPLAY_KEY  # mitmweb's summary; addons read flow_state.route_of(flow)
 # Claude Code posts its telemetry to the base URL; it wants a quick 2xx, not an error.
 QUIET_PATHS = frozenset({"/api/event_logging/batch", "/api/event_logging/v2/batch", "/api/hello"})
 # Names the client's parameters a translated call left out (see translate.parameters).
@@ -54,7 +55,7 @@ BUFFER_LIMIT = 1024 * 1024
 LOG_FIELDS_KEY = "memory_routing.log_fields"
 # flow.metadata key: what really happened to a failed flow, when mitmproxy's error text does not
 # say (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
-FAILURE_NOTE_KEY = "memory_routing.failure"
+from memory_routing.flow_state import FAILURE_NOTE_KEY  # noqa: E402  (set by UpstreamFailures)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class ModelRouter:
 
     # --- hooks ----------------------------------------------------------------------------
 
+    @fail_closed(500, "the proxy failed to route this request; its log has the details")
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -136,20 +138,11 @@ class ModelRouter:
                 flow.response = self._count_tokens(decision, payload)
                 return
             self._apply(flow, decision, payload)
-        except InvalidUserId as e:
-            flow.response = error_response(flow, 400, str(e))
-            self._log_refusal(flow, call, 400, str(e))
-        except RouteRefused as e:
+        except ProxyRefusal as e:
             logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {e.message}")
-            flow.response = error_response(flow, e.status, e.message, param=e.param)
+            flow.response = refusal_response(e, flow)
             self._log_refusal(flow, call, e.status, e.message)
-        except Exception:
-            # Fail closed: a half-rewritten request must never leave the proxy.
-            logger.exception("memory-routing: internal error while routing")
-            flow.response = error_response(
-                flow, 500, "the proxy failed to route this request; its log has the details", retryable=True
-            )
-            self._log_refusal(flow, call, 500, "internal error while routing")
+        # Anything else: fail_closed answers 500, as a half-rewritten request must never leave.
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self._records.get(flow)
@@ -270,26 +263,20 @@ class ModelRouter:
             else:  # an encoded body: mitmproxy's setter re-encodes it
                 request.content = body
         # Set as one unit: the attribute setters would rewrite the Host header three times.
-        request.data.scheme = target.scheme.encode()
-        request.data.host = target.host
-        request.data.port = target.port
-        request.data.path = target.path.encode()
+        set_request_target(request, target.scheme, target.host, target.port, target.path)
         if not plain_http1:
             request.host_header = target.host_header
         record = _FlowRecord(
             decision, decision.summary() | fit_notes, answer=answer,
             asked_stream=payload is not None and payload.get("stream") is True,
         )
-        flow.metadata[METADATA_KEY] = record.summary
+        set_route(flow, Route(decision, decision.client_protocol, decision.user_id, record), display=record.summary)
         flow.comment = decision.description
         self._records[flow] = record
 
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
-        try:
-            tokens = count_input_tokens(decision.provider_model, payload)
-        except TranslationRefused as e:
-            raise RouteRefused(e.status, e.message) from None
+        tokens = count_input_tokens(decision.provider_model, payload)
         return json_response(200, {"input_tokens": tokens})
 
     def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord, event_stream: bool) -> None:
@@ -315,7 +302,7 @@ class ModelRouter:
         try:
             body = answer.body(response.status_code, lowered.get("content-type", ""), response.content or b"")
         except TranslationRefused as e:
-            flow.response = error_response(flow, e.status, e.message, retryable=True, protocol=answer.client)
+            flow.response = refusal_response(e, flow, protocol=answer.client)
             return
         except Exception:
             logger.exception(f"memory-routing: could not translate the answer of {answer.provider}")
@@ -361,7 +348,7 @@ class ModelRouter:
         line.pop("headers_set", None)
         if record.supermemory:
             line["supermemory"] = record.supermemory
-            flow.metadata[METADATA_KEY] = {**flow.metadata.get(METADATA_KEY, {}), "supermemory": record.supermemory}
+            add_to_display(flow, supermemory=record.supermemory)
         if error:
             line["error"] = error
         line.update(flow.metadata.get(LOG_FIELDS_KEY, ()))
@@ -428,13 +415,10 @@ def _translated_body(
 ) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
     translation = decision.translation
     assert translation is not None
-    try:
-        translated = translate_request(
-            decision.client_protocol, decision.provider, decision.provider_model, payload,
-            drop_params=translation.drop_params, user_id=decision.user_id,
-        )
-    except TranslationRefused as e:
-        raise RouteRefused(e.status, e.message) from None
+    translated = translate_request(
+        decision.client_protocol, decision.provider, decision.provider_model, payload,
+        drop_params=translation.drop_params, user_id=decision.user_id,
+    )
     for name, value in translated.headers:
         if not header_safe(value):
             raise RouteRefused(500, f"LiteLLM's translation produced an unusable {name!r} header")

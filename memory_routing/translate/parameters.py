@@ -27,6 +27,7 @@ from typing import Any
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.routing.providers import litellm  # isort: skip
 
+from memory_routing.errors import UnsupportedParams
 from memory_routing.wire.protocol import ClientProtocol
 
 REASONING_PARAMS = ("reasoning_effort", "thinking")
@@ -59,14 +60,6 @@ class FittedParams:
     completion: dict[str, Any]
     dropped: tuple[str, ...]  # client-side names, in the order found
     fitted: tuple[tuple[str, int], ...]  # (parameter, the value it was lowered to)
-
-
-class UnsupportedParams(ValueError):
-    """Strict mode (``drop_params: false``): the target does not take these parameters."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        super().__init__(", ".join(names))
-        self.names = names
 
 
 @functools.lru_cache(maxsize=1024)  # the same few models, call after call; LiteLLM's lookups are not free

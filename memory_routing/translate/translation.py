@@ -16,29 +16,31 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from memory_routing.wire.protocol import ClientProtocol, error_body
-from memory_routing.translate.parameters import UnsupportedParams, fit_params, target_model
+from memory_routing.errors import TranslationRefused, UnsupportedParams
+from memory_routing.translate.parameters import fit_params, target_model
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.routing.providers import litellm  # isort: skip
 
 import httpx  # LiteLLM's response transforms take an httpx.Response
 from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message
-from litellm.llms.anthropic.chat.handler import ModelResponseIterator as AnthropicChunkParser
-from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY, AnthropicConfig
-from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import AnthropicStreamWrapper
+from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 from litellm.llms.anthropic.experimental_pass_through.adapters.transformation import LiteLLMAnthropicMessagesAdapter
-from litellm.llms.gemini.chat.transformation import GoogleAIStudioGeminiConfig
-from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body as gemini_request_body
-from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import (
-    ModelResponseIterator as GeminiChunkParser,
-)
 from litellm.types.utils import ModelResponse, ModelResponseStream
 from litellm.utils import ProviderConfigManager, get_optional_params
+
+from memory_routing.translate.litellm_internals import (
+    ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY,
+    SteppedAnthropicStream,
+    anthropic_chunk_parser,
+    gemini_chunk_parser,
+    gemini_model_response,
+    gemini_request_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +57,6 @@ _LITELLM_ONLY = frozenset({"metadata", "litellm_metadata", "mock_response", "api
 # Completion arguments that are no provider parameter to judge: the stream's mode is the
 # proxy's to set per provider (Gemini's is in the URL).
 _NOT_FITTED = _LITELLM_ONLY | {"model", "messages", "stream", "stream_options"}
-
-
-class TranslationRefused(Exception):
-    """The request cannot be translated: answer the client with this status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -98,9 +91,9 @@ class AnswerTranslation:
         try:
             document = json.loads(body)
         except ValueError:
-            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON") from None
+            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON", retryable=True) from None
         if not isinstance(document, dict):
-            raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object")
+            raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object", retryable=True)
         response = self._model_response(document, status, content_type, body)
         if self.client is ClientProtocol.ANTHROPIC:
             message = LiteLLMAnthropicMessagesAdapter().translate_openai_response_to_anthropic(
@@ -122,13 +115,7 @@ class AnswerTranslation:
                 tool_name_reverse_map=_reverse_tool_map(self.litellm_params),
             )
         if self.provider == "gemini":
-            return GoogleAIStudioGeminiConfig()._transform_google_generate_content_to_openai_model_response(
-                completion_response=document,
-                model_response=ModelResponse(),
-                model=self.provider_model,
-                logging_obj=_CallDetails(self.optional_params),
-                raw_response=raw,
-            )
+            return gemini_model_response(document, self.provider_model, self.optional_params, raw)
         return ModelResponse(**document)
 
 
@@ -245,7 +232,7 @@ def _native_body(
         # Gemini names the model and the streaming mode in the URL, not in the body.
         optional.pop("stream", None)
         optional.pop("stream_options", None)
-        return dict(gemini_request_body(messages, model, optional, "gemini", litellm_params, None))
+        return gemini_request_body(messages, model, optional, litellm_params)
     if provider != "anthropic":
         # Anthropic's adapter leaves thinking_blocks (often null) on assistant messages; an
         # OpenAI-format API refuses keys it does not know. LiteLLM's Mistral config strips
@@ -453,80 +440,31 @@ class StreamTranslator:
 def _source_for(answer: AnswerTranslation):
     """A function from one provider event (parsed JSON) to a LiteLLM ModelResponseStream."""
     if answer.provider == "anthropic":
-        parser = AnthropicChunkParser(None, sync_stream=True, tool_name_reverse_map=_reverse_tool_map(answer.litellm_params))
-        return parser.chunk_parser
+        return anthropic_chunk_parser(_reverse_tool_map(answer.litellm_params))
     if answer.provider == "gemini":
-        return GeminiChunkParser(None, sync_stream=True, logging_obj=_CallDetails(answer.optional_params)).chunk_parser
+        return gemini_chunk_parser(answer.optional_params)
     return lambda document: ModelResponseStream(**document)
 
 
-class _DataWanted:
-    """What the Anthropic wrapper's coroutine waits on when it has read every chunk so far."""
-
-    def __await__(self):
-        yield self
-
-
-class _PushedChunks:
-    """An async iterator over chunks pushed from outside; it suspends (never blocks) when empty."""
-
-    def __init__(self) -> None:
-        self.chunks: deque[ModelResponseStream] = deque()
-        self.ended = False
-
-    def __aiter__(self) -> _PushedChunks:
-        return self
-
-    async def __anext__(self) -> ModelResponseStream:
-        while not self.chunks:
-            if self.ended:
-                raise StopAsyncIteration
-            await _DataWanted()
-        return self.chunks.popleft()
-
-
 class _AnthropicEvents:
-    """LiteLLM's AnthropicStreamWrapper, driven chunk by chunk.
-
-    The wrapper pulls from an async iterator. Its coroutine is stepped by hand: when it waits
-    for a chunk that has not arrived, it is kept suspended until the next push, so its state
-    (open content blocks, held stop reason) carries over exactly as in LiteLLM's own proxy.
-    """
+    """Anthropic's server-sent events from LiteLLM's ModelResponseStream objects."""
 
     def __init__(self, answer: AnswerTranslation) -> None:
-        self._chunks = _PushedChunks()
-        self._wrapper = AnthropicStreamWrapper(
-            self._chunks, model=answer.provider_model, tool_name_mapping=answer.tool_name_mapping
-        )
-        self._waiting = None  # the wrapper's suspended __anext__ coroutine
+        self._stream = SteppedAnthropicStream(answer.provider_model, answer.tool_name_mapping)
 
     def push(self, chunk: ModelResponseStream) -> bytes:
-        self._chunks.chunks.append(chunk)
-        return self._drain()
+        return self._events(self._stream.push(chunk))
 
     def close(self) -> bytes:
-        self._chunks.ended = True
-        return self._drain()
+        return self._events(self._stream.close())
 
     def error(self, status: int, message: str) -> bytes:
         body = json.loads(error_body(ClientProtocol.ANTHROPIC, status, message))
         return _sse("error", body)
 
-    def _drain(self) -> bytes:
-        out: list[bytes] = []
-        while True:
-            step, self._waiting = self._waiting or self._wrapper.__anext__(), None
-            try:
-                step.send(None)
-            except StopIteration as done:
-                event = done.value
-                if isinstance(event, dict):
-                    out.append(_sse(str(event.get("type", "message")), _plain(event)))
-                continue
-            except StopAsyncIteration:
-                return b"".join(out)
-            self._waiting = step
-            return b"".join(out)
+    @staticmethod
+    def _events(events: list[dict]) -> bytes:
+        return b"".join(_sse(str(event.get("type", "message")), _plain(event)) for event in events)
 
 
 class _OpenAIChunks:
@@ -672,18 +610,3 @@ def _reverse_tool_map(litellm_params: dict[str, Any]) -> dict[str, str] | None:
     """Tool names AnthropicConfig rewrote for Anthropic's name rules, back to the client's."""
     candidate = litellm_params.get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY)
     return candidate if isinstance(candidate, dict) else None
-
-
-class _CallDetails:
-    """The part of LiteLLM's logging object its Gemini parsers read: the call's parameters.
-
-    LiteLLM's real Logging object starts callbacks and threads per call; the parsers only
-    look up ``optional_params`` (to know a function call was requested) and report to
-    ``post_call``, which has nothing to report to here.
-    """
-
-    def __init__(self, optional_params: dict[str, Any]) -> None:
-        self.optional_params = optional_params
-
-    def post_call(self, *args: Any, **kwargs: Any) -> None:
-        return None

@@ -26,8 +26,9 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.routing.router import FAILURE_NOTE_KEY, METADATA_KEY
-from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.flow_state import FAILURE_NOTE_KEY
+from memory_routing.mitm.internals import connection_task, drop_connection
+from memory_routing.flow_state import route_of
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class UpstreamFailures:
     # --- hooks ----------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if METADATA_KEY in flow.metadata and flow.response is None and flow.error is None:
+        if flow.response is None and route_of(flow) is not None and flow.error is None:
             self._flows[flow.id] = _Watched(flow, time.time())
             if len(self._routed_targets) < 4096:
                 self._routed_targets.add((flow.request.host, flow.request.port))
@@ -101,7 +102,7 @@ class UpstreamFailures:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         # Runs inside the task that will connect and then read this connection: cancelling it
         # is how a timed-out connection is dropped.
-        task = asyncio.current_task()
+        task = connection_task()
         if task is not None:
             self._tasks[data.server] = task
         if data.server.address is not None and data.server.address in self._routed_targets:
@@ -134,8 +135,8 @@ class UpstreamFailures:
 
     def error(self, flow: http.HTTPFlow) -> None:
         watched = self._flows.pop(flow.id, None)
-        summary = flow.metadata.get(METADATA_KEY)
-        if summary is None or flow.error is None:
+        route = route_of(flow)
+        if route is None or flow.error is None:
             return
         host = flow.request.pretty_host
         if flow.response is not None and flow.response.stream:
@@ -156,8 +157,7 @@ class UpstreamFailures:
         logger.warning(f"memory-routing: {message}")
         if not flow.client_conn.state & connection.ConnectionState.CAN_WRITE:
             return  # the client has gone: no page will be written
-        protocol = ClientProtocol(summary["client_protocol"])
-        answer = error_response(flow, status, message, retryable=True, protocol=protocol)
+        answer = error_response(flow, status, message, retryable=True, protocol=route.client_protocol)
         self.pages.register(flow.error.msg, answer)
 
     # --- timeouts -------------------------------------------------------------------------
@@ -215,5 +215,5 @@ class UpstreamFailures:
 
     def _cancel(self, server: connection.Server, reason: str) -> None:
         task = self._tasks.get(server)
-        if task is not None and not task.done():
-            task.cancel(reason)
+        if task is not None:
+            drop_connection(task, reason)

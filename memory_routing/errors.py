@@ -1,0 +1,100 @@
+"""The proxy's one error hierarchy (pure: imports neither mitmproxy nor LiteLLM).
+
+In the style of httpx's exceptions: one root, a branch per kind of failure.
+
+    MemoryRoutingError
+    ├── ConfigError            a config file that cannot be used (names the file and key path)
+    ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
+    └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
+        ├── RouteRefused           routing.planner / routing.router
+        │   ├── UnresolvableModel      routing.providers: neither an alias nor a model LiteLLM places
+        │   └── UnsupportedProvider    routing.providers: LiteLLM knows it, URL rewriting cannot reach it
+        ├── InvalidUserId          routing.classify: an unusable explicit user id header
+        └── TranslationRefused     translate.translation
+            └── UnsupportedParams      translate.parameters: strict mode, parameters the target lacks
+
+A ProxyRefusal is rendered into the client's shape once, by ``wire.responses.refusal_response``.
+"""
+
+from __future__ import annotations
+
+
+class MemoryRoutingError(Exception):
+    """Root of every error the proxy raises on purpose."""
+
+
+class ConfigError(MemoryRoutingError, ValueError):
+    """A config file that cannot be used; the message names the file and key path."""
+
+
+class MemoryStoreError(MemoryRoutingError):
+    """Base of every error the embedded memory raises."""
+
+
+class ProxyRefusal(MemoryRoutingError):
+    """The proxy answers this request itself, with ``status`` and ``message`` in the client's shape.
+
+    ``param``: the request field at fault, when the client's error shape has a place for it.
+    ``retryable``: whether sending the same request again can help (``x-should-retry``).
+    """
+
+    status: int = 500
+    retryable: bool = False
+
+    def __init__(
+        self, status: int | None, message: str, *, param: str | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.message = message
+        self.param = param
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class RouteRefused(ProxyRefusal):
+    """The request cannot be routed."""
+
+
+class UnresolvableModel(RouteRefused, LookupError):
+    """Neither an alias nor a model LiteLLM can place."""
+
+    status = 400
+
+    def __init__(self, model: str) -> None:
+        super().__init__(None, model, param="model")
+        self.model = model
+
+
+class UnsupportedProvider(RouteRefused, LookupError):
+    """LiteLLM knows the provider, but the proxy cannot reach it by rewriting URLs."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message, param="model")
+
+
+class InvalidUserId(ProxyRefusal, ValueError):
+    """The client's explicit user id header is unusable; answer 400, never forward it."""
+
+    status = 400
+
+    def __init__(self, header: str, reason: str) -> None:
+        super().__init__(None, f"invalid {header} header: {reason}")
+        self.header = header
+
+
+class TranslationRefused(ProxyRefusal):
+    """The request (or the provider's answer) cannot be translated."""
+
+
+class UnsupportedParams(TranslationRefused, ValueError):
+    """Strict mode (``drop_params: false``): the target does not take these parameters."""
+
+    status = 400
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__(None, ", ".join(names))
+        self.names = names

@@ -1,0 +1,63 @@
+"""Typed state that the router hands to the addons after it (pure: no mitmproxy, no LiteLLM).
+
+The router records one ``Route`` per flow it rewrites; the cookie jar, the in-flight cap, the
+Cloudflare guard and the upstream watchdog read it with ``route_of(flow)``. None of them imports
+the router (importing one of them must not load LiteLLM).
+
+``flow.metadata[DISPLAY_KEY]`` keeps a JSON-able summary of the same decision for mitmweb (it
+shows flow.metadata and saves it with flows); code reads the typed ``Route``, never that dict.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memory_routing.wire.protocol import ClientProtocol
+
+if TYPE_CHECKING:
+    from memory_routing.routing.planner import RoutingDecision
+
+# The summary mitmweb shows; addons add to it (a copy each time) but never read it back.
+DISPLAY_KEY = "memory_routing"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The routing decision of one flow, as the addons after the router need it.
+
+    ``record``: the router's own per-flow stream record (timing, usage meter, translator); opaque
+    to everyone else.
+    """
+
+    decision: RoutingDecision
+    client_protocol: ClientProtocol
+    user_id: str
+    record: Any = None
+
+
+# Keyed by the flow object itself: a flow that is dropped takes its route with it.
+_routes: weakref.WeakKeyDictionary[Any, Route] = weakref.WeakKeyDictionary()
+
+
+def route_of(flow: object) -> Route | None:
+    """The route the router chose for this flow, or None when the proxy did not route it."""
+    return _routes.get(flow)
+
+
+def set_route(flow: object, route: Route, display: dict[str, object] | None = None) -> None:
+    """Record the flow's route; ``display`` (JSON-able) is what mitmweb shows for it."""
+    _routes[flow] = route
+    if display is not None:
+        flow.metadata[DISPLAY_KEY] = display  # type: ignore[attr-defined]
+
+
+def add_to_display(flow: object, **fields: object) -> None:
+    """Note something about a routed flow for mitmweb (never read back by the proxy)."""
+    metadata = flow.metadata  # type: ignore[attr-defined]
+    metadata[DISPLAY_KEY] = {**metadata.get(DISPLAY_KEY, {}), **fields}
+
+# What really happened to a failed flow, when mitmproxy's error text does not say (a read timeout
+# surfaces as "server closed connection"): set by UpstreamFailures, read by the router's log line.
+FAILURE_NOTE_KEY = "memory_routing.failure"

@@ -1,0 +1,180 @@
+"""Contracts with the private mitmproxy and LiteLLM pieces the proxy relies on.
+
+Everything private is fenced in memory_routing/mitm/internals.py and
+memory_routing/translate/litellm_internals.py; these tests pin what those modules assume
+(signatures, attributes, behaviour on a small input) for the versions the lock file pins:
+mitmproxy 12.x on Python 3.12+, 11.0.2 on 3.11, and the exact LiteLLM. When an upgrade moves
+one of them, it fails here, by name, rather than in a user's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import inspect
+import json
+import re
+import sys
+import weakref
+from pathlib import Path
+
+import httpx
+import pytest
+from mitmproxy.addons.proxyauth import ProxyAuth, parse_http_basic_auth
+from mitmproxy.http import Headers
+from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import tflow, tutils
+
+from memory_routing.mitm import internals
+from memory_routing.translate import litellm_internals
+from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import AnthropicStreamWrapper
+from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body
+from litellm.types.utils import ModelResponseStream
+
+LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
+
+
+def pinned(package: str) -> list[str]:
+    return re.findall(rf"^{package}==([0-9.]+)", LOCK.read_text(), re.M)
+
+
+# --- versions ----------------------------------------------------------------------------
+
+def test_the_pinned_versions_are_the_ones_under_test():
+    mitmproxy_version = importlib.metadata.version("mitmproxy")
+    if sys.version_info >= (3, 12):
+        assert mitmproxy_version.startswith("12."), mitmproxy_version
+    else:
+        assert mitmproxy_version == "11.0.2"
+    assert mitmproxy_version in pinned("mitmproxy")
+    assert [importlib.metadata.version("litellm")] == pinned("litellm")
+
+
+# --- mitmproxy ---------------------------------------------------------------------------
+
+def test_error_page_renderers_take_status_and_message_and_render_html():
+    assert list(inspect.signature(_http1.make_error_response).parameters)[:2] == ["status_code", "message"]
+    assert list(inspect.signature(_http2.format_error).parameters)[:2] == ["status_code", "message"]
+    page = _http1.make_error_response(502, "upstream gone")
+    assert page.startswith(b"HTTP/1.1 502") and b"<html" in page and b"upstream gone" in page
+    assert b"upstream gone" in _http2.format_error(502, "upstream gone")
+
+
+def test_error_page_renderers_are_looked_up_at_call_time():
+    # The page is replaced by rebinding the module attribute: that works only while mitmproxy
+    # calls it through the module (a `from ... import` would keep the original).
+    http_layer = sys.modules["mitmproxy.proxy.layers.http"]
+    source = inspect.getsource(http_layer) + inspect.getsource(_http1) + inspect.getsource(_http2)
+    assert "make_error_response(" in source and "format_error(" in source
+    assert "from mitmproxy.proxy.layers.http._http1 import make_error_response" not in source
+
+
+def test_error_page_renderers_can_be_replaced_and_restored():
+    seen = []
+    originals = internals.replace_error_page_renderers(
+        lambda original, status, message: seen.append(("1", status, message)) or b"mine",
+        lambda original, status, message: original(status, message),
+    )
+    try:
+        assert _http1.make_error_response(504, "m") == b"mine"
+        assert b"m" in _http2.format_error(504, "m")
+    finally:
+        internals.restore_error_page_renderers(originals)
+    assert seen == [("1", 504, "m")]
+    assert b"<html" in _http1.make_error_response(504, "m")
+
+
+def test_assembled_http1_response_is_what_a_client_reads():
+    from mitmproxy import http
+
+    raw = internals.assemble_http1_response(http.Response.make(418, b"{}", {"content-type": "application/json"}))
+    assert raw.startswith(b"HTTP/1.1 418") and raw.endswith(b"\r\n\r\n{}")
+
+
+def test_server_connect_hook_data_names_the_server():
+    assert "server" in {f.name for f in server_hooks.ServerConnectionHookData.__dataclass_fields__.values()}
+
+
+def test_a_cancelled_connection_task_carries_its_reason():
+    async def run() -> str:
+        async def connection():
+            task = internals.connection_task()
+            assert task is not None
+            internals.drop_connection(task, "memory-routing: read timeout")
+            await asyncio.sleep(1)
+
+        try:
+            await asyncio.create_task(connection())
+        except asyncio.CancelledError as e:
+            return str(e.args[0] if e.args else "")
+        return ""
+
+    assert asyncio.run(asyncio.wait_for(run(), 5)) == "memory-routing: read timeout"
+
+
+def test_proxyauth_keeps_a_per_connection_map_and_a_validator():
+    auth = ProxyAuth()
+    assert isinstance(auth.authenticated, weakref.WeakKeyDictionary)
+    assert hasattr(auth, "validator")
+    client = tflow.tclient_conn()
+    internals.mark_authenticated(auth, client, ("someone", ""))
+    assert auth.authenticated[client] == ("someone", "")
+    assert parse_http_basic_auth("Basic dXNlcjpwYXNz")[1:] == ("user", "pass")
+
+
+def test_request_target_is_rewritten_without_touching_host_header():
+    request = tutils.treq(headers=Headers(host="client.example"))
+    internals.set_request_target(request, "https", "api.example.com", 8443, "/v1/chat/completions?x=1")
+    assert request.url == "https://api.example.com:8443/v1/chat/completions?x=1"
+    assert request.headers["host"] == "client.example"
+
+
+# --- LiteLLM -----------------------------------------------------------------------------
+
+def test_gemini_request_body_signature_and_result():
+    names = list(inspect.signature(_transform_request_body).parameters)
+    assert names[:6] == ["messages", "model", "optional_params", "custom_llm_provider", "litellm_params", "cached_content"]
+    body = litellm_internals.gemini_request_body(
+        [{"role": "user", "content": "hi"}], "gemini-2.0-flash", {"temperature": 0.5}, {}
+    )
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+    assert body["generationConfig"]["temperature"] == 0.5
+
+
+def test_gemini_model_response_from_a_small_answer():
+    document = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "hello"}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4},
+    }
+    raw = httpx.Response(200, content=json.dumps(document).encode(), headers={"content-type": "application/json"})
+    response = litellm_internals.gemini_model_response(document, "gemini-2.0-flash", {}, raw)
+    assert response.choices[0].message.content == "hello"
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage.prompt_tokens == 3 and response.usage.completion_tokens == 1
+
+
+def test_anthropic_chunk_parser_reads_a_text_delta():
+    parse = litellm_internals.anthropic_chunk_parser(None)
+    chunk = parse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+    assert chunk.choices[0].delta.content == "hi"
+
+
+def test_gemini_chunk_parser_reads_a_candidate():
+    parse = litellm_internals.gemini_chunk_parser({})
+    chunk = parse({"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}}]})
+    assert chunk.choices[0].delta.content == "hi"
+
+
+def test_anthropic_stream_wrapper_is_stepped_by_hand():
+    assert inspect.iscoroutinefunction(AnthropicStreamWrapper.__anext__)
+    assert {"completion_stream", "model", "tool_name_mapping"} <= set(inspect.signature(AnthropicStreamWrapper).parameters)
+    stream = litellm_internals.SteppedAnthropicStream("gpt-4o-mini", None)
+    first = ModelResponseStream(choices=[{"index": 0, "delta": {"role": "assistant", "content": "hi"}}])
+    last = ModelResponseStream(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    events = stream.push(first) + stream.push(last) + stream.close()
+    types = [event["type"] for event in events]
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    assert any(e["type"] == "content_block_delta" and e["delta"].get("text") == "hi" for e in events)
+    assert any(e["type"] == "message_delta" and e["delta"].get("stop_reason") == "end_turn" for e in events)
+    assert stream.close() == []  # ended: nothing more
