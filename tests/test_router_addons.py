@@ -232,13 +232,14 @@ def test_requests_that_would_loop_back_into_the_proxy_are_refused(tmp_path: Path
 def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogCaptureFixture):
     from mitmproxy import flow as mflow
 
-    from memory_routing.routing.router import METADATA_KEY
+    from memory_routing.flow_state import Route, set_route
+    from memory_routing.wire.protocol import ClientProtocol
     from memory_routing.wire.upstream_failures import TIMEOUT_MARK, UpstreamFailures
 
     failures = UpstreamFailures()
     flow = tflow.tflow(resp=True)
     flow.response.stream = True
-    flow.metadata[METADATA_KEY] = {"client_protocol": "openai"}
+    set_route(flow, Route(decision=None, client_protocol=ClientProtocol.OPENAI, user_id="u", record=None))
     flow.metadata[TIMEOUT_MARK] = "read"
     flow.error = mflow.Error("server closed connection")  # what mitmproxy reports for the cancelled read
     with caplog.at_level(logging.WARNING):

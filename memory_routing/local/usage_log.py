@@ -7,13 +7,17 @@ start and daily.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 
 from mitmproxy import ctx, exceptions
 
 from memory_routing.dashboard.recorder import UsageRecorder
 from memory_routing.local.stores import LocalStores
-from memory_routing.routing.router import ModelRouter
+
+if TYPE_CHECKING:  # the router loads LiteLLM: only its type is needed here
+    from memory_routing.routing.router import ModelRouter
 
 log = logging.getLogger(__name__)
 
