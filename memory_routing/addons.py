@@ -9,6 +9,7 @@ from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
 from memory_routing.local.endpoints import LocalEndpoints
+from memory_routing.routing.litellm_loading import LiteLLMLoading
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -22,18 +23,25 @@ def create_addons() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
+    litellm_loading = LiteLLMLoading(routing)
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
     # slot taken for the rewritten upstream; Cloudflare's pages are recognised after the router
     # chose to stream; the upstream watchdog starts counting once a request has its slot.
+    # LiteLLM loads in a thread once the proxy runs: model calls wait for it before the router.
     return [
         ListenGuard(),
         routing,
         InterceptScope(routing),
         GatewayAuth(),
         RequestLimits(routing),
-        LocalEndpoints(routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}),
+        LocalEndpoints(
+            routing,
+            status_sources={"cookies": cookies.status, "in_flight": limiter.status},
+            litellm_loaded=lambda: litellm_loading.loaded,
+        ),
+        litellm_loading,
         ModelRouter(routing, RoutePlanner(ProviderResolver())),
         cookies,
         limiter,

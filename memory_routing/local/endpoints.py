@@ -35,9 +35,14 @@ def is_gateway(flow: http.HTTPFlow) -> bool:
 
 class LocalEndpoints:
     def __init__(
-        self, routing: RoutingConfig, status_sources: dict[str, Callable[[], object]] | None = None
+        self,
+        routing: RoutingConfig,
+        status_sources: dict[str, Callable[[], object]] | None = None,
+        litellm_loaded: Callable[[], bool] | None = None,
     ) -> None:
         self.routing = routing
+        # /health says whether LiteLLM's model table is loaded yet (model calls wait for it).
+        self.litellm_loaded = litellm_loaded
         # Live state of other addons shown under "upstreams" in /memory-routing/info.
         self.status_sources = status_sources or {}
         self.started_at = time.time()
@@ -67,9 +72,10 @@ class LocalEndpoints:
         flow.metadata["memory_routing.local_endpoint"] = path
 
     def health(self, flow: http.HTTPFlow) -> http.Response:
-        return json_response(
-            200, health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
-        )
+        body = health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
+        if self.litellm_loaded is not None:
+            body["litellm_loaded"] = self.litellm_loaded()
+        return json_response(200, body)
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:
         assert self.routing.classifier is not None

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -37,8 +37,11 @@ from memory_routing.routing.planner import (
     loggable_url,
 )
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.translate.translation import AnswerTranslation, TranslationRefused, count_input_tokens, translate_request
+from memory_routing.routing import litellm_loading
 from memory_routing.wire.usage import UsageMeter
+
+if TYPE_CHECKING:
+    from memory_routing.translate.translation import AnswerTranslation
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +274,8 @@ class ModelRouter:
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
         try:
-            tokens = count_input_tokens(decision.provider_model, payload)
-        except TranslationRefused as e:
+            tokens = litellm_loading.translation().count_input_tokens(decision.provider_model, payload)
+        except litellm_loading.translation().TranslationRefused as e:
             raise RouteRefused(e.status, e.message) from None
         return json_response(200, {"input_tokens": tokens})
 
@@ -298,7 +301,7 @@ class ModelRouter:
             return  # Cloudflare's own page: CloudflareGuard answers it in the client's shape
         try:
             body = answer.body(response.status_code, lowered.get("content-type", ""), response.content or b"")
-        except TranslationRefused as e:
+        except litellm_loading.translation().TranslationRefused as e:
             flow.response = error_response(flow, e.status, e.message, retryable=True, protocol=answer.client)
             return
         except Exception:
@@ -381,11 +384,11 @@ def _translated_body(
     translation = decision.translation
     assert translation is not None
     try:
-        translated = translate_request(
+        translated = litellm_loading.translation().translate_request(
             decision.client_protocol, decision.provider, decision.provider_model, payload,
             drop_params=translation.drop_params, user_id=decision.user_id,
         )
-    except TranslationRefused as e:
+    except litellm_loading.translation().TranslationRefused as e:
         raise RouteRefused(e.status, e.message) from None
     for name, value in translated.headers:
         if not header_safe(value):
