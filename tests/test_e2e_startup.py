@@ -49,7 +49,7 @@ def test_health_answers_before_litellm_and_an_early_model_call_waits(fake: FakeU
     config.write_text(yaml.safe_dump({"model_list": [{"model_name": "gpt-alias", "litellm_params": {
         "model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-e2e-startup"}}]}))
     env = {"PYTHONPATH": str(site), "MR_TEST_LITELLM_GATE": str(gate)}
-    with running_proxy(tmp_path, config, env=env) as proxy:
+    with running_proxy(tmp_path, config, env=env, wait_for_litellm=False) as proxy:
         body = _health(proxy)
         assert body["status"] == "healthy"
         assert body["litellm_loaded"] is False

@@ -26,6 +26,7 @@ _LITELLM_MODULES = ("memory_routing.translate.translation",)
 # A model call waits at most this long for the import; after that it imports in the foreground
 # (blocking, but answered) rather than failing. The import takes 5-10 s on a loaded 2-core box.
 WAIT_SECONDS = 120.0
+LOADED_MESSAGE = "memory-routing: LiteLLM loaded"
 
 
 def translation() -> ModuleType:
@@ -64,6 +65,7 @@ class LiteLLMLoading:
         if error is not None:
             logger.error(f"memory-routing: loading LiteLLM failed: {error!r}")
         else:
+            logger.info(LOADED_MESSAGE)
             # LiteLLM's heap arrived after HeapFreeze ran at start: take it out of the GC's walk too.
             freeze_heap()
         if self._loaded is not None and not self._loaded.done():
