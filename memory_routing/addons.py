@@ -14,6 +14,7 @@ from memory_routing.local.endpoints import LocalEndpoints
 from memory_routing.local.stores import LocalStores
 from memory_routing.local.usage_log import UsageLog
 from memory_routing.memory.addon import EmbeddedMemory
+from memory_routing.routing.litellm_loading import LiteLLMLoading
 from memory_routing.routing.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.guard.request_limits import RequestLimits
@@ -31,6 +32,7 @@ def create_addons() -> list[object]:
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     memory = EmbeddedMemory(routing, stores)
     pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape
+    litellm_loading = LiteLLMLoading(routing)
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -38,6 +40,7 @@ def create_addons() -> list[object]:
     # chose to stream; the upstream watchdog starts counting once a request has its slot. The
     # memory injects into the client's own body before the router translates it, and reads the
     # answer (memory.answers) after the router has translated it back.
+    # LiteLLM loads in a thread once the proxy runs: model calls wait for it before the router.
     return [
         ProxyAuthSecret(),  # before ListenGuard: proxyauth from a file/env counts as authentication
         ListenGuard(),
@@ -49,8 +52,9 @@ def create_addons() -> list[object]:
         UsageLog(stores, router),
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
-            memory_status=memory.status,
+            memory_status=memory.status, litellm_loaded=lambda: litellm_loading.loaded,
         ),
+        litellm_loading,
         memory,
         router,
         memory.answers,

@@ -17,6 +17,8 @@ ADDON = ROOT / "addon.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
+# Logged by routing/litellm_loading.py once LiteLLM's background import is done.
+LITELLM_LOADED = "memory-routing: LiteLLM loaded"
 START_ATTEMPTS = 3  # a free port can be taken by someone else between probing and binding
 
 
@@ -104,8 +106,10 @@ def start_proxy(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     gateway_upstream: str | None = None,
+    wait_for_litellm: bool = True,
 ) -> RunningProxy:
-    """Start mitmdump and wait (bounded) until both listeners are up."""
+    """Start mitmdump and wait (bounded) until both listeners are up and, unless told otherwise,
+    LiteLLM is loaded (model calls wait for it; the tests' per-call timeouts should not)."""
     confdir = workdir / "confdir"
     confdir.mkdir(exist_ok=True)
     last_log = ""
@@ -128,7 +132,8 @@ def start_proxy(
         while time.monotonic() < deadline and process.poll() is None:
             log = proxy.log()
             if f"127.0.0.1:{forward_port}" in log and f"127.0.0.1:{gateway_port}" in log and _accepts(gateway_port):
-                return proxy
+                if not wait_for_litellm or proxy.wait_for_log(LITELLM_LOADED, max(deadline - time.monotonic(), 0)):
+                    return proxy
             time.sleep(0.1)
         proxy.stop()
         last_log = proxy.log()

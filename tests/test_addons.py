@@ -370,3 +370,14 @@ def test_heap_is_frozen_once_running():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("option", ["memory_routing_connect_timeout", "memory_routing_read_timeout"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_upstream_timeouts_must_be_positive(option: str, value: int):
+    from memory_routing.wire.upstream_failures import UpstreamFailures
+
+    with taddons.context(UpstreamFailures()) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=option):
+            tctx.configure(tctx.master.addons.get("upstreamfailures"), **{option: value})
+        tctx.configure(tctx.master.addons.get("upstreamfailures"), **{option: 5})

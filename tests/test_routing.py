@@ -395,3 +395,19 @@ def test_model_call_protocols():
     assert ModelCall(Endpoint.MESSAGES, "").protocol is ClientProtocol.ANTHROPIC
     assert ModelCall(Endpoint.GENERATE_CONTENT, "", "m").protocol is ClientProtocol.GEMINI
     assert ModelCall(Endpoint.EMBEDDINGS, "").protocol is ClientProtocol.OPENAI
+
+
+def test_decision_cache_evicts_least_recently_used_not_everything(monkeypatch):
+    from memory_routing.routing import planner as planner_module
+
+    monkeypatch.setattr(planner_module, "_DECISION_CACHE_LIMIT", 3)
+    planner = planner_module.RoutePlanner(ProviderResolver())
+    calls: list[object] = []
+    monkeypatch.setattr(planner, "_plan", lambda config, identity, facts: calls.append(facts) or object())
+    config = object()
+    hot = planner.plan(config, "id", "hot")
+    for n in range(10):
+        planner.plan(config, "id", f"conversation-{n}")
+        assert planner.plan(config, "id", "hot") is hot  # still cached: used on every request
+    assert calls.count("hot") == 1
+    assert len(planner._decisions) == 3

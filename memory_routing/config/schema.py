@@ -421,6 +421,13 @@ def _parse_extra_headers(ctx: _Context, raw: Any, path: str) -> tuple[tuple[str,
 def _parse_general_settings(ctx: _Context, raw: Any) -> GeneralSettings:
     settings = _mapping(ctx, raw, "general_settings") if raw is not None else {}
     master_key = _secret(ctx, settings.get("master_key"), "general_settings.master_key")
+    if master_key is not None:
+        # LiteLLM's proxy checks it on every call; this proxy does not, and must not look as if it did.
+        ctx.warn(
+            "general_settings.master_key",
+            "not enforced by this proxy (it is not LiteLLM's proxy server); to require credentials on "
+            "the gateway use mitmproxy's proxyauth option (see README, 'Security')",
+        )
     rest = _resolve_env(
         ctx, {k: v for k, v in settings.items() if k != "master_key"}, "general_settings"
     )

@@ -66,8 +66,11 @@ class LocalEndpoints:
         status_sources: dict[str, Callable[[], object]] | None = None,
         stores: LocalStores | None = None,
         memory_status: Callable[[], dict[str, object]] | None = None,
+        litellm_loaded: Callable[[], bool] | None = None,
     ) -> None:
         self.routing = routing
+        # /health says whether LiteLLM's model table is loaded yet (model calls wait for it).
+        self.litellm_loaded = litellm_loaded
         # The local SQLite file (memory, usage rows) the dashboard reads; None: no dashboard.
         self.stores = stores
         # The memory addon's own account for /memory-routing/info (backend and counts, never
@@ -114,9 +117,10 @@ class LocalEndpoints:
         return None
 
     def health(self, flow: http.HTTPFlow) -> http.Response:
-        return json_response(
-            200, health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
-        )
+        body = health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
+        if self.litellm_loaded is not None:
+            body["litellm_loaded"] = self.litellm_loaded()
+        return json_response(200, body)
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:
         body = self._routing_info_body(flow)

@@ -3,6 +3,7 @@
 Importing LiteLLM leaves ~300,000 long-lived objects; every full collection then walks them all
 (about a quarter of a second measured here), a pause that lands on whichever request is in flight.
 ``gc.freeze()`` moves them to the permanent generation; later garbage is collected as usual.
+LiteLLM itself is imported after start-up (routing/litellm_loading.py), which freezes again.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import gc
 
 
+def freeze_heap() -> None:
+    gc.collect()
+    gc.freeze()
+
+
 class HeapFreeze:
     def running(self) -> None:
-        gc.collect()
-        gc.freeze()
+        freeze_heap()

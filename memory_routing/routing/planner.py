@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -169,7 +170,8 @@ class RequestFacts:
 class RoutePlanner:
     def __init__(self, resolver: ProviderResolver) -> None:
         self.resolver = resolver
-        self._decisions: dict[tuple[ClientIdentity, RequestFacts], RoutingDecision] = {}
+        # LRU: many conversations at once must not evict the decisions every request reuses.
+        self._decisions: OrderedDict[tuple[ClientIdentity, RequestFacts], RoutingDecision] = OrderedDict()
         self._decisions_config: ProxyConfig | None = None
 
     def plan(self, config: ProxyConfig, identity: ClientIdentity, facts: RequestFacts) -> RoutingDecision:
@@ -183,8 +185,10 @@ class RoutePlanner:
         if decision is None:
             decision = self._plan(config, identity, facts)
             if len(self._decisions) >= _DECISION_CACHE_LIMIT:
-                self._decisions.clear()
+                self._decisions.popitem(last=False)
             self._decisions[key] = decision
+        else:
+            self._decisions.move_to_end(key)
         return decision
 
     def _plan(self, config: ProxyConfig, identity: ClientIdentity, facts: RequestFacts) -> RoutingDecision:

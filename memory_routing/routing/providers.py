@@ -1,6 +1,8 @@
 """Where a model lives: provider, provider model id and base URLs, as LiteLLM resolves them.
 
-No mitmproxy imports. LiteLLM is imported here and only here.
+No mitmproxy imports. LiteLLM is imported here and only here, on first use (``load_litellm``):
+its import takes seconds, so the proxy loads it in a thread once it listens
+(routing/litellm_loading.py) and nothing here imports it at module level.
 """
 
 from __future__ import annotations
@@ -12,20 +14,32 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # LiteLLM's own log handler defaults to DEBUG; the proxy only uses its lookups.
 os.environ.setdefault("LITELLM_LOG", "WARNING")
 
+import functools  # noqa: E402
 import logging  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-
-import litellm  # noqa: E402
-from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig  # noqa: E402
-from litellm.utils import ProviderConfigManager  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 from memory_routing.errors import UnresolvableModel, UnsupportedProvider  # noqa: E402
 from memory_routing.wire.protocol import ClientProtocol  # noqa: E402
 
-# LiteLLM prints a provider list to stdout on every failed lookup.
-litellm.suppress_debug_info = True
-for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+
+@functools.cache
+def load_litellm() -> ModuleType:
+    """Import and configure LiteLLM (seconds, once); safe from any thread."""
+    import litellm
+
+    # LiteLLM prints a provider list to stdout on every failed lookup.
+    litellm.suppress_debug_info = True
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return litellm
+
+
+def __getattr__(name: str) -> object:
+    # ``from memory_routing.routing.providers import litellm`` (translate/) loads it configured.
+    if name == "litellm":
+        return load_litellm()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Providers whose OpenAI-compatible endpoint LiteLLM does not describe. Anthropic documents
 # https://api.anthropic.com/v1/ for the OpenAI SDK; Google documents .../v1beta/openai/.
@@ -91,6 +105,7 @@ class ProviderResolver:
     def _resolve(
         self, model: str, custom_llm_provider: str | None, api_base: str | None, client_protocol: ClientProtocol
     ) -> ProviderRoute:
+        litellm = load_litellm()
         try:
             provider_model, provider, _dynamic_key, dynamic_base = litellm.get_llm_provider(
                 model=model, custom_llm_provider=custom_llm_provider, api_base=api_base
@@ -128,6 +143,10 @@ class ProviderResolver:
 
 def _speaks_openai(provider: str) -> bool:
     """LiteLLM's own class hierarchy says whether a provider's chat API is OpenAI-shaped."""
+    litellm = load_litellm()
+    from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
+    from litellm.utils import ProviderConfigManager
+
     if provider == "openai" or provider in litellm.openai_compatible_providers:
         return True
     try:
@@ -140,6 +159,9 @@ def _speaks_openai(provider: str) -> bool:
 def _model_info_base(provider: str, model: str) -> str | None:
     # ProviderConfigManager has better defaults than litellm.get_api_base (which gives None
     # for Anthropic and no /v1 for OpenAI).
+    litellm = load_litellm()
+    from litellm.utils import ProviderConfigManager
+
     try:
         info = ProviderConfigManager.get_provider_model_info(model=model, provider=litellm.LlmProviders(provider))
     except ValueError:  # a provider name LiteLLM has no enum member for

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -38,8 +38,11 @@ from memory_routing.routing.planner import (
     loggable_url,
 )
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.translate.translation import AnswerTranslation, count_input_tokens, translate_request
+from memory_routing.routing import litellm_loading
 from memory_routing.wire.usage import UsageMeter
+
+if TYPE_CHECKING:
+    from memory_routing.translate.translation import AnswerTranslation
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +279,7 @@ class ModelRouter:
 
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
-        tokens = count_input_tokens(decision.provider_model, payload)
+        tokens = litellm_loading.translation().count_input_tokens(decision.provider_model, payload)
         return json_response(200, {"input_tokens": tokens})
 
     def _prepare_translated_answer(self, flow: http.HTTPFlow, record: _FlowRecord, event_stream: bool) -> None:
@@ -415,7 +418,7 @@ def _translated_body(
 ) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
     translation = decision.translation
     assert translation is not None
-    translated = translate_request(
+    translated = litellm_loading.translation().translate_request(
         decision.client_protocol, decision.provider, decision.provider_model, payload,
         drop_params=translation.drop_params, user_id=decision.user_id,
     )

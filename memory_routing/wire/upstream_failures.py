@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from mitmproxy import connection
 from mitmproxy import ctx
+from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
@@ -77,6 +78,10 @@ class UpstreamFailures:
         )
 
     def configure(self, updated) -> None:
+        # 0 or less would time out every connection at once.
+        for name in ("memory_routing_connect_timeout", "memory_routing_read_timeout"):
+            if name in updated and getattr(ctx.options, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be > 0 seconds, got {getattr(ctx.options, name)}")
         self.connect_timeout = ctx.options.memory_routing_connect_timeout
         self.read_timeout = ctx.options.memory_routing_read_timeout
 
