@@ -768,7 +768,9 @@ def run(args: argparse.Namespace, conversations: list[Conversation]) -> int:
         }), indent=1))
         print(f"JSON written to {args.json}")
     if info_status == 200:
-        memory_info = json.loads(info).get("memory")
+        info_body = json.loads(info)
+        # The memory's backend and counts are under "store" once the local store is wired in.
+        memory_info = info_body.get("memory") or (info_body.get("store") or {}).get("memory")
         print(f"/memory-routing/info memory: {json.dumps(memory_info)[:400]}")
     errors = [line for line in log_text.splitlines() if "error" in line.lower()][:5]
     if errors:
