@@ -31,6 +31,11 @@ from memory_routing.config.holder import RoutingConfig
 # forward them raw: "x-test: a\rx-sm-user-id: victim" is a second header to some parsers.
 _CONTROL_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
+# mitmproxy's body_size_limit also kills answers (before any hook could stream them): never set
+# it below this, so an unstreamed answer of up to 64 MiB still passes. Requests between the
+# limit and this are read whole and refused by the request hook.
+BODY_SIZE_LIMIT_FLOOR = 64 * 1024 * 1024
+
 # The text of mitmproxy's refusal (mitmproxy/proxy/layers/http, check_body_size).
 BODY_SIZE_LIMIT_TEXT = "Request body exceeds mitmproxy's body_size_limit"
 _FAILED = "the proxy could not check this request's size; its log has the details"
@@ -76,7 +81,7 @@ class RequestLimits:
         current = ctx.options.body_size_limit
         if current and current != self._set_body_size_limit:
             return  # the user's own body_size_limit: theirs to choose
-        wanted = str(self.max_body) if self.max_body else None
+        wanted = str(max(self.max_body, BODY_SIZE_LIMIT_FLOOR)) if self.max_body else None
         self._set_body_size_limit = wanted
         if current != wanted:
             ctx.options.update(body_size_limit=wanted)
@@ -130,7 +135,7 @@ class RequestLimits:
         if self.pages is None or flow.error is None or not flow.error.msg.startswith(BODY_SIZE_LIMIT_TEXT):
             return
         length = flow.request.headers.get("content-length", "")
-        limit = human.parse_size(ctx.options.body_size_limit or "0") or 0
+        limit = self.max_body or human.parse_size(ctx.options.body_size_limit or "0") or 0
         if length.isdigit():
             size = f"{human.pretty_size(int(length))}, announced"
         else:
