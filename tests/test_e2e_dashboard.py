@@ -68,7 +68,8 @@ def make_calls(proxy: RunningProxy) -> Counter:
     """Real SDK calls through the gateway; returns the calls made per provider model."""
     gateway = proxy.gateway_url
     alice = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0,
-                          default_headers={"x-memory-user-id": "alice"})
+                          # alice's memories are exactly the three the test imports below
+                          default_headers={"x-memory-user-id": "alice", "x-memory-mode": "off"})
     for n in range(3):
         alice.chat.completions.create(model="fast", messages=[{"role": "user", "content": f"hello {n}"}])
     alice.chat.completions.create(model="smart-for-openai-clients", messages=[{"role": "user", "content": "hi"}])
