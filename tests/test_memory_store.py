@@ -361,3 +361,15 @@ def test_another_process_opening_the_file_leaves_the_open_stores_wal_alone(tmp_p
             other.close()
     finally:
         store.close()
+
+
+def test_has_memories_follows_adds_and_forgetting(tmp_path):
+    store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
+    try:
+        assert not store.has_memories("u1")
+        store.add_many([NewMemory("u1", "c", "curl", "m", "user", "the sky is green here", 1.0)])
+        assert store.has_memories("u1") and not store.has_memories("u2")
+        store.forget_user("u1")
+        assert not store.has_memories("u1")
+    finally:
+        store.close()

@@ -232,7 +232,9 @@ class EmbeddedMemory:
             writer=writer,
         )
         self.calls[flow] = state
-        if reads:
+        if reads and not recaller.store.has_memories(identity.user_id):
+            state.recall, state.recall_ms = "none", 0.0  # nothing to search: no thread, no wait before the router
+        elif reads:
             return self._recall(flow, state, payload, recaller)
         return None
 

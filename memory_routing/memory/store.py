@@ -106,6 +106,8 @@ class MemoryStore(Protocol):
 
     def users(self) -> list[tuple[str, int]]: ...
 
+    def has_memories(self, user_id: str) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -516,6 +518,11 @@ class SQLiteMemoryStore:
             for row in rows:
                 yield _row_to_memory(row).to_json()
             last_id = int(rows[-1][0])
+
+    def has_memories(self, user_id: str) -> bool:
+        """Whether the user has any memory, from the counts this process keeps (no query): a
+        user with none needs no search, so their calls skip the recall thread entirely."""
+        return self._user_rows.get(user_id, 0) > 0
 
     def counts(self) -> dict[str, int]:
         row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories")[0]
