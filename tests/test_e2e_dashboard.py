@@ -22,7 +22,8 @@ import pytest
 
 from browser import chromium_page
 from fake_upstream import USAGE_IN, USAGE_OUT, FakeUpstream
-from harness import ROOT, RunningProxy, running_proxy
+from harness import RunningProxy, running_proxy
+from test_e2e_translation import fake  # noqa: F401 - the strict fake upstream, module-scoped
 
 pytestmark = pytest.mark.e2e
 
@@ -44,15 +45,6 @@ def dashboard_config(fake_url: str) -> str:
         ],
         "user_id_mappings": {"default_user_id": "default-dev"},
     })
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream(strict=True).start()
-    try:
-        yield upstream
-    finally:
-        upstream.stop()
 
 
 @pytest.fixture(scope="module")
