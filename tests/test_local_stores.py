@@ -75,7 +75,8 @@ def _gateway_flow(path: str, method: str = "GET", **headers: str):
 
 @pytest.fixture
 def endpoints(tmp_path: Path):
-    (tmp_path / "config.yaml").write_text("model_list: []\n")
+    (tmp_path / "config.yaml").write_text(
+        "model_list:\n  - model_name: fast\n    litellm_params: {model: openai/gpt-4o-mini, api_key: sk-test}\n")
     routing, stores = RoutingConfig(), LocalStores()
     endpoints = LocalEndpoints(routing, stores=stores)
     with taddons.context(routing, stores, endpoints) as tctx:
