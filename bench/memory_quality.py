@@ -9,6 +9,9 @@ conversation and counts an evidence turn as found when its text appears in the b
     .venv/bin/python bench/memory_quality.py                 # the default tuning
     .venv/bin/python bench/memory_quality.py --variants      # every variant in VARIANTS
     .venv/bin/python bench/memory_quality.py --synthetic 100000   # + search p95 at 100k memories
+    .venv/bin/python bench/memory_quality.py --store-size 100000 --filler-owner other --threads 2
+        # Recaller p50/p95 with the store padded as make bench-memory pads it (--filler-owner same:
+        # the padding belongs to the asking user), questions from --threads threads at once
 
 Reads ../shared/data/locomo-dev.json from the project root (never copied into the repository).
 
@@ -167,12 +170,72 @@ def search_latency(store: SQLiteMemoryStore, qas: list, user_of, tuning: RecallT
             "block_for_p50": round(percentile(block_ms, 0.5), 2), "block_for_p95": round(percentile(block_ms, 0.95), 2)}
 
 
+def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
+    """`count` memories worded like bench/memory_replay.py's filler (a small chat vocabulary, so
+    every filler word is in a large share of the rows), owned by `owner`."""
+    rng = random.Random(13)
+    words = ("trip garden concert recipe painting museum puppy marathon camping guitar novel workshop beach "
+             "festival pottery hiking school volunteer yoga bakery family photo sunset lake mountain city "
+             "friend sister brother weekend summer winter class project adoption support group career").split()
+    batch: list[NewMemory] = []
+    for i in range(count):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))
+        batch.append(NewMemory(owner, f"filler-{i // 20}", "bench", "bench-model",
+                               "user" if i % 2 == 0 else "assistant", f"zqfiller {text}", 1_700_000_000.0 + i))
+        if len(batch) == 500:
+            store.add_many(batch)
+            batch = []
+    if batch:
+        store.add_many(batch)
+
+
+def recall_latency(store: SQLiteMemoryStore, qas: list, threads: int, rounds: int = 1) -> dict:
+    """Recaller.block_for per question (fresh conversation, so nothing is cached), `threads` at once
+    as the proxy's recall pool runs them; each call timed from its submission (queueing included,
+    as the proxy's deadline counts it) and inside its thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    recaller = Recaller(store, deadline_s=5.0)
+    inside: list[float] = []
+
+    def one(n: int, user: str, question: str, submitted: float) -> float:
+        started = time.perf_counter()
+        recaller.block_for(user, f"latency-{n}-{started}", question)
+        ended = time.perf_counter()
+        inside.append((ended - started) * 1000)
+        return (ended - submitted) * 1000
+
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        futures = []
+        for _ in range(rounds):
+            for n, (user, qa) in enumerate(qas):
+                # Pairs submitted together: at most `threads` calls are in flight, none waits long in the queue.
+                futures.append(pool.submit(one, n, user, qa["question"], time.perf_counter()))
+                if len(futures) % threads == 0:
+                    for f in futures[-threads:]:
+                        f.result()
+        total = [f.result() for f in futures]
+    return {"calls": len(total), "threads": threads,
+            "p50": round(percentile(total, 0.5), 2), "p95": round(percentile(total, 0.95), 2),
+            "inside_p50": round(percentile(inside, 0.5), 2), "inside_p95": round(percentile(inside, 0.95), 2),
+            "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--variants", action="store_true", help="run every variant in VARIANTS")
     parser.add_argument("--synthetic", type=int, default=0, help="then add this many synthetic memories and time searches")
     parser.add_argument("--synthetic-users", type=int, default=20)
+    parser.add_argument("--store-size", type=int, default=0,
+                        help="pad the store with this many filler memories, then time Recaller (no quality run)")
+    parser.add_argument("--filler-owner", choices=("other", "same"), default="other",
+                        help="other: one other user owns the padding (as make bench-memory); same: the first "
+                             "LoCoMo user owns it, and only that user's questions are timed")
+    parser.add_argument("--threads", type=int, default=1, help="recall calls at once (the proxy runs 2)")
+    parser.add_argument("--rounds", type=int, default=1, help="ask every question this many times")
     for name in ("candidates", "expand", "before", "after", "wide", "narrow_after"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--min-relative-score", type=float)
@@ -195,6 +258,16 @@ def main() -> None:
                                                       "narrow_after")
                          if getattr(args, k) is not None}
             tuning = replace(tuning, **overrides, exclude_current_conversation=not args.include_current)
+            if args.store_size:
+                owner = "locomo-filler" if args.filler_owner == "other" else qas[0][0]
+                timed = qas if args.filler_owner == "other" else [q for q in qas if q[0] == owner]
+                print("before padding:", recall_latency(store, timed, args.threads, args.rounds), flush=True)
+                started = time.perf_counter()
+                add_filler(store, args.store_size, owner)
+                print(f"padded with {args.store_size} filler memories of {owner} in "
+                      f"{time.perf_counter() - started:.1f}s: {store.counts()}", flush=True)
+                print(f"padded, {len(timed)} questions:", recall_latency(store, timed, args.threads, args.rounds))
+                return
             runs = dict(VARIANTS) if args.variants else {"chosen": (tuning, args.budget)}
             for name, (variant, budget) in runs.items():
                 print(name, variant, f"budget={budget}")

@@ -305,7 +305,7 @@ def test_search_deadline(store: SQLiteMemoryStore) -> None:
     assert len(store.search("u", "river", 5, deadline=time.monotonic() + 30)) == 5
     with pytest.raises(MemoryTimeoutError):
         store.search("u", "river", 5, deadline=time.monotonic() - 1)
-    with store._read_lock:  # another reader holds the connection past the deadline
+    with store._reader().lock:  # close() (say) holds this thread's connection past the deadline
         with pytest.raises(MemoryTimeoutError):
             store.search("u", "river", 5, deadline=time.monotonic() + 0.01)
     assert len(store.search("u", "river", 5)) == 5
@@ -373,3 +373,88 @@ def test_has_memories_follows_adds_and_forgetting(tmp_path):
         assert not store.has_memories("u1")
     finally:
         store.close()
+
+
+def test_threads_read_through_their_own_connections_at_once(store: SQLiteMemoryStore) -> None:
+    """A read in flight on one thread does not hold up a search on another (one shared connection did)."""
+    import time
+
+    from memory_routing.memory.records import MemoryTimeoutError
+    store.add_many([turn("u", f"river number {i}") for i in range(50)])
+    started, outcome = threading.Event(), []
+
+    def endless_read() -> None:
+        reader = store._reader()
+        reader.conn.create_function("running", 0, lambda: started.set() or 1)
+        try:
+            # Runs until interrupted below (its own deadline is far away); says when it runs.
+            store._read("WITH RECURSIVE c(x) AS (SELECT running() UNION ALL SELECT x + 1 FROM c)"
+                        " SELECT count(*) FROM c", deadline=time.monotonic() + 120)
+        except (MemoryTimeoutError, sqlite3.OperationalError) as e:
+            outcome.append(type(e).__name__)
+        assert reader is store._reader()
+
+    other = threading.Thread(target=endless_read)
+    other.start()
+    try:
+        assert started.wait(30)
+        assert len(store.search("u", "river", 5, deadline=time.monotonic() + 10)) == 5
+        assert other.is_alive() and store._readers[other.ident].lock.locked()  # it was reading all along
+        assert store._readers[other.ident].conn is not store._reader().conn
+    finally:
+        deadline = time.monotonic() + 30
+        while other.is_alive() and time.monotonic() < deadline:
+            store._readers[other.ident].conn.interrupt()
+            other.join(0.05)
+    assert outcome == ["OperationalError"]
+
+
+def test_close_closes_every_threads_reader_and_readers_of_ended_threads_go(tmp_path: Path) -> None:
+    store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
+    store.add_many([turn("u", "a kayak on the lake")])
+    connections = []
+
+    def read() -> None:
+        assert store.search("u", "kayak", 5)
+        connections.append(store._reader().conn)
+
+    first = threading.Thread(target=read)
+    first.start()
+    first.join(30)
+    second = threading.Thread(target=read)
+    second.start()
+    second.join(30)
+    # The first thread had ended when the second opened its connection: the first's was closed.
+    with pytest.raises(sqlite3.ProgrammingError):
+        connections[0].execute("SELECT 1")
+    assert store.search("u", "kayak", 5)
+    mine = store._reader().conn
+    store.close()
+    for conn in (connections[1], mine):
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    with pytest.raises(MemoryStoreError):
+        store.search("u", "kayak", 5)
+
+
+def test_read_connections_map_the_file_and_never_write(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", "hello")])
+    conn = store._reader().conn
+    assert conn.execute("PRAGMA mmap_size").fetchone()[0] > 0
+    assert conn.execute("PRAGMA query_only").fetchone()[0] == 1
+
+
+def test_opening_warms_the_file_in_a_thread_and_close_stops_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    first = SQLiteMemoryStore(path)
+    first.add_many([turn("u", f"warm turn {i}") for i in range(200)])
+    first.close()
+    store = SQLiteMemoryStore(path)
+    assert store.warmed.wait(30)
+    store._warmer.join(30)
+    assert not store._warmer.is_alive()  # its connection is closed: it holds nothing
+    store.close()
+    # Closed at once after opening: the warm-up stops rather than holding the file.
+    again = SQLiteMemoryStore(path)
+    again.close()
+    assert not again._warmer.is_alive()

@@ -56,7 +56,7 @@ MEMORY_ENDPOINTS = frozenset({
 ANSWER_BUFFER_LIMIT = 4 * 1024 * 1024
 MEMORY_PATH = "/memory-routing/memories"
 WRITER_CLOSE_TIMEOUT_S = 10.0
-RECALL_THREADS = 2  # reads share one SQLite connection: more threads would only queue
+RECALL_THREADS = 2  # each has its own read connection; more threads than cores would only queue
 _CLIENT_NAME_LIMIT = 64
 # An answer that is only tool-call traces says nothing worth remembering.
 _ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")

@@ -1,7 +1,8 @@
 """Where memories live: the MemoryStore interface and its SQLite (WAL + FTS5 BM25) implementation.
 
-One file holds everything. Writes go through one connection (the writer thread), reads through
-another, so a long write never stalls a search on the event loop (WAL lets both run at once).
+One file holds everything. Writes go through one connection (the writer thread); every thread
+that reads gets its own read connection, so searches from the recall threads run side by side
+and a long write never stalls them (WAL lets readers and the writer run at once).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -29,6 +31,11 @@ MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_t
 _HEAVY_SHARE = 0.25  # a user owning this share of the rows is filtered after ranking (see search)
 _MAX_FETCH = 2000
 _COMMON_MIN_ROWS = 10  # a word is never "common" (see search's common_share) in fewer rows than this
+# Read connections map the file (shared by all of them through the OS page cache) rather than
+# each copying pages into its own cache; a memory file of 100k turns is some tens of MB.
+READER_MMAP_BYTES = 256 * 1024 * 1024
+READER_CACHE_KIB = 8 * 1024
+_CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight before interrupting it
 
 # Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
 # posting lists an OR query walks short (latency at 100k memories).
@@ -171,7 +178,9 @@ class SQLiteMemoryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        # thread ident -> that thread's read connection; guarded by _readers_lock.
+        self._readers: dict[int, _Reader] = {}
+        self._readers_lock = threading.Lock()
         self._closed = False
         try:
             self._writer = self._open_checked()
@@ -180,7 +189,6 @@ class SQLiteMemoryStore:
                 raise MemoryStoreError(f"memory store {self.path}: {e}") from e
             self._move_aside(e)
             self._writer = self._open_checked()
-        self._reader = self.open_connection()
         # Rows per user, kept by this store's own writes: tells a search whether the user owns
         # most of the file (then narrowing by owner inside FTS5 costs more than it saves).
         # Searches read these while the writer thread updates them: single dict.get / int reads
@@ -188,6 +196,10 @@ class SQLiteMemoryStore:
         self._user_rows: dict[str, int] = dict(
             self._writer.execute("SELECT user_id, count(*) FROM memories GROUP BY user_id").fetchall())
         self._total_rows = sum(self._user_rows.values())
+        # Set once the file's index and rows have been read through once (see _warm).
+        self.warmed = threading.Event()
+        self._warmer = threading.Thread(target=self._warm, name="memory-store-warm", daemon=True)
+        self._warmer.start()
 
     # --- connections -------------------------------------------------------------------------
 
@@ -207,6 +219,56 @@ class SQLiteMemoryStore:
             conn.close()
             raise
         return conn
+
+    def _reader(self) -> _Reader:
+        """This thread's read connection, opened on its first read.
+
+        A connection of a thread that has ended is closed when the next one is opened, so a
+        pool that replaces its threads does not pile up connections.
+        """
+        ident = threading.get_ident()
+        reader = self._readers.get(ident)
+        if reader is not None and reader.thread() is threading.current_thread():
+            return reader
+        conn = self.open_connection()
+        try:
+            conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
+            conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+            conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        reader = _Reader(conn, threading.Lock(), weakref.ref(threading.current_thread()))
+        with self._readers_lock:
+            if self._closed:
+                conn.close()
+                raise MemoryStoreClosedError(f"memory store {self.path} is closed")
+            # A thread ident is reused once its thread has ended: the entry under it is stale too.
+            ended = [key for key, r in self._readers.items() if key == ident or r.ended()]
+            stale = [self._readers.pop(key) for key in ended]
+            self._readers[ident] = reader
+        for old in stale:
+            old.close()
+        return reader
+
+    def _warm(self) -> None:
+        """Reads the FTS index and the rows once, off the request path, so that the first searches
+        after a start find the file's pages in the OS cache rather than on disk (at 100k memories
+        a cold search reads tens of scattered pages). Stops as soon as the store is closed."""
+        try:
+            conn = self.open_connection()
+        except sqlite3.Error:
+            return
+        try:
+            conn.set_progress_handler(lambda: self._closed, 10_000)
+            for sql in ("SELECT sum(length(block)) FROM memories_fts_data",
+                        "SELECT sum(length(text)) FROM memories"):
+                conn.execute(sql).fetchall()
+        except sqlite3.Error:
+            pass  # interrupted by close(), or a file being moved aside: only a cache warm-up is lost
+        finally:
+            conn.close()
+            self.warmed.set()
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = self.open_connection()
@@ -347,26 +409,30 @@ class SQLiteMemoryStore:
     def _read(self, sql: str, args: Sequence = (), deadline: float | None = None) -> list:
         """Runs a read; with a deadline (time.monotonic() seconds) it is interrupted when late."""
         self._check_open()
-        if deadline is None:
-            with self._read_lock:
-                return self._reader.execute(sql, args).fetchall()
-        if time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             raise MemoryTimeoutError("memory read: the deadline had passed before it started")
-        if not self._read_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        reader = self._reader()
+        # Only this thread reads through `reader`; the lock is for close(), which must not close
+        # a connection in the middle of a read.
+        if not reader.lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
             raise MemoryTimeoutError("memory read: waited past the deadline for the connection")
         try:
+            self._check_open()
+            conn = reader.conn
+            if deadline is None:
+                return conn.execute(sql, args).fetchall()
             # SQLite calls this every 1000 VM steps; a true answer interrupts the statement.
-            self._reader.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
             try:
-                return self._reader.execute(sql, args).fetchall()
+                return conn.execute(sql, args).fetchall()
             except sqlite3.OperationalError as e:
                 if time.monotonic() > deadline:
                     raise MemoryTimeoutError("memory read: interrupted at its deadline") from e
                 raise
             finally:
-                self._reader.set_progress_handler(None, 0)
+                conn.set_progress_handler(None, 0)
         finally:
-            self._read_lock.release()
+            reader.lock.release()
 
     def search(self, user_id: str, query: str, limit: int = 10, *,
                exclude_conversation_id: str | None = None,
@@ -535,9 +601,12 @@ class SQLiteMemoryStore:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        with self._read_lock:
-            self._reader.close()
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.close()
+        self._warmer.join(_CLOSE_WAIT_S)  # interrupted by its progress handler within a moment
         with self._write_lock:
             try:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -561,6 +630,31 @@ def _create_private_file(path: Path) -> None:
     else:
         os.close(fd)
     os.chmod(path, 0o600)  # memories are private even if the file was made by someone else first
+
+
+class _Reader:
+    """One thread's read connection."""
+
+    __slots__ = ("conn", "lock", "thread")
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock,
+                 thread: weakref.ref[threading.Thread]) -> None:
+        self.conn, self.lock, self.thread = conn, lock, thread
+
+    def ended(self) -> bool:
+        thread = self.thread()
+        return thread is None or not thread.is_alive()
+
+    def close(self) -> None:
+        """Closes the connection once no read is using it (a read still running after
+        _CLOSE_WAIT_S is interrupted; the store is marked closed, so no new read starts)."""
+        if not self.lock.acquire(timeout=_CLOSE_WAIT_S):
+            self.conn.interrupt()
+            self.lock.acquire()
+        try:
+            self.conn.close()
+        finally:
+            self.lock.release()
 
 
 class _CorruptStore(sqlite3.DatabaseError):
