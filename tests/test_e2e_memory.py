@@ -264,3 +264,31 @@ def test_translated_calls_get_memory_too(proxy: RunningProxy, upstream: FakeUpst
     assert upstream.last().api_path.endswith("/chat/completions")  # OpenAI format upstream
     text = last_user_text(body)
     assert text.startswith(FENCE_OPEN) and "learning to play the cello" in text
+
+
+def test_a_tool_loops_follow_up_carries_the_turns_block_byte_identical(proxy: RunningProxy, upstream: FakeUpstream):
+    """The client resends its turn without the block; the proxy puts the turn's cached block back,
+    so the provider sees the same history as in the turn's first request (its prompt cache matches)."""
+    client = anthropic_client(proxy, "loopuser")
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=50, extra_headers={"x-memory-conversation-id": "l0"},
+                           messages=[{"role": "user", "content": "My picnic spot is the rose garden in Paris"}])
+    wait_stored(proxy, "loopuser", 2, "l0")
+    turn = {"role": "user", "content": [{"type": "text", "text": "Check the weather at my picnic spot in Paris"}]}
+    upstream.reset()
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=50, extra_headers={"x-memory-conversation-id": "l1"},
+                           messages=[turn])
+    client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=50, extra_headers={"x-memory-conversation-id": "l1"},
+        messages=[turn,
+                  {"role": "assistant", "content": [{"type": "tool_use", "id": "tu1", "name": "get_weather",
+                                                     "input": {"city": "Paris"}}]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu1", "content": "sunny"}]}])
+    first, follow_up = upstream.requests
+    sent_turn = first.json["messages"][-1]
+    assert FENCE_OPEN in sent_turn["content"][0]["text"] and "rose garden" in sent_turn["content"][0]["text"]
+    assert follow_up.json["messages"][0] == sent_turn
+    as_bytes = json.dumps(sent_turn, ensure_ascii=False, separators=(",", ":")).encode()
+    assert as_bytes in first.body and as_bytes in follow_up.body
+    assert follow_up.json["messages"][1:] == [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "tu1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu1", "content": "sunny"}]}]

@@ -324,3 +324,55 @@ def test_status_shows_backend_and_counts_only(harness):
     status = harness.memory.status()
     assert status["backend"] == "local" and status["memories"] == 3 and status["users"] == 2
     assert "Miso" not in json.dumps(status)
+
+
+TOOL_LOOPS = {
+    # protocol path -> (first request's payload, the follow-up's extra messages, index of the turn)
+    "openai": ("/v1/chat/completions", "messages", [
+        {"role": "user", "content": "What does Miso like? check the file"}], [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                "function": {"name": "read", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "FILE BODY"}]),
+    "anthropic": ("/v1/messages", "messages", [
+        {"role": "user", "content": [{"type": "text", "text": "What does Miso like? check the file"}]}], [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "FILE BODY"}]}]),
+    "gemini": ("/v1beta/models/gpt-alias:generateContent", "contents", [
+        {"role": "user", "parts": [{"text": "What does Miso like? check the file"}]}], [
+        {"role": "model", "parts": [{"functionCall": {"name": "read", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "read", "response": {"body": "FILE BODY"}}}]}]),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(TOOL_LOOPS))
+def test_a_tool_loops_follow_up_gets_the_turns_block_back_without_a_search(harness, monkeypatch, protocol):
+    path, key, turn, loop = TOOL_LOOPS[protocol]
+
+    def call(items):
+        payload = {key: items} if protocol == "gemini" else {"model": "gpt-alias", key: items}
+        return gateway_flow(path, payload, x_memory_user_id="alice", x_memory_conversation_id=f"loop-{protocol}")
+
+    first = call(turn)
+    run(harness.memory, first)
+    injected = sent(first)[key][-1]
+    assert FENCE_OPEN in json.dumps(injected)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a tool result is not a turn to search for")
+
+    monkeypatch.setattr(harness.store, "search", no_search)
+    follow_up = call(turn + loop)
+    run(harness.memory, follow_up)
+    body = sent(follow_up)[key]
+    # Byte-identical: the same bytes as the first request's, at the same place in the body.
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    assert encode(body[0]) == encode(injected) and encode(injected).encode() in follow_up.request.content
+    assert body[1:] == loop
+    answer(harness, follow_up, OPENAI_ANSWER if protocol == "openai" else {"content": []})
+    assert follow_up.response.headers[RECALL_HEADER] == "reinjected"
+    # Another conversation's follow-up (its turn's block was never made) is forwarded as it came.
+    other = gateway_flow(path, {**({} if protocol == "gemini" else {"model": "gpt-alias"}), key: turn + loop},
+                         x_memory_user_id="alice", x_memory_conversation_id="elsewhere")
+    before = other.request.raw_content
+    run(harness.memory, other)
+    assert other.request.raw_content == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from memory_routing.memory.inject import inject_recall, render_block
 from memory_routing.memory.records import Memory
@@ -108,3 +109,19 @@ def test_injection_is_deterministic() -> None:
 def test_render_block_repeats_the_date_when_it_changes() -> None:
     block = render_block([[mem(1, "monday"), mem(2, "tuesday", at=MAY_8_2023 + 86400), mem(3, "again", at=MAY_8_2023 + 86401)]], 1000)
     assert block.split("\n")[2:-1] == ["[2023-05-08] user: monday", "[2023-05-09] user: tuesday", "user: again"]
+
+
+def test_injecting_into_an_earlier_message_gives_the_first_requests_bytes() -> None:
+    """A tool loop's follow-up gets the block in the turn's message exactly as the turn's first request had it."""
+    turn = {"role": "user", "content": [{"type": "text", "text": "read the file", "cache_control": {"type": "ephemeral"}}]}
+    first = inject_recall("anthropic", {"messages": [turn]}, BLOCK)
+    follow_up = {"messages": [turn, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "R", "input": {}}]},
+                              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]}
+    out = inject_recall("anthropic", follow_up, BLOCK, 0)
+    assert json.dumps(out["messages"][0]) == json.dumps(first["messages"][0])
+    assert out["messages"][1:] == follow_up["messages"][1:] and follow_up["messages"][0] == turn
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "q"}]}, {"role": "model", "parts": [{"text": "a"}]}]}
+    assert inject_recall("gemini", gemini, BLOCK, 0)["contents"][0]["parts"] == [{"text": BLOCK}, {"text": "q"}]
+    assert inject_recall("gemini", gemini, BLOCK, 1) == gemini  # not a user's content
+    assert inject_recall("openai", {"messages": [{"role": "user", "content": "q"}]}, BLOCK, 5) == {
+        "messages": [{"role": "user", "content": "q"}]}

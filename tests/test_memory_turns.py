@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
-from memory_routing.memory.turns import AnswerTextCollector, assistant_text, new_human_turn
+from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
 
 BLOCK = f"{FENCE_OPEN}\n[2023-05-08] user: remembered\n{FENCE_CLOSE}\n"
 IMAGE_OPENAI = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -123,3 +123,26 @@ def test_collector_caps_text() -> None:
     default = AnswerTextCollector("anthropic")
     default.feed({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x" * 100_000}})
     assert len(default.text()) == 16_000
+
+
+def test_earlier_human_turn_of_a_tool_loop() -> None:
+    openai_loop = {"messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "old question"},
+        {"role": "assistant", "content": "old answer"}, {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}
+    assert earlier_human_turn("openai", openai_loop) == (3, "weather in Paris?")
+    anthropic_loop = {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "read the file"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "body"},
+                                     {"type": "text", "text": "<system-reminder>todo</system-reminder>"}]}]}
+    assert earlier_human_turn("anthropic", anthropic_loop) == (0, "read the file")
+    gemini_loop = {"contents": [
+        {"role": "user", "parts": [{"text": "what time is it?"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "clock", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "clock", "response": {"t": 1}}}]}]}
+    assert earlier_human_turn("gemini", gemini_loop) == (0, "what time is it?")
+    assert earlier_human_turn("anthropic", {"messages": anthropic_loop["messages"][1:]}) is None
+    assert earlier_human_turn("openai", {"messages": "nope"}) is None

@@ -34,7 +34,7 @@ from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMo
 from memory_routing.memory.recall import Recaller
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.store import MemoryStore
-from memory_routing.memory.turns import AnswerTextCollector, assistant_text, new_human_turn
+from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.routing.headers import HeaderIndex
@@ -45,7 +45,7 @@ from memory_routing.wire.responses import error_response
 logger = logging.getLogger(__name__)
 
 # For the benchmark and for curious users: how long the recall took, and what came of it
-# (injected | none | timeout | error).
+# (injected | none | timeout | error; reinjected: a tool loop's follow-up got its turn's cached block).
 RECALL_MS_HEADER = "x-memory-routing-recall-ms"
 RECALL_HEADER = "x-memory-routing-recall"
 # Calls that hold a conversation; embeddings, completions, Responses and count_tokens do not get memory.
@@ -215,7 +215,9 @@ class EmbeddedMemory:
         protocol = call.protocol.value
         turn = new_human_turn(protocol, payload)
         reads = mode.reads and turn is not None
-        if not reads and not mode.writes:
+        # A tool loop's follow-up: the turn it answers is an earlier message (its block is re-injected).
+        loop_turn = earlier_human_turn(protocol, payload) if mode.reads and turn is None else None
+        if not reads and not mode.writes and loop_turn is None:
             return None
         engine = self._engine(config)
         if engine is None:
@@ -232,7 +234,9 @@ class EmbeddedMemory:
             writer=writer,
         )
         self.calls[flow] = state
-        if reads and not recaller.store.has_memories(identity.user_id):
+        if loop_turn is not None:
+            self._reinject(flow, state, payload, recaller, *loop_turn)
+        elif reads and not recaller.store.has_memories(identity.user_id):
             state.recall, state.recall_ms = "none", 0.0  # nothing to search: no thread, no wait before the router
         elif reads:
             return self._recall(flow, state, payload, recaller)
@@ -264,6 +268,23 @@ class EmbeddedMemory:
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
                 outcome = "error"
         state.recall = outcome
+        state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def _reinject(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller,
+                  index: int, turn_text: str) -> None:
+        """Puts the turn's cached block back into the turn's message of a tool loop's follow-up.
+
+        The client resends the turn's message as it typed it, without the block its first request
+        carried: forwarded so, the history would differ from the first request at that message
+        and the provider's prompt cache would miss from there on. Byte-identical, from the cache
+        only (a tool result is not a new turn: no search, no wait); nothing when it is not cached.
+        """
+        started = time.perf_counter()
+        block = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
+        if not block:
+            return
+        flow.request.content = self._encode_body(inject_recall(state.protocol, payload, block, index)).encode()
+        state.recall = "reinjected"
         state.recall_ms = (time.perf_counter() - started) * 1000
 
     def _after_local_answer(self, flow: http.HTTPFlow) -> None:

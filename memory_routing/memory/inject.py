@@ -78,33 +78,35 @@ def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: i
     return "\n".join([FENCE_OPEN, HEADER, *lines, FENCE_CLOSE])
 
 
-def inject_recall(protocol: Any, payload: dict, block: str) -> dict:
-    """A copy of `payload` with `block` at the start of the last user message's text; `payload` is not changed.
+def inject_recall(protocol: Any, payload: dict, block: str, index: int = -1) -> dict:
+    """A copy of `payload` with `block` at the start of the user message's text at `index` (the
+    last by default); `payload` is not changed.
 
     Anthropic/OpenAI list content: a new text block (no cache_control) before the first text block
     (after any tool_result blocks, which must come first). String content: prefixed. Gemini: a new
-    text part before the first text part of contents[-1]. Anything else is returned as it was.
+    text part before the first text part of the content. Anything else is returned as it was.
+    The same message and block always give the same bytes: a tool loop's follow-up requests
+    re-inject the block into the turn's message (turns.earlier_human_turn) exactly as the turn's
+    first request had it, so the provider's prompt cache matches past it.
     """
     name = protocol_name(protocol)
     if not block or not isinstance(payload, dict):
         return payload
+    key = "contents" if name == "gemini" else "messages"
+    items = payload.get(key)
+    if not isinstance(items, list) or not -len(items) <= index < len(items) or not isinstance(items[index], dict):
+        return payload
+    index %= len(items)
+    message = items[index]
     if name == "gemini":
-        contents = payload.get("contents")
-        if not isinstance(contents, list) or not contents or not isinstance(contents[-1], dict):
-            return payload
-        last = contents[-1]
-        parts = last.get("parts")
-        if last.get("role", "user") != "user" or not isinstance(parts, list):
+        parts = message.get("parts")
+        if message.get("role", "user") != "user" or not isinstance(parts, list):
             return payload
         new_parts = _insert_before_first_text(parts, {"text": block}, lambda p: isinstance(p.get("text"), str))
-        return {**payload, "contents": [*contents[:-1], {**last, "parts": new_parts}]}
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return {**payload, "contents": [*items[:index], {**message, "parts": new_parts}, *items[index + 1:]]}
+    if message.get("role") != "user":
         return payload
-    last = messages[-1]
-    if last.get("role") != "user":
-        return payload
-    content = last.get("content")
+    content = message.get("content")
     if isinstance(content, str):
         new_content: Any = f"{block}\n\n{content}"
     elif isinstance(content, list):
@@ -112,7 +114,7 @@ def inject_recall(protocol: Any, payload: dict, block: str) -> dict:
                                                 lambda b: b.get("type") == "text")
     else:
         return payload
-    return {**payload, "messages": [*messages[:-1], {**last, "content": new_content}]}
+    return {**payload, "messages": [*items[:index], {**message, "content": new_content}, *items[index + 1:]]}
 
 
 def _insert_before_first_text(items: list, new_item: dict, is_text) -> list:

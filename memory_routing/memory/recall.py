@@ -94,7 +94,7 @@ class Recaller:
         Cached per (user, conversation, turn text): every request of one turn's tool loop resends
         the same last user text, and gets a byte-identical block (or None again).
         """
-        key = (user_id, conversation_id, hashlib.sha256(turn_text.encode("utf-8", "surrogatepass")).digest())
+        key = self._key(user_id, conversation_id, turn_text)
         found, block = self._cache.get(key)
         if found:
             return block
@@ -109,6 +109,18 @@ class Recaller:
             return None
         self._cache.put(key, block)
         return block
+
+    def cached_block(self, user_id: str, conversation_id: str, turn_text: str) -> str | None:
+        """The block block_for gave this turn, if it is still cached; never searches.
+
+        For a tool loop's follow-up requests: they re-inject the turn's block byte-identical, and
+        a tool result is not a new turn to search for.
+        """
+        return self._cache.get(self._key(user_id, conversation_id, turn_text))[1]
+
+    @staticmethod
+    def _key(user_id: str, conversation_id: str, turn_text: str) -> tuple[str, str, bytes]:
+        return user_id, conversation_id, hashlib.sha256(turn_text.encode("utf-8", "surrogatepass")).digest()
 
     def forget_user(self, user_id: str) -> None:
         """Drops the user's cached blocks (call it after deleting their memories)."""

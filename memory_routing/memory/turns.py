@@ -77,6 +77,25 @@ def new_human_turn(protocol: Any, payload: dict) -> str | None:
                   if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)])
 
 
+def earlier_human_turn(protocol: Any, payload: dict) -> tuple[int, str] | None:
+    """(index in messages / contents, text) of the last message holding human text, for a tool
+    loop's follow-up request (whose last message holds only tool results); None when there is none.
+
+    That message is the turn the loop answers: the one the recall block went into on the turn's
+    first request.
+    """
+    name = protocol_name(protocol)
+    key = "contents" if name == "gemini" else "messages"
+    items = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(items, list):
+        return None
+    for index in range(len(items) - 1, -1, -1):
+        text = new_human_turn(name, {key: [items[index]]})
+        if text is not None:
+            return index, text
+    return None
+
+
 def _tool_trace(name: Any) -> str:
     return f"[tool: {name}]" if isinstance(name, str) and name else "[tool]"
 
