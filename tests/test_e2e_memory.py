@@ -292,3 +292,25 @@ def test_a_tool_loops_follow_up_carries_the_turns_block_byte_identical(proxy: Ru
     assert follow_up.json["messages"][1:] == [
         {"role": "assistant", "content": [{"type": "tool_use", "id": "tu1", "name": "get_weather", "input": {"city": "Paris"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu1", "content": "sunny"}]}]
+
+
+def logged_calls(proxy: RunningProxy, user: str) -> list[dict]:
+    prefix = "memory-routing: routed "
+    lines = [line.split(prefix, 1)[1] for line in proxy.log().splitlines() if prefix in line]
+    return [call for call in map(json.loads, lines) if call.get("user_id") == user]
+
+
+def test_the_flow_log_says_what_the_memory_did(proxy: RunningProxy, upstream: FakeUpstream):
+    client = openai_client(proxy, "loguser")
+    ask(client, "My bicycle is a green Brompton folding bike", "g1")
+    wait_stored(proxy, "loguser", 2, "g1")
+    ask(client, "What colour is my Brompton bicycle?", "g2")
+    ask(client, "What colour is my Brompton bicycle?", "g3", **{"x-memory-mode": "off"})
+    assert proxy.wait_for_log('"mode":"off"', WAIT)
+    first, second, off = logged_calls(proxy, "loguser")[-3:]
+    assert first["memory"] == {"backend": "local", "mode": "both", "recall": "none", "recalled": 0, "stored": True,
+                               "recall_ms": 0.0}  # no memories yet: no search
+    assert second["memory"]["recall"] == "injected" and second["memory"]["recalled"] >= 1
+    assert second["memory"]["stored"] is True and second["memory"]["recall_ms"] >= 0
+    assert off["memory"] == {"backend": "local", "mode": "off"}
+    assert "Brompton" not in json.dumps([first, second, off])

@@ -14,7 +14,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.memory.addon import RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory, derived_conversation_id
+from memory_routing.memory.addon import (LOG_FIELDS_KEY, RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
+                                         derived_conversation_id)
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 from memory_routing.memory.store import SQLiteMemoryStore
@@ -376,3 +377,60 @@ def test_a_tool_loops_follow_up_gets_the_turns_block_back_without_a_search(harne
     before = other.request.raw_content
     run(harness.memory, other)
     assert other.request.raw_content == before
+
+
+def log_fields(h, flow, body: dict, status: int = 200) -> dict:
+    """The memory's flow-log field as the router would log it (its response hook runs between these)."""
+    flow.response = Response.make(status, json.dumps(body).encode(), {"content-type": "application/json"})
+    h.memory.answers.responseheaders(flow)
+    h.memory.response(flow)
+    fields = flow.metadata[LOG_FIELDS_KEY]["memory"]
+    h.memory.answers.response(flow)
+    return fields
+
+
+def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
+    flow = openai_call("What food does my cat Miso like?")
+    run(harness.memory, flow)
+    fields = log_fields(harness, flow, OPENAI_ANSWER)
+    assert fields.pop("recall_ms") >= 0
+    assert fields == {"backend": "local", "mode": "both", "recall": "injected", "recalled": 2, "stored": True}
+    assert "Miso" not in json.dumps(flow.metadata[LOG_FIELDS_KEY])
+    # Read only: nothing stored; a failed answer: nothing stored either.
+    flow = openai_call("What food does my cat Miso like?", x_memory_mode="read")
+    run(harness.memory, flow)
+    assert log_fields(harness, flow, OPENAI_ANSWER)["stored"] is False
+    flow = openai_call("Anything about Miso?")
+    run(harness.memory, flow)
+    assert log_fields(harness, flow, {"error": {"message": "overloaded"}}, status=529)["stored"] is False
+    # Nothing relevant: searched, nothing injected.
+    flow = openai_call("zebra xylophone quantum")
+    run(harness.memory, flow)
+    assert log_fields(harness, flow, OPENAI_ANSWER) | {"recall_ms": 0} == {
+        "backend": "local", "mode": "both", "recall": "none", "recalled": 0, "stored": True, "recall_ms": 0}
+    # Off: said so, nothing else.
+    flow = openai_call("Anything about Miso?", x_memory_mode="off")
+    run(harness.memory, flow)
+    assert flow.metadata[LOG_FIELDS_KEY] == {"memory": {"backend": "local", "mode": "off"}}
+
+
+def test_the_flow_log_of_a_tool_loop_follow_up(harness):
+    path, key, turn, loop = TOOL_LOOPS["anthropic"]
+    first = gateway_flow(path, {"model": "gpt-alias", key: turn}, x_memory_user_id="alice", x_memory_conversation_id="log")
+    run(harness.memory, first)
+    follow_up = gateway_flow(path, {"model": "gpt-alias", key: turn + loop}, x_memory_user_id="alice",
+                             x_memory_conversation_id="log")
+    run(harness.memory, follow_up)
+    fields = log_fields(harness, follow_up, {"content": [{"type": "tool_use", "id": "t2", "name": "Bash", "input": {}}]})
+    # Re-injected from the cache; an answer of tool calls only is not stored.
+    assert fields["recall"] == "reinjected" and fields["recalled"] == 2 and fields["stored"] is False
+    again = gateway_flow(path, {"model": "gpt-alias", key: turn + loop}, x_memory_user_id="alice",
+                         x_memory_conversation_id="log")
+    run(harness.memory, again)
+    assert log_fields(harness, again, {"content": [{"type": "text", "text": "She likes salmon."}]})["stored"] is True
+
+
+def test_the_log_fields_key_is_the_routers():
+    from memory_routing.routing.router import LOG_FIELDS_KEY as ROUTERS
+
+    assert LOG_FIELDS_KEY == ROUTERS

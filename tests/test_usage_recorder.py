@@ -58,6 +58,15 @@ def test_a_routed_line_becomes_a_row():
     assert (row.route, row.memory_injected, row.memory_stored) == ("routed", True, True)
 
 
+def test_the_embedded_memorys_field_marks_the_row():
+    line = ROUTED | {"memory": {"backend": "local", "mode": "both", "recall": "reinjected", "recalled": 3, "stored": False}}
+    row = usage_row(line, 0.25, now=5.0)
+    assert (row.memory_injected, row.memory_stored) == (True, False)
+    row = usage_row(ROUTED | {"memory": {"backend": "local", "recall": "none", "stored": True}}, 0.25, now=5.0)
+    assert (row.memory_injected, row.memory_stored) == (False, True)
+    assert usage_row(ROUTED | {"memory": True}, 0.25, now=5.0).memory_injected is False  # Supermemory's flag
+
+
 @pytest.mark.parametrize("line, route", [
     (ROUTED | {"translated_to": "anthropic"}, "translated"),
     (ROUTED | {"status": None, "error": "connection refused"}, "failed"),

@@ -74,12 +74,18 @@ def usage_row(line: Mapping[str, Any], cost_usd: float | None, now: float) -> Us
         cost_usd=cost_usd,
         latency_ms=_float_or_none(line.get("latency_ms")),
         ttfb_ms=_float_or_none(line.get("ttfb_ms")),
-        # Fields the memory addon adds to the line (ModelRouter's LOG_FIELDS_KEY).
-        memory_injected=line.get("memory_recall") == "injected" or line.get("memory_injected") is True,
-        memory_stored=line.get("memory_stored") is True,
+        # The embedded memory's `memory` field (a dict; Supermemory's is a bool), or older flat fields.
+        memory_injected=(_memory_field(line).get("recall") in ("injected", "reinjected")
+                         or line.get("memory_recall") == "injected" or line.get("memory_injected") is True),
+        memory_stored=_memory_field(line).get("stored") is True or line.get("memory_stored") is True,
         route=route,
         translated_to=translated_to,
     )
+
+
+def _memory_field(line: Mapping[str, Any]) -> Mapping[str, Any]:
+    memory = line.get("memory")
+    return memory if isinstance(memory, Mapping) else {}
 
 
 class UsageRecorder:

@@ -21,13 +21,14 @@ import re
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mitmproxy import http
 
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
+from memory_routing.flow_state import route_of
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
@@ -56,6 +57,9 @@ MEMORY_ENDPOINTS = frozenset({
 ANSWER_BUFFER_LIMIT = 4 * 1024 * 1024
 MEMORY_PATH = "/memory-routing/memories"
 WRITER_CLOSE_TIMEOUT_S = 10.0
+# ModelRouter's flow-metadata key (routing.router, not imported here: it loads LiteLLM): a dict
+# there is added to the call's flow-log line, which the router writes in its response hook.
+LOG_FIELDS_KEY = "memory_routing.log_fields"
 RECALL_THREADS = 2  # each has its own read connection; more threads than cores would only queue
 _CLIENT_NAME_LIMIT = 64
 # An answer that is only tool-call traces says nothing worth remembering.
@@ -74,11 +78,21 @@ class _CallMemory:
     turn: str | None  # the new human turn's text; None for a tool loop's request
     writes: bool
     writer: MemoryWriter
+    mode: str = "both"  # the x-memory-mode in force: both | read | write
     recall: str | None = None  # outcome, when a recall was tried
     recall_ms: float | None = None
+    recalled: int = 0  # memories shown in the injected block
     collector: AnswerTextCollector | None = None  # a streamed event-stream answer
     buffer: bytearray | None = None  # a streamed answer that is one JSON document
     events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
+
+    def log_fields(self, stored: bool) -> dict[str, object]:
+        """The flow log's `memory` field: what the memory did for the call, never what it holds."""
+        fields: dict[str, object] = {"backend": "local", "mode": self.mode, "recall": self.recall or "skipped",
+                                     "recalled": self.recalled, "stored": stored}
+        if self.recall_ms is not None:
+            fields["recall_ms"] = round(self.recall_ms, 2)
+        return fields
 
     def memories(self, answer: str) -> list[NewMemory]:
         now = time.time()
@@ -182,8 +196,10 @@ class EmbeddedMemory:
             # The header is the proxy's: no provider is told about it.
             del request.headers[MODE_HEADER]
         config = self.routing.config
-        if (config is None or not config.memory.local or call.endpoint not in MEMORY_ENDPOINTS
-                or asked is MemoryMode.OFF):
+        if config is None or not config.memory.local or call.endpoint not in MEMORY_ENDPOINTS:
+            return None
+        if asked is MemoryMode.OFF:
+            _add_log_fields(flow, {"backend": "local", "mode": "off"})
             return None
         try:
             return self._begin(flow, call, config, asked)
@@ -202,6 +218,7 @@ class EmbeddedMemory:
             return None  # the router answers it
         mode = asked or client_default(config.memory.clients, identity.user_id, headers)
         if mode is MemoryMode.OFF:
+            _add_log_fields(flow, {"backend": "local", "mode": "off"})
             return None
         payload = _json_payload(request, headers)
         if payload is None:
@@ -232,6 +249,7 @@ class EmbeddedMemory:
             turn=turn,
             writes=mode.writes,
             writer=writer,
+            mode=mode.value,
         )
         self.calls[flow] = state
         if loop_turn is not None:
@@ -251,8 +269,9 @@ class EmbeddedMemory:
                 self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
             # The search runs in a thread; the request waits for it at most the deadline, queueing included.
             future = asyncio.get_running_loop().run_in_executor(
-                self._pool, recaller.block_for, state.user_id, state.conversation_id, state.turn)
-            block = await asyncio.wait_for(future, recaller.deadline_s)
+                self._pool, recaller.recall, state.user_id, state.conversation_id, state.turn)
+            recalled = await asyncio.wait_for(future, recaller.deadline_s)
+            block = recalled.text if recalled is not None else None
             outcome = "injected" if block else "none"
         except asyncio.TimeoutError:
             outcome = "timeout"
@@ -264,6 +283,7 @@ class EmbeddedMemory:
                 body = self._encode_body(inject_recall(state.protocol, payload, block)).encode()
                 # The setter encodes for any content-encoding and sets content-length.
                 flow.request.content = body
+                state.recalled = recalled.memories if recalled is not None else 0
             except Exception as e:  # noqa: BLE001
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
                 outcome = "error"
@@ -280,12 +300,28 @@ class EmbeddedMemory:
         only (a tool result is not a new turn: no search, no wait); nothing when it is not cached.
         """
         started = time.perf_counter()
-        block = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
-        if not block:
+        recalled = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
+        if recalled is None:
             return
-        flow.request.content = self._encode_body(inject_recall(state.protocol, payload, block, index)).encode()
-        state.recall = "reinjected"
+        flow.request.content = self._encode_body(inject_recall(state.protocol, payload, recalled.text, index)).encode()
+        state.recall, state.recalled = "reinjected", recalled.memories
         state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Runs before the router's response hook, which writes the call's flow-log line: what the
+        memory did goes into it here (MemoryAnswers, after the router, does the storing)."""
+        state = self.calls.get(flow)
+        if state is None:
+            return
+        try:
+            _add_log_fields(flow, state.log_fields(stored=_will_store(flow, state)))
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            logger.error("memory: could not note the call in the flow log (%s)", type(e).__name__)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self.calls.get(flow)
+        if state is not None:
+            _add_log_fields(flow, state.log_fields(stored=False))
 
     def _after_local_answer(self, flow: http.HTTPFlow) -> None:
         """A memory deleted through the management API must not come back from a cached block."""
@@ -356,6 +392,30 @@ class MemoryAnswers:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.memory.calls.pop(flow, None)
+
+
+def _add_log_fields(flow: http.HTTPFlow, memory: dict[str, object]) -> None:
+    flow.metadata[LOG_FIELDS_KEY] = {**flow.metadata.get(LOG_FIELDS_KEY, {}), "memory": memory}
+
+
+def _will_store(flow: http.HTTPFlow, state: _CallMemory) -> bool:
+    """Whether MemoryAnswers.response will queue the call's turn for the writer (it runs after
+    the router's log line is written, so the line says it beforehand)."""
+    response = flow.response
+    if not state.writes or response is None or not 200 <= response.status_code < 300:
+        return False
+    if state.turn:
+        return True  # the human turn is stored whatever the answer
+    # A tool loop's follow-up: only an answer that says something is kept.
+    if state.collector is not None or state.buffer is not None:
+        answer = _answer_text(state, response)
+    else:
+        # A whole answer, read before the router translates it: in the upstream's format.
+        route = route_of(flow)
+        translation = route.decision.translation if route is not None else None
+        protocol = translation.target_protocol.value if translation is not None else state.protocol
+        answer = _answer_text(replace(state, protocol=protocol), response)
+    return bool(state.memories(answer or ""))
 
 
 def _read_piece(state: _CallMemory, piece: bytes) -> None:

@@ -34,7 +34,14 @@ def render_line(memory: Memory) -> str:
 
 
 def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: int) -> str:
-    """The fenced block for `memories` in the order given (a nested sequence is a run of neighbouring
+    """The fenced block for `memories` within budget_tokens (see render_block_counted)."""
+    return render_block_counted(memories, budget_tokens)[0]
+
+
+def render_block_counted(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: int) -> tuple[str, int]:
+    """(the fenced block, how many memories it shows, a cut one included).
+
+    The fenced block for `memories` in the order given (a nested sequence is a run of neighbouring
     turns, kept together and set apart by a blank line); "" when nothing fits or there is nothing.
     Each run's first line is `[YYYY-MM-DD] role: text`; later lines of the same date are `role: text`.
 
@@ -45,6 +52,7 @@ def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: i
     frame = len(FENCE_OPEN) + len(HEADER) + len(FENCE_CLOSE) + 2
     room = budget - frame
     lines: list[str] = []
+    shown = 0
     for group in memories:
         run = [group] if isinstance(group, Memory) else list(group)
         if not run or room <= 0:
@@ -64,9 +72,11 @@ def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: i
             if len(line) + 1 <= room:
                 lines.append(line)
                 room -= len(line) + 1
+                shown += 1
             elif room > 80:
                 lines.append(line[: room - 1 - len(_ELLIPSIS)] + _ELLIPSIS)
                 room = 0
+                shown += 1
                 break
             else:
                 room = 0
@@ -74,8 +84,8 @@ def render_block(memories: Sequence[Memory | Sequence[Memory]], budget_tokens: i
     while lines and lines[-1] == "":
         lines.pop()
     if not lines:
-        return ""
-    return "\n".join([FENCE_OPEN, HEADER, *lines, FENCE_CLOSE])
+        return "", 0
+    return "\n".join([FENCE_OPEN, HEADER, *lines, FENCE_CLOSE]), shown
 
 
 def inject_recall(protocol: Any, payload: dict, block: str, index: int = -1) -> dict:

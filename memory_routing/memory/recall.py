@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .inject import CHARS_PER_TOKEN, render_block
+from .inject import CHARS_PER_TOKEN, render_block_counted
 from .records import Memory, MemoryStoreError, MemoryTimeoutError
 from .store import MemoryStore
 
@@ -47,20 +47,28 @@ class RecallTuning:
     common_share: float | None = 0.1  # leave out words found in more than this share of the user's memories
 
 
+@dataclass(frozen=True, slots=True)
+class RecalledBlock:
+    """A turn's rendered block and how many memories it shows (for the flow log: never the texts)."""
+
+    text: str
+    memories: int
+
+
 class _LRU:
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, str, bytes], str | None] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, bytes], RecalledBlock | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, bytes]) -> tuple[bool, str | None]:
+    def get(self, key: tuple[str, str, bytes]) -> tuple[bool, RecalledBlock | None]:
         with self._lock:
             if key not in self._items:
                 return False, None
             self._items.move_to_end(key)
             return True, self._items[key]
 
-    def put(self, key: tuple[str, str, bytes], value: str | None) -> None:
+    def put(self, key: tuple[str, str, bytes], value: RecalledBlock | None) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -88,11 +96,16 @@ class Recaller:
         self.timeouts = 0
 
     def block_for(self, user_id: str, conversation_id: str, turn_text: str) -> str | None:
-        """The rendered block for this turn of this conversation; None when nothing is relevant,
-        or when the search ran past the deadline (then the request goes on unchanged).
+        """The rendered block for this turn of this conversation (see recall)."""
+        recalled = self.recall(user_id, conversation_id, turn_text)
+        return recalled.text if recalled is not None else None
 
-        Cached per (user, conversation, turn text): every request of one turn's tool loop resends
-        the same last user text, and gets a byte-identical block (or None again).
+    def recall(self, user_id: str, conversation_id: str, turn_text: str) -> RecalledBlock | None:
+        """The block for this turn of this conversation; None when nothing is relevant, or when
+        the search ran past the deadline (then the request goes on unchanged).
+
+        Cached per (user, conversation, turn text): a repeated request of the turn gets a
+        byte-identical block (or None again), and so do the tool loop's follow-ups (cached_block).
         """
         key = self._key(user_id, conversation_id, turn_text)
         found, block = self._cache.get(key)
@@ -110,7 +123,7 @@ class Recaller:
         self._cache.put(key, block)
         return block
 
-    def cached_block(self, user_id: str, conversation_id: str, turn_text: str) -> str | None:
+    def cached_block(self, user_id: str, conversation_id: str, turn_text: str) -> RecalledBlock | None:
         """The block block_for gave this turn, if it is still cached; never searches.
 
         For a tool loop's follow-up requests: they re-inject the turn's block byte-identical, and
@@ -129,7 +142,7 @@ class Recaller:
     def forget_all(self) -> None:
         self._cache = _LRU(self._cache.size)
 
-    def _retrieve(self, user_id: str, conversation_id: str, turn_text: str, deadline: float) -> str | None:
+    def _retrieve(self, user_id: str, conversation_id: str, turn_text: str, deadline: float) -> RecalledBlock | None:
         t = self.tuning
         exclude = conversation_id if t.exclude_current_conversation else None
         hits = self.store.search(user_id, turn_text, t.candidates, exclude_conversation_id=exclude,
@@ -139,8 +152,8 @@ class Recaller:
         best = hits[0][1]
         hits = [(m, s) for m, s in hits if s >= best * t.min_relative_score]
         windows = self._windows(hits, deadline)
-        block = render_block(windows, self.budget_tokens)
-        return block or None
+        text, shown = render_block_counted(windows, self.budget_tokens)
+        return RecalledBlock(text, shown) if text else None
 
     def _windows(self, hits: list[tuple[Memory, float]], deadline: float) -> list[list[Memory]]:
         """Runs of neighbouring turns around the best hits, best-scoring first, overlaps merged."""
