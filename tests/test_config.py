@@ -162,7 +162,7 @@ def test_memory_backend_defaults_to_supermemory_with_a_key_else_local():
 
 def test_shipped_config_gives_local_memory_without_keys():
     memory = load_config(ROOT / "config.yaml", environ={}).memory
-    assert (memory.backend, memory.budget_tokens, memory.deadline_ms) == ("local", 1000, 50.0)
+    assert (memory.backend, memory.budget_tokens, memory.deadline_ms, memory.retention_days) == ("local", 1000, 50.0, None)
     assert load_config(ROOT / "config.yaml", environ={"SUPERMEMORY_API_KEY": "k"}).memory.backend == "supermemory"
 
 
@@ -173,13 +173,14 @@ def test_memory_budget_deadline_and_client_defaults():
           backend: local
           budget_tokens: 500
           deadline_ms: 20.5
+          retention_days: 90
           clients:
             - {header: User-Agent, pattern: '^curl/', mode: read}
             - {pattern: 'Java', mode: 'off'}
             - {user_id: claude-cli, mode: write}
         """
     ).memory
-    assert (memory.budget_tokens, memory.deadline_ms) == (500, 20.5)
+    assert (memory.budget_tokens, memory.deadline_ms, memory.retention_days) == (500, 20.5, 90.0)
     first, second, third = memory.clients
     assert (first.header, first.pattern, first.mode, first.user_id) == ("user-agent", "^curl/", "read", None)
     assert first.regex.search("curl/8.5") and first.rule_name == "memory.clients[0]"
@@ -341,7 +342,7 @@ BAD_CONFIGS = [
     pytest.param(
         "memory: {apikey: x}",
         "cfg.yaml: memory.apikey: unknown key (expected one of: api_key, backend, base_url, budget_tokens, "
-        "clients, deadline_ms, enabled)",
+        "clients, deadline_ms, enabled, retention_days)",
         id="misspelt-memory-key",
     ),
     pytest.param("memory: {backend: sqlite}", "cfg.yaml: memory.backend: must be one of local, supermemory, off, got 'sqlite'",
@@ -350,6 +351,12 @@ BAD_CONFIGS = [
                  "cfg.yaml: memory.budget_tokens: must be a whole number from 50 to 100000, got 10", id="memory-budget-small"),
     pytest.param("memory: {budget_tokens: '1000'}",
                  "cfg.yaml: memory.budget_tokens: must be a whole number from 50 to 100000, got '1000'", id="memory-budget-str"),
+    pytest.param("memory: {retention_days: 0}",
+                 "cfg.yaml: memory.retention_days: must be a number of days from 1 to 36500 (or null: keep memories "
+                 "until deleted), got 0", id="memory-retention-zero"),
+    pytest.param("memory: {retention_days: '90'}",
+                 "cfg.yaml: memory.retention_days: must be a number of days from 1 to 36500 (or null: keep memories "
+                 "until deleted), got '90'", id="memory-retention-str"),
     pytest.param("memory: {deadline_ms: 0}",
                  "cfg.yaml: memory.deadline_ms: must be a number of milliseconds from 1 to 10000, got 0", id="memory-deadline"),
     pytest.param("memory: {clients: {user_id: a}}", "cfg.yaml: memory.clients: must be a list, got dict",

@@ -122,6 +122,9 @@ def test_a_fresh_machine_gets_local_memory(proxy: RunningProxy, upstream: FakeUp
     memory = info["store"]["memory"]
     assert memory["backend"] == "local" and info["config"]["memory"]["backend"] == "local"
     assert set(memory) >= {"memories", "users"}
+    # Kept until deleted unless memory.retention_days says otherwise; the writer starts with the proxy.
+    assert memory["retention_days"] is None and info["config"]["memory"]["retention_days"] is None
+    assert memory["pruned"] == 0
     assert store_file(proxy).stat().st_mode & 0o777 == 0o600
 
 

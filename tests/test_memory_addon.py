@@ -434,3 +434,22 @@ def test_the_log_fields_key_is_the_routers():
     from memory_routing.routing.router import LOG_FIELDS_KEY as ROUTERS
 
     assert LOG_FIELDS_KEY == ROUTERS
+
+
+def test_retention_from_the_config_starts_with_the_proxy_and_shows_in_info(harness, tmp_path):
+    harness.store.add_many([NewMemory("alice", "ancient", "cli", "m", "user", "a walrus story from long ago", 1000.0),
+                            NewMemory("alice", "recent", "cli", "m", "user", "a fresh note on otters", time.time())])
+    config = tmp_path / "retention.yaml"
+    config.write_text(CONFIG.replace("memory:\n  backend: local\n", "memory:\n  backend: local\n  retention_days: 365\n"))
+    harness.tctx.configure(harness.routing, memory_routing_config=str(config))
+    assert harness.memory.writer is None
+    harness.memory.running()
+    writer = harness.memory.writer
+    assert writer is not None and writer.retention_days == 365
+    deadline = time.monotonic() + 30
+    while writer.pruned == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for the writer thread's first turn
+    # The fixture's memories (2023) and the walrus are over a year old; the otters are not.
+    assert [m.text for m in harness.store.list("alice")[1]] == ["a fresh note on otters"]
+    status = harness.memory.status()
+    assert status["retention_days"] == 365 and status["pruned"] == 4 and status["memories"] == 1

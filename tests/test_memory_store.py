@@ -458,3 +458,11 @@ def test_opening_warms_the_file_in_a_thread_and_close_stops_it(tmp_path: Path) -
     again = SQLiteMemoryStore(path)
     again.close()
     assert not again._warmer.is_alive()
+
+
+def test_delete_older_than(store: SQLiteMemoryStore) -> None:
+    store.add_many([turn("u", "old otter", at=100.0), turn("v", "old beaver", at=150.0), turn("u", "new otter", at=300.0)])
+    assert store.delete_older_than(200.0) == 2
+    assert [m.text for m in store.list("u")[1]] == ["new otter"] and store.list("v")[0] == 0
+    assert not store.has_memories("v") and store.counts() == {"memories": 1, "users": 1}
+    assert store.delete_older_than(200.0) == 0

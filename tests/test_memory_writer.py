@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,70 @@ def test_concurrent_submitters_lose_nothing(store: SQLiteMemoryStore) -> None:
         t.join(WAIT)
     assert writer.close(WAIT)
     assert store.counts() == {"memories": 400, "users": 8}
+
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+
+
+def aged(text: str, days_old: float, conversation: str = "c") -> NewMemory:
+    return NewMemory("u", conversation, "cli", "m", "user", text, NOW - days_old * DAY)
+
+
+def texts(store: SQLiteMemoryStore) -> set[str]:
+    return {m.text for m in store.list("u", limit=1000)[1]}
+
+
+def test_retention_deletes_old_memories_at_start_then_once_a_day(tmp_path: Path):
+    path = tmp_path / "m.sqlite3"
+    store = SQLiteMemoryStore(path)
+    store.add_many([aged("the ancient walrus anecdote", 40), aged("a recent note about kayaks", 10)])
+    clock = [NOW]
+    pruned: list[int] = []
+    # Idle wake-ups an hour apart: only submits wake the thread in this test.
+    writer = MemoryWriter(store, retention_days=30, clock=lambda: clock[0], idle_wake_s=3600, on_pruned=pruned.append)
+    try:
+        assert writer.submit([aged("written today", 0)]) and writer.flush(WAIT)
+        assert texts(store) == {"a recent note about kayaks", "written today"}
+        assert writer.pruned == 1 and pruned == [1]
+        # Really gone, as a DELETE: the words are not in the file any more.
+        assert b"walrus" not in b"".join(p.read_bytes() for p in tmp_path.glob("m.sqlite3*"))
+        store.add_many([aged("turned 31 days old just now", 31)])
+        clock[0] = NOW + 3600  # an hour later: not due
+        assert writer.submit([aged("later today", 0, "c2")]) and writer.flush(WAIT)
+        assert "turned 31 days old just now" in texts(store)
+        clock[0] = NOW + DAY + 1  # a day later: due (the 10-day-old note is 11 days old: kept)
+        assert writer.submit([aged("tomorrow", 0, "c3")]) and writer.flush(WAIT)
+        assert "turned 31 days old just now" not in texts(store) and "a recent note about kayaks" in texts(store)
+        assert writer.pruned == 2
+        # Keeping everything again: nothing more is deleted, even when due.
+        writer.set_retention(None)
+        store.add_many([aged("kept forever", 400)])
+        clock[0] = NOW + 3 * DAY
+        assert writer.submit([aged("the day after", 0, "c4")]) and writer.flush(WAIT)
+        assert "kept forever" in texts(store)
+    finally:
+        assert writer.close(WAIT)
+        store.close()
+
+
+def test_retention_prunes_at_start_with_no_submit(store: SQLiteMemoryStore):
+    store.add_many([aged("stale walrus", 100), aged("fresh", 1)])
+    writer = MemoryWriter(store, retention_days=7, clock=lambda: NOW, idle_wake_s=3600)
+    try:
+        deadline = time.monotonic() + WAIT
+        while writer.pruned == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the writer thread's first turn
+        assert writer.pruned == 1 and texts(store) == {"fresh"}
+    finally:
+        assert writer.close(WAIT)
+
+
+def test_without_retention_nothing_is_deleted(store: SQLiteMemoryStore):
+    store.add_many([aged("from long ago", 10_000)])
+    writer = MemoryWriter(store, clock=lambda: NOW)
+    try:
+        assert writer.submit([aged("now", 0)]) and writer.flush(WAIT)
+        assert texts(store) == {"from long ago", "now"} and writer.pruned == 0
+    finally:
+        assert writer.close(WAIT)

@@ -162,6 +162,7 @@ class MemorySettings:
     budget_tokens: int = DEFAULT_MEMORY_BUDGET_TOKENS
     deadline_ms: float = DEFAULT_MEMORY_DEADLINE_MS
     clients: tuple[MemoryClientRule, ...] = ()
+    retention_days: float | None = None  # None: memories are kept until deleted
 
     @property
     def active(self) -> bool:
@@ -484,7 +485,7 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     path = "memory"
     section = _mapping(ctx, raw, path) if raw is not None else {}
     _reject_unknown_keys(ctx, section, path, {"enabled", "api_key", "base_url", "backend", "budget_tokens",
-                                              "deadline_ms", "clients"})
+                                              "deadline_ms", "clients", "retention_days"})
     enabled = section.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise ctx.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
@@ -514,6 +515,11 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     deadline = section.get("deadline_ms", DEFAULT_MEMORY_DEADLINE_MS)
     if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 1 <= deadline <= 10_000:
         raise ctx.error(f"{path}.deadline_ms", f"must be a number of milliseconds from 1 to 10000, got {deadline!r}")
+    retention = section.get("retention_days")
+    if retention is not None and (not isinstance(retention, (int, float)) or isinstance(retention, bool)
+                                  or not 1 <= retention <= 36_500):
+        raise ctx.error(f"{path}.retention_days",
+                        f"must be a number of days from 1 to 36500 (or null: keep memories until deleted), got {retention!r}")
     raw_clients = section.get("clients") or []
     if not isinstance(raw_clients, list):
         raise ctx.error(f"{path}.clients", f"must be a list, got {_type_name(raw_clients)}")
@@ -526,6 +532,7 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
         enabled=enabled, api_key=api_key, base_url=(base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
         backend=resolved, backend_configured=backend is not None, budget_tokens=budget,
         deadline_ms=float(deadline), clients=clients,
+        retention_days=float(retention) if retention is not None else None,
     )
 
 

@@ -64,6 +64,7 @@ def config_summary(config: ProxyConfig, loaded_at: float, last_error: str | None
             "backend": memory.backend,
             "budget_tokens": memory.budget_tokens,
             "deadline_ms": memory.deadline_ms,
+            "retention_days": memory.retention_days,
             "clients": [{"rule": rule.rule_name, "mode": rule.mode, "user_id": rule.user_id, "header": rule.header,
                          "pattern": rule.pattern} for rule in memory.clients],
             "active": memory.active,

@@ -127,6 +127,16 @@ class EmbeddedMemory:
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    def running(self) -> None:
+        """The writer starts with the proxy, not with the first call: the retention's first prune is at start."""
+        config = self.routing.config
+        if config is None or not config.memory.local:
+            return
+        try:
+            self._engine(config)
+        except Exception as e:  # noqa: BLE001 - the first call tries again
+            logger.warning("memory: could not start the writer (%s)", type(e).__name__)
+
     def done(self) -> None:
         self.close_writer()
         if self._pool is not None:
@@ -152,8 +162,9 @@ class EmbeddedMemory:
         except Exception as e:  # noqa: BLE001 - info must answer even if the store does not
             status["error"] = type(e).__name__
         writer, recaller = self.writer, self.recaller
+        status["retention_days"] = config.memory.retention_days if config is not None else None
         if writer is not None:
-            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed)
+            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed, pruned=writer.pruned)
         if recaller is not None:
             status["recall_timeouts"] = recaller.timeouts
         return status
@@ -164,7 +175,12 @@ class EmbeddedMemory:
             return None
         if store is not self._store:
             self.close_writer()
-            self._store, self.writer = store, MemoryWriter(store)
+            self._store = store
+            self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
+                                       on_pruned=self._after_prune)
+        else:
+            assert self.writer is not None
+            self.writer.set_retention(config.memory.retention_days)
         settings = (config.memory.budget_tokens, config.memory.deadline_ms)
         if self.recaller is None or settings != self._recaller_settings:
             self.recaller = Recaller(store, budget_tokens=settings[0], deadline_s=settings[1] / 1000)
@@ -322,6 +338,12 @@ class EmbeddedMemory:
         state = self.calls.get(flow)
         if state is not None:
             _add_log_fields(flow, state.log_fields(stored=False))
+
+    def _after_prune(self, deleted: int) -> None:
+        """(writer thread) Memories past the retention are gone: no cached block may show them again."""
+        recaller = self.recaller
+        if recaller is not None:
+            recaller.forget_all()
 
     def _after_local_answer(self, flow: http.HTTPFlow) -> None:
         """A memory deleted through the management API must not come back from a cached block."""

@@ -105,6 +105,8 @@ class MemoryStore(Protocol):
 
     def forget_user(self, user_id: str) -> int: ...
 
+    def delete_older_than(self, cutoff: float) -> int: ...
+
     def export_jsonl(self, user_id: str | None = None) -> Iterator[str]: ...
 
     def import_jsonl(self, lines: Iterable[str]) -> int: ...
@@ -358,6 +360,12 @@ class SQLiteMemoryStore:
         """Deletes every memory of `user_id`; returns how many."""
         self._check_open()
         return self._delete("user_id = ?", [user_id])
+
+    def delete_older_than(self, cutoff: float) -> int:
+        """Deletes every memory created before `cutoff` (epoch seconds), as DELETE does (the words
+        leave the file); returns how many. The retention (memory.retention_days) calls it."""
+        self._check_open()
+        return self._delete("created_at < ?", [float(cutoff)])
 
     def _delete(self, where: str, args: list) -> int:
         with self._write_lock:

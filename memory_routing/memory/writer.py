@@ -4,6 +4,9 @@ submit() never blocks and never fails an answer: when the queue is full the turn
 counted, and logged at most once a minute. Preparation (our recall block stripped, <private>
 text dropped, secrets redacted: redact.prepare_text) happens here, in the writer thread, so the
 regular expressions never run on the event loop, and nothing reaches the store unprepared.
+
+With a retention (memory.retention_days) the same thread deletes the memories older than it:
+when it starts, then once a day.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from .records import NewMemory
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 _BATCH_MAX = 256  # submits written in one transaction
 _DROP_LOG_INTERVAL_S = 60.0
 _STOP = object()
+DAY_S = 86_400.0
 
 
 def prepare(memories: Sequence[NewMemory]) -> list[NewMemory]:
@@ -39,10 +43,18 @@ def prepare(memories: Sequence[NewMemory]) -> list[NewMemory]:
 class MemoryWriter:
     """One daemon thread writing submitted turns to `store` in batches."""
 
-    def __init__(self, store: MemoryStore, max_queue: int = 1000) -> None:
+    def __init__(self, store: MemoryStore, max_queue: int = 1000, *, retention_days: float | None = None,
+                 clock: Callable[[], float] = time.time, idle_wake_s: float = 60.0,
+                 on_pruned: Callable[[int], None] | None = None) -> None:
         if max_queue <= 0:
             raise ValueError("max_queue must be positive")
         self.store = store
+        self.clock = clock
+        self.idle_wake_s = idle_wake_s  # how often an idle thread looks at the clock for the daily prune
+        self.on_pruned = on_pruned  # told how many memories a prune deleted (when it deleted any)
+        self.pruned = 0  # memories deleted for being older than the retention
+        self._retention_days = retention_days
+        self._next_prune: float | None = None  # None: prune on the thread's next turn
         self.dropped = 0  # turns dropped because the queue was full (or the writer closed)
         self.failed = 0  # turns the store refused (logged, without their text)
         self.written = 0
@@ -54,6 +66,16 @@ class MemoryWriter:
         self._last_drop_log = float("-inf")
         self._thread = threading.Thread(target=self._run, name="memory-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def retention_days(self) -> float | None:
+        return self._retention_days
+
+    def set_retention(self, days: float | None) -> None:
+        """A new retention (None: keep everything) applies within idle_wake_s, starting with a prune."""
+        if days != self._retention_days:
+            self._retention_days = days
+            self._next_prune = None
 
     def submit(self, memories: Sequence[NewMemory]) -> bool:
         """Queues the turns for writing; False (and counted) when they were dropped. Never blocks."""
@@ -109,7 +131,12 @@ class MemoryWriter:
 
     def _run(self) -> None:
         while True:
-            batches = [self._queue.get()]
+            self._prune_if_due()
+            try:
+                batches = [self._queue.get(timeout=self.idle_wake_s)]
+            except queue.Empty:
+                continue
+            self._prune_if_due()  # before the batch is counted written: flush() returns after it
             while len(batches) < _BATCH_MAX:
                 try:
                     batches.append(self._queue.get_nowait())
@@ -121,6 +148,23 @@ class MemoryWriter:
                 self._write(batches)
             if stop:
                 return
+
+    def _prune_if_due(self) -> None:
+        days = self._retention_days
+        now = self.clock()
+        if days is None or (self._next_prune is not None and now < self._next_prune):
+            return
+        self._next_prune = now + DAY_S
+        try:
+            deleted = self.store.delete_older_than(now - days * DAY_S)
+        except Exception as e:  # noqa: BLE001 - the writer thread must outlive a failed prune
+            log.error("memory writer: could not delete memories past the retention: %s", type(e).__name__)
+            return
+        self.pruned += deleted
+        if deleted:
+            log.info("memory: deleted %d memories older than %g days (memory.retention_days)", deleted, days)
+            if self.on_pruned is not None:
+                self.on_pruned(deleted)
 
     def _write(self, batches: list[list[NewMemory]]) -> None:
         turns = [m for batch in batches for m in batch]
