@@ -466,3 +466,44 @@ def test_delete_older_than(store: SQLiteMemoryStore) -> None:
     assert [m.text for m in store.list("u")[1]] == ["new otter"] and store.list("v")[0] == 0
     assert not store.has_memories("v") and store.counts() == {"memories": 1, "users": 1}
     assert store.delete_older_than(200.0) == 0
+
+
+def test_in_a_big_file_a_users_ranking_does_not_depend_on_other_users_rows(tmp_path: Path, monkeypatch) -> None:
+    """bm25() weighs words by the whole file: another user's 300 rows about gardens would make
+    'garden' count for little in this user's search. Ranked with the user's own statistics, the
+    same rows get the same scores however much else the file holds."""
+    import memory_routing.memory.store as store_module
+
+    monkeypatch.setattr(store_module, "USER_RANKING_MIN_ROWS", 100)
+    mine = [turn("u", text, conversation=f"c{i % 3}") for i, text in enumerate([
+        "garden party with friends on sunday", "concert tickets for friday night", "garden concert in the park",
+        "the garden needs water", *(f"unrelated note number {i} about taxes" for i in range(30))])]
+    results = []
+    for name, others in (("alone", 0), ("crowded", 300)):
+        store = SQLiteMemoryStore(tmp_path / f"{name}.sqlite3")
+        try:
+            store.add_many(mine)
+            store.add_many([turn("noise", f"garden garden gnome {i}") for i in range(others)])
+            store.add_many([turn(f"filler{i}", "filler row") for i in range(120)])
+            hits = store.search("u", "garden concert tickets", 10, exclude_conversation_id="c1")
+            assert hits and all(m.user_id == "u" and m.conversation_id != "c1" for m, _ in hits)
+            results.append([(m.text, round(score, 9)) for m, score in hits])
+        finally:
+            store.close()
+    assert results[0] == results[1]
+    assert [text for text, _ in results[0]][:1] == ["garden concert in the park"]
+
+
+def test_user_ranking_leaves_out_words_common_for_the_user(store: SQLiteMemoryStore, monkeypatch) -> None:
+    import memory_routing.memory.store as store_module
+
+    monkeypatch.setattr(store_module, "USER_RANKING_MIN_ROWS", 10)
+    store.add_many([turn("u", f"Hey Caroline, chat number {i} about nothing") for i in range(40)])
+    store.add_many([turn("u", "Caroline adopted a puppy called Rex", conversation="pets"),
+                    turn("u", "puppy training tips from the vet", conversation="pets")])
+    store.add_many([turn(f"other{i}", "Caroline puppy") for i in range(200)])
+    narrowed = store.search("u", "Caroline puppy", 5, common_share=0.1)
+    assert {m.text for m, _ in narrowed} == {"Caroline adopted a puppy called Rex", "puppy training tips from the vet"}
+    # Every word common: the query is kept whole rather than emptied.
+    assert len(store.search("u", "Caroline chat", 50, common_share=0.1)) == 41
+    assert store.search("u", "zebra", 5) == [] and store.search("nobody", "Caroline", 5) == []
