@@ -476,16 +476,16 @@ class SQLiteMemoryStore:
         # for one user among many, ~20 ms for a user who owns 100k rows. A user who owns most
         # of the file is filtered after ranking instead, fetching enough to keep `limit` rows.
         owner_filter = user_rows == 0 or share < _HEAVY_SHARE
+        if owner_filter and user_rows and self._total_rows >= USER_RANKING_MIN_ROWS:
+            return self._ranked_in_user(user_id, terms, limit, user_rows, exclude_conversation_id, deadline,
+                                        None if common_share is None
+                                        else max(_COMMON_MIN_ROWS, int(common_share * user_rows)))
         selected = terms
         if user_rows == 0 or user_rows > MAX_RANKED:  # else ranking is bounded by the user's rows anyway
             selected = self._selective_terms(owner if owner_filter else None, terms, deadline)
         if common_share is not None and user_rows and len(selected) > 1:
             selected = self._uncommon_terms(owner if owner_filter else None, selected,
                                             max(_COMMON_MIN_ROWS, int(common_share * user_rows)), deadline)
-        if owner_filter and user_rows and self._total_rows >= USER_RANKING_MIN_ROWS:
-            return self._ranked_in_user(user_id, terms, limit, user_rows, exclude_conversation_id, deadline,
-                                        None if common_share is None
-                                        else max(_COMMON_MIN_ROWS, int(common_share * user_rows)))
         rows = self._ranked(user_id, selected, limit, owner_filter, share, exclude_conversation_id, deadline)
         if not rows and len(selected) < len(terms):
             # The rare words counted over the whole file may all be other users' words: the
