@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 # The summary mitmweb shows; addons add to it (a copy each time) but never read it back.
 DISPLAY_KEY = "memory_routing"
+# Addons before the router add fields to a call's flow-log line by putting a dict here (e.g. what
+# memory did); the router writes the line in its response hook.
+LOG_FIELDS_KEY = "memory_routing.log_fields"
 
 
 @dataclass(frozen=True, slots=True)

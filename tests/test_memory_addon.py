@@ -430,12 +430,6 @@ def test_the_flow_log_of_a_tool_loop_follow_up(harness):
     assert log_fields(harness, again, {"content": [{"type": "text", "text": "She likes salmon."}]})["stored"] is True
 
 
-def test_the_log_fields_key_is_the_routers():
-    from memory_routing.routing.router import LOG_FIELDS_KEY as ROUTERS
-
-    assert LOG_FIELDS_KEY == ROUTERS
-
-
 def test_retention_from_the_config_starts_with_the_proxy_and_shows_in_info(harness, tmp_path):
     harness.store.add_many([NewMemory("alice", "ancient", "cli", "m", "user", "a walrus story from long ago", 1000.0),
                             NewMemory("alice", "recent", "cli", "m", "user", "a fresh note on otters", time.time())])

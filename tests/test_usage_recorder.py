@@ -20,7 +20,8 @@ from memory_routing.local.stores import LocalStores
 from memory_routing.local.usage_log import UsageLog
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.routing.providers import ProviderResolver
-from memory_routing.routing.router import LOG_FIELDS_KEY, ModelRouter
+from memory_routing.flow_state import LOG_FIELDS_KEY
+from memory_routing.routing.router import ModelRouter
 
 WAIT_S = 10.0
 ROUTED = {

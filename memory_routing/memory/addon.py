@@ -28,7 +28,7 @@ from mitmproxy import http
 
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
-from memory_routing.flow_state import route_of
+from memory_routing.flow_state import LOG_FIELDS_KEY, route_of
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
@@ -57,9 +57,6 @@ MEMORY_ENDPOINTS = frozenset({
 ANSWER_BUFFER_LIMIT = 4 * 1024 * 1024
 MEMORY_PATH = "/memory-routing/memories"
 WRITER_CLOSE_TIMEOUT_S = 10.0
-# ModelRouter's flow-metadata key (routing.router, not imported here: it loads LiteLLM): a dict
-# there is added to the call's flow-log line, which the router writes in its response hook.
-LOG_FIELDS_KEY = "memory_routing.log_fields"
 RECALL_THREADS = 2  # each has its own read connection; more threads than cores would only queue
 _CLIENT_NAME_LIMIT = 64
 # An answer that is only tool-call traces says nothing worth remembering.

@@ -15,7 +15,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
-from memory_routing.flow_state import DISPLAY_KEY, Route, add_to_display, set_route
+from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
 from memory_routing.routing.headers import HeaderIndex
@@ -54,8 +54,6 @@ DROPPED_HEADER = "x-memory-routing-dropped"
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
-# Other addons add fields to a call's log line by putting a dict here (e.g. what memory did).
-LOG_FIELDS_KEY = "memory_routing.log_fields"
 # flow.metadata key: what really happened to a failed flow, when mitmproxy's error text does not
 # say (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
 from memory_routing.flow_state import FAILURE_NOTE_KEY  # noqa: E402  (set by UpstreamFailures)
