@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fake_upstream import FakeUpstream
-from harness import RunningProxy, running_proxy, start_proxy
+from harness import RunningProxy, running_proxy, start_proxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -136,15 +136,22 @@ def test_in_flight_cap_is_never_exceeded(tmp_path: Path, start_fake):
     assert 1 < fake.max_in_flight <= 4
 
 
+def queued(proxy: RunningProxy) -> int:
+    _, info = proxy_info(proxy)
+    return sum(host["queued"] for host in info["upstreams"]["in_flight"].values())
+
+
 def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
-    fake = start_fake(delay=0.3)
+    fake = start_fake(hold_requests=True)
     config = write_config(tmp_path / "config.yaml", {"slow": fake})
     with running_proxy(tmp_path, config, extra_args=["--set", "memory_routing_max_in_flight=1"]) as proxy:
         callers = []
         for index in range(5):
             callers.append(threading.Thread(target=chat, args=(proxy, "slow"), kwargs={"headers": {"x-seq": str(index)}}))
             callers[-1].start()
-            time.sleep(0.1)  # well inside the 0.3 s each answer takes: all but the first queue
+            # The next one starts only once this one holds the slot (the first) or waits in the queue.
+            assert wait_until(lambda: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
+        fake.release()
         for caller in callers:
             caller.join(WAIT)
     assert [r.headers["x-seq"] for r in fake.requests] == ["0", "1", "2", "3", "4"]
@@ -152,16 +159,19 @@ def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
 
 
 def test_queue_timeout_answers_503_with_retry_after(tmp_path: Path, start_fake):
-    fake = start_fake(delay=3.0)
+    fake = start_fake(hold_requests=True)
     config = write_config(tmp_path / "config.yaml", {"slow": fake})
     args = ["--set", "memory_routing_max_in_flight=1", "--set", "memory_routing_queue_timeout=1"]
     with running_proxy(tmp_path, config, extra_args=args) as proxy:
         first = threading.Thread(target=chat, args=(proxy, "slow"), daemon=True)
         first.start()
-        time.sleep(0.5)
+        assert wait_until(lambda: fake.in_flight == 1)  # the first holds the one slot
         client = openai.OpenAI(base_url=f"{proxy.gateway_url}/v1", api_key="sk", max_retries=0, timeout=WAIT)
-        with pytest.raises(openai.InternalServerError) as excinfo:
-            client.chat.completions.create(model="slow", **CHAT)
+        try:
+            with pytest.raises(openai.InternalServerError) as excinfo:
+                client.chat.completions.create(model="slow", **CHAT)
+        finally:
+            fake.release()
         first.join(WAIT)
     assert excinfo.value.status_code == 503
     assert excinfo.value.response.headers["retry-after"] == "1"
