@@ -234,3 +234,18 @@ def test_jar_limit_must_be_positive(limit: int):
     with taddons.context(cookies) as tctx:
         with pytest.raises(exceptions.OptionsError, match="memory_routing_cookie_jar_limit must be > 0"):
             tctx.configure(cookies, memory_routing_cookie_file="none", memory_routing_cookie_jar_limit=limit)
+
+
+def test_without_a_file_jars_beyond_the_limit_are_dropped():
+    cookies = UpstreamCookies(writer=lambda path, changes: pytest.fail("nothing to write"))
+    with taddons.context(cookies) as tctx:
+        tctx.configure(cookies, memory_routing_cookie_file="none", memory_routing_cookie_scope="user",
+                       memory_routing_cookie_jar_limit=2)
+        for user in ("alice", "bob", "carol", "dave", "erin"):
+            assert cookies.responseheaders(routed(user, f"__cf_bm={user}; Path=/")) is None
+        assert cookies.jar.resident_count == 2 and not cookies.jar.has_changes
+        back = routed("alice")
+        assert cookies.request(back) is None and "cookie" not in back.request.headers  # gone, not waited for
+        kept = routed("erin")
+        cookies.request(kept)
+    assert kept.request.headers["cookie"] == "__cf_bm=erin"

@@ -93,9 +93,14 @@ class JarChanges:
 
 
 class UpstreamCookieJar:
-    def __init__(self, names: Iterable[str] = CLOUDFLARE_COOKIE_NAMES, limit: int | None = None) -> None:
+    def __init__(
+        self, names: Iterable[str] = CLOUDFLARE_COOKIE_NAMES, limit: int | None = None, *, persistent: bool = True
+    ) -> None:
+        """``persistent``: a file backs the jar. Without one, a jar pushed out of memory is gone
+        (its cookies are set again by the upstream's next answer)."""
         self.policy = _NamedCookiesPolicy(names)
         self.limit = limit
+        self.persistent = persistent
         self._jars: OrderedDict[str, http.cookiejar.CookieJar] = OrderedDict()
         self._changed: set[str] = set()  # resident scopes whose cookies differ from the file's
         self._evicted_unsaved: dict[str, tuple[Entry, ...]] = {}
@@ -114,6 +119,8 @@ class UpstreamCookieJar:
     def _evict_over_limit(self) -> None:
         while self.limit is not None and len(self._jars) > self.limit:
             scope, jar = self._jars.popitem(last=False)
+            if not self.persistent:
+                continue
             if scope in self._changed:
                 self._changed.discard(scope)
                 self._evicted_unsaved[scope] = _entries(scope, jar)
@@ -166,7 +173,8 @@ class UpstreamCookieJar:
         jar.extract_cookies(_Response(set_cookie_values), urllib.request.Request(url))  # type: ignore[arg-type]
         if self._fingerprint(jar) == before:
             return False
-        self._changed.add(scope)
+        if self.persistent:
+            self._changed.add(scope)
         return True
 
     def cookie_header(self, url: str, scope: str, client_cookie_header: str | None) -> str | None:

@@ -78,8 +78,10 @@ class UpstreamCookies:
         if "memory_routing_cookie_scope" in updated:
             self.per_user = ctx.options.memory_routing_cookie_scope == "user"
         if {"memory_routing_cookie_names", "memory_routing_cookie_file", "confdir"} & set(updated):
-            self.jar = UpstreamCookieJar(ctx.options.memory_routing_cookie_names, getattr(ctx.options, LIMIT_OPTION))
             self.path = self._jar_path()
+            self.jar = UpstreamCookieJar(
+                ctx.options.memory_routing_cookie_names, getattr(ctx.options, LIMIT_OPTION), persistent=self.path is not None
+            )
             if self.path is not None:
                 self._load(self.path)
         elif LIMIT_OPTION in updated:
