@@ -335,7 +335,7 @@ def test_anthropic_client_on_a_gpt_alias_is_translated_to_chat_completions(plann
     assert d.upstream_url == "https://api.supermemory.ai/v3/https://api.openai.com/v1/chat/completions"
     assert headers_of(d)["authorization"] == "Bearer sk-config-openai"
     assert headers_of(d)["x-sm-user-id"] == "claude-cli" and headers_of(d)["x-sm-conversation-id"] == "sess-1"
-    assert {"anthropic-version", "anthropic-beta", "x-api-key"} <= set(d.remove_headers)
+    assert {"anthropic-version", "anthropic-beta", "x-api-key", "x-claude-code-session-id"} <= set(d.remove_headers)
     assert d.body_model is None  # the translated body names the model
     assert d.summary()["translated_to"] == "openai"
 

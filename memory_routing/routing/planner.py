@@ -43,9 +43,11 @@ _DECISION_CACHE_LIMIT = 4096
 MAX_HEADER_VALUE = 8192
 GEMINI_KEY_HEADER = "x-goog-api-key"
 # Headers of one API family that mean nothing (or something else) to another: dropped when a
-# call is translated away from that family (Gemini-format calls are never translated).
+# call is translated away from that family (Gemini-format calls are never translated). Claude
+# Code's session id is Anthropic's to see, not another provider's.
 _FAMILY_HEADERS = {
-    ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
+    ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
+                               "x-claude-code-session-id"),
     ClientProtocol.OPENAI: ("openai-organization", "openai-project", "openai-beta"),
 }
 
@@ -102,6 +104,8 @@ class RoutingDecision:
     translation: Translation | None
     # Header values include credentials: kept out of repr, logs and flow metadata.
     set_headers: tuple[tuple[str, str], ...] = field(repr=False)
+    # The client's conversation id (it keys the prompt cache of a translated call).
+    conversation_id: str | None = field(default=None, repr=False)
     # Derived once, for the router's single pass over the request: the split upstream URL,
     # every header name to drop (removed or replaced), and the headers to add as raw fields.
     upstream: UpstreamTarget = field(init=False, repr=False, compare=False)
@@ -343,6 +347,7 @@ class RoutePlanner:
             remove_query_params=tuple(remove_query),
             translation=translation,
             set_headers=tuple(set_headers),
+            conversation_id=facts.conversation_id,
         )
 
 
