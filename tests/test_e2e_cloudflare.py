@@ -101,6 +101,18 @@ def test_cloudflare_cookie_keeps_sequential_and_concurrent_requests_through(tmp_
         assert cookies_seen(fake_a) == [f"__cf_bm={fake_a.cf_token}"]
 
 
+def test_the_last_cookie_changes_are_saved_when_the_proxy_stops(tmp_path: Path, fake_b: FakeUpstream):
+    config = write_config(tmp_path / "config.yaml", {"b": fake_b})
+    with running_proxy(tmp_path, config) as proxy:
+        for value in ("first", "second", "third"):
+            # Changes within a second of a save wait for the next one: at the latest, when mitmdump stops.
+            assert chat(proxy, "b", headers={"x-fake-set-cookie": f"__cf_bm={value}; Path=/"}).status_code == 200
+    fake_b.reset()
+    with running_proxy(tmp_path, config) as proxy:
+        assert chat(proxy, "b").status_code == 200
+    assert cookies_seen(fake_b) == ["__cf_bm=third"]
+
+
 def proxy_info(proxy: RunningProxy) -> tuple[int, dict]:
     response = httpx.get(f"{proxy.gateway_url}/memory-routing/info", timeout=WAIT)
     return response.status_code, response.json()
