@@ -19,13 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 GATE_TIMEOUT_SECONDS = 60.0  # a safety net only: tests release the gate themselves
-DRIP_SECONDS = 0.2  # between two events of a "drip" stream
 HUGE_BODY_BYTES = 8 * 1024 * 1024
 # Faults a request asks for with the header x-fake-fault:
 #   status=NNN  answer NNN with the provider's own JSON error
 #   hang        read the request, then send nothing until released (bounded), and close
 #   cut         start the answer (two events of a stream, half of a JSON body), then drop the connection
-#   drip        stream the events slowly, DRIP_SECONDS apart
+#   lockstep    stream the events one at a time: each after the test allowed it (allow_event), bounded
 #   huge        a JSON answer of HUGE_BODY_BYTES
 FAULT_HEADER = "x-fake-fault"
 SUPERMEMORY_PREFIX = "/v3/"
@@ -64,6 +63,8 @@ class FakeUpstream:
     cf_token: str | None = None
     # When set, streams pause after the first event until release() (bounded).
     hold_streams: bool = False
+    # When set, every request waits, once recorded and counted in flight, until release() (bounded).
+    hold_requests: bool = False
     # Check request bodies the way the real APIs do (required fields, roles, unknown keys) and
     # answer their 400 otherwise: the judge of what a translating proxy sends.
     strict: bool = False
@@ -71,6 +72,7 @@ class FakeUpstream:
     # names, then answer in text once the tool's result is in.
     agent: bool = False
     _gate: threading.Event = field(default_factory=threading.Event)
+    _event_permits: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=itertools.count)
 
@@ -93,14 +95,19 @@ class FakeUpstream:
     def release(self) -> None:
         self._gate.set()
 
+    def allow_event(self) -> None:
+        """Let a "lockstep" stream send its next event."""
+        self._event_permits.release()
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.connections = 0
             self.max_in_flight = 0
             self.broken_writes = 0
-        self.hold_streams = False
+        self.hold_streams = self.hold_requests = False
         self._gate.clear()
+        self._event_permits = threading.Semaphore(0)
 
     def last(self) -> RecordedRequest:
         with self._lock:
@@ -211,6 +218,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if self.fake.delay:
             time.sleep(self.fake.delay)
+        if self.fake.hold_requests:
+            self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
         set_cookies = self.headers.get_all("x-fake-set-cookie") or []
         if self.headers.get("x-fake-cloudflare-error") or self.fake.cloudflare:
             admitted, cookie = self.fake._cloudflare_admits(self.headers.get("cookie", ""))
@@ -320,9 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
             self._drop()
-        elif fault == "drip":
+        elif fault == "lockstep":
             self._sse(_anthropic_events(model) if route.endswith("/messages") else _openai_chat_events(model),
-                      extra, pause=DRIP_SECONDS)
+                      extra, lockstep=True)
         elif fault == "huge":
             filler = "x" * HUGE_BODY_BYTES
             self._json(200, _openai_chat(model) | {"filler": filler}, extra)
@@ -363,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _sse(
         self, events: list[tuple[str | None, Any]], extra: dict[str, str], *, stop_after: int | None = None,
-        pause: float = 0.0,
+        lockstep: bool = False,
     ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -378,8 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(text.encode())
             if index == 0 and self.fake.hold_streams:
                 self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
-            if pause:
-                time.sleep(pause)
+            if lockstep and index < len(events) - 1:
+                self.fake._event_permits.acquire(timeout=GATE_TIMEOUT_SECONDS)
         self._chunk(b"")
 
     def _chunk(self, data: bytes) -> None:

@@ -22,6 +22,16 @@ LITELLM_LOADED = "memory-routing: LiteLLM loaded"
 START_ATTEMPTS = 3  # a free port can be taken by someone else between probing and binding
 
 
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass (ordering by events, not sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

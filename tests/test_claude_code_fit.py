@@ -7,7 +7,7 @@ import json
 import pytest
 
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.translate.parameters import TargetModel, UnsupportedParams, fit_params, target_model
+from memory_routing.translate.parameters import TargetModel, UnsupportedParams, fit_params, prompt_cache_key, target_model
 from memory_routing.translate.translation import TranslationRefused, translate_request
 
 CLAUDE_CODE_USER_ID = json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "5" * 36})
@@ -29,9 +29,11 @@ CLAUDE_CODE_CALL = {
 }
 
 
-def translated(model: str, provider: str = "openai", *, drop: bool = True, user_id: str | None = "alice", **changes):
+def translated(model: str, provider: str = "openai", *, drop: bool = True, user_id: str | None = "alice",
+               conversation_id: str | None = None, **changes):
     body = {**CLAUDE_CODE_CALL, **changes}
-    result = translate_request(ClientProtocol.ANTHROPIC, provider, model, body, drop_params=drop, user_id=user_id)
+    result = translate_request(ClientProtocol.ANTHROPIC, provider, model, body, drop_params=drop, user_id=user_id,
+                               conversation_id=conversation_id)
     return result, json.loads(result.body)
 
 
@@ -62,6 +64,29 @@ def test_the_user_field_is_the_memory_user_id_or_nothing():
     _, body = translated("gpt-4o-mini", metadata={})  # the client sent none: none is made up
     assert "user" not in body
     assert "device_id" not in translated("gpt-4.1")[0].body.decode()
+
+
+def test_claude_codes_session_id_never_becomes_the_prompt_cache_key():
+    session_id = "5" * 36
+    result, body = translated("gpt-4.1")  # LiteLLM would send the session id as prompt_cache_key
+    assert "prompt_cache_key" not in body and session_id not in result.body.decode()
+    # With a conversation id the proxy sends its own key: a hash, per memory user and conversation.
+    result, body = translated("gpt-4.1", conversation_id=session_id)
+    assert body["prompt_cache_key"] == prompt_cache_key("alice", session_id)
+    assert len(body["prompt_cache_key"]) == 32 and session_id not in result.body.decode()
+    assert translated("gpt-4.1", conversation_id="other")[1]["prompt_cache_key"] != body["prompt_cache_key"]
+    assert translated("gpt-4.1", user_id="bob", conversation_id=session_id)[1]["prompt_cache_key"] != body["prompt_cache_key"]
+    assert "prompt_cache_key" not in translated("gpt-4.1", user_id=None, conversation_id=session_id)[1]
+    # A target without prompt caching by key gets none.
+    assert "prompt_cache_key" not in translated("claude-sonnet-4-5", "anthropic", conversation_id=session_id)[1]
+
+
+def test_an_openai_clients_own_prompt_cache_key_is_its_choice():
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "prompt_cache_key": "mine"}
+    result = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-sonnet-4-5", body, user_id="alice",
+                               drop_params=True, conversation_id="c1")
+    assert result.dropped == ("prompt_cache_key",)  # Anthropic has none: dropped and said so
+    assert "mine" not in result.body.decode()
 
 
 def test_drop_params_false_refuses_naming_every_parameter():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memory_routing.cloudflare.pages import classify_cloudflare_error
-from memory_routing.cloudflare.cookie_jar import UpstreamCookieJar
+from memory_routing.cloudflare.cookie_jar import JarChanges, UpstreamCookieJar, read_scope, write_changes
 
 API = "https://api.example.com/v1/chat/completions"
 
@@ -42,10 +42,11 @@ def test_rfc6265_matching(set_cookie: str, url: str, sent: str | None):
     assert jar_with(set_cookie).cookie_header(url, "machine", None) == sent
 
 
-def test_expiry_by_max_age():
+def test_expiry_by_max_age(monkeypatch: pytest.MonkeyPatch):
     jar = jar_with("__cf_bm=a; Path=/; Max-Age=1")
     assert jar.cookie_header(API, "machine", None) == "__cf_bm=a"
-    time.sleep(1.2)
+    later = time.time() + 2  # http.cookiejar reads the wall clock: move it past Max-Age
+    monkeypatch.setattr(time, "time", lambda: later)
     assert jar.cookie_header(API, "machine", None) is None
 
 
@@ -78,7 +79,7 @@ def test_persistence_roundtrip_is_private_and_skips_expired(tmp_path: Path):
     jar = jar_with("__cf_bm=a; Path=/; Max-Age=600", "cf_clearance=b; Path=/; Domain=example.com; Secure")
     jar.store(API, "bob", ["_cfuvid=c; Path=/"])
     path = tmp_path / "jar.json"
-    jar.save(path)
+    write_changes(path, jar.take_changes())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = UpstreamCookieJar()
     assert again.load(path) == 3
@@ -90,6 +91,59 @@ def test_persistence_roundtrip_is_private_and_skips_expired(tmp_path: Path):
     data["cookies"][0]["expires"] = int(time.time()) - 10
     path.write_text(json.dumps(data))
     assert UpstreamCookieJar().load(path) == 2
+
+
+def test_only_changed_scopes_are_snapshotted_and_the_file_keeps_the_rest(tmp_path: Path):
+    path = tmp_path / "jar.json"
+    jar = UpstreamCookieJar()
+    jar.store(API, "alice", ["__cf_bm=a; Path=/"])
+    jar.store(API, "bob", ["__cf_bm=b; Path=/"])
+    write_changes(path, first := jar.take_changes())
+    jar.saved(first)
+    assert not jar.has_changes
+    jar.store(API, "bob", ["__cf_bm=b2; Path=/"])
+    changes = jar.take_changes()
+    assert set(changes.scopes) == {"bob"}
+    write_changes(path, changes)
+    assert [e["value"] for e in read_scope(path, "alice")] == ["a"]
+    assert [e["value"] for e in read_scope(path, "bob")] == ["b2"]
+    write_changes(path, JarChanges({"bob": ()}))  # an emptied scope leaves the file
+    assert read_scope(path, "bob") == [] and len(read_scope(path, "alice")) == 1
+
+
+def test_jars_beyond_the_limit_leave_memory_least_recently_used_first(tmp_path: Path):
+    path = tmp_path / "jar.json"
+    jar = UpstreamCookieJar(limit=2)
+    jar.store(API, "alice", ["__cf_bm=a; Path=/"])
+    jar.store(API, "bob", ["__cf_bm=b; Path=/"])
+    assert jar.cookie_header(API, "alice", None) == "__cf_bm=a"  # alice used: bob is the oldest now
+    jar.store(API, "carol", ["__cf_bm=c; Path=/"])
+    assert jar.resident_count == 2 and not jar.holds("bob")
+    changes = jar.take_changes()
+    assert changes.evicted == {"bob"} and set(changes.scopes) == {"alice", "bob", "carol"}
+    write_changes(path, changes)
+    jar.saved(changes)
+    assert jar.resident("alice") and not jar.resident("bob")  # bob must be read back from the file
+    with pytest.raises(LookupError):
+        jar.store(API, "bob", ["__cf_bm=hides-the-file; Path=/"])
+    jar.restore("bob", read_scope(path, "bob"))
+    assert jar.cookie_header(API, "bob", None) == "__cf_bm=b" and jar.resident_count == 2
+    assert jar.resident("dave")  # never seen: nothing to read
+
+
+def test_start_up_loads_up_to_the_limit_and_leaves_the_rest_in_the_file(tmp_path: Path):
+    path = tmp_path / "jar.json"
+    full = UpstreamCookieJar()
+    for user in ("alice", "bob", "carol"):
+        full.store(API, user, [f"__cf_bm={user}; Path=/"])
+    write_changes(path, full.take_changes())
+    jar = UpstreamCookieJar(limit=1)
+    assert jar.load(path) == 1
+    away = [user for user in ("alice", "bob", "carol") if not jar.resident(user)]
+    assert len(away) == 2
+    for user in away:
+        jar.restore(user, read_scope(path, user))
+        assert jar.cookie_header(API, user, None) == f"__cf_bm={user}"
 
 
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 99}', '{"version": 1, "cookies": [{"name": "x"}]}'])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import yaml
 
 from fake_upstream import AGENT_DONE, FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
+from memory_routing.translate.parameters import prompt_cache_key
 from test_e2e_routing import log_line_for
 
 pytestmark = pytest.mark.e2e
@@ -158,12 +160,15 @@ def assert_agent_loop_on_gpt(
         assert not set(ANTHROPIC_ONLY) & set(body), sorted(body)
         # The memory user id, never Claude Code's metadata.user_id (device and session ids).
         assert "user" not in body or body["user"] == memory_user
+        # Never the session id LiteLLM reads out of metadata.user_id: the proxy's own hash, if any.
+        assert "prompt_cache_key" not in body or re.fullmatch("[0-9a-f]{32}", body["prompt_cache_key"]), body
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
         assert limit <= {"gpt-4o-mini": 16384, "gpt-4.1": 32768}[body["model"]]
     tool_results = [m for body in chats for m in body["messages"] if m.get("role") == "tool"]
     assert any("tool_call_id" in m for m in tool_results), "the tool's result never went back to the model"
     for request in fake.requests:
         assert request.headers.get("authorization") == f"Bearer {OPENAI_KEY}"
+        assert "x-claude-code-session-id" not in request.headers  # Anthropic's to see, not OpenAI's
 
 
 def test_claude_code_on_gpt_by_base_url(claude: Path, proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path):
@@ -237,10 +242,13 @@ def test_the_answer_names_what_was_dropped(proxy: RunningProxy, upstream: FakeUp
         "safeguards": {"home": "/home/alice", "cwd": "/home/alice/project"},
         "metadata": {"user_id": json.dumps({"device_id": "d" * 64, "session_id": "s" * 36})},
     }
-    headers = {"anthropic-version": "2023-06-01", "x-api-key": "unused"}
+    headers = {"anthropic-version": "2023-06-01", "x-api-key": "unused", "x-claude-code-session-id": "s" * 36}
     answer = httpx.post(f"{proxy.gateway_url}/v1/messages", json=body, headers=headers, timeout=20)
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-memory-routing-dropped"] == "thinking,context_management,safeguards"
     sent = upstream.last().json
     assert sent["max_tokens"] == 16384 and "safeguards" not in sent and "/home/alice" not in upstream.last().body.decode()
-    assert "device_id" not in upstream.last().body.decode()
+    assert "device_id" not in upstream.last().body.decode() and "s" * 36 not in upstream.last().body.decode()
+    memory_user = log_line_for(proxy, translated_to="openai")["user_id"]
+    assert sent["prompt_cache_key"] == prompt_cache_key(memory_user, "s" * 36)
+    assert "x-claude-code-session-id" not in upstream.last().headers

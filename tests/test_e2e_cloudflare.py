@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fake_upstream import FakeUpstream
-from harness import RunningProxy, running_proxy, start_proxy
+from harness import RunningProxy, running_proxy, start_proxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -101,6 +101,18 @@ def test_cloudflare_cookie_keeps_sequential_and_concurrent_requests_through(tmp_
         assert cookies_seen(fake_a) == [f"__cf_bm={fake_a.cf_token}"]
 
 
+def test_the_last_cookie_changes_are_saved_when_the_proxy_stops(tmp_path: Path, fake_b: FakeUpstream):
+    config = write_config(tmp_path / "config.yaml", {"b": fake_b})
+    with running_proxy(tmp_path, config) as proxy:
+        for value in ("first", "second", "third"):
+            # Changes within a second of a save wait for the next one: at the latest, when mitmdump stops.
+            assert chat(proxy, "b", headers={"x-fake-set-cookie": f"__cf_bm={value}; Path=/"}).status_code == 200
+    fake_b.reset()
+    with running_proxy(tmp_path, config) as proxy:
+        assert chat(proxy, "b").status_code == 200
+    assert cookies_seen(fake_b) == ["__cf_bm=third"]
+
+
 def proxy_info(proxy: RunningProxy) -> tuple[int, dict]:
     response = httpx.get(f"{proxy.gateway_url}/memory-routing/info", timeout=WAIT)
     return response.status_code, response.json()
@@ -136,15 +148,22 @@ def test_in_flight_cap_is_never_exceeded(tmp_path: Path, start_fake):
     assert 1 < fake.max_in_flight <= 4
 
 
+def queued(proxy: RunningProxy) -> int:
+    _, info = proxy_info(proxy)
+    return sum(host["queued"] for host in info["upstreams"]["in_flight"].values())
+
+
 def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
-    fake = start_fake(delay=0.3)
+    fake = start_fake(hold_requests=True)
     config = write_config(tmp_path / "config.yaml", {"slow": fake})
     with running_proxy(tmp_path, config, extra_args=["--set", "memory_routing_max_in_flight=1"]) as proxy:
         callers = []
         for index in range(5):
             callers.append(threading.Thread(target=chat, args=(proxy, "slow"), kwargs={"headers": {"x-seq": str(index)}}))
             callers[-1].start()
-            time.sleep(0.1)  # well inside the 0.3 s each answer takes: all but the first queue
+            # The next one starts only once this one holds the slot (the first) or waits in the queue.
+            assert wait_until(lambda: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
+        fake.release()
         for caller in callers:
             caller.join(WAIT)
     assert [r.headers["x-seq"] for r in fake.requests] == ["0", "1", "2", "3", "4"]
@@ -152,16 +171,19 @@ def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
 
 
 def test_queue_timeout_answers_503_with_retry_after(tmp_path: Path, start_fake):
-    fake = start_fake(delay=3.0)
+    fake = start_fake(hold_requests=True)
     config = write_config(tmp_path / "config.yaml", {"slow": fake})
     args = ["--set", "memory_routing_max_in_flight=1", "--set", "memory_routing_queue_timeout=1"]
     with running_proxy(tmp_path, config, extra_args=args) as proxy:
         first = threading.Thread(target=chat, args=(proxy, "slow"), daemon=True)
         first.start()
-        time.sleep(0.5)
+        assert wait_until(lambda: fake.in_flight == 1)  # the first holds the one slot
         client = openai.OpenAI(base_url=f"{proxy.gateway_url}/v1", api_key="sk", max_retries=0, timeout=WAIT)
-        with pytest.raises(openai.InternalServerError) as excinfo:
-            client.chat.completions.create(model="slow", **CHAT)
+        try:
+            with pytest.raises(openai.InternalServerError) as excinfo:
+                client.chat.completions.create(model="slow", **CHAT)
+        finally:
+            fake.release()
         first.join(WAIT)
     assert excinfo.value.status_code == 503
     assert excinfo.value.response.headers["retry-after"] == "1"

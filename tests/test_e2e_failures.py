@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from fake_upstream import FAULT_HEADER, FakeUpstream
-from harness import RunningProxy, free_port, run_mitmdump_to_exit, running_proxy
+from harness import RunningProxy, free_port, run_mitmdump_to_exit, running_proxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +53,8 @@ def blackhole() -> Iterator[int]:
         with contextlib.suppress(BlockingIOError, OSError):
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
-    time.sleep(0.2)
+    # Full once the kernel completed the handshake of the one connection its queue takes.
+    select.select([], fillers, [], WAIT)
     try:
         yield port
     finally:
@@ -145,13 +147,14 @@ def open_fds(proxy: RunningProxy) -> int:
     return len(os.listdir(f"/proc/{proxy.process.pid}/fd"))
 
 
-def wait_until(predicate, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+def fds_settled(proxy: RunningProxy):
+    """A predicate for wait_until: true once two polls in a row see the same descriptor count."""
+    last: list[int] = []
+
+    def settled() -> bool:
+        last.append(open_fds(proxy))
+        return len(last) > 1 and last[-1] == last[-2]
+    return settled
 
 
 # --- the proxy's own refusals -------------------------------------------------------------
@@ -415,14 +418,15 @@ def test_buffered_answer_cut_mid_way_is_a_502_not_half_a_body(proxy: RunningProx
     assert_openai_error(status_error(lambda: chat(proxy, "gpt-alias", fault="cut")), 502)
 
 
-def test_slow_drip_stream_passes_event_by_event(proxy: RunningProxy, upstream: FakeUpstream):
-    arrivals: list[float] = []
-    text = ""
-    for chunk in chat(proxy, "gpt-alias", fault="drip", stream=True):
-        arrivals.append(time.monotonic())
+def test_stream_passes_event_by_event(proxy: RunningProxy, upstream: FakeUpstream):
+    chunks, text = 0, ""
+    for chunk in chat(proxy, "gpt-alias", fault="lockstep", stream=True):
+        chunks += 1
         text += "".join(choice.delta.content or "" for choice in chunk.choices)
-    assert text == "Hello"
-    assert arrivals[-1] - arrivals[0] > 0.5  # spread out as sent, not buffered to the end
+        # The upstream sends its next event only now: a proxy that held events back until the
+        # end would never hand this one over, and the client's read timeout would fail the test.
+        upstream.allow_event()
+    assert text == "Hello" and chunks == 4
 
 
 def test_huge_answer_passes_whole(proxy: RunningProxy, upstream: FakeUpstream):
@@ -435,9 +439,13 @@ def test_huge_answer_passes_whole(proxy: RunningProxy, upstream: FakeUpstream):
 
 
 def test_client_disconnect_mid_stream_drops_the_upstream_stream(proxy: RunningProxy, upstream: FakeUpstream):
+    before_warm_up = upstream.open_connections
     with oai(proxy) as client:  # warm up: the proxy's own files are open
         client.chat.completions.create(model="gpt-alias", messages=[])
-    time.sleep(0.5)
+    # The warm-up's connections are gone once the proxy closed its upstream one and its own
+    # descriptor count holds still.
+    assert wait_until(lambda: upstream.open_connections == before_warm_up)
+    assert wait_until(fds_settled(proxy))
     baseline, upstream_baseline = open_fds(proxy), upstream.open_connections
     upstream.hold_streams = True
     try:

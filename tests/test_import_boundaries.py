@@ -27,6 +27,8 @@ PURE_MODULES = {
     "memory_routing.routing.classify",
     "memory_routing.routing.planner",
     "memory_routing.wire.protocol",
+    "memory_routing.wire.header_values",
+    "memory_routing.cloudflare.cookie_jar",
 }
 
 

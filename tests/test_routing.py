@@ -10,6 +10,7 @@ from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import parse_config
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.wire.protocol import ClientProtocol
+from memory_routing.routing import providers
 from memory_routing.routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
 from memory_routing.routing.planner import (
     RequestFacts,
@@ -89,6 +90,25 @@ def test_unknown_model_and_unsupported_provider(resolver):
 
 
 # --- endpoints ----------------------------------------------------------------------------
+
+
+def test_a_hot_model_stays_resolved_through_a_flood_of_distinct_names(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(providers, "_RESOLVE_CACHE_LIMIT", 8)
+    resolved: list[str] = []
+
+    class CountingResolver(ProviderResolver):
+        def _resolve(self, model, custom_llm_provider, api_base, client_protocol):
+            resolved.append(model)
+            return providers.ProviderRoute("openai", model, ClientProtocol.OPENAI, "https://api.openai.com/v1",
+                                           "https://api.openai.com/v1")
+
+    resolver = CountingResolver()
+    for index in range(100):
+        assert resolver.resolve("gpt-hot").provider_model == "gpt-hot"
+        resolver.resolve(f"gpt-flood-{index}")
+    assert resolved.count("gpt-hot") == 1  # not re-resolved after the cache filled, 12 times over
+    resolver.resolve("gpt-flood-0")
+    assert resolved.count("gpt-flood-0") == 2  # the cold ones did leave: the cache is bounded
 
 
 @pytest.mark.parametrize(
@@ -315,7 +335,7 @@ def test_anthropic_client_on_a_gpt_alias_is_translated_to_chat_completions(plann
     assert d.upstream_url == "https://api.supermemory.ai/v3/https://api.openai.com/v1/chat/completions"
     assert headers_of(d)["authorization"] == "Bearer sk-config-openai"
     assert headers_of(d)["x-sm-user-id"] == "claude-cli" and headers_of(d)["x-sm-conversation-id"] == "sess-1"
-    assert {"anthropic-version", "anthropic-beta", "x-api-key"} <= set(d.remove_headers)
+    assert {"anthropic-version", "anthropic-beta", "x-api-key", "x-claude-code-session-id"} <= set(d.remove_headers)
     assert d.body_model is None  # the translated body names the model
     assert d.summary()["translated_to"] == "openai"
 

@@ -1,31 +1,56 @@
-"""Addon that keeps the cookies routed upstreams set (Cloudflare's) and sends them back."""
+"""Addon that keeps the cookies routed upstreams set (Cloudflare's) and sends them back.
+
+The jar file is written off the event loop: a change schedules a save (at most one per
+``SAVE_INTERVAL`` seconds), the snapshot of what changed is taken on the loop, and the merge into
+the file, its fsync and rename run on one writer thread (one thread, so writes and read-backs of
+evicted jars happen in order). ``done`` waits for the last save.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from memory_routing.cloudflare.cookie_jar import CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, UpstreamCookieJar
+from memory_routing.cloudflare.cookie_jar import (
+    CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, Entry, JarChanges, UpstreamCookieJar, read_scope, write_changes,
+)
 from memory_routing.flow_state import Route, route_of
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FILE_NAME = "memory-routing-cookies.json"
 SCOPES = ("machine", "user")
+SAVE_INTERVAL = 1.0  # seconds between two saves of the jar file, at most one save per interval
+LIMIT_OPTION = "memory_routing_cookie_jar_limit"
 
 
 class UpstreamCookies:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        writer: Callable[[Path, JarChanges], None] = write_changes,
+        reader: Callable[[Path, str], list[Entry]] = read_scope,
+    ) -> None:
         self.jar = UpstreamCookieJar()
         self.path: Path | None = None
         self.per_user = False
+        self.clock = clock
+        self.writer = writer  # run on the writer thread
+        self.reader = reader  # likewise
+        self._thread: ThreadPoolExecutor | None = None
+        self._last_save = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future[None] | None = None
+        self._reading: dict[str, asyncio.Future[None]] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -41,33 +66,62 @@ class UpstreamCookies:
             "memory_routing_cookie_file", str, "",
             f"Where the jar persists; default <confdir>/{DEFAULT_FILE_NAME}. 'none' keeps it in memory only.",
         )
+        loader.add_option(
+            LIMIT_OPTION, int, 256,
+            "Cookie jars (one per memory user id in 'user' scope) kept in memory; the least recently "
+            "used are saved to the jar file and read back when their user returns.",
+        )
 
     def configure(self, updated) -> None:
+        if LIMIT_OPTION in updated and getattr(ctx.options, LIMIT_OPTION) <= 0:
+            raise exceptions.OptionsError(f"{LIMIT_OPTION} must be > 0, got {getattr(ctx.options, LIMIT_OPTION)}")
         if "memory_routing_cookie_scope" in updated:
             self.per_user = ctx.options.memory_routing_cookie_scope == "user"
         if {"memory_routing_cookie_names", "memory_routing_cookie_file", "confdir"} & set(updated):
-            self.jar = UpstreamCookieJar(ctx.options.memory_routing_cookie_names)
             self.path = self._jar_path()
+            self.jar = UpstreamCookieJar(
+                ctx.options.memory_routing_cookie_names, getattr(ctx.options, LIMIT_OPTION), persistent=self.path is not None
+            )
             if self.path is not None:
                 self._load(self.path)
+        elif LIMIT_OPTION in updated:
+            self.jar.set_limit(getattr(ctx.options, LIMIT_OPTION))
+            self._schedule_save()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         route = route_of(flow)
-        if route is None or flow.response is not None or not self.jar.holds(self._scope(route)):
-            return
-        client_cookies = "; ".join(flow.request.headers.get_all("cookie")) or None
-        header = self.jar.cookie_header(flow.request.url, self._scope(route), client_cookies)
-        if header and header != client_cookies:
-            flow.request.headers["cookie"] = header
+        if route is None or flow.response is not None:
+            return None
+        return self._with_jar(self._scope(route), self._send_cookies, flow)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         route = route_of(flow)
         if route is None or flow.response is None:
-            return
-        set_cookies = [value.decode("utf-8", "surrogateescape") for name, value in flow.response.headers.fields
-                       if name.lower() == b"set-cookie"]
-        if set_cookies and self.jar.store(flow.request.url, self._scope(route), set_cookies):
-            self._save()
+            return None
+        if not any(name.lower() == b"set-cookie" for name, _ in flow.response.headers.fields):
+            return None
+        return self._with_jar(self._scope(route), self._keep_cookies, flow)
+
+    def _with_jar(self, scope: str, then: Callable[[http.HTTPFlow, str], None], flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # Synchronous when the scope's jar is in memory (the common case); mitmproxy awaits what a
+        # hook returns, so only a jar read back from the file costs a coroutine.
+        if not self.jar.resident(scope):
+            return self._after_read_back(scope, then, flow)
+        then(flow, scope)
+        return None
+
+    async def done(self) -> None:
+        """Write what is not saved yet (shutdown must not lose the last cookies)."""
+        while self._writing is not None:
+            await asyncio.shield(self._writing)
+        self._cancel_timer()
+        if self.path is not None and self.jar.has_changes:
+            self._start_save()
+            if self._writing is not None:
+                await asyncio.shield(self._writing)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     def status(self) -> list[dict[str, object]]:
         return [
@@ -76,8 +130,106 @@ class UpstreamCookies:
             for c in self.jar.describe()
         ]
 
+    def _send_cookies(self, flow: http.HTTPFlow, scope: str) -> None:
+        if not self.jar.holds(scope):
+            return
+        client_cookies = "; ".join(flow.request.headers.get_all("cookie")) or None
+        header = self.jar.cookie_header(flow.request.url, scope, client_cookies)
+        if header and header != client_cookies:
+            flow.request.headers["cookie"] = header
+
+    def _keep_cookies(self, flow: http.HTTPFlow, scope: str) -> None:
+        assert flow.response is not None
+        set_cookies = [value.decode("utf-8", "surrogateescape") for name, value in flow.response.headers.fields
+                       if name.lower() == b"set-cookie"]
+        self.jar.store(flow.request.url, scope, set_cookies)
+        if self.jar.has_changes:  # stored something, or pushed a changed jar out of memory
+            self._schedule_save()
+
     def _scope(self, route: Route) -> str:
         return route.user_id if self.per_user else MACHINE_SCOPE
+
+    # --- the jar file, off the event loop ------------------------------------------------------
+
+    def _writer_thread(self) -> ThreadPoolExecutor:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-routing-cookie-jar")
+        return self._thread
+
+    async def _after_read_back(self, scope: str, then: Callable[[http.HTTPFlow, str], None], flow: http.HTTPFlow) -> None:
+        for _ in range(3):  # other flows may push it out again before this one resumes
+            reading = self._reading.get(scope)
+            if reading is None:
+                reading = self._reading[scope] = asyncio.ensure_future(self._read_back(scope))
+            await asyncio.shield(reading)
+            if self.jar.resident(scope):
+                then(flow, scope)
+                return
+        logger.warning("memory-routing: a cookie jar left memory three times while read back; this request goes without")
+
+    async def _read_back(self, scope: str) -> None:
+        assert self.path is not None  # only the file's scopes are ever away from memory
+        try:
+            entries = await asyncio.get_running_loop().run_in_executor(self._writer_thread(), self.reader, self.path, scope)
+        except (OSError, ValueError) as e:
+            logger.warning(f"memory-routing: cannot read the cookies of one jar back from {self.path}: {e}")
+            entries = []
+        finally:
+            del self._reading[scope]
+        if not self.jar.resident(scope):
+            self.jar.restore(scope, entries)
+        if self.jar.has_changes:  # bringing it back may have pushed another jar out
+            self._schedule_save()
+
+    def _schedule_save(self) -> None:
+        if self.path is None or self._timer is not None or self._writing is not None:
+            return  # a save is due already, or one is running (it reschedules when done)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside mitmproxy's loop (a script, a test): save in place
+            self._save_in_place()
+            return
+        delay = self._last_save + SAVE_INTERVAL - self.clock()
+        if delay <= 0:
+            self._start_save()
+        else:
+            self._timer = loop.call_later(delay, self._start_save)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _start_save(self) -> None:
+        self._timer = None
+        if self.path is None or not self.jar.has_changes:
+            return
+        changes = self.jar.take_changes()
+        self._last_save = self.clock()
+        self._writing = asyncio.get_running_loop().run_in_executor(self._writer_thread(), self.writer, self.path, changes)
+        self._writing.add_done_callback(lambda writing: self._saved(writing, changes))
+
+    def _saved(self, writing: asyncio.Future[None], changes: JarChanges) -> None:
+        self._writing = None
+        error = "cancelled" if writing.cancelled() else writing.exception()
+        if error is None:
+            self.jar.saved(changes)
+        else:
+            self.jar.save_failed(changes)
+            logger.warning(f"memory-routing: cannot save the cookie jar to {self.path}: {error}")
+        if self.jar.has_changes:
+            self._schedule_save()
+
+    def _save_in_place(self) -> None:
+        assert self.path is not None
+        changes = self.jar.take_changes()
+        try:
+            self.writer(self.path, changes)
+        except (OSError, ValueError) as e:
+            self.jar.save_failed(changes)
+            logger.warning(f"memory-routing: cannot save the cookie jar to {self.path}: {e}")
+        else:
+            self.jar.saved(changes)
 
     def _jar_path(self) -> Path | None:
         option = ctx.options.memory_routing_cookie_file
@@ -99,13 +251,6 @@ class UpstreamCookies:
             except OSError as move_error:
                 raise exceptions.OptionsError(f"{path}: unreadable cookie jar ({e}) that cannot be moved aside: {move_error}") from None
             logger.warning(f"memory-routing: {path} is not a usable cookie jar ({e}); moved it to {aside.name}, starting empty")
+            self.jar = UpstreamCookieJar(self.jar.policy.names, self.jar.limit)
             return
         logger.info(f"memory-routing: loaded {count} cookies from {path}")
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        try:
-            self.jar.save(self.path)
-        except OSError as e:
-            logger.warning(f"memory-routing: cannot save the cookie jar to {self.path}: {e}")

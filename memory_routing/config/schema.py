@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from memory_routing.errors import ConfigError  # noqa: F401 (raised here; importable from here)
+from memory_routing.wire.header_values import CONTROL_IN_VALUE, USER_ID_RULE, is_user_id
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_CUSTOM_HEADER = "x-memory-user-id"
@@ -30,12 +31,8 @@ MEMORY_MODES = ("off", "read", "write", "both")
 DEFAULT_MEMORY_BUDGET_TOKENS = 1000
 DEFAULT_MEMORY_DEADLINE_MS = 50
 
-# A memory user id ends up in the x-sm-user-id header and in Supermemory's storage keys,
-# so only a conservative alphabet is allowed, whether it comes from the config or a client.
-USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 # RFC 9110 token characters: anything else cannot be a header name.
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FORBIDDEN_HEADER_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 
 # Sections of a LiteLLM proxy config that this addon accepts but does not act on, so that a
 # config written for the LiteLLM proxy (or the older FastAPI design) loads unchanged.
@@ -333,7 +330,7 @@ def _secret(ctx: _Context, raw: Any, path: str, unset_consequence: str = "") -> 
         value = ctx.environ.get(var) or None
         if value is None:
             ctx.warn(path, f"environment variable {var} is not set{unset_consequence}")
-    if value is not None and _FORBIDDEN_HEADER_VALUE_CHARS.search(value):
+    if value is not None and CONTROL_IN_VALUE.search(value):
         # The value is sent in a header; say which key is wrong without echoing the secret.
         raise ctx.error(path, "contains a line break or NUL, which cannot be sent in a header")
     return Secret(value=value, env_var=var)
@@ -579,10 +576,8 @@ def _required_str(ctx: _Context, mapping: Mapping[str, Any], key: str, path: str
 def _user_id(ctx: _Context, value: Any, path: str) -> str:
     if value is None:
         raise ctx.error(path, "required")
-    if not isinstance(value, str) or not USER_ID_PATTERN.fullmatch(value):
-        raise ctx.error(
-            path, f"invalid user id {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ : @ -"
-        )
+    if not isinstance(value, str) or not is_user_id(value):
+        raise ctx.error(path, f"invalid user id {value!r}: {USER_ID_RULE}")
     return value
 
 

@@ -13,7 +13,6 @@ the ``error`` hook registers the client-shaped 413 in its place (see mitm/error_
 
 from __future__ import annotations
 
-import re
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -25,11 +24,11 @@ from memory_routing.mitm.error_pages import ErrorPageOverrides
 from memory_routing.routing.model_calls import parse_model_call
 from memory_routing.wire.responses import error_response, fail_closed
 from memory_routing.config.holder import RoutingConfig
+from memory_routing.wire.header_values import CONTROL_IN_RAW_VALUE
 
 
 # mitmproxy's HTTP/1 parser passes NUL and a bare CR inside a header value through, and would
-# forward them raw: "x-test: a\rx-sm-user-id: victim" is a second header to some parsers.
-_CONTROL_IN_VALUE = re.compile(rb"[\x00\r\n]")
+# forward them raw (CONTROL_IN_RAW_VALUE says why that matters).
 
 # mitmproxy's body_size_limit also kills answers (before any hook could stream them): never set
 # it below this, so an unstreamed answer of up to 64 MiB still passes. Requests between the
@@ -97,7 +96,7 @@ class RequestLimits:
             size += len(name) + len(value)
             if len(name) == 4 and name.lower() == b"host":
                 hosts += 1
-            if control_in is None and _CONTROL_IN_VALUE.search(value):
+            if control_in is None and CONTROL_IN_RAW_VALUE.search(value):
                 control_in = name
         if control_in is not None:
             # The name is a token (mitmproxy's parser checked it), safe to echo; the value is not.

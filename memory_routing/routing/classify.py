@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from memory_routing.errors import InvalidUserId  # noqa: F401 (raised here; importable from here)
-from memory_routing.config.schema import USER_ID_PATTERN, HeaderPattern, UserIdMappings
+from memory_routing.config.schema import HeaderPattern, UserIdMappings
+from memory_routing.wire.header_values import USER_ID_RULE, is_user_id
 
 # Patterns are matched on a bounded prefix: a client cannot make classification slow by
 # sending a megabyte User-Agent, and no real client identifies itself past this point.
@@ -85,7 +86,7 @@ def _validated_user_id(header: str, values: list[str]) -> str:
     if len(distinct) > 1:
         raise InvalidUserId(header, "sent more than once with different values")
     (user_id,) = distinct
-    if not USER_ID_PATTERN.fullmatch(user_id):
+    if not is_user_id(user_id):
         # The value is not echoed back: it may hold control characters or be huge.
-        raise InvalidUserId(header, "use 1-128 characters from A-Z a-z 0-9 . _ : @ -")
+        raise InvalidUserId(header, USER_ID_RULE)
     return user_id

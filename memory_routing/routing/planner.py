@@ -7,7 +7,6 @@ applies it to the flow.
 from __future__ import annotations
 
 import functools
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from memory_routing.config.schema import ModelAlias, ProxyConfig
 from memory_routing.routing.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.errors import RouteRefused, UnresolvableModel
+from memory_routing.wire.header_values import CONTROL_IN_VALUE, is_user_id
 
 if TYPE_CHECKING:  # the resolver is LiteLLM's; the planner itself stays pure
     from memory_routing.routing.providers import ProviderResolver, ProviderRoute
@@ -37,16 +37,17 @@ USER_ID_HEADER = "x-sm-user-id"
 CONVERSATION_ID_HEADER = "x-sm-conversation-id"
 # Where clients say which conversation a request belongs to; the first one present wins.
 CONVERSATION_SOURCE_HEADERS = ("x-memory-conversation-id", "x-claude-code-session-id")
-_CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 # Distinct (client, request shape) decisions kept; conversation ids make most of them.
 _DECISION_CACHE_LIMIT = 4096
 # Longest header value the proxy writes; API keys and ids are far shorter.
 MAX_HEADER_VALUE = 8192
 GEMINI_KEY_HEADER = "x-goog-api-key"
 # Headers of one API family that mean nothing (or something else) to another: dropped when a
-# call is translated away from that family (Gemini-format calls are never translated).
+# call is translated away from that family (Gemini-format calls are never translated). Claude
+# Code's session id is Anthropic's to see, not another provider's.
 _FAMILY_HEADERS = {
-    ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
+    ClientProtocol.ANTHROPIC: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
+                               "x-claude-code-session-id"),
     ClientProtocol.OPENAI: ("openai-organization", "openai-project", "openai-beta"),
 }
 
@@ -103,6 +104,8 @@ class RoutingDecision:
     translation: Translation | None
     # Header values include credentials: kept out of repr, logs and flow metadata.
     set_headers: tuple[tuple[str, str], ...] = field(repr=False)
+    # The client's conversation id (it keys the prompt cache of a translated call).
+    conversation_id: str | None = field(default=None, repr=False)
     # Derived once, for the router's single pass over the request: the split upstream URL,
     # every header name to drop (removed or replaced), and the headers to add as raw fields.
     upstream: UpstreamTarget = field(init=False, repr=False, compare=False)
@@ -344,6 +347,7 @@ class RoutePlanner:
             remove_query_params=tuple(remove_query),
             translation=translation,
             set_headers=tuple(set_headers),
+            conversation_id=facts.conversation_id,
         )
 
 
@@ -358,7 +362,7 @@ def conversation_id_from(get_header) -> str | None:
     """The client's conversation id, if it sent a usable one (an unusable one is ignored)."""
     for name in CONVERSATION_SOURCE_HEADERS:
         value = get_header(name)
-        if value and _CONVERSATION_ID.fullmatch(value.strip()):
+        if value and is_user_id(value.strip()):  # the same alphabet: it goes the same ways
             return value.strip()
     return None
 
@@ -399,7 +403,7 @@ def _cannot_translate(facts: RequestFacts, route: ProviderRoute, mode: str) -> s
 
 
 def header_safe(value: str) -> bool:
-    return len(value) <= MAX_HEADER_VALUE and "\r" not in value and "\n" not in value and "\0" not in value
+    return len(value) <= MAX_HEADER_VALUE and CONTROL_IN_VALUE.search(value) is None
 
 
 def _query_value(url: str, name: str) -> str | None:

@@ -83,7 +83,9 @@ class ProviderResolver:
     """Resolves model names with LiteLLM; results are cached per (model, provider, api_base)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, str | None, str | None, ClientProtocol], ProviderRoute] = {}
+        # LRU, not cleared wholesale when full: the few models every request uses stay resolved
+        # while a flood of distinct names (a client trying many) passes through.
+        self._cached_resolve = functools.lru_cache(maxsize=_RESOLVE_CACHE_LIMIT)(self._resolve)
 
     def resolve(
         self,
@@ -93,14 +95,7 @@ class ProviderResolver:
         api_base: str | None = None,
         client_protocol: ClientProtocol = ClientProtocol.OPENAI,
     ) -> ProviderRoute:
-        key = (model, custom_llm_provider, api_base, client_protocol)
-        route = self._cache.get(key)
-        if route is None:
-            route = self._resolve(model, custom_llm_provider, api_base, client_protocol)
-            if len(self._cache) >= _RESOLVE_CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = route
-        return route
+        return self._cached_resolve(model, custom_llm_provider, api_base, client_protocol)
 
     def _resolve(
         self, model: str, custom_llm_provider: str | None, api_base: str | None, client_protocol: ClientProtocol

@@ -418,7 +418,7 @@ def _translated_body(
     assert translation is not None
     translated = litellm_loading.translation().translate_request(
         decision.client_protocol, decision.provider, decision.provider_model, payload,
-        drop_params=translation.drop_params, user_id=decision.user_id,
+        drop_params=translation.drop_params, user_id=decision.user_id, conversation_id=decision.conversation_id,
     )
     for name, value in translated.headers:
         if not header_safe(value):

@@ -12,7 +12,11 @@ OpenAI-shaped completion arguments and with LiteLLM's own model table as the jud
 - reasoning parameters reach only models LiteLLM lists as reasoning (``supports_reasoning``);
 - ``max_tokens`` is lowered to the model's output cap (``max_output_tokens``);
 - ``user`` is the memory user id or left out, never the client's own (Claude Code's
-  ``metadata.user_id`` holds device and session ids).
+  ``metadata.user_id`` holds device and session ids);
+- ``prompt_cache_key`` is the client's own only when it sent one in an OpenAI body. LiteLLM
+  fills it from Claude Code's session id; the proxy sends instead a key of its own, a hash of
+  the memory user id and the conversation id, which keeps OpenAI's prompt-cache routing per
+  conversation and reveals neither (no conversation id: no key).
 
 Dropped parameters are reported under the names the client sent them by.
 """
@@ -20,6 +24,7 @@ Dropped parameters are reported under the names the client sent them by.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +42,6 @@ OUTPUT_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 ANTHROPIC_SOURCES = {
     "reasoning_effort": ("thinking", "output_config"),
     "user": ("metadata.user_id",),
-    "prompt_cache_key": ("metadata.user_id",),
 }
 # OpenAI documents no length for ``user``; its newer safety_identifier, for the same purpose,
 # takes at most 64 characters. A longer memory user id is left out rather than cut.
@@ -93,6 +97,7 @@ def fit_params(
     drop: bool,
     user_id: str | None,
     not_params: frozenset[str],
+    conversation_id: str | None = None,
 ) -> FittedParams:
     """``completion`` (LiteLLM's OpenAI-shaped arguments) fitted to ``target``.
 
@@ -103,6 +108,11 @@ def fit_params(
     client_user = out.pop("user", None)
     if client_user is not None and user_id and len(user_id) <= USER_ID_LIMIT and _takes(target, "user"):
         out["user"] = user_id
+    client_cache_key = out.pop("prompt_cache_key", None)
+    if client is ClientProtocol.OPENAI and "prompt_cache_key" in client_payload:
+        out["prompt_cache_key"] = client_cache_key  # the client's own choice, judged like any other
+    elif user_id and conversation_id and _takes(target, "prompt_cache_key"):
+        out["prompt_cache_key"] = prompt_cache_key(user_id, conversation_id)
     unsupported = [
         key for key, value in out.items()
         if key not in not_params and value is not None and (
@@ -123,6 +133,12 @@ def fit_params(
                 out[key] = cap
                 fitted.append((key, cap))
     return FittedParams(completion=out, dropped=names, fitted=tuple(fitted))
+
+
+def prompt_cache_key(user_id: str, conversation_id: str) -> str:
+    """The proxy's own cache key for a conversation: stable, and revealing neither id."""
+    # Both come from the user id alphabet (no newline): the joined text is unambiguous.
+    return hashlib.sha256(f"{user_id}\n{conversation_id}".encode()).hexdigest()[:32]
 
 
 def _takes(target: TargetModel, key: str) -> bool:

@@ -127,15 +127,17 @@ def translate_request(
     *,
     drop_params: bool = False,
     user_id: str | None = None,
+    conversation_id: str | None = None,
 ) -> TranslatedRequest:
     """The provider's native body for a client body of ``client``'s format.
 
-    ``user_id``: the memory user id, the only value sent as the provider's ``user``."""
+    ``user_id``: the memory user id, the only value sent as the provider's ``user``;
+    with ``conversation_id`` it makes the ``prompt_cache_key`` (see parameters)."""
     completion, tool_name_mapping = _completion_arguments(client, provider, payload)
     try:
         fit = fit_params(
             completion, target_model(provider, provider_model), client=client, client_payload=payload,
-            drop=drop_params, user_id=user_id, not_params=_NOT_FITTED,
+            drop=drop_params, user_id=user_id, not_params=_NOT_FITTED, conversation_id=conversation_id,
         )
     except UnsupportedParams as e:
         raise TranslationRefused(
