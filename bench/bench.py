@@ -285,9 +285,11 @@ def instructions_per_request(workdir: Path, upstream_port: int, with_addon: bool
     return totals / requests
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process so far (from /proc, in clock ticks); with ``thread``,
+    of that thread only (the main thread's id is the process id)."""
+    stat = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -378,13 +380,15 @@ async def run_batch(port: int, body: bytes, concurrency: int, total: int) -> int
     return per_client * concurrency
 
 
-def cpu_us_per_request(pid: int, port: int, body: bytes, concurrency: int, total: int) -> float:
+def cpu_us_per_request(pid: int, port: int, body: bytes, concurrency: int, total: int) -> tuple[float, float]:
     """The process's user + system CPU time per request over a measured batch, after a warm-up
-    batch (first-use imports, caches and connection set-up stay out of the figure)."""
+    batch (first-use imports, caches and connection set-up stay out of the figure); and the part
+    of it spent by the main thread, which runs mitmproxy's event loop and every hook (the
+    rest is other threads: the addon's memory and usage writers, recall, mitmproxy's own)."""
     asyncio.run(run_batch(port, body, concurrency, max(concurrency, total // 4)))
-    before = cpu_seconds(pid)
+    before, loop_before = cpu_seconds(pid), cpu_seconds(pid, thread=pid)
     sent = asyncio.run(run_batch(port, body, concurrency, total))
-    return (cpu_seconds(pid) - before) / sent * 1e6
+    return (cpu_seconds(pid) - before) / sent * 1e6, (cpu_seconds(pid, thread=pid) - loop_before) / sent * 1e6
 
 
 @dataclass
@@ -394,6 +398,8 @@ class ProcessRound:
     rss_started_mib: float  # idle, right after start-up
     cpu_us_plain: float
     cpu_us_stream: float
+    cpu_us_plain_loop: float  # of which the main (event-loop) thread
+    cpu_us_stream_loop: float
     rss_loaded_mib: float  # idle, after the batches
 
 
@@ -407,12 +413,13 @@ def process_round(workdir: Path, upstream_port: int, with_addon: bool, index: in
         health = wait_answered(port, process, log, "GET", "/health", b"", deadline) if with_addon else None
         first_call = wait_answered(port, process, log, "POST", "/v1/chat/completions", CHAT_BODY, deadline)
         rss_started = idle_rss_mib(process.pid)
-        plain = cpu_us_per_request(process.pid, port, CHAT_BODY, concurrency, plain_requests)
-        stream = cpu_us_per_request(process.pid, port, STREAM_BODY, concurrency, stream_requests)
+        plain, plain_loop = cpu_us_per_request(process.pid, port, CHAT_BODY, concurrency, plain_requests)
+        stream, stream_loop = cpu_us_per_request(process.pid, port, STREAM_BODY, concurrency, stream_requests)
         rss_loaded = idle_rss_mib(process.pid)
     finally:
         stop(process)
-    return ProcessRound((health or first_call) - spawned, first_call - spawned, rss_started, plain, stream, rss_loaded)
+    return ProcessRound((health or first_call) - spawned, first_call - spawned, rss_started, plain, stream,
+                        plain_loop, stream_loop, rss_loaded)
 
 
 def hook_census(workdir: Path, upstream_port: int, with_addon: bool) -> dict:
@@ -543,7 +550,7 @@ def main() -> int:
     # Capacity within each round (the addon and bare ran back to back), then the median.
     ratios = {
         kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"] for a, b in zip(rounds["addon"], rounds["mitmdump"])]
-        for kind in ("plain", "stream")
+        for kind in ("plain", "stream", "plain_loop", "stream_loop")
     }
     summary = {f"capacity_{kind}": median(values) for kind, values in ratios.items()}
     print_report(results, summary, census, args.process_rounds)
@@ -573,6 +580,8 @@ ROWS = (
     ("rss_loaded_mib", "idle RSS MiB after load"),
     ("cpu_us_plain", "proxy CPU us/request, plain"),
     ("cpu_us_stream", "proxy CPU us/request, stream"),
+    ("cpu_us_plain_loop", "  of which event-loop thread, plain"),
+    ("cpu_us_stream_loop", "  of which event-loop thread, stream"),
     ("instructions_k", "proxy k-instructions/request"),
     ("rps_c1", "req/s, 1 client"), ("rps_c10", "req/s, 10 clients"),
     ("p50_c1", "p50 ms, 1 client"), ("p99_c1", "p99 ms, 1 client"),
@@ -621,6 +630,8 @@ def print_report(results: dict[str, dict[str, float]], summary: dict[str, float]
     print(f"\ntarget: capacity >= {TARGET_CAPACITY:.0%} of bare mitmdump by CPU time/request (median of per-round "
           f"bare/addon): plain {capacity:.1%} ({verdict(capacity >= TARGET_CAPACITY)}), stream {stream_capacity:.1%} "
           f"({verdict(stream_capacity >= TARGET_CAPACITY)})")
+    print(f"        by the event-loop thread's CPU alone (what bounds requests/s on one core): plain "
+          f"{summary['capacity_plain_loop']:.1%}, stream {summary['capacity_stream_loop']:.1%}")
     if bare.get("instructions_k", nan) == bare.get("instructions_k", nan):
         print(f"        by callgrind instructions/request: {bare['instructions_k'] / addon['instructions_k']:.1%} "
               "(misses cache and allocation effects)")

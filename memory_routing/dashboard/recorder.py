@@ -2,7 +2,10 @@
 
 ``submit()`` (called on the event loop, once per call) only appends the line to a bounded queue;
 one writer thread prices the calls (cost.call_cost_usd: LiteLLM's bundled table, imported on
-that thread) and inserts them in batches. A full queue drops the line and counts it: a slow
+that thread) and inserts them in batches. Once a line arrives the writer lingers a moment
+(``linger_s``) so that a burst of calls costs one wake-up and one transaction rather than one
+each (both are CPU of the proxy's process, which the calls themselves pay for); ``flush()``
+and ``close()`` cut the lingering short. A full queue drops the line and counts it: a slow
 disk must never slow a model call. The same thread deletes rows older than the retention, at
 start and then once a day of the injected clock.
 
@@ -99,6 +102,7 @@ class UsageRecorder:
         clock: Callable[[], float] = time.time,
         price: Pricer = call_cost_usd,
         idle_wake_s: float = 60.0,
+        linger_s: float = 0.1,
     ) -> None:
         self.usage = usage
         self.retention_days = retention_days  # None: keep everything
@@ -108,11 +112,13 @@ class UsageRecorder:
         self.price = price
         # How often an idle writer looks at the clock for the daily prune.
         self.idle_wake_s = idle_wake_s
+        self.linger_s = linger_s
         self.written = self.dropped = self.failed = self.pruned = 0
         self._lines: deque[Mapping[str, Any]] = deque()
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._hurry = False  # a flush waits: write without lingering
         self._next_prune: float | None = None  # None: prune on the first turn of the writer
         self._thread: threading.Thread | None = None
 
@@ -125,7 +131,10 @@ class UsageRecorder:
                 self.dropped += 1
                 return
             self._lines.append(line)
-            self._cond.notify()
+            # Only the first line wakes the writer (and a full batch ends its lingering): a
+            # notify per call would wake it once per call.
+            if len(self._lines) == 1 or len(self._lines) == self.batch_size:
+                self._cond.notify()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -142,6 +151,7 @@ class UsageRecorder:
         with self._cond:
             if self._thread is None:
                 return not self._lines
+            self._hurry = True
             self._cond.notify_all()
             return self._cond.wait_for(lambda: not self._lines and not self._busy, timeout)
 
@@ -174,7 +184,10 @@ class UsageRecorder:
                     if self._stopping:
                         return
                     continue
+                self._cond.wait_for(self._write_now, self.linger_s)
                 batch = [self._lines.popleft() for _ in range(min(self.batch_size, len(self._lines)))]
+                if not self._lines:
+                    self._hurry = False
                 self._busy = True
             try:
                 self._write(batch)
@@ -182,6 +195,9 @@ class UsageRecorder:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _write_now(self) -> bool:
+        return self._stopping or self._hurry or len(self._lines) >= self.batch_size
 
     def _write(self, lines: list[Mapping[str, Any]]) -> None:
         now = self.clock()

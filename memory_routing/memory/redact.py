@@ -34,6 +34,10 @@ _TOKEN_SHAPES = [
     r"\bnpm_[A-Za-z0-9]{30,}",
 ]
 _TOKENS = re.compile("|".join(f"(?:{p})" for p in _TOKEN_SHAPES), re.DOTALL)
+# Each shape above starts with one of these literals: a text holding none of them skips the
+# pattern, which tries its fourteen alternatives at every position (~0.3 ms per 300 characters).
+_TOKEN_LITERALS = ("-----BEGIN ", "sk-", "AIza", "github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "AKIA",
+                   "ASIA", "xox", "eyJ", "glpat-", "k_live_", "k_test_", "hf_", "npm_")
 
 # "Bearer xxx" / "Basic xxx" in a header or a curl line: keep the scheme, hide the credential.
 # The credential must look like one (a digit, or long), so "basic understanding" stays prose.
@@ -51,16 +55,25 @@ _SECRET_ASSIGNMENT = re.compile(
     (?P<sep>\s*[:=]\s*)
     (?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;"'}}\]]+)
     """)
+# Every secret name above holds one of these (lower-cased); checked on ASCII text only, where
+# the patterns' IGNORECASE is plain lower-casing (Unicode case folding also maps "K" and "ſ").
+_ASSIGNMENT_LITERALS = ("key", "secret", "token", "passw", "pwd", "credential", "authorization")
 # `export NAME=value` whatever the name: exported shell values are configuration, often secrets.
 _EXPORT = re.compile(r"(?m)^(?P<head>\s*export\s+[A-Za-z_][A-Za-z0-9_]*=)(?P<value>\"[^\"\n]*\"|'[^'\n]*'|\S+)")
 
 
 def redact_secrets(text: str) -> str:
     """`text` with credential-shaped tokens and secret-looking assignments replaced by [REDACTED]."""
-    text = _TOKENS.sub(REDACTED, text)
-    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED
-                            if m.group(3) != REDACTED else m.group(0), text)
+    # The literal checks only skip patterns that cannot match; a replacement never adds a literal.
+    lowered = text.lower() if text.isascii() else None
+    if any(literal in text for literal in _TOKEN_LITERALS):
+        text = _TOKENS.sub(REDACTED, text)
+    if lowered is None or "bearer" in lowered or "basic" in lowered:
+        text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED
+                                if m.group(3) != REDACTED else m.group(0), text)
     text = _EXPORT.sub(lambda m: m.group("head") + _redact_value(m.group("value")), text)
+    if lowered is not None and not any(literal in lowered for literal in _ASSIGNMENT_LITERALS):
+        return text
     return _SECRET_ASSIGNMENT.sub(_redact_assignment, text)
 
 

@@ -298,8 +298,15 @@ class SseDecoder:
         if chunk.endswith(b"\r"):
             # The \n of a \r\n may be in the next chunk.
             chunk, self._carriage_return = chunk[:-1], True
-        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\r" in chunk:  # most providers end lines with \n alone: no copies then
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[SseEvent] = []
+        if not self._buffer:
+            # Nothing left over: the chunk's own blocks, as the loop below would cut them.
+            *blocks, rest = chunk.split(b"\n\n")
+            events = [event for block in blocks if (event := _parse_event(block)) is not None]
+            chunk = rest
+        self._buffer += chunk
         while (end := self._buffer.find(b"\n\n")) >= 0:
             block = bytes(self._buffer[:end])
             del self._buffer[: end + 2]
@@ -316,6 +323,9 @@ class SseDecoder:
 
 
 def _parse_event(block: bytes) -> SseEvent | None:
+    if block.startswith(b"data: ") and b"\n" not in block:
+        # The usual event, one data line: what the general loop below gives, without its copies.
+        return SseEvent(None, block[6:].decode("utf-8", "replace"))
     name: str | None = None
     data: list[str] = []
     for line in block.decode("utf-8", "replace").split("\n"):

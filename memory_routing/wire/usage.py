@@ -40,6 +40,13 @@ class UsageMeter:
             if not self._overflow:
                 self._pending += chunk
             return
+        if not self._pending and b'"usage' not in chunk:
+            # No line of this chunk can mention usage (none began in an earlier chunk): only
+            # its unfinished last line is kept. Most events of a stream take this path.
+            rest = chunk[chunk.rfind(b"\n") + 1:]
+            if rest and len(rest) <= SSE_LINE_LIMIT:
+                self._pending += rest
+            return
         self._pending += chunk
         *lines, rest = self._pending.split(b"\n")
         self._pending = bytearray(rest if len(rest) <= SSE_LINE_LIMIT else b"")
