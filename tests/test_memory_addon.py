@@ -225,6 +225,16 @@ def test_a_repeated_turn_gets_a_byte_identical_body(harness):
     assert first.request.raw_content == second.request.raw_content
 
 
+def test_a_repeated_turn_is_answered_from_the_cache_on_the_loop_without_the_recall_threads(harness):
+    first, retry = openai_call("Remind me what Miso eats"), openai_call("Remind me what Miso eats")
+    run(harness.memory, first)
+    # The retry must not wait on a recall thread: its block is the cached one, taken on the loop.
+    harness.memory._pool.shutdown(wait=True)  # a submit would raise RuntimeError now
+    assert harness.memory.request(retry) is None
+    assert retry.request.raw_content == first.request.raw_content
+    assert harness.memory.calls[retry].recall == "injected"
+
+
 def test_memory_of_one_user_never_reaches_another(harness):
     for user in ("alice", "carol"):
         flow = openai_call("what is my cat called? Pickles?", x_memory_user_id=user)

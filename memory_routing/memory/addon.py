@@ -32,7 +32,7 @@ from memory_routing.flow_state import LOG_FIELDS_KEY, route_of
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
-from memory_routing.memory.recall import Recaller
+from memory_routing.memory.recall import RecalledBlock, Recaller
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
@@ -270,13 +270,18 @@ class EmbeddedMemory:
         elif reads and not recaller.store.has_memories(identity.user_id):
             state.recall, state.recall_ms = "none", 0.0  # nothing to search: no thread, no wait before the router
         elif reads:
-            return self._recall(flow, state, payload, recaller)
+            found, recalled = recaller.cached(state.user_id, state.conversation_id, turn)
+            if not found:
+                return self._recall(flow, state, payload, recaller)
+            started = time.perf_counter()
+            self._inject(flow, state, payload, recalled, "injected" if recalled is not None and recalled.text else "none")
+            state.recall_ms = (time.perf_counter() - started) * 1000
         return None
 
     async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller) -> None:
         assert state.turn is not None
         started = time.perf_counter()
-        block = None
+        recalled = None
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
@@ -284,24 +289,28 @@ class EmbeddedMemory:
             future = asyncio.get_running_loop().run_in_executor(
                 self._pool, recaller.recall, state.user_id, state.conversation_id, state.turn)
             recalled = await asyncio.wait_for(future, recaller.deadline_s)
-            block = recalled.text if recalled is not None else None
-            outcome = "injected" if block else "none"
+            outcome = "injected" if recalled is not None and recalled.text else "none"
         except asyncio.TimeoutError:
             outcome = "timeout"
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"
-        if block and flow.live and flow.response is None and flow.error is None:
+        self._inject(flow, state, payload, recalled, outcome)
+        state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def _inject(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recalled: RecalledBlock | None,
+                outcome: str) -> None:
+        """Puts the turn's recalled block (if any) into the request; records the outcome."""
+        if recalled is not None and recalled.text and flow.live and flow.response is None and flow.error is None:
             try:
-                body = self._encode_body(inject_recall(state.protocol, payload, block)).encode()
+                body = self._encode_body(inject_recall(state.protocol, payload, recalled.text)).encode()
                 # The setter encodes for any content-encoding and sets content-length.
                 flow.request.content = body
-                state.recalled = recalled.memories if recalled is not None else 0
+                state.recalled = recalled.memories
             except Exception as e:  # noqa: BLE001
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
                 outcome = "error"
         state.recall = outcome
-        state.recall_ms = (time.perf_counter() - started) * 1000
 
     def _reinject(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller,
                   index: int, turn_text: str) -> None:

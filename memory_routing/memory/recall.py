@@ -129,7 +129,15 @@ class Recaller:
         For a tool loop's follow-up requests: they re-inject the turn's block byte-identical, and
         a tool result is not a new turn to search for.
         """
-        return self._cache.get(self._key(user_id, conversation_id, turn_text))[1]
+        return self.cached(user_id, conversation_id, turn_text)[1]
+
+    def cached(self, user_id: str, conversation_id: str, turn_text: str) -> tuple[bool, RecalledBlock | None]:
+        """(True, what recall gave this turn) when it is cached, (False, None) when not; never searches.
+
+        Cheap enough for the event loop: a repeated request of a turn (a client's retry) needs no
+        thread hop to get its byte-identical block.
+        """
+        return self._cache.get(self._key(user_id, conversation_id, turn_text))
 
     @staticmethod
     def _key(user_id: str, conversation_id: str, turn_text: str) -> tuple[str, str, bytes]:
