@@ -60,32 +60,32 @@ def skeletonize(source: bytes, min_literal: int) -> tuple[dict, bytes]:
         try:
             value = json.loads(source[start:end])  # escapes, control characters, UTF-8
         except ValueError:
-            return {"error": _error_of(source)}, b""
-        if not isinstance(value, str):
-            return {"error": _error_of(source)}, b""
+            return {"error": _error_of(source) or "the body is not JSON"}, b""
         pieces.append(source[last:start])
         pieces.append(b'"' + placeholder(nonce, len(spans) // 2).encode() + b'"')
         spans += (start, end)
         last = end
     if not spans:
-        # Nothing to leave out: the skeleton would be the body (the loop parses it as any body).
-        return {"unsupported": "no long strings"}, b""
+        # Nothing to leave out: the skeleton would be the body, which the loop parses as any body
+        # (unless it is broken: then the loop need not see it at all).
+        error = _error_of(source)
+        return ({"unsupported": "no long strings"} if error is None else {"error": error}), b""
     pieces.append(source[last:])
     skeleton = b"".join(pieces)
     try:
         json.loads(skeleton)
     except ValueError:
         # The skeleton fails where the body does; the body's own message has the right positions.
-        return {"error": _error_of(source)}, b""
+        return {"error": _error_of(source) or "the body is not JSON"}, b""
     return {"nonce": nonce, "spans": spans}, skeleton
 
 
-def _error_of(source: bytes) -> str:
+def _error_of(source: bytes) -> str | None:
     try:
         json.loads(source)
     except ValueError as e:
         return str(e)
-    return "the body is not JSON"
+    return None
 
 
 def _read_exact(stream, size: int) -> bytes | None:
