@@ -190,7 +190,9 @@ class UploadRun:
     answer: dict
 
 
-def upload_beside_a_stream(proxy: RunningProxy, upstream: TickingUpstream, body: Path) -> UploadRun:
+def upload_beside_a_stream(
+    proxy: RunningProxy, upstream: TickingUpstream, body: Path, headers: tuple[str, ...] = (),
+) -> UploadRun:
     reader = StreamReader(proxy)
     reader.start()
     try:
@@ -201,7 +203,8 @@ def upload_beside_a_stream(proxy: RunningProxy, upstream: TickingUpstream, body:
         # curl in its own process: nothing in this process holds the GIL against the reader.
         upload = subprocess.run(
             ["curl", "-sS", "--max-time", str(UPLOAD_TIMEOUT_S), "-H", "content-type: application/json",
-             "-H", "x-memory-user-id: uploader", "-H", "expect:", "--data-binary", f"@{body}",
+             "-H", "x-memory-user-id: uploader", "-H", "expect:", *(f for h in headers for f in ("-H", h)),
+             "--data-binary", f"@{body}",
              f"{proxy.gateway_url}/v1/chat/completions"],
             capture_output=True, timeout=UPLOAD_TIMEOUT_S + 10, check=True,
         )
