@@ -108,8 +108,30 @@ def test_a_placeholder_inside_a_longer_string_is_spliced_in_the_proxys_own_encod
     skeleton["messages"][0]["content"] = "recalled \"facts\"\n\n" + skeleton["messages"][0]["content"]
     out = large.splice(ENCODE(skeleton).encode())
     assert json.loads(out)["messages"][0]["content"] == "recalled \"facts\"\n\n" + document["messages"][0]["content"]
-    # Someone else's encoding may have nested it in another (a JSON string in a string): refused.
-    assert large.splice(ENCODE(skeleton).encode(), whole_strings_only=True) is None
+    # Someone else's encoding may have nested it in another (a JSON string in a string), where
+    # its escapes would need escaping again: refused...
+    assert large.splice(ENCODE(skeleton).encode(), own_encoding=False) is None
+    nested = ENCODE({"arguments": ENCODE({"text": skeleton["messages"][0]["content"]})}).encode()
+    assert large.splice(nested, own_encoding=False) is None
+    # ...unless its bytes hold no escape: then they read the same at any depth.
+    plain = {"messages": [{"role": "user", "content": "plain words " * 20}]}
+    skeleton, large, _ = skeleton_of(plain)
+    nested = ENCODE({"arguments": ENCODE({"text": skeleton["messages"][0]["content"]})}).encode()
+    assert json.loads(json.loads(large.splice(nested, own_encoding=False))["arguments"]) == {
+        "text": plain["messages"][0]["content"]}
+
+
+def test_a_data_url_keeps_its_header_in_the_skeleton():
+    data = "data:image/png;base64," + "iVBORw0KGgo+/" * 40
+    document = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data}}]}]}
+    skeleton, large, _ = skeleton_of(document)
+    url = skeleton["messages"][0]["content"][0]["image_url"]["url"]
+    assert url == "data:image/png;base64," + large.placeholder(0)
+    assert json.loads(large.splice(ENCODE(skeleton).encode())) == document
+    assert large.materialize(skeleton) == document
+    # the base64 alone, where a translation split the URL (Anthropic's "data" field)
+    split = ENCODE({"source": {"media_type": "image/png", "data": url.split(",", 1)[1]}}).encode()
+    assert json.loads(large.splice(split, own_encoding=False))["source"]["data"] == data.split(",", 1)[1]
 
 
 def test_the_fallback_when_a_placeholder_went_missing_or_was_transformed():
@@ -120,7 +142,9 @@ def test_the_fallback_when_a_placeholder_went_missing_or_was_transformed():
     assert large.splice(ENCODE({**skeleton, "c": placeholder(large.nonce, 7)}).encode()) is None  # unknown index
     # encode_json then decodes in full: correct whatever was done to the skeleton.
     edited = {**skeleton, "b": "short now"}
-    assert json.loads(encode_json(large, edited, ENCODE)) == {**document, "b": "short now"}
+    body, decoded = encode_json(large, edited, ENCODE)
+    assert json.loads(body) == {**document, "b": "short now"} and decoded
+    assert encode_json(large, skeleton, ENCODE) == (large.source.replace(b": ", b":").replace(b", ", b","), False)
 
 
 def test_readable_is_a_bounded_prefix_that_never_shows_a_placeholder():
@@ -256,6 +280,14 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
         {"role": "user", "content": [{"type": "text", "text": "é😀\"" * 100}]}]}),
     ("anthropic", "gemini", {"model": "claude-alias", "max_tokens": 10, "messages": [
         {"role": "user", "content": "é😀\"" * 100}]}),
+    # inline images: the data URL is split into media type and base64, or built from them
+    ("openai", "anthropic", {"model": "gpt-alias", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "iVBORw0KGgo+/" * 40}}]}]}),
+    ("anthropic", "openai", {"model": "claude-alias", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo+/" * 40}}]}]}),
+    ("anthropic", "gemini", {"model": "claude-alias", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo+/" * 40}}]}]}),
 ])
 def test_a_placeholder_survives_each_translation_direction(client, provider, payload):
     from memory_routing.translate.translation import translate_request
@@ -265,6 +297,6 @@ def test_a_placeholder_survives_each_translation_direction(client, provider, pay
     skeleton, large, _ = skeleton_of(payload)
     whole = translate_request(protocol, provider, "m", payload)
     from_skeleton = translate_request(protocol, provider, "m", skeleton)
-    spliced = large.splice(from_skeleton.body, whole_strings_only=True)
+    spliced = large.splice(from_skeleton.body, own_encoding=False)
     assert spliced is not None, from_skeleton.body
     assert json.loads(spliced) == json.loads(whole.body)

@@ -252,7 +252,9 @@ class ModelRouter:
             added = added + translated_headers + ((b"accept-encoding", b"identity"),)
         elif decision.body_model is not None and payload is not None:
             # A copy: the parse stays what the body it came from says.
-            body = encode_json(large, {**payload, "model": decision.body_model}, self._encode_body)
+            body, decoded = encode_json(large, {**payload, "model": decision.body_model}, self._encode_body)
+            if large is not None:
+                fit_notes["large_body"] = "decoded" if decoded else "spliced"
         if body is not None:
             if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.
@@ -425,13 +427,14 @@ def _translated_large_body(
     if large is None:
         return _translated_body(decision, payload)
     try:
-        body, *rest = _translated_body(decision, payload)
-        spliced = large.splice(body, whole_strings_only=True)
+        body, answer, headers, notes = _translated_body(decision, payload)
+        spliced = large.splice(body, own_encoding=False)
     except ProxyRefusal:
         spliced = None  # e.g. a placeholder where LiteLLM wanted a data URL: judge the real body
     if spliced is None:
-        return _translated_body(decision, materialize(large, payload))
-    return (spliced, *rest)  # type: ignore[return-value]
+        body, answer, headers, notes = _translated_body(decision, materialize(large, payload))
+        return body, answer, headers, {**notes, "large_body": "decoded"}
+    return spliced, answer, headers, {**notes, "large_body": "spliced"}
 
 
 def _translated_body(

@@ -30,6 +30,9 @@ ANSWER = struct.Struct("!QQ")
 # scanning literals from the start finds exactly the document's strings.
 _STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _KEY_FOLLOWS = re.compile(rb"[ \t\r\n]*:")
+# An inline file (image, PDF) as a data URL: its header stays in the skeleton, for the
+# translation to read the media type from and to split off as it does for any data URL.
+_DATA_URL_HEAD = re.compile(rb'"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,')
 _PLACEHOLDER_PREFIX = "large-body:"
 
 
@@ -58,11 +61,16 @@ def skeletonize(source: bytes, min_literal: int) -> tuple[dict, bytes]:
         if end - start < min_literal or _KEY_FOLLOWS.match(source, end):
             continue  # keys stay: two equal long keys must still collapse into one
         try:
-            value = json.loads(source[start:end])  # escapes, control characters, UTF-8
+            json.loads(source[start:end])  # escapes, control characters, UTF-8
         except ValueError:
             return {"error": _error_of(source) or "the body is not JSON"}, b""
-        pieces.append(source[last:start])
-        pieces.append(b'"' + placeholder(nonce, len(spans) // 2).encode() + b'"')
+        head = _DATA_URL_HEAD.match(source, start, min(end, start + 256))
+        if head is not None:
+            start = head.end() - 1  # the comma
+        # A span runs from the byte before what the placeholder stands for (the opening quote,
+        # or a data URL's comma) to the closing quote; the skeleton keeps both.
+        pieces.append(source[last:start + 1])
+        pieces.append(placeholder(nonce, len(spans) // 2).encode() + b'"')
         spans += (start, end)
         last = end
     if not spans:

@@ -52,7 +52,9 @@ class LargeBody:
 
     source: bytes
     nonce: str
-    spans: tuple[int, ...]  # start, end of each string literal (quotes included), flattened
+    # Flattened (start, end) pairs: from the byte before a placeholder's bytes (the opening
+    # quote, or a data URL's comma) to the byte after them (the closing quote).
+    spans: tuple[int, ...]
 
     @property
     def count(self) -> int:
@@ -62,21 +64,27 @@ class LargeBody:
         return placeholder(self.nonce, index)
 
     def _inner(self, index: int) -> memoryview:
-        """The literal's bytes between its quotes: valid inside any JSON string."""
+        """The bytes the placeholder stands for, as the client escaped them: valid inside any
+        JSON string."""
         return memoryview(self.source)[self.spans[2 * index] + 1:self.spans[2 * index + 1] - 1]
+
+    def _has_escapes(self, index: int) -> bool:
+        return self.source.find(b"\\", self.spans[2 * index] + 1, self.spans[2 * index + 1] - 1) != -1
 
     def _pattern(self, text: bool) -> re.Pattern:
         core = re.escape(placeholder(self.nonce, 0)[:-8]) + r"(\d{8})"
         return re.compile(core if text else core.encode())
 
-    def splice(self, encoded: bytes, whole_strings_only: bool = False) -> bytes | None:
+    def splice(self, encoded: bytes, own_encoding: bool = True) -> bytes | None:
         """``encoded`` with each placeholder replaced by its original bytes; None when that is
         not safe and the document must be decoded fully instead.
 
         A placeholder inside a longer string is fine in a document the proxy encoded itself (one
-        level of JSON escaping); ``whole_strings_only`` is for a document someone else built
-        (LiteLLM's translation), where a string may have been embedded into another encoding.
-        Every placeholder must still be there: a missing one means its text was transformed.
+        level of JSON escaping). In one someone else built (``own_encoding=False``: LiteLLM's
+        translation) a string may have gone into a JSON text inside a string, where escapes
+        would need escaping again: there a placeholder that is not a whole string is spliced
+        only if its bytes hold no escape (base64 data, plain text). Every placeholder must still
+        be there: a missing one means its text was transformed.
         """
         pieces: list[bytes | memoryview] = []
         seen = set()
@@ -86,7 +94,8 @@ class LargeBody:
             start, end = match.span()
             if index >= self.count:
                 return None
-            if whole_strings_only and not (encoded[start - 1:start] == b'"' and encoded[end:end + 1] == b'"'):
+            if not (own_encoding or encoded[start - 1:start] == encoded[end:end + 1] == b'"'
+                    or not self._has_escapes(index)):
                 return None
             pieces.append(encoded[last:start])
             pieces.append(self._inner(index))

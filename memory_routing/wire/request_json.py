@@ -51,20 +51,21 @@ def request_json(flow: http.HTTPFlow) -> RequestJson:
     return parsed
 
 
-def encode_json(large: LargeBody | None, document: Any, encode: Callable[[Any], str]) -> bytes:
+def encode_json(large: LargeBody | None, document: Any, encode: Callable[[Any], str]) -> tuple[bytes, bool]:
     """``document`` (the parse of a body, edited) as bytes; a large body's long strings go back
-    in as they came."""
+    in as they came. Also says whether they had to be decoded after all (the fallback)."""
     encoded = encode(document).encode()
     if large is None:
-        return encoded
+        return encoded, False
     spliced = large.splice(encoded)
     if spliced is not None:
-        return spliced
-    return encode(materialize(large, document)).encode()
+        return spliced, False
+    return encode(materialize(large, document)).encode(), True
 
 
 def materialize(large: LargeBody, document: Any) -> Any:
-    """The fallback: the long strings decoded in the loop (correct, but it stalls the loop)."""
+    """The fallback: the long strings decoded in the loop (correct, but it stalls the loop).
+    Logged here, once per flow (a flow's body is encoded once); its log line says "decoded"."""
     logger.warning("memory-routing: a large body's placeholders could not be spliced back; decoding it in full")
     return large.materialize(document)
 
@@ -72,7 +73,7 @@ def materialize(large: LargeBody, document: Any) -> Any:
 def write_request_json(flow: http.HTTPFlow, parsed: RequestJson, document: Any, encode: Callable[[Any], str]) -> None:
     """Replace the request's body with ``document`` (the setter re-encodes for a content-encoding);
     the new body's parse is ``document`` itself."""
-    flow.request.content = encode_json(parsed.large, document, encode)
+    flow.request.content, _ = encode_json(parsed.large, document, encode)
     set_request_json(flow, RequestJson(flow.request.raw_content, document, large=parsed.large))
 
 
