@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fake_upstream import FakeUpstream
 from harness import RunningProxy, running_proxy
 
 pytestmark = pytest.mark.e2e
@@ -257,3 +258,86 @@ def test_without_the_offload_the_same_upload_stalls_the_stream(
     check_the_upstream_got_the_body(ticking, big_body, 1)
     print("in the loop:", round(run.max_gap_before * 1000), round(run.max_gap_during * 1000), round(run.upload_s, 2))
     assert run.max_gap_during > TICK_S + EXTRA_GAP_BOUND_S
+
+
+# --- translated large requests: the skeleton goes through LiteLLM, the long strings around it ---
+
+IMAGE_BASE64 = "iVBORw0KGgoAAAANSUhEUgAA+/" * 60_000  # ~1.5 MB, no escapes (as base64 never has)
+LONG_TEXT = "Ünïcode \"quoted\" \\ back\tslash 😀 line\n" * 30_000  # ~1.2 MB with escapes
+
+
+@pytest.fixture(scope="module")
+def strict_fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(strict=True).start()  # refuses what the real APIs refuse
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def translating_proxy(strict_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    workdir = tmp_path_factory.mktemp("big-translation")
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump({"model_list": [
+        {"model_name": "claude-big", "translate": "always", "litellm_params": {
+            "model": "anthropic/claude-sonnet-4-5", "api_base": strict_fake.url, "api_key": "os.environ/MR_BIG_KEY"}},
+        {"model_name": "gpt-big", "translate": "always", "litellm_params": {
+            "model": "openai/gpt-4o", "api_base": f"{strict_fake.url}/v1", "api_key": "os.environ/MR_BIG_KEY"}},
+    ]}))
+    with running_proxy(workdir, config, env={"MR_BIG_KEY": "sk-big"},
+                       extra_args=["--set", f"memory_routing_flow_log={workdir / 'flows.jsonl'}"]) as proxy:
+        yield proxy
+
+
+def post(proxy: RunningProxy, path: str, payload: dict) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.gateway_port, timeout=UPLOAD_TIMEOUT_S)
+    try:
+        connection.request("POST", path, json.dumps(payload, ensure_ascii=False).encode(),
+                           {"content-type": "application/json", "x-memory-user-id": "translator"})
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 200, body[:500]
+        return json.loads(body)
+    finally:
+        connection.close()
+
+
+def last_flow_line(proxy: RunningProxy) -> dict:
+    path = proxy.log_path.parent / "flows.jsonl"
+    assert wait_until(lambda: path.exists() and path.read_text().strip(), WAIT_S)
+    return json.loads(path.read_text().strip().splitlines()[-1])
+
+
+def test_an_openai_client_sends_a_large_request_to_anthropic(translating_proxy: RunningProxy, strict_fake: FakeUpstream):
+    strict_fake.reset()
+    answer = post(translating_proxy, "/v1/chat/completions", {"model": "claude-big", "max_tokens": 32, "messages": [
+        {"role": "system", "content": LONG_TEXT},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in " + LONG_TEXT},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_BASE64}"}}]}]})
+    assert answer["object"] == "chat.completion"
+    sent = strict_fake.last().json
+    assert strict_fake.last().api_path == "/v1/messages"
+    system = sent["system"] if isinstance(sent["system"], str) else "".join(b["text"] for b in sent["system"])
+    assert system == LONG_TEXT
+    blocks = sent["messages"][-1]["content"]
+    assert {"type": "text", "text": "What is in " + LONG_TEXT} in blocks
+    image = next(b for b in blocks if b["type"] == "image")
+    assert image["source"] == {"type": "base64", "media_type": "image/png", "data": IMAGE_BASE64}
+    assert last_flow_line(translating_proxy)["large_body"] == "spliced"
+
+
+def test_an_anthropic_client_sends_a_large_request_to_openai(translating_proxy: RunningProxy, strict_fake: FakeUpstream):
+    strict_fake.reset()
+    answer = post(translating_proxy, "/v1/messages", {"model": "gpt-big", "max_tokens": 32, "system": LONG_TEXT,
+                                                      "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE_BASE64}},
+        {"type": "text", "text": LONG_TEXT}]}]})
+    assert answer["type"] == "message"
+    sent = strict_fake.last().json
+    assert strict_fake.last().api_path == "/v1/chat/completions"
+    assert sent["messages"][0] == {"role": "system", "content": LONG_TEXT}
+    parts = sent["messages"][-1]["content"]
+    assert {"type": "text", "text": LONG_TEXT} in parts
+    image = next(p for p in parts if p["type"] == "image_url")
+    assert image["image_url"]["url"] == f"data:image/png;base64,{IMAGE_BASE64}"
+    assert last_flow_line(translating_proxy)["large_body"] == "spliced"
