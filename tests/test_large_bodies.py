@@ -300,3 +300,22 @@ def test_a_placeholder_survives_each_translation_direction(client, provider, pay
     spliced = large.splice(from_skeleton.body, own_encoding=False)
     assert spliced is not None, from_skeleton.body
     assert json.loads(spliced) == json.loads(whole.body)
+
+
+def test_what_the_offload_leaves_to_the_loop(offload, monkeypatch, caplog):
+    big = {"model": "gpt-alias", "messages": [{"role": "user", "content": "x" * 5000}]}
+    flow = chat_flow(big)
+    flow.request.path = "/v1/messages/count_tokens"  # a tokenizer must see every string
+    assert offload.addon.request(flow) is None
+    flow = chat_flow(big)
+    flow.request.headers["content-encoding"] = "identity"
+    assert offload.addon.request(flow) is None
+
+    async def broken(source, **kwargs):
+        raise RuntimeError("worker gone")
+
+    monkeypatch.setattr(offload.addon.worker, "read", broken)
+    flow = chat_flow(big)
+    asyncio.run(offload.addon.request(flow))
+    assert request_json_of(flow) is None and "parsed in the loop" in caplog.text
+    assert request_json(flow).payload == big  # and so it is

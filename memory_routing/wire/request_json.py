@@ -25,7 +25,7 @@ from memory_routing.config.holder import RoutingConfig
 from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, parse_model_call
-from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
+from memory_routing.wire.large_bodies import BodyWorker, LargeBody
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ class LargeBodyOffload:
         self.routing = routing
         self.threshold = 1024 * 1024
         self.worker = BodyWorker()
-        self._warned = False
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -129,15 +128,12 @@ class LargeBodyOffload:
     async def _offload(self, flow: http.HTTPFlow, raw: bytes) -> None:
         try:
             answer = await self.worker.read(raw)
-        except WorkerUnavailable as e:
-            if not self._warned:  # once: the loop parses such bodies itself, as before
-                self._warned = True
-                logger.warning(f"memory-routing: the body worker failed ({e}); large bodies are parsed in the loop")
-            return
-        if answer.unsupported is not None or flow.request.raw_content is not raw:
-            return  # parsed in the loop, as any body
-        if answer.error is not None:
-            set_request_json(flow, RequestJson(raw, error=answer.error))
-            return
-        # The skeleton is small: its long strings are placeholders.
-        set_request_json(flow, RequestJson(raw, json.loads(answer.skeleton), large=answer.large))
+            if answer.unsupported is not None or flow.request.raw_content is not raw:
+                return  # parsed in the loop, as any body
+            if answer.error is not None:
+                set_request_json(flow, RequestJson(raw, error=answer.error))
+                return
+            # The skeleton is small: its long strings are placeholders.
+            set_request_json(flow, RequestJson(raw, json.loads(answer.skeleton), large=answer.large))
+        except Exception as e:  # noqa: BLE001 - whatever failed, the loop can still parse the body itself
+            logger.warning(f"memory-routing: the body worker failed ({e}); this large body is parsed in the loop")
