@@ -150,7 +150,7 @@ def test_the_fallback_when_a_placeholder_went_missing_or_was_transformed():
 def test_readable_is_a_bounded_prefix_that_never_shows_a_placeholder():
     text = "é😀\\\"" + "x" * 100
     skeleton, large, _ = skeleton_of({"t": text})
-    assert large.readable(f"before {skeleton['t']} after") == f"before {text} […] after"
+    assert large.readable(f"before {skeleton['t']} after") == f"before {text} after"  # short enough: whole
     assert large.readable("no placeholder") == "no placeholder"
     raw = json.dumps({"t": text}, ensure_ascii=False).encode()
     # Every cut: mid UTF-8 character, mid escape (\\", \\\\), mid surrogate pair (escaped form too).

@@ -110,7 +110,11 @@ class LargeBody:
         """``text`` with each placeholder replaced by a bounded prefix of its string."""
         if self.nonce not in text:
             return text
-        return self._pattern(text=True).sub(lambda m: self.prefix(int(m.group(1))) + _ELLIPSIS, text)
+        return self._pattern(text=True).sub(lambda m: self._readable(int(m.group(1))), text)
+
+    def _readable(self, index: int) -> str:
+        cut = self.spans[2 * index + 1] - self.spans[2 * index] - 2 > READABLE_PREFIX_BYTES
+        return self.prefix(index) + (_ELLIPSIS if cut else "")
 
     def prefix(self, index: int, limit: int = READABLE_PREFIX_BYTES) -> str:
         """The start of the index-th string, decoded from at most ``limit`` bytes of it."""
