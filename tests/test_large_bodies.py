@@ -319,3 +319,16 @@ def test_what_the_offload_leaves_to_the_loop(offload, monkeypatch, caplog):
     asyncio.run(offload.addon.request(flow))
     assert request_json_of(flow) is None and "parsed in the loop" in caplog.text
     assert request_json(flow).payload == big  # and so it is
+
+
+def test_the_skeleton_modules_are_pure():
+    """The worker runs with the standard library only (python -I -S); the splice needs no mitmproxy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib; [importlib.import_module(m) for m in sys.argv[1:]]; "
+            "print(' '.join(m for m in ('litellm', 'mitmproxy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "memory_routing.wire.large_bodies",
+                          "memory_routing.wire.body_worker"], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == []
