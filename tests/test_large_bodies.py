@@ -332,3 +332,32 @@ def test_the_skeleton_modules_are_pure():
                           "memory_routing.wire.body_worker"], capture_output=True, text=True, timeout=120, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.split() == []
+
+
+def test_recall_goes_into_a_large_body_around_its_long_string(offload):
+    from memory_routing.memory.records import NewMemory
+    from memory_routing.memory.redact import FENCE_OPEN
+
+    offload.memory.stores.memory.add_many([
+        NewMemory("alice", "old", "cli", "m", "user", "My cat Miso loves tuna.", 1683504000.0)])
+    question = "What does my cat Miso like? \"quoted\" é 😀\n" * 2000  # ~90 KB: a placeholder
+    document = {"model": "gpt-alias", "messages": [{"role": "user", "content": question}]}
+    flow = chat_flow(document)
+
+    async def scenario():
+        await offload.addon.request(flow)
+        assert request_json_of(flow).large is not None
+        pending = offload.memory.request(flow)
+        if pending is not None:
+            await pending
+        await offload.addon.worker.aclose()
+
+    asyncio.run(scenario())
+    assert offload.memory.calls[flow].recall == "injected"
+    content = json.loads(flow.request.content)["messages"][0]["content"]
+    assert content.startswith(FENCE_OPEN) and "loves tuna" in content and content.endswith("\n\n" + question)
+    # the router's encoding of the same parse (a model rewrite) splices from the client's bytes again
+    parsed = request_json(flow)
+    assert parsed.large is not None and parsed.large.nonce in json.dumps(parsed.payload)
+    body, decoded = encode_json(parsed.large, {**parsed.payload, "model": "gpt-4o-mini"}, ENCODE)
+    assert not decoded and json.loads(body)["messages"][0]["content"] == content
