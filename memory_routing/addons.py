@@ -21,6 +21,7 @@ from memory_routing.guard.request_limits import RequestLimits
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.wire.request_json import LargeBodyOffload
 from memory_routing.wire.upstream_failures import UpstreamFailures
 
 
@@ -55,6 +56,7 @@ def create_addons() -> list[object]:
             memory_status=memory.status, litellm_loaded=lambda: litellm_loading.loaded,
         ),
         litellm_loading,
+        LargeBodyOffload(routing),  # a large body is read off the loop before anyone parses it
         memory,
         router,
         memory.answers,

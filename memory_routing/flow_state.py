@@ -18,6 +18,7 @@ from memory_routing.wire.protocol import ClientProtocol
 
 if TYPE_CHECKING:
     from memory_routing.routing.planner import RoutingDecision
+    from memory_routing.wire.large_bodies import LargeBody
 
 # The summary mitmweb shows; addons add to it (a copy each time) but never read it back.
 DISPLAY_KEY = "memory_routing"
@@ -60,6 +61,38 @@ def add_to_display(flow: object, **fields: object) -> None:
     """Note something about a routed flow for mitmweb (never read back by the proxy)."""
     metadata = flow.metadata  # type: ignore[attr-defined]
     metadata[DISPLAY_KEY] = {**metadata.get(DISPLAY_KEY, {}), **fields}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestJson:
+    """A model call's JSON body, parsed once for every addon that reads it (wire.request_json).
+
+    ``raw``: the request's raw content it was parsed from; when the request's content is no
+    longer that object, the body was rewritten and this parse is stale.
+    ``large``: set when the body was read by the worker process: ``payload`` is then its
+    skeleton, whose long strings are placeholders (see wire.large_bodies).
+    """
+
+    raw: bytes | None
+    payload: Any = None
+    error: str | None = None  # why the body is not JSON
+    large: LargeBody | None = None
+
+
+_bodies: weakref.WeakKeyDictionary[Any, RequestJson] = weakref.WeakKeyDictionary()
+
+
+def request_json_of(flow: object) -> RequestJson | None:
+    """The flow's parsed body if it was parsed and its content has not changed since."""
+    known = _bodies.get(flow)
+    if known is not None and known.raw is flow.request.raw_content:  # type: ignore[attr-defined]
+        return known
+    return None
+
+
+def set_request_json(flow: object, body: RequestJson) -> None:
+    _bodies[flow] = body
+
 
 # What really happened to a failed flow, when mitmproxy's error text does not say (a read timeout
 # surfaces as "server closed connection"): set by UpstreamFailures, read by the router's log line.

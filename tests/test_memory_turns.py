@@ -146,3 +146,16 @@ def test_earlier_human_turn_of_a_tool_loop() -> None:
     assert earlier_human_turn("gemini", gemini_loop) == (0, "what time is it?")
     assert earlier_human_turn("anthropic", {"messages": anthropic_loop["messages"][1:]}) is None
     assert earlier_human_turn("openai", {"messages": "nope"}) is None
+
+
+def test_a_long_human_turn_is_kept_by_its_start_cut_at_a_space():
+    from memory_routing.memory.turns import MAX_TURN_CHARS
+
+    words = "alpha beta gamma delta " * 5000  # about 115,000 characters
+    turn = new_human_turn("openai", {"messages": [{"role": "user", "content": words}]})
+    assert turn is not None and turn.endswith(" […]")
+    assert MAX_TURN_CHARS - 256 <= len(turn) <= MAX_TURN_CHARS + len(" […]")
+    assert words.startswith(turn[: -len(" […]")])
+    assert turn[: -len(" […]")].split(" ")[-1] in {"alpha", "beta", "gamma", "delta"}  # no word cut in half
+    short = new_human_turn("anthropic", {"messages": [{"role": "user", "content": "a short turn"}]})
+    assert short == "a short turn"

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,8 @@ from memory_routing.routing.classify import InvalidUserId
 from memory_routing.routing.headers import HeaderIndex
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.routing.planner import conversation_id_from
+from memory_routing.flow_state import RequestJson
+from memory_routing.wire.request_json import request_json, write_request_json
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -233,8 +236,9 @@ class EmbeddedMemory:
         if mode is MemoryMode.OFF:
             _add_log_fields(flow, {"backend": "local", "mode": "off"})
             return None
-        payload = _json_payload(request, headers)
-        if payload is None:
+        parsed = request_json(flow)  # the router reuses this parse
+        payload = parsed.payload
+        if not isinstance(payload, dict):
             return None  # the router answers what is not JSON
         model = call.path_model or payload.get("model")
         if not isinstance(model, str) or not model:
@@ -243,10 +247,16 @@ class EmbeddedMemory:
         if alias is not None and not alias.memory:
             return None  # the entry's `memory: false` keeps it out of every memory
         protocol = call.protocol.value
+        # A large body's long strings are placeholders: memory sees a bounded prefix of them.
+        readable = parsed.large.readable if parsed.large is not None else None
         turn = new_human_turn(protocol, payload)
+        if turn and readable is not None:
+            turn = readable(turn)
         reads = mode.reads and turn is not None
         # A tool loop's follow-up: the turn it answers is an earlier message (its block is re-injected).
         loop_turn = earlier_human_turn(protocol, payload) if mode.reads and turn is None else None
+        if loop_turn is not None and readable is not None:
+            loop_turn = (loop_turn[0], readable(loop_turn[1]))  # keyed as the turn's first request was
         if not reads and not mode.writes and loop_turn is None:
             return None
         engine = self._engine(config)
@@ -255,7 +265,7 @@ class EmbeddedMemory:
         recaller, writer = engine
         state = _CallMemory(
             user_id=identity.user_id,
-            conversation_id=conversation_id_from(headers.get) or derived_conversation_id(protocol, payload),
+            conversation_id=conversation_id_from(headers.get) or derived_conversation_id(protocol, payload, readable),
             protocol=protocol,
             model=model,
             client=_client_name(headers.get("user-agent")),
@@ -266,19 +276,19 @@ class EmbeddedMemory:
         )
         self.calls[flow] = state
         if loop_turn is not None:
-            self._reinject(flow, state, payload, recaller, *loop_turn)
+            self._reinject(flow, state, parsed, recaller, *loop_turn)
         elif reads and not recaller.store.has_memories(identity.user_id):
             state.recall, state.recall_ms = "none", 0.0  # nothing to search: no thread, no wait before the router
         elif reads:
             found, recalled = recaller.cached(state.user_id, state.conversation_id, turn)
             if not found:
-                return self._recall(flow, state, payload, recaller)
+                return self._recall(flow, state, parsed, recaller)
             started = time.perf_counter()
-            self._inject(flow, state, payload, recalled, "injected" if recalled is not None and recalled.text else "none")
+            self._inject(flow, state, parsed, recalled, "injected" if recalled is not None and recalled.text else "none")
             state.recall_ms = (time.perf_counter() - started) * 1000
         return None
 
-    async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller) -> None:
+    async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller) -> None:
         assert state.turn is not None
         started = time.perf_counter()
         recalled = None
@@ -295,24 +305,24 @@ class EmbeddedMemory:
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"
-        self._inject(flow, state, payload, recalled, outcome)
+        self._inject(flow, state, parsed, recalled, outcome)
         state.recall_ms = (time.perf_counter() - started) * 1000
 
-    def _inject(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recalled: RecalledBlock | None,
+    def _inject(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recalled: RecalledBlock | None,
                 outcome: str) -> None:
         """Puts the turn's recalled block (if any) into the request; records the outcome."""
         if recalled is not None and recalled.text and flow.live and flow.response is None and flow.error is None:
             try:
-                body = self._encode_body(inject_recall(state.protocol, payload, recalled.text)).encode()
                 # The setter encodes for any content-encoding and sets content-length.
-                flow.request.content = body
+                write_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text),
+                                   self._encode_body)
                 state.recalled = recalled.memories
             except Exception as e:  # noqa: BLE001
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
                 outcome = "error"
         state.recall = outcome
 
-    def _reinject(self, flow: http.HTTPFlow, state: _CallMemory, payload: dict, recaller: Recaller,
+    def _reinject(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
                   index: int, turn_text: str) -> None:
         """Puts the turn's cached block back into the turn's message of a tool loop's follow-up.
 
@@ -325,7 +335,8 @@ class EmbeddedMemory:
         recalled = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
         if recalled is None:
             return
-        flow.request.content = self._encode_body(inject_recall(state.protocol, payload, recalled.text, index)).encode()
+        write_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text, index),
+                           self._encode_body)
         state.recall, state.recalled = "reinjected", recalled.memories
         state.recall_ms = (time.perf_counter() - started) * 1000
 
@@ -497,18 +508,11 @@ def _answer_text(state: _CallMemory, response: http.Response) -> str | None:
     return assistant_text(state.protocol, document)
 
 
-def _json_payload(request: http.Request, headers: HeaderIndex) -> dict | None:
-    body = request.raw_content if "content-encoding" not in headers else request.get_content(strict=False)
-    try:
-        payload = json.loads(body or b"")
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def derived_conversation_id(protocol: str, payload: dict) -> str:
+def derived_conversation_id(protocol: str, payload: dict, readable: Callable[[str], str] | None = None) -> str:
     """A stable id for a client that sends none: the conversation's first human message does not
-    change while the conversation goes on (the client resends it with every turn)."""
+    change while the conversation goes on (the client resends it with every turn).
+
+    ``readable``: a large body's placeholder remover (placeholders change with every request)."""
     first = None
     if protocol == "gemini":
         contents = payload.get("contents")
@@ -520,6 +524,8 @@ def derived_conversation_id(protocol: str, payload: dict) -> str:
         if isinstance(messages, list):
             first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
         text = new_human_turn(protocol, {"messages": [first]}) if first else None
+    if text and readable is not None:
+        text = readable(text)
     digest = hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return f"first-{digest}"
 

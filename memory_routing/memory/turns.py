@@ -12,6 +12,11 @@ from typing import Any
 from .redact import strip_recall_block
 
 MAX_ANSWER_CHARS = 16_000
+# A human turn longer than this (a pasted file, a log) is kept and searched by its start only:
+# redacting, indexing and searching a megabyte holds the GIL for seconds, and no recall block
+# (about 4,000 characters) could show more of it anyway.
+MAX_TURN_CHARS = 16_000
+_CUT_MARK = " […]"
 
 # Claude Code puts its own reminders (CLAUDE.md, todo state, hook output) into user messages:
 # they are the client talking, not the human, and would be re-stored in every conversation.
@@ -32,7 +37,18 @@ def _clean(text: str) -> str:
 
 def _join(texts: list[str]) -> str | None:
     cleaned = [t for t in (_clean(text) for text in texts) if t]
-    return "\n".join(cleaned) if cleaned else None
+    return bounded_turn("\n".join(cleaned)) if cleaned else None
+
+
+def bounded_turn(text: str, limit: int = MAX_TURN_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters, at a space where one is near, marked when cut.
+
+    Cutting at whitespace keeps a credential-shaped token whole, so redaction still sees it.
+    """
+    if len(text) <= limit:
+        return text
+    space = max(text.rfind(" ", limit - 256, limit), text.rfind("\n", limit - 256, limit))
+    return text[:space if space > 0 else limit] + _CUT_MARK
 
 
 def new_human_turn(protocol: Any, payload: dict) -> str | None:

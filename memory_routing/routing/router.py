@@ -24,6 +24,7 @@ from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_
 from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import parsed_modes
 from memory_routing.wire.protocol import gateway_path_protocol
+from memory_routing.wire.request_json import encode_json, materialize, request_json
 from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
@@ -43,6 +44,7 @@ from memory_routing.wire.usage import UsageMeter
 
 if TYPE_CHECKING:
     from memory_routing.translate.translation import AnswerTranslation
+    from memory_routing.wire.large_bodies import LargeBody
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ class ModelRouter:
         if call.path_model is not None:
             model = call.path_model
         else:
-            payload = _json_body(request, headers)
+            payload = _json_body(flow)
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise RouteRefused(400, 'the request body has no "model"', param="model")
@@ -239,14 +241,18 @@ class ModelRouter:
         body = None
         answer = None
         fit_notes: dict[str, object] = {}
+        # A large body's parse is its skeleton (wire.large_bodies): only its small part is here.
+        large = request_json(flow).large if payload is not None else None
         if decision.translation is not None and payload is not None:
-            body, answer, translated_headers, fit_notes = _translated_body(decision, payload)
+            body, answer, translated_headers, fit_notes = _translated_large_body(decision, payload, large)
             # The answer is translated as it passes: it must arrive uncompressed.
             dropped = dropped | {b"accept-encoding", b"content-encoding"} | {name for name, _ in translated_headers}
             added = added + translated_headers + ((b"accept-encoding", b"identity"),)
         elif decision.body_model is not None and payload is not None:
-            payload["model"] = decision.body_model
-            body = self._encode_body(payload).encode()
+            # A copy: the parse stays what the body it came from says.
+            body, decoded = encode_json(large, {**payload, "model": decision.body_model}, self._encode_body)
+            if large is not None:
+                fit_notes["large_body"] = "decoded" if decoded else "spliced"
         if body is not None:
             if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.
@@ -411,6 +417,24 @@ def _move_gemini_key_to_header(request: http.Request) -> None:
     request.headers[GEMINI_KEY_HEADER] = key
 
 
+def _translated_large_body(
+    decision: RoutingDecision, payload: dict[str, Any], large: LargeBody | None
+) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
+    """The translated body; a large body's long strings go back in where LiteLLM kept them whole,
+    else (it merged or parsed them) the body is decoded fully and translated again."""
+    if large is None:
+        return _translated_body(decision, payload)
+    try:
+        body, answer, headers, notes = _translated_body(decision, payload)
+        spliced = large.splice(body, own_encoding=False)
+    except ProxyRefusal:
+        spliced = None  # e.g. a placeholder where LiteLLM wanted a data URL: judge the real body
+    if spliced is None:
+        body, answer, headers, notes = _translated_body(decision, materialize(large, payload))
+        return body, answer, headers, {**notes, "large_body": "decoded"}
+    return spliced, answer, headers, {**notes, "large_body": "spliced"}
+
+
 def _translated_body(
     decision: RoutingDecision, payload: dict[str, Any]
 ) -> tuple[bytes, AnswerTranslation, tuple[tuple[bytes, bytes], ...], dict[str, object]]:
@@ -456,13 +480,11 @@ def _client_key(headers: HeaderIndex) -> str | None:
     return None
 
 
-def _json_body(request: http.Request, headers: HeaderIndex) -> dict[str, Any]:
-    # Without a content-encoding the raw bytes are the body: skip mitmproxy's decoding layer.
-    body = request.raw_content if "content-encoding" not in headers else request.get_content(strict=False)
-    try:
-        payload = json.loads(body or b"")
-    except ValueError as e:
-        raise RouteRefused(400, f"the request body is not valid JSON: {e}") from None
+def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:
+    parsed = request_json(flow)  # parsed once: the memory addon may have asked already
+    if parsed.error is not None:
+        raise RouteRefused(400, f"the request body is not valid JSON: {parsed.error}")
+    payload = parsed.payload
     if not isinstance(payload, dict):
         raise RouteRefused(400, "the request body must be a JSON object")
     return payload

@@ -1,0 +1,139 @@
+"""A model call's JSON body, decoded once per flow for every addon, and large bodies read off the
+event loop.
+
+``request_json(flow)`` parses the body the first time any addon asks (memory, then the router)
+and hands out that parse until the body changes; ``encode_request_json`` encodes an edited
+document, putting back a large body's long strings. ``LargeBodyOffload`` (an addon before the
+memory and the router) sends a body over ``memory_routing_offload_body_size`` to the worker
+process and records its skeleton as the flow's parse, so the loop only ever decodes and
+encodes the small skeleton (see wire.large_bodies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+from mitmproxy.utils import human
+
+from memory_routing.config.holder import RoutingConfig
+from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
+from memory_routing.local.endpoints import is_gateway
+from memory_routing.routing.model_calls import Endpoint, parse_model_call
+from memory_routing.wire.large_bodies import BodyWorker, LargeBody
+
+logger = logging.getLogger(__name__)
+
+OFFLOAD_OPTION = "memory_routing_offload_body_size"
+# count_tokens reads every string (a tokenizer): a skeleton would count placeholders.
+_NOT_OFFLOADED = frozenset({Endpoint.COUNT_TOKENS})
+
+
+def request_json(flow: http.HTTPFlow) -> RequestJson:
+    """The flow's body as JSON: parsed on the first call, the same parse until the body changes."""
+    known = request_json_of(flow)
+    if known is not None:
+        return known
+    request = flow.request
+    raw = request.raw_content
+    # Without a content-encoding the raw bytes are the body: skip mitmproxy's decoding layer.
+    body = raw if "content-encoding" not in request.headers else request.get_content(strict=False)
+    try:
+        parsed = RequestJson(raw, json.loads(body or b""))
+    except ValueError as e:
+        parsed = RequestJson(raw, error=str(e))
+    set_request_json(flow, parsed)
+    return parsed
+
+
+def encode_json(large: LargeBody | None, document: Any, encode: Callable[[Any], str]) -> tuple[bytes, bool]:
+    """``document`` (the parse of a body, edited) as bytes; a large body's long strings go back
+    in as they came. Also says whether they had to be decoded after all (the fallback)."""
+    encoded = encode(document).encode()
+    if large is None:
+        return encoded, False
+    spliced = large.splice(encoded)
+    if spliced is not None:
+        return spliced, False
+    return encode(materialize(large, document)).encode(), True
+
+
+def materialize(large: LargeBody, document: Any) -> Any:
+    """The fallback: the long strings decoded in the loop (correct, but it stalls the loop).
+    Logged here, once per flow (a flow's body is encoded once); its log line says "decoded"."""
+    logger.warning("memory-routing: a large body's placeholders could not be spliced back; decoding it in full")
+    return large.materialize(document)
+
+
+def write_request_json(flow: http.HTTPFlow, parsed: RequestJson, document: Any, encode: Callable[[Any], str]) -> None:
+    """Replace the request's body with ``document`` (the setter re-encodes for a content-encoding);
+    the new body's parse is ``document`` itself."""
+    flow.request.content, _ = encode_json(parsed.large, document, encode)
+    set_request_json(flow, RequestJson(flow.request.raw_content, document, large=parsed.large))
+
+
+class LargeBodyOffload:
+    """Before the memory and the router: a large model-call body is read by the worker process."""
+
+    def __init__(self, routing: RoutingConfig) -> None:
+        self.routing = routing
+        self.threshold = 1024 * 1024
+        self.worker = BodyWorker()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            OFFLOAD_OPTION, str, "1m",
+            """
+            A model call's JSON body at least this large (k/m/g suffixes) is decoded in a worker
+            process rather than on the proxy's event loop, where it would hold up every other
+            stream; its long strings are never decoded in the proxy.
+            """,
+        )
+
+    def configure(self, updated) -> None:
+        if OFFLOAD_OPTION in updated:
+            value = getattr(ctx.options, OFFLOAD_OPTION)
+            try:
+                size = human.parse_size(value) or 0
+            except ValueError:
+                size = -1
+            if size <= 0:
+                raise exceptions.OptionsError(f"{OFFLOAD_OPTION}: {value!r} is not a size above 0 (e.g. 1m, 512k)")
+            self.threshold = size
+
+    def done(self):
+        if self.worker.running:
+            return self.worker.aclose()
+        return None
+
+    def request(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return None
+        request = flow.request
+        raw = request.raw_content
+        if raw is None or len(raw) < self.threshold or "content-encoding" in request.headers:
+            return None
+        if not is_gateway(flow) and request.host.lower() not in self.routing.llm_hosts:
+            return None
+        call = parse_model_call(request.method, request.path)
+        if call is None or call.endpoint in _NOT_OFFLOADED:
+            return None
+        return self._offload(flow, raw)
+
+    async def _offload(self, flow: http.HTTPFlow, raw: bytes) -> None:
+        try:
+            answer = await self.worker.read(raw)
+            if answer.unsupported is not None or flow.request.raw_content is not raw:
+                return  # parsed in the loop, as any body
+            if answer.error is not None:
+                set_request_json(flow, RequestJson(raw, error=answer.error))
+                return
+            # The skeleton is small: its long strings are placeholders.
+            set_request_json(flow, RequestJson(raw, json.loads(answer.skeleton), large=answer.large))
+        except Exception as e:  # noqa: BLE001 - whatever failed, the loop can still parse the body itself
+            logger.warning(f"memory-routing: the body worker failed ({e}); this large body is parsed in the loop")
