@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from fake_upstream import FakeUpstream
-from harness import RunningProxy, running_proxy
+from harness import RunningProxy, running_proxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -173,15 +173,6 @@ class StreamReader(threading.Thread):
             connection.close()
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.failure = e
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @dataclass
