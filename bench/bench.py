@@ -618,13 +618,16 @@ def print_report(results: dict[str, dict[str, float]], summary: dict[str, float]
     for name in ("mitmdump", "addon"):
         if name in census:
             walked, handlers, ours = dispatch_per_request(census[name])
-            print(f"  {name:<9} {census[name]['objects']:>3} addon objects ({len(census[name]['our_objects'])} ours); "
+            stages = census[name].get("our_stages", [])
+            inside = f", dispatching to {len(stages)} stage addons" if stages else ""
+            print(f"  {name:<9} {census[name]['objects']:>3} addon objects ({len(census[name]['our_objects'])} ours{inside}); "
                   f"per kept-alive request: {walked} objects walked, {handlers} handler calls, {ours} of them ours")
     if "addon" in census:
         events = census["addon"]["events"]
         for event in (*REQUEST_EVENTS, "update", "error", *CONNECTION_EVENTS):
-            ours = events[event]["ours"]
-            print(f"    {event:<20} {len(ours)} of ours: {', '.join(ours) or '-'}")
+            ours, stages = events[event]["ours"], events[event].get("stages", [])
+            inside = f" -> {len(stages)} stage handlers: {', '.join(stages)}" if stages else ""
+            print(f"    {event:<20} {len(ours)} of ours: {', '.join(ours) or '-'}{inside}")
 
     capacity, stream_capacity = summary["capacity_plain"], summary["capacity_stream"]
     print(f"\ntarget: capacity >= {TARGET_CAPACITY:.0%} of bare mitmdump by CPU time/request (median of per-round "

@@ -45,10 +45,14 @@ def census(chain: list[object]) -> dict[str, object]:
             "walked": len(walked),
             "handlers": len(handlers),
             "ours": sorted(type(a).__name__ for a in handlers if _is_ours(a)),
+            # Stage handlers our one dispatcher calls itself (no mitmproxy dispatch each).
+            "stages": [type(getattr(h, "__self__", h)).__name__
+                       for a in handlers if _is_ours(a) and hasattr(a, "handlers") for h in a.handlers(name)],
         }
     return {
         "objects": len(walked),
         "our_objects": sorted(type(a).__name__ for a in walked if _is_ours(a)),
+        "our_stages": sorted(type(s).__name__ for a in walked if _is_ours(a) for s in getattr(a, "stages", ())),
         "events": events,
     }
 

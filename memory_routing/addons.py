@@ -1,10 +1,15 @@
-"""The addon set that ``addon.py`` hands to mitmproxy, wired to one shared config holder."""
+"""The addon set that ``addon.py`` hands to mitmproxy, wired to one shared config holder.
+
+The stages are mitmproxy addons, each with one job; mitmproxy sees one object, an
+``AddonPipeline`` that calls them in this order (its docstring says why: dispatch cost).
+"""
 
 from __future__ import annotations
 
 from memory_routing.cloudflare.guard import CloudflareGuard
 from memory_routing.guard.gateway_auth import GatewayAuth
 from memory_routing.mitm.heap_freeze import HeapFreeze
+from memory_routing.mitm.pipeline import AddonPipeline
 from memory_routing.cloudflare.in_flight import InFlightLimiter
 from memory_routing.guard.intercept_scope import InterceptScope
 from memory_routing.guard.listen import ListenGuard
@@ -26,6 +31,10 @@ from memory_routing.wire.upstream_failures import UpstreamFailures
 
 
 def create_addons() -> list[object]:
+    return [AddonPipeline(create_stages())]
+
+
+def create_stages() -> list[object]:
     routing = RoutingConfig()
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
