@@ -117,6 +117,17 @@ def test_openai_recall_is_injected_into_the_last_user_message(harness):
     assert float(flow.response.headers[RECALL_MS_HEADER]) >= 0
 
 
+def test_the_recall_headers_replace_any_the_upstream_sent(harness):
+    flow = openai_call("What food does my cat Miso like?")
+    run(harness.memory, flow)
+    flow.response = Response.make(200, json.dumps(OPENAI_ANSWER).encode(), {
+        "content-type": "application/json", "X-Memory-Routing-Recall": "forged", "x-memory-routing-recall-ms": "1"})
+    harness.memory.answers.responseheaders(flow)
+    assert flow.response.headers.get_all(RECALL_HEADER) == ["injected"]
+    assert len(flow.response.headers.get_all(RECALL_MS_HEADER)) == 1
+    assert flow.response.headers["content-type"] == "application/json"
+
+
 def test_anthropic_block_goes_after_tool_results_and_leaves_cache_control_alone(harness):
     payload = {"model": "gpt-alias", "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
                "messages": [{"role": "user", "content": [

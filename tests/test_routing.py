@@ -431,3 +431,15 @@ def test_decision_cache_evicts_least_recently_used_not_everything(monkeypatch):
         assert planner.plan(config, "id", "hot") is hot  # still cached: used on every request
     assert calls.count("hot") == 1
     assert len(planner._decisions) == 3
+
+
+def test_model_call_parses_are_shared_but_a_query_is_never_kept():
+    from memory_routing.routing import model_calls
+
+    first = parse_model_call("POST", "/v1/chat/completions")
+    assert parse_model_call("POST", "/v1/chat/completions") is first  # four addons ask per request
+    before = model_calls._parse_post_cached.cache_info().currsize
+    call = parse_model_call("POST", "/v1beta/models/g:generateContent?key=AIza-secret")
+    assert call is not None and call.query == "key=AIza-secret"
+    # A query can hold a key: such paths are parsed each time, never cached.
+    assert model_calls._parse_post_cached.cache_info().currsize == before

@@ -92,10 +92,13 @@ class RequestLimits:
         fields = flow.request.headers.fields
         hosts = size = 0
         control_in = None
+        length = b""
         for name, value in fields:  # one pass: this runs on every model call
             size += len(name) + len(value)
             if len(name) == 4 and name.lower() == b"host":
                 hosts += 1
+            elif not length and len(name) == 14 and name.lower() == b"content-length":
+                length = value
             if control_in is None and CONTROL_IN_RAW_VALUE.search(value):
                 control_in = name
         if control_in is not None:
@@ -118,7 +121,6 @@ class RequestLimits:
                 "memory_routing_max_header_size)",
             )
             return
-        length = flow.request.headers.get("content-length", "")
         if self.max_body and length.isdigit() and int(length) > self.max_body:
             flow.response = self._too_large(flow, int(length))
 

@@ -39,7 +39,7 @@ from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
-from memory_routing.routing.headers import HeaderIndex
+from memory_routing.routing.headers import request_headers
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # (injected | none | timeout | error; reinjected: a tool loop's follow-up got its turn's cached block).
 RECALL_MS_HEADER = "x-memory-routing-recall-ms"
 RECALL_HEADER = "x-memory-routing-recall"
+_RECALL_MS_NAME, _RECALL_NAME = RECALL_MS_HEADER.encode(), RECALL_HEADER.encode()
+_RECALL_HEADER_NAMES = frozenset({_RECALL_MS_NAME, _RECALL_NAME})
 # Calls that hold a conversation; embeddings, completions, Responses and count_tokens do not get memory.
 MEMORY_ENDPOINTS = frozenset({
     Endpoint.CHAT_COMPLETIONS, Endpoint.MESSAGES, Endpoint.GENERATE_CONTENT, Endpoint.STREAM_GENERATE_CONTENT,
@@ -203,7 +205,7 @@ class EmbeddedMemory:
         if call is None:
             return None
         asked: MemoryMode | None = None
-        if MODE_HEADER in request.headers:
+        if MODE_HEADER in request_headers(flow):
             try:
                 asked = mode_from_header(request.headers.get_all(MODE_HEADER))
             except InvalidMemoryMode as e:
@@ -225,8 +227,7 @@ class EmbeddedMemory:
             return None
 
     def _begin(self, flow: http.HTTPFlow, call: ModelCall, config: ProxyConfig, asked: MemoryMode | None):
-        request = flow.request
-        headers = HeaderIndex(request.headers.fields)
+        headers = request_headers(flow)
         assert self.routing.classifier is not None
         try:
             identity = self.routing.classifier.classify(headers)
@@ -382,8 +383,10 @@ class MemoryAnswers:
         if state is None or response is None:
             return
         if state.recall is not None:
-            response.headers[RECALL_MS_HEADER] = f"{state.recall_ms:.2f}"
-            response.headers[RECALL_HEADER] = state.recall
+            # One replacement of the fields instead of two setter calls (~8 µs each).
+            response.headers.fields = tuple(
+                field for field in response.headers.fields if field[0].lower() not in _RECALL_HEADER_NAMES
+            ) + ((_RECALL_MS_NAME, f"{state.recall_ms:.2f}".encode()), (_RECALL_NAME, state.recall.encode()))
         if not state.writes or not 200 <= response.status_code < 300:
             state.writes = False
             return

@@ -7,13 +7,16 @@ Pure logic: works on the raw ``(name, value)`` byte pairs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Sequence
+from typing import Any
 
 
 class HeaderIndex:
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "fields")
 
-    def __init__(self, fields: Iterable[tuple[bytes, bytes]]) -> None:
+    def __init__(self, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        self.fields = fields  # what it indexes: a request whose fields are another object changed
         values: dict[str, list[bytes]] = {}
         for name, value in fields:
             key = name.decode("utf-8", "surrogateescape").lower()
@@ -33,3 +36,18 @@ class HeaderIndex:
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
+
+
+_indexes: weakref.WeakKeyDictionary[Any, HeaderIndex] = weakref.WeakKeyDictionary()
+
+
+def request_headers(flow: Any) -> HeaderIndex:
+    """The flow's request headers indexed, shared by the addons of one request until the headers
+    change (mitmproxy replaces the fields tuple on every change; a lookup through its ``Headers``
+    costs ~8-10 µs here, an index lookup well under one)."""
+    fields = flow.request.headers.fields
+    known = _indexes.get(flow)
+    if known is not None and known.fields is fields:
+        return known
+    index = _indexes[flow] = HeaderIndex(fields)
+    return index

@@ -18,7 +18,7 @@ from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
 from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
-from memory_routing.routing.headers import HeaderIndex
+from memory_routing.routing.headers import HeaderIndex, request_headers
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.internals import set_request_target
@@ -67,6 +67,7 @@ class _FlowRecord:
     summary: dict[str, object]
     stream: bool = False
     asked_stream: bool = False  # the client asked for a stream (logged so even if none came)
+    client: str = ""  # the client's product token, from its own User-Agent (before any rewrite)
     first_body_byte_at: float | None = None
     meter: UsageMeter | None = None
     supermemory: dict[str, str] = field(default_factory=dict)
@@ -197,7 +198,7 @@ class ModelRouter:
         config, classifier = self.routing.config, self.routing.classifier
         assert config is not None and classifier is not None
         request = flow.request
-        headers = HeaderIndex(request.headers.fields)
+        headers = request_headers(flow)
         identity = classifier.classify(headers)
         payload: dict[str, Any] | None = None
         if call.path_model is not None:
@@ -231,6 +232,7 @@ class ModelRouter:
 
     def _apply(self, flow: http.HTTPFlow, decision: RoutingDecision, payload: dict | None) -> None:
         request = flow.request
+        client = client_name(request_headers(flow).get("user-agent"))
         target = decision.upstream
         dropped = decision.dropped_header_names
         added = decision.added_header_fields
@@ -275,7 +277,7 @@ class ModelRouter:
             request.host_header = target.host_header
         record = _FlowRecord(
             decision, decision.summary() | fit_notes, answer=answer,
-            asked_stream=payload is not None and payload.get("stream") is True,
+            asked_stream=payload is not None and payload.get("stream") is True, client=client,
         )
         set_route(flow, Route(decision, decision.client_protocol, decision.user_id, record), display=record.summary)
         flow.comment = decision.description
@@ -344,7 +346,7 @@ class ModelRouter:
         line = {
             **record.summary,
             "at": started,
-            "client": client_name(request.headers.get("user-agent")),
+            "client": record.client,
             "status": status,
             "stream": record.stream or record.asked_stream,
             "latency_ms": round((ended - started) * 1000, 1),
@@ -371,7 +373,7 @@ class ModelRouter:
             return
         request = flow.request
         try:
-            user_id = self.routing.classifier.classify(HeaderIndex(request.headers.fields)).user_id  # type: ignore[union-attr]
+            user_id = self.routing.classifier.classify(request_headers(flow)).user_id  # type: ignore[union-attr]
         except Exception:  # an unusable user id header is what was refused
             user_id = ""
         self._to_sinks({

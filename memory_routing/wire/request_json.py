@@ -24,6 +24,7 @@ from mitmproxy.utils import human
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
 from memory_routing.local.endpoints import is_gateway
+from memory_routing.routing.headers import request_headers
 from memory_routing.routing.model_calls import Endpoint, parse_model_call
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody
 
@@ -42,7 +43,7 @@ def request_json(flow: http.HTTPFlow) -> RequestJson:
     request = flow.request
     raw = request.raw_content
     # Without a content-encoding the raw bytes are the body: skip mitmproxy's decoding layer.
-    body = raw if "content-encoding" not in request.headers else request.get_content(strict=False)
+    body = raw if "content-encoding" not in request_headers(flow) else request.get_content(strict=False)
     try:
         parsed = RequestJson(raw, json.loads(body or b""))
     except ValueError as e:
@@ -116,7 +117,7 @@ class LargeBodyOffload:
             return None
         request = flow.request
         raw = request.raw_content
-        if raw is None or len(raw) < self.threshold or "content-encoding" in request.headers:
+        if raw is None or len(raw) < self.threshold or "content-encoding" in request_headers(flow):
             return None
         if not is_gateway(flow) and request.host.lower() not in self.routing.llm_hosts:
             return None
