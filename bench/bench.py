@@ -225,12 +225,13 @@ def wait_listening(port: int, process: subprocess.Popen, log: Path, timeout: flo
 def spawn_mitmdump(
     workdir: Path, name: str, upstream_port: int, with_addon: bool,
     wrapper: list[str] | None = None, scripts: tuple[Path, ...] = (), env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, int, Path]:
     """Start mitmdump without waiting for it; returns (process, listening port, log file)."""
     port = free_port()
     log = workdir / f"{name}.log"
     args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host", "127.0.0.1",
-            "--set", "connection_strategy=lazy"]
+            "--set", "connection_strategy=lazy", *extra_args]
     for script in scripts:
         args += ["-s", str(script)]
     if with_addon:
@@ -403,11 +404,19 @@ class ProcessRound:
     rss_loaded_mib: float  # idle, after the batches
 
 
+# (name, with the addon, extra mitmdump arguments), alternating within each round.
+PROCESS_KINDS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("addon", True, ()),
+    ("mitmdump", False, ()),
+    ("mitmdump-streaming", False, ("--set", "stream_large_bodies=1")),
+)
+
+
 def process_round(workdir: Path, upstream_port: int, with_addon: bool, index: int, concurrency: int,
-                  plain_requests: int, stream_requests: int) -> ProcessRound:
-    name = f"{'addon' if with_addon else 'mitmdump'}-round{index}"
+                  plain_requests: int, stream_requests: int, extra_args: tuple[str, ...] = ()) -> ProcessRound:
+    name = f"{'addon' if with_addon else 'mitmdump'}{'-streaming' if extra_args else ''}-round{index}"
     spawned = time.monotonic()
-    process, port, log = spawn_mitmdump(workdir, name, upstream_port, with_addon)
+    process, port, log = spawn_mitmdump(workdir, name, upstream_port, with_addon, extra_args=extra_args)
     try:
         deadline = spawned + START_TIMEOUT
         health = wait_answered(port, process, log, "GET", "/health", b"", deadline) if with_addon else None
@@ -487,7 +496,7 @@ def main() -> int:
         raise RuntimeError("upstream did not start")
     upstream_port = receive.recv()
 
-    rounds: dict[str, list[ProcessRound]] = {"addon": [], "mitmdump": []}
+    rounds: dict[str, list[ProcessRound]] = {name: [] for name, _, _ in PROCESS_KINDS}
     samples: dict[str, dict[str, list[float]]] = {}
     census: dict[str, dict] = {}
     instructions: dict[str, float] = {}
@@ -497,9 +506,9 @@ def main() -> int:
             # Part 1. A fresh process per round, addon and bare alternating, so that machine
             # noise (a shared 2-core VM) hits both alike; ratios are taken within a round.
             for index in range(args.process_rounds):
-                for name, with_addon in (("addon", True), ("mitmdump", False)):
+                for name, with_addon, extra_args in PROCESS_KINDS:
                     rounds[name].append(process_round(workdir, upstream_port, with_addon, index, args.concurrency,
-                                                      args.cpu_requests, args.stream_requests))
+                                                      args.cpu_requests, args.stream_requests, extra_args))
                     print(f"round {index + 1}/{args.process_rounds} {name}: {rounds[name][-1]}", file=sys.stderr)
             for name, with_addon in (("mitmdump", False), ("addon", True)):
                 census[name] = hook_census(workdir, upstream_port, with_addon)
@@ -552,7 +561,13 @@ def main() -> int:
         kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"] for a, b in zip(rounds["addon"], rounds["mitmdump"])]
         for kind in ("plain", "stream", "plain_loop", "stream_loop")
     }
+    # Streams against mitmdump streaming too: bare mitmdump buffers a whole answer and sends it
+    # once, the addon streams it event by event (as it must); with stream_large_bodies=1 mitmdump
+    # pays its own per-chunk path, so the ratio shows the addon's cost over streaming itself.
+    ratios["stream_vs_streaming"] = [b.cpu_us_stream / a.cpu_us_stream
+                                     for a, b in zip(rounds["addon"], rounds["mitmdump-streaming"])]
     summary = {f"capacity_{kind}": median(values) for kind, values in ratios.items()}
+    summary["stream_streaming_us"] = median([r.cpu_us_stream for r in rounds["mitmdump-streaming"]])
     print_report(results, summary, census, args.process_rounds)
     for kind, values in ratios.items():
         print(f"capacity per round, {kind}: {', '.join(f'{v:.1%}' for v in values)}")
@@ -635,6 +650,9 @@ def print_report(results: dict[str, dict[str, float]], summary: dict[str, float]
           f"({verdict(stream_capacity >= TARGET_CAPACITY)})")
     print(f"        by the event-loop thread's CPU alone (what bounds requests/s on one core): plain "
           f"{summary['capacity_plain_loop']:.1%}, stream {summary['capacity_stream_loop']:.1%}")
+    if "capacity_stream_vs_streaming" in summary:
+        print(f"        stream, against mitmdump that streams too (stream_large_bodies=1; bare mitmdump buffers): "
+              f"{summary['capacity_stream_vs_streaming']:.1%} ({summary['stream_streaming_us']:.0f} us/stream there)")
     if bare.get("instructions_k", nan) == bare.get("instructions_k", nan):
         print(f"        by callgrind instructions/request: {bare['instructions_k'] / addon['instructions_k']:.1%} "
               "(misses cache and allocation effects)")
