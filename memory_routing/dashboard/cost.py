@@ -9,7 +9,7 @@ LiteLLM prices a few unit calls, and the linear form those give must then match 
 answer at large and odd token counts (the corners of the range it will be used for). Only a
 model that passes is priced by arithmetic, and only within that range; every other call
 (tiers beyond the range, time-of-day pricing, a mismatch, no price) is LiteLLM's as before.
-No pricing rule is written here: a rule we do not know of shows up as a mismatch.
+No pricing rule but that linear form is written here: a rule it misses shows up as a mismatch.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ PROBE_LIMIT = 1_000_000
 # LiteLLM's tier keys (input_cost_per_token_above_200k_tokens, ..._above_128_tokens, a
 # "_priority" suffix) only tell where to probe: the probes decide, not this pattern.
 _TIER_THRESHOLD = re.compile(r"_above_(\d+(?:\.\d+)?)(k?)_tokens")
-# Time-of-day pricing: the same tokens cost differently by the hour, so never memoized.
+# Time-of-day pricing (LiteLLM's off_peak_pricing block): the same tokens cost differently by
+# the hour, so rates probed at one hour are never kept.
 _TIME_DEPENDENT_MARKER = "peak"
 _PROBE_REL_TOL = 1e-12
 _PRICES_LIMIT = 512
@@ -194,11 +195,12 @@ def _token_limit(model_info: Mapping[str, Any]) -> int:
 
 
 def _probes(limit: int) -> list[tuple[int, int, int]]:
-    """(input, output, cached) points where the linear form must equal LiteLLM: the range's
-    corners (a tier past any threshold inside it is in force there) and odd points inside."""
+    """(input, output, cached) points where the linear form must equal LiteLLM: the corners of
+    the range (with the unit points the rates come from, all of them: a tier whose threshold lies
+    inside the range is in force at the far ones) and odd points inside."""
     third, odd = max(limit // 3, 1), max(limit // 7 + 13, 1)
     return [
-        (limit, 0, 0), (1, limit, 0), (limit, limit, 0), (limit, 0, limit), (limit, limit, limit),
+        (limit, 0, 0), (1, limit, 0), (1, limit, 1), (limit, limit, 0), (limit, 0, limit), (limit, limit, limit),
         (limit, odd, third), (min(odd, limit), min(third, limit), min(odd // 5, limit)),
         (min(12_345, limit), min(678, limit), min(9_001, limit, 12_345)),
     ]
