@@ -62,8 +62,11 @@ def main() -> int:
     results = {}
     for provider, model in MODELS:
         mixes = token_mixes(args.calls, seed=len(results))
-        # Outside the timed batches: learning the rates (a dozen LiteLLM calls, once per model).
+        # Outside the batches: the model's first call, LiteLLM's answer and learning the rates
+        # (a dozen more LiteLLM calls, once per model and price table).
+        start = time.thread_time()
         cost.call_cost_usd(provider, model, *mixes[0])
+        first_call_ms = (time.thread_time() - start) * 1e3
         price = cost.linear_price(provider, model)
         in_range = sum(price is not None and price.covers(*mix) for mix in mixes)
         rounds = []
@@ -78,11 +81,12 @@ def main() -> int:
         results[f"{provider}/{model}"] = {
             "calls": args.calls, "rounds": rounds, "in_range": in_range,
             "litellm_us_per_call": before, "call_cost_usd_us_per_call": after, "speedup": ratio,
-            "token_limit": price.token_limit if price else None,
+            "token_limit": price.token_limit if price else None, "first_call_ms": first_call_ms,
         }
         print(f"{provider}/{model}: LiteLLM each call {before:.1f} µs, call_cost_usd {after:.2f} µs per call "
               f"(median of {args.rounds} rounds x {args.calls} calls; {ratio:.0f}x; "
-              f"{in_range}/{args.calls} in the checked range, limit {price.token_limit if price else None})")
+              f"{in_range}/{args.calls} in the checked range, limit {price.token_limit if price else None}; "
+              f"first call, learning included: {first_call_ms:.1f} ms)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
