@@ -178,3 +178,20 @@ def test_anthropic_stream_wrapper_is_stepped_by_hand():
     assert any(e["type"] == "content_block_delta" and e["delta"].get("text") == "hi" for e in events)
     assert any(e["type"] == "message_delta" and e["delta"].get("stop_reason") == "end_turn" for e in events)
     assert stream.close() == []  # ended: nothing more
+
+
+def test_price_table_version_changes_with_litellm_price_table():
+    import litellm
+
+    name = "memory-routing-contract-price-table"
+    before = litellm_internals.price_table_version()
+    assert litellm_internals.price_table_version() == before  # stable while nothing changes
+    try:
+        litellm.register_model({name: {"litellm_provider": "openai", "mode": "chat",
+                                        "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}},
+                               persist_across_reloads=False)
+        assert litellm_internals.price_table_version() != before
+    finally:
+        litellm.model_cost.pop(name, None)
+        litellm.open_ai_chat_completion_models.discard(name)
+        litellm.get_model_info.cache_clear()

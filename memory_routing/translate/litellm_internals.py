@@ -25,6 +25,7 @@ from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import (
     ModelResponseIterator as _GeminiChunkParser,
 )
 from litellm.types.utils import ModelResponse, ModelResponseStream
+from litellm.utils import get_model_cost_mutation_generation as _price_table_generation
 
 __all__ = [
     "ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY",
@@ -34,6 +35,7 @@ __all__ = [
     "gemini_chunk_parser",
     "gemini_model_response",
     "gemini_request_body",
+    "price_table_version",
 ]
 
 
@@ -79,6 +81,17 @@ def anthropic_chunk_parser(tool_name_reverse_map: dict[str, str]):
 def gemini_chunk_parser(optional_params: dict[str, Any]):
     """Gemini stream event (parsed JSON) -> ModelResponseStream (as anthropic_chunk_parser)."""
     return _GeminiChunkParser(None, sync_stream=True, logging_obj=CallDetails(optional_params)).chunk_parser
+
+
+def price_table_version() -> tuple[int, int]:
+    """A value that changes whenever LiteLLM's price table does, for prices derived from it.
+
+    Undocumented (litellm.utils, not re-exported): LiteLLM bumps the counter on every change of
+    ``litellm.model_cost`` it makes (register_model, a reloaded map) so that whoever memoizes
+    what it derived from the table can tell; its own Fireworks provider keys a memo on it. A
+    table replaced wholesale is a new object, hence its id as well.
+    """
+    return id(litellm.model_cost), _price_table_generation()
 
 
 class _DataWanted:
