@@ -71,12 +71,15 @@ class RequestJson:
     longer that object, the body was rewritten and this parse is stale.
     ``large``: set when the body was read by the worker process: ``payload`` is then its
     skeleton, whose long strings are placeholders (see wire.large_bodies).
+    ``edited``: ``payload`` was changed (the memory's recall block) and ``raw`` does not hold the
+    change yet: the router encodes the body once, with its own changes (wire.request_json).
     """
 
     raw: bytes | None
     payload: Any = None
     error: str | None = None  # why the body is not JSON
     large: LargeBody | None = None
+    edited: bool = False
 
 
 _bodies: weakref.WeakKeyDictionary[Any, RequestJson] = weakref.WeakKeyDictionary()

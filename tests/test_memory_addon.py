@@ -14,6 +14,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing.config.holder import RoutingConfig
+from memory_routing.wire.request_json import flush_request_json
 from memory_routing.memory.addon import (LOG_FIELDS_KEY, RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
                                          derived_conversation_id)
 from memory_routing.memory.records import NewMemory
@@ -64,6 +65,10 @@ def harness(tmp_path: Path, store):
     memory.done()
 
 
+# The router's body encoder (compact, UTF-8 as is).
+ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def gateway_flow(path: str, payload: dict | bytes, **headers: str):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     request = tutils.treq(method=b"POST", path=path.encode(), content=body,
@@ -77,6 +82,8 @@ def run(memory: EmbeddedMemory, flow) -> None:
     pending = memory.request(flow)
     if pending is not None:
         asyncio.run(pending)
+    # What the router does next: encode the memory's edit into the body (with its own changes).
+    flush_request_json(flow, ENCODE)
 
 
 def openai_call(text: str, **headers: str):
@@ -242,6 +249,7 @@ def test_a_repeated_turn_is_answered_from_the_cache_on_the_loop_without_the_reca
     # The retry must not wait on a recall thread: its block is the cached one, taken on the loop.
     harness.memory._pool.shutdown(wait=True)  # a submit would raise RuntimeError now
     assert harness.memory.request(retry) is None
+    assert flush_request_json(retry, ENCODE)  # the router's encode of the edit
     assert retry.request.raw_content == first.request.raw_content
     assert harness.memory.calls[retry].recall == "injected"
 

@@ -247,3 +247,32 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
     (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "cut short (read timeout: " in message and "memory_routing_read_timeout" in message
     assert "server closed connection" not in message
+
+
+def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Path):
+    from memory_routing.wire.request_json import edit_request_json, request_json
+
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.rstrip() + "\n  - model_name: gemini-2.5-flash\n"
+                    "    litellm_params: {model: gemini/gemini-2.5-flash, api_key: g-key}\n")
+    routing, router = make_router(path)
+    encodes = []
+    encode = router._encode_body
+    router._encode_body = lambda document: encodes.append(1) or encode(document)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(path))
+        # OpenAI format: the provider's model name and the memory's block, in one encode.
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}')
+        parsed = request_json(flow)
+        edit_request_json(flow, parsed, {**parsed.payload, "messages": [{"role": "user", "content": "[block] hi"}]})
+        router.request(flow)
+        assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "[block] hi"}]}
+        assert encodes == [1] and flow.request.headers["content-length"] == str(len(flow.request.content))
+        # Gemini names the model in the path: the router reads no body, but still writes the edit.
+        gemini = gateway_flow("/v1beta/models/gemini-2.5-flash:generateContent", b'{"contents": [{"parts": [{"text": "hi"}]}]}')
+        parsed = request_json(gemini)
+        edit_request_json(gemini, parsed, {"contents": [{"parts": [{"text": "[block]"}, {"text": "hi"}]}]})
+        router.request(gemini)
+        assert gemini.response is None
+        assert json.loads(gemini.request.content) == {"contents": [{"parts": [{"text": "[block]"}, {"text": "hi"}]}]}
+        assert encodes == [1, 1]

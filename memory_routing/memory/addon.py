@@ -43,7 +43,7 @@ from memory_routing.routing.headers import request_headers
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
-from memory_routing.wire.request_json import request_json, write_request_json
+from memory_routing.wire.request_json import edit_request_json, request_json
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,6 @@ class EmbeddedMemory:
         self._store: MemoryStore | None = None
         self._recaller_settings: tuple[int, float] | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._encode_body = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         # The writer's queue is written out before the file is closed (shutdown or a new file).
         stores.before_close.append(self.close_writer)
 
@@ -314,9 +313,8 @@ class EmbeddedMemory:
         """Puts the turn's recalled block (if any) into the request; records the outcome."""
         if recalled is not None and recalled.text and flow.live and flow.response is None and flow.error is None:
             try:
-                # The setter encodes for any content-encoding and sets content-length.
-                write_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text),
-                                   self._encode_body)
+                # Encoded by the router, together with its own changes (see edit_request_json).
+                edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text))
                 state.recalled = recalled.memories
             except Exception as e:  # noqa: BLE001
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
@@ -336,8 +334,7 @@ class EmbeddedMemory:
         recalled = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
         if recalled is None:
             return
-        write_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text, index),
-                           self._encode_body)
+        edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text, index))
         state.recall, state.recalled = "reinjected", recalled.memories
         state.recall_ms = (time.perf_counter() - started) * 1000
 

@@ -15,7 +15,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
-from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, set_route
+from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, request_json_of, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
 from memory_routing.routing.headers import HeaderIndex, request_headers
@@ -243,18 +243,24 @@ class ModelRouter:
         body = None
         answer = None
         fit_notes: dict[str, object] = {}
-        # A large body's parse is its skeleton (wire.large_bodies): only its small part is here.
-        large = request_json(flow).large if payload is not None else None
+        # The parse memory and _decide share. A large body's parse is its skeleton
+        # (wire.large_bodies): only its small part is here.
+        parsed = request_json_of(flow)
+        large = parsed.large if parsed is not None else None
         if decision.translation is not None and payload is not None:
             body, answer, translated_headers, fit_notes = _translated_large_body(decision, payload, large)
             # The answer is translated as it passes: it must arrive uncompressed.
             dropped = dropped | {b"accept-encoding", b"content-encoding"} | {name for name, _ in translated_headers}
             added = added + translated_headers + ((b"accept-encoding", b"identity"),)
-        elif decision.body_model is not None and payload is not None:
-            # A copy: the parse stays what the body it came from says.
-            body, decoded = encode_json(large, {**payload, "model": decision.body_model}, self._encode_body)
-            if large is not None:
-                fit_notes["large_body"] = "decoded" if decoded else "spliced"
+        else:
+            # A copy with the provider's model name (the parse stays what the body it came from
+            # says); or the memory's recall block alone. Either way the body is encoded once, here.
+            document = ({**payload, "model": decision.body_model} if decision.body_model is not None and payload is not None
+                        else parsed.payload if parsed is not None and parsed.edited else None)
+            if document is not None:
+                body, decoded = encode_json(large, document, self._encode_body)
+                if large is not None:
+                    fit_notes["large_body"] = "decoded" if decoded else "spliced"
         if body is not None:
             if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.

@@ -71,11 +71,22 @@ def materialize(large: LargeBody, document: Any) -> Any:
     return large.materialize(document)
 
 
-def write_request_json(flow: http.HTTPFlow, parsed: RequestJson, document: Any, encode: Callable[[Any], str]) -> None:
-    """Replace the request's body with ``document`` (the setter re-encodes for a content-encoding);
-    the new body's parse is ``document`` itself."""
-    flow.request.content, _ = encode_json(parsed.large, document, encode)
-    set_request_json(flow, RequestJson(flow.request.raw_content, document, large=parsed.large))
+def edit_request_json(flow: http.HTTPFlow, parsed: RequestJson, document: Any) -> None:
+    """Make ``document`` the request's body, to be encoded later, once: the router encodes it with
+    its own changes (the provider's model name, a translation) in the same pass. Encoding it here
+    too would cost a second encode of the whole body (milliseconds for a long conversation)."""
+    set_request_json(flow, RequestJson(parsed.raw, document, large=parsed.large, edited=True))
+
+
+def flush_request_json(flow: http.HTTPFlow, encode: Callable[[Any], str]) -> bool:
+    """Encode an edited body into the request (the setter re-encodes for a content-encoding);
+    False when there was no edit to write."""
+    parsed = request_json_of(flow)
+    if parsed is None or not parsed.edited:
+        return False
+    flow.request.content, _ = encode_json(parsed.large, parsed.payload, encode)
+    set_request_json(flow, RequestJson(flow.request.raw_content, parsed.payload, large=parsed.large))
+    return True
 
 
 class LargeBodyOffload:
