@@ -53,7 +53,6 @@ class FakeUpstream:
     # Behave like an origin behind Cloudflare: hand out __cf_bm once, then answer any request
     # without it with 429 "error code: 1200".
     cloudflare: bool = False
-    delay: float = 0.0  # seconds each answer takes, to make requests overlap
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     open_connections: int = 0
@@ -216,8 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
         extra: dict[str, Any] = (
             {"x-supermemory-conversation-id": "conv-fake", "x-supermemory-context-tokens": "42"} if via_supermemory else {}
         )
-        if self.fake.delay:
-            time.sleep(self.fake.delay)
         if self.fake.hold_requests:
             self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
         set_cookies = self.headers.get_all("x-fake-set-cookie") or []
