@@ -53,7 +53,6 @@ class FakeUpstream:
     # Behave like an origin behind Cloudflare: hand out __cf_bm once, then answer any request
     # without it with 429 "error code: 1200".
     cloudflare: bool = False
-    delay: float = 0.0  # seconds each answer takes, to make requests overlap
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     open_connections: int = 0
@@ -216,8 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
         extra: dict[str, Any] = (
             {"x-supermemory-conversation-id": "conv-fake", "x-supermemory-context-tokens": "42"} if via_supermemory else {}
         )
-        if self.fake.delay:
-            time.sleep(self.fake.delay)
         if self.fake.hold_requests:
             self.fake._gate.wait(GATE_TIMEOUT_SECONDS)
         set_cookies = self.headers.get_all("x-fake-set-cookie") or []
@@ -601,7 +598,8 @@ _ANTHROPIC_BLOCKS = frozenset({"text", "image", "document", "tool_use", "tool_re
 
 
 def native_request_problem(route: str, headers: Any, payload: Any) -> str | None:
-    """What the real API would refuse in this request, or None."""
+    """What the real API would refuse in this request, or None. Total: any JSON value gets an
+    answer (a wrongly typed field is a refusal, as the real APIs' schema checks make it)."""
     if not isinstance(payload, dict):
         return "the body must be a JSON object"
     if route.endswith("/chat/completions"):
@@ -615,10 +613,16 @@ def native_request_problem(route: str, headers: Any, payload: Any) -> str | None
     return None
 
 
+def _list_of_objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
 def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
     if unknown := set(payload) - _OPENAI_CHAT_KEYS:
         return f"Unrecognized request argument supplied: {sorted(unknown)[0]}"
     model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        return "model: must be a string"
     if model in _OPENAI_NON_REASONING and "reasoning_effort" in payload:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
     for key in ("max_tokens", "max_completion_tokens"):
@@ -626,11 +630,11 @@ def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
         if cap is not None and isinstance(value, int) and value > cap:
             return (f"{key} is too large: {value}. This model supports at most {cap} completion tokens, "
                     f"whereas you provided {value}.")
-    if problem := _openai_tool_pairing_problem(payload.get("messages")):
-        return problem
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: must be a non-empty array"
+    if problem := _openai_tool_pairing_problem(messages):
+        return problem
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool"):
@@ -640,32 +644,40 @@ def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
         if role == "tool" and not message.get("tool_call_id"):
             return f"messages[{i}].tool_call_id: required for tool messages"
         for call in message.get("tool_calls") or []:
-            if call.get("type") != "function" or not call.get("id") or not isinstance(call["function"].get("arguments"), str):
+            function = call.get("function")
+            if (call.get("type") != "function" or not call.get("id") or not isinstance(function, dict)
+                    or not isinstance(function.get("arguments"), str)):
                 return f"messages[{i}].tool_calls: invalid tool call {call!r}"
-    for i, tool in enumerate(payload.get("tools") or []):
-        if tool.get("type") != "function" or not tool.get("function", {}).get("name"):
+    tools = payload.get("tools") or []
+    if not _list_of_objects(tools):
+        return "tools: must be an array of objects"
+    for i, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
             return f"tools[{i}]: must be a function tool with a name"
     return None
 
 
-def _openai_tool_pairing_problem(messages: Any) -> str | None:
+def _openai_tool_pairing_problem(messages: list[Any]) -> str | None:
     """Every tool call answered by a tool message right after it; no tool message without one."""
-    if not isinstance(messages, list):
-        return None
-    open_calls: list[str] = []
+    open_calls: list[Any] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             return f"messages[{i}]: must be an object"
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and not _list_of_objects(tool_calls):
+            return f"messages[{i}].tool_calls: must be an array of objects"
         if message.get("role") == "tool":
             if message.get("tool_call_id") not in open_calls:
                 return ("Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
                         "with 'tool_calls'.")
-            open_calls.remove(message["tool_call_id"])
+            open_calls.remove(message.get("tool_call_id"))
             continue
         if open_calls:
             return ("An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-                    f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(open_calls)}")
-        open_calls = [c.get("id") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+                    f"'tool_call_id'. The following tool_call_ids did not have response messages: "
+                    f"{', '.join(map(str, open_calls))}")
+        open_calls = [c.get("id") for c in tool_calls or []]
     return None
 
 
@@ -678,15 +690,21 @@ def _anthropic_problem(payload: dict[str, Any]) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: Field required"
     for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{i}: Input should be a valid dictionary"
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
         content = message.get("content")
         for block in content if isinstance(content, list) else []:
-            if block.get("type") not in _ANTHROPIC_BLOCKS:
-                return f"messages.{i}.content: unknown block type {block.get('type')!r}"
+            kind = block.get("type") if isinstance(block, dict) else None
+            if not isinstance(kind, str) or kind not in _ANTHROPIC_BLOCKS:
+                return f"messages.{i}.content: unknown block type {kind!r}"
     if messages[0].get("role") != "user":
         return "messages: first message must use the user role"
-    for i, tool in enumerate(payload.get("tools") or []):
+    tools = payload.get("tools") or []
+    if not _list_of_objects(tools):
+        return "tools: Input should be a valid list of objects"
+    for i, tool in enumerate(tools):
         if not tool.get("name") or ("input_schema" not in tool and "type" not in tool):
             return f"tools.{i}: name and input_schema are required"
     return None
@@ -699,6 +717,8 @@ def _gemini_problem(payload: dict[str, Any]) -> str | None:
     if not isinstance(contents, list) or not contents:
         return "contents is not specified"
     for i, content in enumerate(contents):
+        if not isinstance(content, dict):
+            return f"contents[{i}]: must be an object"
         if content.get("role") not in ("user", "model", "function", None):
             return f"contents[{i}].role: please use a valid role: user, model"
         if not isinstance(content.get("parts"), list) or not content["parts"]:

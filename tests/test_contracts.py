@@ -102,7 +102,7 @@ def test_a_cancelled_connection_task_carries_its_reason():
             task = internals.connection_task()
             assert task is not None
             internals.drop_connection(task, "memory-routing: read timeout")
-            await asyncio.sleep(1)
+            await asyncio.Event().wait()  # never set: only the cancellation ends this wait
 
         try:
             await asyncio.create_task(connection())

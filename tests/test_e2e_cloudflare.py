@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,33 +118,52 @@ def proxy_info(proxy: RunningProxy) -> tuple[int, dict]:
 
 
 def test_cookie_rules(tmp_path: Path, fake_b: FakeUpstream, start_fake):
+    # Expiry is driven by the dates the upstream sends (Max-Age=0, Expires in the past or far
+    # ahead), never by waiting: the jar's reading of the clock as time passes is covered by
+    # test_cookie_jar's expiry test, with the clock moved instead of slept through.
     fake_a = start_fake()
     config = write_config(tmp_path / "config.yaml", {"a": fake_a, "b": fake_b})
     with running_proxy(tmp_path, config) as proxy:
         set_on_a = ["__cf_bm=keep; Path=/", "cf_clearance=secure-only; Path=/; Secure", "session=not-cloudflare; Path=/",
-                    "_cfuvid=short-lived; Path=/; Max-Age=1", "__cfruid=max-age-wins; Path=/; Max-Age=1; Expires=Wed, 01 Jan 2099 00:00:00 GMT",
+                    "_cfuvid=expired-later-by-the-upstream; Path=/",
+                    "__cfruid=max-age-wins; Path=/; Max-Age=0; Expires=Wed, 01 Jan 2099 00:00:00 GMT",
+                    "__cfwaitingroom=max-age-wins-too; Path=/; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=1800",
                     "__cflb=other-path; Path=/elsewhere"]
         with httpx.Client(timeout=WAIT) as client:
             response = client.post(f"{proxy.gateway_url}/v1/chat/completions", json={"model": "a", **CHAT},
                                    headers=[("x-fake-set-cookie", value) for value in set_on_a])
         assert response.status_code == 200
-        time.sleep(1.5)  # past Max-Age=1
+        # The upstream expires one of its cookies (a date in the past): it is no longer sent.
+        expire = {"x-fake-set-cookie": "_cfuvid=; Path=/; Expires=Thu, 01 Jan 1970 00:00:01 GMT"}
+        assert chat(proxy, "a", headers=expire).status_code == 200
+        assert fake_a.requests[-1].headers.get("cookie", "") == (
+            "__cf_bm=keep; _cfuvid=expired-later-by-the-upstream; __cfwaitingroom=max-age-wins-too"
+        )
         assert chat(proxy, "a", headers={"cookie": "mine=client-own"}).status_code == 200
         sent_to_a = fake_a.requests[-1].headers.get("cookie", "")
-        assert sent_to_a == "mine=client-own; __cf_bm=keep"  # the client's own kept; only the valid jar cookie added
+        # The client's own kept; only the valid jar cookies added.
+        assert sent_to_a == "mine=client-own; __cf_bm=keep; __cfwaitingroom=max-age-wins-too"
         assert chat(proxy, "b").status_code == 200
         assert "cookie" not in fake_b.requests[-1].headers  # a cookie of host A never reaches host B
 
 
 def test_in_flight_cap_is_never_exceeded(tmp_path: Path, start_fake):
-    fake = start_fake(delay=0.05)
+    # The upstream holds every request until released: the cap's worth reach it at once and the
+    # rest wait in the proxy's queue, whatever the machine's speed (no delay to make them overlap).
+    fake = start_fake(hold_requests=True)
     config = write_config(tmp_path / "config.yaml", {"slow": fake})
     with running_proxy(tmp_path, config, extra_args=["--set", "memory_routing_max_in_flight=4"]) as proxy:
         with ThreadPoolExecutor(max_workers=50) as pool:
-            statuses = list(pool.map(lambda i: chat(proxy, "slow").status_code, range(50)))
+            calls = [pool.submit(lambda: chat(proxy, "slow").status_code) for _ in range(50)]
+            try:
+                assert wait_until(lambda: fake.in_flight == 4 and queued(proxy) == 46, timeout=WAIT)
+                assert fake.max_in_flight == 4
+            finally:
+                fake.release()
+            statuses = [call.result(WAIT) for call in calls]
     assert statuses == [200] * 50
     assert len(fake.requests) == 50
-    assert 1 < fake.max_in_flight <= 4
+    assert fake.max_in_flight == 4
 
 
 def queued(proxy: RunningProxy) -> int:

@@ -345,11 +345,16 @@ def test_dns_failure_is_502(proxy: RunningProxy, upstream: FakeUpstream):
     assert "no-such-host.invalid" in error["message"]
 
 
+# The two timeout tests wait for the timeout's effect, the 504, bounded by the client's own
+# timeout (WAIT): a proxy whose timer never fired would leave the call to the OS (a blackholed
+# connect retries for minutes) or to the fake's gate (60 s), and the SDK would raise its timeout
+# instead. How soon after the timeout the answer comes is the machine's business, not asserted;
+# that it never comes before the timeout is (one-sided: a slow machine cannot fail it).
 def test_connect_timeout_is_504_and_bounded(proxy: RunningProxy, upstream: FakeUpstream):
     started = time.monotonic()
     error = assert_openai_error(status_error(lambda: chat(proxy, "blackhole-alias")), 504)
-    assert "memory_routing_connect_timeout" in error["message"]
-    assert time.monotonic() - started < CONNECT_TIMEOUT + 5
+    assert f"did not accept a connection within {CONNECT_TIMEOUT} s (memory_routing_connect_timeout)" in error["message"]
+    assert time.monotonic() - started >= CONNECT_TIMEOUT
 
 
 def test_upstream_that_never_answers_is_504_after_the_read_timeout(proxy: RunningProxy, upstream: FakeUpstream):
@@ -358,8 +363,8 @@ def test_upstream_that_never_answers_is_504_after_the_read_timeout(proxy: Runnin
         error = assert_openai_error(status_error(lambda: chat(proxy, "gpt-alias", fault="hang")), 504)
     finally:
         upstream.release()
-    assert "memory_routing_read_timeout" in error["message"]
-    assert READ_TIMEOUT - 0.5 < time.monotonic() - started < READ_TIMEOUT + 5
+    assert f"sent nothing for {READ_TIMEOUT} s (memory_routing_read_timeout)" in error["message"]
+    assert time.monotonic() - started >= READ_TIMEOUT
 
 
 def routed_lines(proxy: RunningProxy) -> list[dict]:

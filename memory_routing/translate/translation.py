@@ -166,6 +166,7 @@ def translate_request(
             model=provider_model, custom_llm_provider=provider, drop_params=drop_params, **mapped, **extra
         )
         body = _native_body(provider, provider_model, messages, dict(optional), litellm_params, headers)
+        _refuse_an_empty_conversation(provider, body)
         encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     except TranslationRefused:
         raise
@@ -230,6 +231,12 @@ def _completion_arguments(
 def _native_body(
     provider: str, model: str, messages: list, optional: dict, litellm_params: dict, headers: dict
 ) -> dict[str, Any]:
+    config = ProviderConfigManager.get_provider_chat_config(model=model, provider=litellm.LlmProviders(provider))
+    if config is None:
+        raise TranslationRefused(400, f"LiteLLM has no chat transformation for {provider}")
+    # As litellm.completion does before any provider transform (called directly here): OpenAI's
+    # "developer" role becomes "system" where the target has no such role.
+    messages = config.translate_developer_role_to_system_role(messages)
     if provider == "gemini":
         # Gemini names the model and the streaming mode in the URL, not in the body.
         optional.pop("stream", None)
@@ -244,15 +251,34 @@ def _native_body(
             if isinstance(m, dict) else m
             for m in messages
         ]
-    config = ProviderConfigManager.get_provider_chat_config(model=model, provider=litellm.LlmProviders(provider))
-    if config is None:
-        raise TranslationRefused(400, f"LiteLLM has no chat transformation for {provider}")
     body = dict(config.transform_request(model, messages, optional, litellm_params, headers))
     # LiteLLM leaves provider extras under extra_body for the OpenAI SDK to merge; no SDK here.
     extra_body = body.pop("extra_body", None)
     if isinstance(extra_body, dict):
         body.update(extra_body)
     return body
+
+
+def _refuse_an_empty_conversation(provider: str, body: dict[str, Any]) -> None:
+    """Refuse a translated conversation the provider refuses whatever the rest says.
+
+    LiteLLM drops what has no equivalent (system-only turns, an assistant turn without content)
+    and can leave nothing, or an assistant turn first, which Anthropic refuses. Said here in the
+    client's terms rather than as the provider's 400 about a body the client never sent.
+    """
+    if provider == "gemini":
+        return  # LiteLLM gives Gemini a user turn when none is left (the system text, or a blank one)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise TranslationRefused(
+            400, f"nothing to send to {provider}: the request has no user or assistant message with content"
+        )
+    first = messages[0]
+    if provider == "anthropic" and isinstance(first, dict) and first.get("role") != "user":
+        raise TranslationRefused(
+            400, "anthropic needs the conversation to start with a user message; this one starts with "
+            f"{first.get('role')!r} (after system messages)",
+        )
 
 
 def _refuse_remote_media(messages: list, provider: str) -> None:
