@@ -1,7 +1,8 @@
 """Contracts with the private mitmproxy and LiteLLM pieces the proxy relies on.
 
 Everything private is fenced in memory_routing/mitm/internals.py and
-memory_routing/translate/litellm_internals.py; these tests pin what those modules assume
+memory_routing/translate/litellm_internals.py (and tiktoken's registry, for LiteLLM's default
+encoding, in memory_routing/routing/deferred_encoding.py); these tests pin what those modules assume
 (signatures, attributes, behaviour on a small input) for the versions the lock file pins:
 mitmproxy 12.x on Python 3.12+, 11.0.2 on 3.11, and the exact LiteLLM. When an upgrade moves
 one of them, it fails here, by name, rather than in a user's request.
@@ -10,7 +11,9 @@ one of them, it fails here, by name, rather than in a user's request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.metadata
+import os
 import inspect
 import json
 import re
@@ -20,6 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tiktoken
+import tiktoken.registry
+from tiktoken_ext import openai_public
 from mitmproxy.addons.proxyauth import ProxyAuth, parse_http_basic_auth
 from mitmproxy.http import Headers
 from mitmproxy.proxy.layers.http import _http1, _http2
@@ -195,3 +201,32 @@ def test_price_table_version_changes_with_litellm_price_table():
         litellm.model_cost.pop(name, None)
         litellm.open_ai_chat_completion_models.discard(name)
         litellm.get_model_info.cache_clear()
+
+
+# --- tiktoken, as LiteLLM uses it (routing/deferred_encoding.py) ------------------------------
+
+def test_tiktoken_get_encoding_answers_from_its_registry_first():
+    marker = object()
+    tiktoken.registry.ENCODINGS["memory-routing-contract"] = marker
+    try:
+        assert tiktoken.get_encoding("memory-routing-contract") is marker
+    finally:
+        del tiktoken.registry.ENCODINGS["memory-routing-contract"]
+
+
+def test_tiktoken_encoding_builds_its_core_in_init_and_methods_read_it():
+    arguments = {"name": "contract", "pat_str": r"\S+|\s+", "mergeable_ranks": {bytes([i]): i for i in range(256)},
+                 "special_tokens": {}}
+    assert "_core_bpe" in vars(tiktoken.Encoding(**arguments))
+    for method in (tiktoken.Encoding.encode, tiktoken.Encoding.decode_bytes, tiktoken.Encoding.encode_ordinary):
+        assert "self._core_bpe" in inspect.getsource(method)
+    assert set(inspect.signature(tiktoken.Encoding).parameters) >= {"name", "pat_str", "mergeable_ranks", "special_tokens"}
+
+
+def test_litellm_points_tiktoken_at_its_bundled_cl100k_table():
+    # Set when LiteLLM is imported (above); the deferred build reads the table from there, offline.
+    constructor = openai_public.ENCODING_CONSTRUCTORS["cl100k_base"]
+    url = re.search(r'"(https://[^"]+cl100k_base\.tiktoken)"', inspect.getsource(constructor)).group(1)
+    cached = Path(os.environ["TIKTOKEN_CACHE_DIR"], hashlib.sha1(url.encode()).hexdigest())
+    assert cached.is_file() and cached.stat().st_size > 1_000_000
+    assert "litellm" in str(cached)
