@@ -276,3 +276,28 @@ def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Pa
         assert gemini.response is None
         assert json.loads(gemini.request.content) == {"contents": [{"parts": [{"text": "[block]"}, {"text": "hi"}]}]}
         assert encodes == [1, 1]
+
+
+def test_tokens_are_counted_off_the_event_loop(config_file: Path, monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+    import threading
+
+    from memory_routing.routing import litellm_loading
+
+    counted_in = []
+
+    def count_input_tokens(model, payload):
+        counted_in.append(threading.get_ident())
+        return 7
+
+    monkeypatch.setattr(litellm_loading.translation(), "count_input_tokens", count_input_tokens)
+    routing, router = make_router(config_file)
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        # An Anthropic client counting tokens for a GPT alias: LiteLLM's tokenizer answers.
+        flow = gateway_flow("/v1/messages/count_tokens", b'{"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}')
+        pending = router.request(flow)
+        assert pending is not None and flow.response is None  # nothing counted on the loop
+        asyncio.run(pending)
+    assert counted_in and counted_in[0] != threading.get_ident()
+    assert flow.response.status_code == 200 and json.loads(flow.response.content) == {"input_tokens": 7}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +124,7 @@ class ModelRouter:
     # --- hooks ----------------------------------------------------------------------------
 
     @fail_closed(500, "the proxy failed to route this request; its log has the details")
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
             return
         on_gateway = is_gateway(flow)
@@ -139,14 +140,26 @@ class ModelRouter:
         try:
             decision, payload = self._decide(flow, call, on_gateway)
             if decision.translation is not None and call.endpoint is Endpoint.COUNT_TOKENS and payload is not None:
-                flow.response = self._count_tokens(decision, payload)
-                return
+                return self._count_tokens_in_thread(flow, call, decision, payload)
             self._apply(flow, decision, payload)
         except ProxyRefusal as e:
-            logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {e.message}")
-            flow.response = refusal_response(e, flow)
-            self._log_refusal(flow, call, e.status, e.message)
+            self._refuse(flow, call, e)
         # Anything else: fail_closed answers 500, as a half-rewritten request must never leave.
+        return None
+
+    def _refuse(self, flow: http.HTTPFlow, call: ModelCall, refusal: ProxyRefusal) -> None:
+        logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {refusal.message}")
+        flow.response = refusal_response(refusal, flow)
+        self._log_refusal(flow, call, refusal.status, refusal.message)
+
+    async def _count_tokens_in_thread(self, flow: http.HTTPFlow, call: ModelCall, decision: RoutingDecision,
+                                      payload: dict[str, Any]) -> None:
+        # A tokenizer's first use builds its table (0.3-0.7 s of CPU) and a long conversation takes
+        # milliseconds to count: neither may hold up the event loop and every other request.
+        try:
+            flow.response = await asyncio.to_thread(self._count_tokens, decision, payload)
+        except ProxyRefusal as e:
+            self._refuse(flow, call, e)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self._records.get(flow)
