@@ -51,7 +51,7 @@ help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser at 127.0.0.1:$(WEB_PORT), WEB_PORT=...)"
 	@echo "make test    run the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
-	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about seven"
+	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about eight"
 	@echo "             minutes; BENCH_ARGS='--quick' about three, BENCH_ARGS='--json out.json' for the figures)"
 	@echo "make bench-memory  replay LoCoMo (../shared/data/locomo-dev.json) through the proxy: memory recall,"
 	@echo "             injected size, latency (BENCH_MEMORY_ARGS='--conversations conv-26 --store-size 100000')"
