@@ -19,7 +19,8 @@ from memory_routing.flow_state import request_json_of
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import placeholder, skeletonize
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
-from memory_routing.wire.request_json import LargeBodyOffload, encode_json, flush_request_json, request_json
+from memory_routing.wire.request_json import LargeBodyOffload, encode_json, request_json
+from router_stand_in import encode_edit
 
 MIN = 64  # a small minimum literal length keeps the documents small
 LONG = "abc " * 40
@@ -357,7 +358,7 @@ def test_recall_goes_into_a_large_body_around_its_long_string(offload):
     assert offload.memory.calls[flow].recall == "injected"
     # The memory leaves the encoding to the router: one encode per request, with its changes.
     assert flow.request.raw_content is client_bytes and request_json_of(flow).edited
-    assert flush_request_json(flow, ENCODE)
+    assert encode_edit(flow)
     content = json.loads(flow.request.content)["messages"][0]["content"]
     assert content.startswith(FENCE_OPEN) and "loves tuna" in content and content.endswith("\n\n" + question)
     # the router's encoding of the same parse (a model rewrite) splices from the client's bytes again

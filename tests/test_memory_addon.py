@@ -14,7 +14,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.wire.request_json import flush_request_json
+from router_stand_in import encode_edit
 from memory_routing.memory.addon import (LOG_FIELDS_KEY, RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
                                          derived_conversation_id)
 from memory_routing.memory.records import NewMemory
@@ -65,10 +65,6 @@ def harness(tmp_path: Path, store):
     memory.done()
 
 
-# The router's body encoder (compact, UTF-8 as is).
-ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 def gateway_flow(path: str, payload: dict | bytes, **headers: str):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     request = tutils.treq(method=b"POST", path=path.encode(), content=body,
@@ -83,7 +79,7 @@ def run(memory: EmbeddedMemory, flow) -> None:
     if pending is not None:
         asyncio.run(pending)
     # What the router does next: encode the memory's edit into the body (with its own changes).
-    flush_request_json(flow, ENCODE)
+    encode_edit(flow)
 
 
 def openai_call(text: str, **headers: str):
@@ -249,7 +245,7 @@ def test_a_repeated_turn_is_answered_from_the_cache_on_the_loop_without_the_reca
     # The retry must not wait on a recall thread: its block is the cached one, taken on the loop.
     harness.memory._pool.shutdown(wait=True)  # a submit would raise RuntimeError now
     assert harness.memory.request(retry) is None
-    assert flush_request_json(retry, ENCODE)  # the router's encode of the edit
+    assert encode_edit(retry)  # the router's encode of the edit
     assert retry.request.raw_content == first.request.raw_content
     assert harness.memory.calls[retry].recall == "injected"
 

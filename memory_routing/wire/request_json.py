@@ -78,17 +78,6 @@ def edit_request_json(flow: http.HTTPFlow, parsed: RequestJson, document: Any) -
     set_request_json(flow, RequestJson(parsed.raw, document, large=parsed.large, edited=True))
 
 
-def flush_request_json(flow: http.HTTPFlow, encode: Callable[[Any], str]) -> bool:
-    """Encode an edited body into the request (the setter re-encodes for a content-encoding);
-    False when there was no edit to write."""
-    parsed = request_json_of(flow)
-    if parsed is None or not parsed.edited:
-        return False
-    flow.request.content, _ = encode_json(parsed.large, parsed.payload, encode)
-    set_request_json(flow, RequestJson(flow.request.raw_content, parsed.payload, large=parsed.large))
-    return True
-
-
 class LargeBodyOffload:
     """Before the memory and the router: a large model-call body is read by the worker process."""
 
