@@ -97,6 +97,34 @@ def set_request_json(flow: object, body: RequestJson) -> None:
     _bodies[flow] = body
 
 
+
+@dataclass(frozen=True, slots=True)
+class AnswerJson:
+    """A whole (unstreamed) answer's JSON, parsed once for the router's usage meter and the
+    memory (wire.answer_json). ``raw``: the response's raw content it was parsed from; when the
+    router translates the answer, the content changes and the translation gets its own parse.
+    ``document`` is None when the answer is not JSON (``error`` says why)."""
+
+    raw: bytes | None
+    document: Any = None
+    error: str | None = None
+
+
+_answers: weakref.WeakKeyDictionary[Any, AnswerJson] = weakref.WeakKeyDictionary()
+
+
+def answer_json_of(flow: object) -> AnswerJson | None:
+    """The flow's parsed answer if it was parsed and the answer has not changed since."""
+    known = _answers.get(flow)
+    response = flow.response  # type: ignore[attr-defined]
+    if known is not None and response is not None and known.raw is response.raw_content:
+        return known
+    return None
+
+
+def set_answer_json(flow: object, answer: AnswerJson) -> None:
+    _answers[flow] = answer
+
 # What really happened to a failed flow, when mitmproxy's error text does not say (a read timeout
 # surfaces as "server closed connection"): set by UpstreamFailures, read by the router's log line.
 FAILURE_NOTE_KEY = "memory_routing.failure"

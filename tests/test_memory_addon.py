@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -472,3 +473,33 @@ def test_retention_from_the_config_starts_with_the_proxy_and_shows_in_info(harne
     assert [m.text for m in harness.store.list("alice")[1]] == ["a fresh note on otters"]
     status = harness.memory.status()
     assert status["retention_days"] == 365 and status["pruned"] == 4 and status["memories"] == 1
+
+
+def test_the_answer_is_read_from_the_parse_the_router_made_and_a_translation_is_parsed_anew(harness, monkeypatch):
+    from memory_routing.wire import answer_json as answer_json_module
+
+    decodes = []  # one per parse of an answer: each is recorded for the flow's other readers
+    record = answer_json_module.set_answer_json
+    monkeypatch.setattr(answer_json_module, "set_answer_json", lambda flow, parsed: decodes.append(1) or record(flow, parsed))
+    flow = openai_call("Miso caught a moth", x_memory_conversation_id="p1")
+    run(harness.memory, flow)
+    flow.response = Response.make(200, json.dumps(OPENAI_ANSWER).encode(), {"content-type": "application/json"})
+    harness.memory.answers.responseheaders(flow)
+    parsed = answer_json_module.answer_json(flow)  # what the router's usage meter does
+    assert parsed.document == OPENAI_ANSWER
+    # Marked, to tell that parse from a second one the memory might make.
+    shared = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "From the shared parse."}}]}
+    record(flow, replace(parsed, document=shared))
+    harness.memory.answers.response(flow)
+    assert decodes == [1]  # the memory read that parse
+    assert ("assistant", "From the shared parse.") in stored(harness, "alice")
+    # A translated answer is new content: read in full, never from the upstream's parse.
+    flow = openai_call("Miso caught a fly", x_memory_conversation_id="p2")
+    run(harness.memory, flow)
+    flow.response = Response.make(200, b'{"content": [{"type": "text", "text": "upstream format"}]}', {"content-type": "application/json"})
+    harness.memory.answers.responseheaders(flow)
+    answer_json_module.answer_json(flow)
+    flow.response.content = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Quick cat."}}]}).encode()
+    harness.memory.answers.response(flow)
+    assert decodes == [1, 1, 1]
+    assert ("assistant", "Quick cat.") in stored(harness, "alice")

@@ -135,6 +135,27 @@ def test_event_streams_and_chunked_bodies_are_streamed(config_file: Path, conten
     assert bool(flow.response.stream) is streamed
 
 
+
+def test_a_whole_answers_usage_comes_from_the_parse_the_memory_reads_next(config_file: Path):
+    from memory_routing.flow_state import answer_json_of
+
+    routing, router = make_router(config_file)
+    lines = []
+    router.log_sinks.append(lines.append)
+    answer = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
+    with taddons.context(routing, router) as tctx:
+        tctx.configure(routing, memory_routing_config=str(config_file))
+        flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
+        router.request(flow)
+        body = json.dumps(answer).encode()
+        flow.response = tutils.tresp(headers=Headers(content_type="application/json", content_length=str(len(body))), content=body)
+        router.responseheaders(flow)
+        router.response(flow)
+    parsed = answer_json_of(flow)  # left for the memory: it reads the answer's text from this parse
+    assert parsed is not None and parsed.document == answer
+    (line,) = lines
+    assert (line["input_tokens"], line["output_tokens"]) == (3, 5)
+
 def allow_regex(tctx) -> re.Pattern[str]:
     (pattern,) = tctx.options.allow_hosts
     return re.compile(pattern, re.IGNORECASE)

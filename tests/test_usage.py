@@ -67,3 +67,35 @@ def test_large_answers_read_only_the_usage_object():
     assert meter_over(big, 4096, event_stream=False) == Usage(12, 34)
     assert meter_over(gemini, 4096, event_stream=False) == Usage(3, 4)
     assert meter_over(anthropic, 4096, event_stream=False) == Usage(5, 6)
+
+
+_DECODE = object()
+
+
+def whole(body: bytes, document=_DECODE) -> tuple[Usage, int]:
+    """read_whole over `body`, the shared parse being `document` (default: `body` decoded);
+    also how often that parse was asked for."""
+    asked = []
+    meter = UsageMeter(event_stream=False)
+    meter.read_whole(body, lambda: asked.append(1) or (json.loads(body) if document is _DECODE else document))
+    return meter.finish(), len(asked)
+
+
+def test_a_whole_small_answer_takes_its_usage_from_the_shared_parse():
+    anthropic = json.dumps({"type": "message", "usage": {"input_tokens": 4, "output_tokens": 6}}).encode()
+    assert whole(anthropic) == (Usage(4, 6), 1)
+    # The parse handed over is what counts (the memory reads the same one): not a second decode.
+    assert whole(anthropic, document={"usage": {"input_tokens": 9}}) == (Usage(9, None), 1)
+    gemini_array = json.dumps([{"usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 3}}]).encode()
+    assert whole(gemini_array) == (Usage(1, 3), 1)
+
+
+def test_a_whole_answer_is_not_parsed_for_usage_it_cannot_have():
+    assert whole(b'{"choices": []}') == (Usage(), 0)  # no "usage" in it: nothing to read
+    assert whole(b"") == (Usage(), 0)
+    big = json.dumps({"content": [{"text": "z" * 5000}], "usage": {"input_tokens": 5, "output_tokens": 6}}).encode()
+    assert whole(big) == (Usage(5, 6), 0)  # a large one: only its usage object is decoded
+    oversized = b'{"usage":{"prompt_tokens":1},"pad":"' + b"x" * JSON_BODY_LIMIT + b'"}'
+    assert whole(oversized) == (Usage(), 0)
+    # Not JSON: the shared parse holds no document, which gives no usage.
+    assert whole(b'{"usage": broken', document=None) == (Usage(), 1)

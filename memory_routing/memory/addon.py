@@ -43,6 +43,7 @@ from memory_routing.routing.headers import request_headers
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
+from memory_routing.wire.answer_json import answer_json
 from memory_routing.wire.request_json import edit_request_json, request_json
 from memory_routing.wire.responses import error_response
 
@@ -423,7 +424,7 @@ class MemoryAnswers:
         if state is None or not state.writes or flow.response is None:
             return
         try:
-            answer = _answer_text(state, flow.response)
+            answer = _answer_text(state, flow)
             if answer is not None:
                 state.writer.submit(state.memories(answer))  # never blocks
         except Exception as e:  # noqa: BLE001 - memory never fails a call
@@ -447,13 +448,13 @@ def _will_store(flow: http.HTTPFlow, state: _CallMemory) -> bool:
         return True  # the human turn is stored whatever the answer
     # A tool loop's follow-up: only an answer that says something is kept.
     if state.collector is not None or state.buffer is not None:
-        answer = _answer_text(state, response)
+        answer = _answer_text(state, flow)
     else:
         # A whole answer, read before the router translates it: in the upstream's format.
         route = route_of(flow)
         translation = route.decision.translation if route is not None else None
         protocol = translation.target_protocol.value if translation is not None else state.protocol
-        answer = _answer_text(replace(state, protocol=protocol), response)
+        answer = _answer_text(replace(state, protocol=protocol), flow)
     return bool(state.memories(answer or ""))
 
 
@@ -488,18 +489,20 @@ def _feed_event(collector: AnswerTextCollector, data: str) -> None:
     collector.feed(event)
 
 
-def _answer_text(state: _CallMemory, response: http.Response) -> str | None:
+def _answer_text(state: _CallMemory, flow: http.HTTPFlow) -> str | None:
     """The assistant's text of a complete answer in the client's format; None when it cannot be read."""
     if state.collector is not None:
         return state.collector.text()
     if state.buffer is not None:
-        body = bytes(state.buffer)
+        try:
+            document = json.loads(bytes(state.buffer))
+        except ValueError:
+            return None
     else:
-        body = response.get_content(strict=False) or b""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
+        parsed = answer_json(flow)  # the router's usage meter read the same parse
+        if parsed.error is not None:
+            return None
+        document = parsed.document
     if isinstance(document, list):  # Gemini's streamGenerateContent without alt=sse: an array of answers
         collector = AnswerTextCollector(state.protocol)
         for item in document:

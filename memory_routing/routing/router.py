@@ -41,6 +41,7 @@ from memory_routing.routing.planner import (
 )
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.routing import litellm_loading
+from memory_routing.wire.answer_json import answer_json
 from memory_routing.wire.usage import UsageMeter
 
 if TYPE_CHECKING:
@@ -194,7 +195,9 @@ class ModelRouter:
             return
         if record.meter is None and not record.stream and flow.response.raw_content is not None:
             record.meter = UsageMeter(event_stream=False)
-            record.meter.feed(flow.response.content or b"")
+            # The memory reads the same answer next: both use one parse of it.
+            record.meter.read_whole(
+                flow.response.get_content(strict=False) or b"", lambda: answer_json(flow).document)
         if record.answer is not None and not record.stream:
             self._translate_answer(flow, record.answer)
         self._log(flow, record, status=flow.response.status_code, error=None)

@@ -7,6 +7,7 @@ alters the stream, and it keeps at most a bounded amount of data.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,17 @@ class UsageMeter:
             if line.startswith(b"data:"):
                 self._read_event(line[5:].strip())
 
+    def read_whole(self, body: bytes, parsed: Callable[[], Any]) -> None:
+        """A whole (unstreamed) JSON answer: a small one's usage is taken from ``parsed()``, the
+        parse the other readers of the answer share (wire.answer_json); a large one's usage
+        objects alone are decoded here, not the whole completion."""
+        if self.event_stream or not body or len(body) > JSON_BODY_LIMIT or b'"usage' not in body:
+            return
+        if len(body) >= _PARTIAL_PARSE_FROM:
+            self._read_document(body)
+        else:
+            self._take_document(parsed())
+
     def finish(self) -> Usage:
         if self._pending and not self._overflow:
             if self.event_stream:
@@ -77,9 +89,7 @@ class UsageMeter:
                 document = json.loads(data)
             except ValueError:
                 return
-            for item in document if isinstance(document, list) else [document]:
-                if isinstance(item, dict):
-                    self._take(item)
+            self._take_document(document)
             return
         # A large answer: decode only the usage objects, not the whole completion.
         text = data.decode("utf-8", "replace")
@@ -93,6 +103,11 @@ class UsageMeter:
             except ValueError:
                 continue
             self._take({key.strip('"'): usage})
+
+    def _take_document(self, document: Any) -> None:
+        for item in document if isinstance(document, list) else [document]:
+            if isinstance(item, dict):
+                self._take(item)
 
     def _take(self, obj: dict[str, Any]) -> None:
         # OpenAI chat/completions, embeddings; Anthropic message and message_delta; Responses.
