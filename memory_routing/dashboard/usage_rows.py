@@ -15,7 +15,8 @@ import statistics
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 
@@ -47,6 +48,9 @@ class UsageRow:
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(UsageRow))
+# A row's values in column order. Not dataclasses.astuple: it deep-copies every value (its
+# generality costs about 20 µs of the writer's CPU per row; every field here is a scalar).
+_row_values = attrgetter(*USAGE_COLUMNS)
 GROUP_BY = ("user", "model", "client", "day", "all")
 BUCKETS = {"hour": 3600, "day": 86400}
 
@@ -92,7 +96,7 @@ def create_usage_schema(conn: sqlite3.Connection) -> None:
 
 
 def insert_usage(conn: sqlite3.Connection, rows: Iterable[UsageRow]) -> int:
-    values = [astuple(row) for row in rows]
+    values = [_row_values(row) for row in rows]
     placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
     with _transaction(conn):
         conn.executemany(f"INSERT INTO usage_calls ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})", values)
