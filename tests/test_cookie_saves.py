@@ -82,8 +82,8 @@ def saved_values(path: Path) -> dict[str, set[str]]:
 
 async def settled(cookies: UpstreamCookies) -> None:
     """Wait (bounded) for the write that is running, if any."""
-    if cookies._writing is not None:
-        await asyncio.wait_for(asyncio.shield(cookies._writing), WAIT)
+    if cookies._saving is not None:
+        await asyncio.wait_for(asyncio.wrap_future(cookies._saving[0]), WAIT)
 
 
 def test_a_slow_save_runs_off_the_loop_and_does_not_hold_hooks(tmp_path: Path):
@@ -103,7 +103,7 @@ def test_a_slow_save_runs_off_the_loop_and_does_not_hold_hooks(tmp_path: Path):
             cookies.responseheaders(routed("alice", "cf_clearance=two; Path=/"))
             assert len(writer.calls) == 1  # the second change waits for the running write
             writer.release.set()
-            await cookies.done()
+            cookies.done()
 
     asyncio.run(scenario())
     assert writer.released_in_time == [True, True]
@@ -127,7 +127,7 @@ def test_saves_are_debounced_by_the_clock(tmp_path: Path):
                 clock.now += SAVE_INTERVAL / 40
                 cookies.responseheaders(routed("alice", f"__cf_bm=v{index}; Path=/"))
             assert len(writer.calls) == 1 and cookies._timer is not None
-            await cookies.done()  # shutdown writes what the timer would have
+            cookies.done()  # shutdown writes what the timer would have
             assert len(writer.calls) == 2 and writer.names_written(1) == {"v19"}
 
             clock.now += SAVE_INTERVAL  # a change after a quiet interval is saved at once again
@@ -152,7 +152,7 @@ def test_evicted_jars_are_saved_and_read_back(tmp_path: Path):
                 cookies.responseheaders(routed(user, f"__cf_bm={user}-token; Path=/"))
                 await settled(cookies)
             assert cookies.jar.resident_count == 2
-            await cookies.done()
+            cookies.done()
             assert saved_values(path) == {u: {f"{u}-token"} for u in ("alice", "bob", "carol", "dave")}
 
             back = routed("alice")
@@ -166,7 +166,7 @@ def test_evicted_jars_are_saved_and_read_back(tmp_path: Path):
             pending = cookies.responseheaders(routed("bob", "cf_clearance=bob-new; Path=/"))
             assert pending is not None
             await asyncio.wait_for(pending, WAIT)
-            await cookies.done()
+            cookies.done()
 
     asyncio.run(scenario())
     assert saved_values(path)["bob"] == {"bob-token", "bob-new"}
@@ -194,7 +194,7 @@ def test_a_jar_pushed_out_before_its_save_comes_back_from_its_snapshot(tmp_path:
             writer.release.set()
             await asyncio.wait_for(pending, WAIT)
             assert alice.request.headers["cookie"] == "__cf_bm=a"
-            await cookies.done()
+            cookies.done()
 
     asyncio.run(scenario())
     assert reads == ["alice"]
@@ -211,7 +211,7 @@ def test_shutdown_flushes_and_a_restart_reads_everything(tmp_path: Path):
             tctx.configure(cookies, memory_routing_cookie_file=str(path), memory_routing_cookie_scope="user")
             for user in ("alice", "bob", "carol"):  # all but the first save wait for the clock
                 cookies.responseheaders(routed(user, f"__cf_bm={user}; Path=/"))
-            await cookies.done()
+            cookies.done()
 
     asyncio.run(run_once())
     restarted = UpstreamCookies()
@@ -249,3 +249,31 @@ def test_without_a_file_jars_beyond_the_limit_are_dropped():
         kept = routed("erin")
         cookies.request(kept)
     assert kept.request.headers["cookie"] == "__cf_bm=erin"
+
+
+def test_a_reload_of_the_script_writes_the_last_cookies_from_synchronous_code(tmp_path: Path):
+    from mitmproxy import hooks
+
+    from memory_routing.mitm.pipeline import AddonPipeline
+
+    writer = RecordingWriter(hold=True)
+    cookies = UpstreamCookies(writer=writer)
+    pipeline = AddonPipeline([cookies])
+    path = tmp_path / "jar.json"
+
+    async def scenario() -> None:
+        with taddons.context(pipeline) as tctx:
+            tctx.configure(pipeline, memory_routing_cookie_file=str(path))
+            cookies.responseheaders(routed("alice", "__cf_bm=one; Path=/"))
+            assert await asyncio.to_thread(writer.entered.wait, WAIT)  # a save is running
+            cookies.responseheaders(routed("alice", "cf_clearance=two; Path=/"))  # and one is due
+            writer.release.set()
+            # No await from here on: the running save's callback on the loop cannot run. This is
+            # how mitmproxy calls done when addon.py changes on disk (AddonManager.invoke_addon_sync).
+            tctx.master.addons.invoke_addon_sync(pipeline, hooks.DoneHook())
+            assert saved_values(path) == {"machine": {"one", "two"}}
+            assert not cookies.jar.has_changes
+
+    asyncio.run(scenario())
+    assert len(writer.calls) == 2 and writer.released_in_time == [True, True]
+    assert all(thread is not threading.main_thread() for thread in writer.threads)

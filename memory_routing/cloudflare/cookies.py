@@ -3,7 +3,9 @@
 The jar file is written off the event loop: a change schedules a save (at most one per
 ``SAVE_INTERVAL`` seconds), the snapshot of what changed is taken on the loop, and the merge into
 the file, its fsync and rename run on one writer thread (one thread, so writes and read-backs of
-evicted jars happen in order). ``done`` waits for the last save.
+evicted jars happen in order). ``done`` waits for a running save and writes what is left, in
+place: mitmproxy calls it from synchronous code when addon.py is reloaded, where nothing could
+await a save.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mitmproxy import ctx
@@ -31,6 +34,7 @@ DEFAULT_FILE_NAME = "memory-routing-cookies.json"
 SCOPES = ("machine", "user")
 SAVE_INTERVAL = 1.0  # seconds between two saves of the jar file, at most one save per interval
 LIMIT_OPTION = "memory_routing_cookie_jar_limit"
+LAST_SAVE_WAIT = 10.0  # seconds done() waits for a save already running before it writes its own
 
 
 class UpstreamCookies:
@@ -49,7 +53,9 @@ class UpstreamCookies:
         self._thread: ThreadPoolExecutor | None = None
         self._last_save = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
-        self._writing: asyncio.Future[None] | None = None
+        # The save running on the writer thread, with the changes it writes.
+        self._saving: tuple[Future[None], JarChanges] | None = None
+        self._closing = False
         self._reading: dict[str, asyncio.Future[None]] = {}
 
     def load(self, loader) -> None:
@@ -110,18 +116,31 @@ class UpstreamCookies:
         then(flow, scope)
         return None
 
-    async def done(self) -> None:
-        """Write what is not saved yet (shutdown must not lose the last cookies)."""
-        while self._writing is not None:
-            await asyncio.shield(self._writing)
+    def done(self) -> None:
+        """Write what is not saved yet: shutdown, or a reload of addon.py, must not lose the last
+        cookies. Blocks the loop for the last write (a small file, once): mitmproxy may call this
+        from synchronous code, where a save left to the loop would never be awaited."""
+        self._closing = True  # a settled save schedules no other: this writes what is left
         self._cancel_timer()
-        if self.path is not None and self.jar.has_changes:
-            self._start_save()
-            if self._writing is not None:
-                await asyncio.shield(self._writing)
+        self._wait_for_save()
+        if self.path is not None and self.jar.has_changes and self._saving is None:
+            changes = self.jar.take_changes()
+            # On the writer thread all the same: after any read-back queued there, in order.
+            self._saving = (self._writer_thread().submit(self.writer, self.path, changes), changes)
+            self._wait_for_save()
         if self._thread is not None:
             self._thread.shutdown(wait=False)
             self._thread = None
+        self._closing = False
+
+    def _wait_for_save(self) -> None:
+        if self._saving is None:
+            return
+        saving, changes = self._saving
+        if futures.wait([saving], timeout=LAST_SAVE_WAIT).done:
+            self._settle(saving, changes)  # its callback on the loop could not run before this returns
+        else:
+            logger.warning(f"memory-routing: the cookie jar's last save to {self.path} did not finish in time")
 
     def status(self) -> list[dict[str, object]]:
         return [
@@ -182,7 +201,7 @@ class UpstreamCookies:
             self._schedule_save()
 
     def _schedule_save(self) -> None:
-        if self.path is None or self._timer is not None or self._writing is not None:
+        if self.path is None or self._closing or self._timer is not None or self._saving is not None:
             return  # a save is due already, or one is running (it reschedules when done)
         try:
             loop = asyncio.get_running_loop()
@@ -206,12 +225,17 @@ class UpstreamCookies:
             return
         changes = self.jar.take_changes()
         self._last_save = self.clock()
-        self._writing = asyncio.get_running_loop().run_in_executor(self._writer_thread(), self.writer, self.path, changes)
-        self._writing.add_done_callback(lambda writing: self._saved(writing, changes))
+        saving = self._writer_thread().submit(self.writer, self.path, changes)
+        self._saving = (saving, changes)
+        # Settled on the loop when it ends, or by done() if that comes first.
+        asyncio.wrap_future(saving).add_done_callback(lambda _: self._settle(saving, changes))
 
-    def _saved(self, writing: asyncio.Future[None], changes: JarChanges) -> None:
-        self._writing = None
-        error = "cancelled" if writing.cancelled() else writing.exception()
+    def _settle(self, saving: Future[None], changes: JarChanges) -> None:
+        """A finished save: its changes are saved, or back in the jar's unsaved ones."""
+        if self._saving is None or self._saving[0] is not saving:
+            return  # settled already
+        self._saving = None
+        error = "cancelled" if saving.cancelled() else saving.exception()
         if error is None:
             self.jar.saved(changes)
         else:
