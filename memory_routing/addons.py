@@ -62,7 +62,7 @@ def create_stages() -> list[object]:
         UsageLog(stores, router),
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
-            memory_status=memory.status, litellm_loaded=lambda: litellm_loading.loaded,
+            memory_status=memory.status, litellm_status=litellm_loading.status,
         ),
         litellm_loading,
         LargeBodyOffload(routing),  # a large body is read off the loop before anyone parses it

@@ -64,10 +64,16 @@ def test_health_answers_before_litellm_and_an_early_model_call_waits(fake: FakeU
             except Exception as e:  # recorded, asserted below
                 answers.append(e)
 
+        assert body["calls_waiting_for_litellm"] == 0
         caller = threading.Thread(target=call)
         caller.start()
-        # The call is held while LiteLLM cannot load; /health still answers meanwhile.
-        assert _health(proxy)["litellm_loaded"] is False
+        # The call reaches the proxy and is held while LiteLLM cannot load: /health still
+        # answers meanwhile and counts it. Only then does the import go on.
+        deadline = time.monotonic() + WAIT
+        while (held := _health(proxy))["calls_waiting_for_litellm"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held["calls_waiting_for_litellm"] == 1 and held["litellm_loaded"] is False
+        assert caller.is_alive() and not answers
         gate.touch()
         caller.join(WAIT)
         assert not caller.is_alive()
@@ -76,4 +82,5 @@ def test_health_answers_before_litellm_and_an_early_model_call_waits(fake: FakeU
         deadline = time.monotonic() + WAIT
         while not _health(proxy)["litellm_loaded"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _health(proxy)["litellm_loaded"] is True
+        final = _health(proxy)
+        assert final["litellm_loaded"] is True and final["calls_waiting_for_litellm"] == 0

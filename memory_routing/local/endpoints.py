@@ -66,11 +66,12 @@ class LocalEndpoints:
         status_sources: dict[str, Callable[[], object]] | None = None,
         stores: LocalStores | None = None,
         memory_status: Callable[[], dict[str, object]] | None = None,
-        litellm_loaded: Callable[[], bool] | None = None,
+        litellm_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.routing = routing
-        # /health says whether LiteLLM's model table is loaded yet (model calls wait for it).
-        self.litellm_loaded = litellm_loaded
+        # /health says whether LiteLLM's model table is loaded yet, and how many model calls
+        # wait for it meanwhile.
+        self.litellm_status = litellm_status
         # The local SQLite file (memory, usage rows) the dashboard reads; None: no dashboard.
         self.stores = stores
         # The memory addon's own account for /memory-routing/info (backend and counts, never
@@ -118,8 +119,8 @@ class LocalEndpoints:
 
     def health(self, flow: http.HTTPFlow) -> http.Response:
         body = health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
-        if self.litellm_loaded is not None:
-            body["litellm_loaded"] = self.litellm_loaded()
+        if self.litellm_status is not None:
+            body.update(self.litellm_status())
         return json_response(200, body)
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:

@@ -39,10 +39,15 @@ class LiteLLMLoading:
         self.routing = routing
         self._ready = threading.Event()
         self._loaded: asyncio.Future[None] | None = None
+        self.waiting = 0  # model calls held until the import is done (shown by /health)
 
     @property
     def loaded(self) -> bool:
         return self._ready.is_set()
+
+    def status(self) -> dict[str, object]:
+        """What /health says of the import: whether it is done, and how many calls wait for it."""
+        return {"litellm_loaded": self.loaded, "calls_waiting_for_litellm": self.waiting}
 
     def running(self) -> None:
         if self._loaded is not None:
@@ -81,7 +86,10 @@ class LiteLLMLoading:
 
     async def _wait(self) -> None:
         assert self._loaded is not None
+        self.waiting += 1
         try:
             await asyncio.wait_for(asyncio.shield(self._loaded), WAIT_SECONDS)
         except TimeoutError:
             logger.warning("memory-routing: LiteLLM still loading; this call imports it in the foreground")
+        finally:
+            self.waiting -= 1
