@@ -39,7 +39,7 @@ from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
-from memory_routing.routing.headers import request_headers
+from memory_routing.routing.headers import replaced_fields, request_headers
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
@@ -382,9 +382,8 @@ class MemoryAnswers:
             return
         if state.recall is not None:
             # One replacement of the fields instead of two setter calls (~8 µs each).
-            response.headers.fields = tuple(
-                field for field in response.headers.fields if field[0].lower() not in _RECALL_HEADER_NAMES
-            ) + ((_RECALL_MS_NAME, f"{state.recall_ms:.2f}".encode()), (_RECALL_NAME, state.recall.encode()))
+            response.headers.fields = replaced_fields(response.headers.fields, _RECALL_HEADER_NAMES, (
+                (_RECALL_MS_NAME, f"{state.recall_ms:.2f}".encode()), (_RECALL_NAME, state.recall.encode())))
         if not state.writes or not 200 <= response.status_code < 300:
             state.writes = False
             return

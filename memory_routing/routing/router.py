@@ -19,7 +19,7 @@ from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
 from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, request_json_of, set_route
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
-from memory_routing.routing.headers import HeaderIndex, request_headers
+from memory_routing.routing.headers import HeaderIndex, replaced_fields, request_headers
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.internals import set_request_target
@@ -284,10 +284,7 @@ class ModelRouter:
                 added = added + ((b"content-length", str(len(body)).encode()),)
         # One pass over the raw fields rather than a setter call per header. x-sm-* headers are
         # the memory router's: only the proxy's own values may reach it.
-        request.headers.fields = tuple(
-            (name, value) for name, value in request.headers.fields
-            if (lowered := name.lower()) not in dropped and not lowered.startswith(b"x-sm-")
-        ) + added
+        request.headers.fields = replaced_fields(request.headers.fields, dropped, added, drop_prefix=b"x-sm-")
         if body is not None:
             if b"content-length" in dropped:
                 request.raw_content = body
