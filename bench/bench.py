@@ -404,19 +404,24 @@ class ProcessRound:
     rss_loaded_mib: float  # idle, after the batches
 
 
-# (name, with the addon, extra mitmdump arguments), alternating within each round.
-PROCESS_KINDS: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
-    ("addon", True, ()),
-    ("mitmdump", False, ()),
-    ("mitmdump-streaming", False, ("--set", "stream_large_bodies=1")),
+FLOOR_ADDON = Path(__file__).resolve().parent / "floor_addon.py"
+# (name, with the addon, extra mitmdump arguments, scripts), alternating within each round. The
+# floor is bare mitmdump with the least a routing addon does per call (floor_addon.py).
+PROCESS_KINDS: tuple[tuple[str, bool, tuple[str, ...], tuple[Path, ...]], ...] = (
+    ("addon", True, (), ()),
+    ("mitmdump", False, (), ()),
+    ("mitmdump-streaming", False, ("--set", "stream_large_bodies=1"), ()),
+    ("floor", False, (), (FLOOR_ADDON,)),
 )
 
 
 def process_round(workdir: Path, upstream_port: int, with_addon: bool, index: int, concurrency: int,
-                  plain_requests: int, stream_requests: int, extra_args: tuple[str, ...] = ()) -> ProcessRound:
-    name = f"{'addon' if with_addon else 'mitmdump'}{'-streaming' if extra_args else ''}-round{index}"
+                  plain_requests: int, stream_requests: int, extra_args: tuple[str, ...] = (),
+                  kind: str = "", scripts: tuple[Path, ...] = ()) -> ProcessRound:
+    name = f"{kind or ('addon' if with_addon else 'mitmdump')}-round{index}"
     spawned = time.monotonic()
-    process, port, log = spawn_mitmdump(workdir, name, upstream_port, with_addon, extra_args=extra_args)
+    process, port, log = spawn_mitmdump(workdir, name, upstream_port, with_addon, extra_args=extra_args,
+                                        scripts=scripts, env={"BENCH_FLOOR_DIR": str(workdir)})
     try:
         deadline = spawned + START_TIMEOUT
         health = wait_answered(port, process, log, "GET", "/health", b"", deadline) if with_addon else None
@@ -496,7 +501,7 @@ def main() -> int:
         raise RuntimeError("upstream did not start")
     upstream_port = receive.recv()
 
-    rounds: dict[str, list[ProcessRound]] = {name: [] for name, _, _ in PROCESS_KINDS}
+    rounds: dict[str, list[ProcessRound]] = {name: [] for name, _, _, _ in PROCESS_KINDS}
     samples: dict[str, dict[str, list[float]]] = {}
     census: dict[str, dict] = {}
     instructions: dict[str, float] = {}
@@ -506,9 +511,9 @@ def main() -> int:
             # Part 1. A fresh process per round, addon and bare alternating, so that machine
             # noise (a shared 2-core VM) hits both alike; ratios are taken within a round.
             for index in range(args.process_rounds):
-                for name, with_addon, extra_args in PROCESS_KINDS:
+                for name, with_addon, extra_args, scripts in PROCESS_KINDS:
                     rounds[name].append(process_round(workdir, upstream_port, with_addon, index, args.concurrency,
-                                                      args.cpu_requests, args.stream_requests, extra_args))
+                                                      args.cpu_requests, args.stream_requests, extra_args, name, scripts))
                     print(f"round {index + 1}/{args.process_rounds} {name}: {rounds[name][-1]}", file=sys.stderr)
             for name, with_addon in (("mitmdump", False), ("addon", True)):
                 census[name] = hook_census(workdir, upstream_port, with_addon)
@@ -566,6 +571,8 @@ def main() -> int:
     # pays its own per-chunk path, so the ratio shows the addon's cost over streaming itself.
     ratios["stream_vs_streaming"] = [b.cpu_us_stream / a.cpu_us_stream
                                      for a, b in zip(rounds["addon"], rounds["mitmdump-streaming"])]
+    # The floor: bare mitmdump against itself running the least a routing addon does per call.
+    ratios["floor_plain"] = [b.cpu_us_plain / f.cpu_us_plain for f, b in zip(rounds["floor"], rounds["mitmdump"])]
     summary = {f"capacity_{kind}": median(values) for kind, values in ratios.items()}
     summary["stream_streaming_us"] = median([r.cpu_us_stream for r in rounds["mitmdump-streaming"]])
     print_report(results, summary, census, args.process_rounds)
@@ -653,6 +660,9 @@ def print_report(results: dict[str, dict[str, float]], summary: dict[str, float]
     if "capacity_stream_vs_streaming" in summary:
         print(f"        stream, against mitmdump that streams too (stream_large_bodies=1; bare mitmdump buffers): "
               f"{summary['capacity_stream_vs_streaming']:.1%} ({summary['stream_streaming_us']:.0f} us/stream there)")
+    if "capacity_floor_plain" in summary:
+        print(f"        the floor, for scale: mitmdump running only what no routing addon can skip "
+              f"(bench/floor_addon.py): plain {summary['capacity_floor_plain']:.1%}")
     if bare.get("instructions_k", nan) == bare.get("instructions_k", nan):
         print(f"        by callgrind instructions/request: {bare['instructions_k'] / addon['instructions_k']:.1%} "
               "(misses cache and allocation effects)")
