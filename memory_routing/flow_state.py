@@ -97,7 +97,6 @@ def set_request_json(flow: object, body: RequestJson) -> None:
     _bodies[flow] = body
 
 
-
 @dataclass(frozen=True, slots=True)
 class AnswerJson:
     """A whole (unstreamed) answer's JSON, parsed once for the router's usage meter and the
@@ -124,6 +123,7 @@ def answer_json_of(flow: object) -> AnswerJson | None:
 
 def set_answer_json(flow: object, answer: AnswerJson) -> None:
     _answers[flow] = answer
+
 
 # What really happened to a failed flow, when mitmproxy's error text does not say (a read timeout
 # surfaces as "server closed connection"): set by UpstreamFailures, read by the router's log line.

@@ -3,9 +3,9 @@
 The jar file is written off the event loop: a change schedules a save (at most one per
 ``SAVE_INTERVAL`` seconds), the snapshot of what changed is taken on the loop, and the merge into
 the file, its fsync and rename run on one writer thread (one thread, so writes and read-backs of
-evicted jars happen in order). ``done`` waits for a running save and writes what is left, in
-place: mitmproxy calls it from synchronous code when addon.py is reloaded, where nothing could
-await a save.
+evicted jars happen in order). ``done`` waits for a running save, then has what is left written
+and waits for that too, blocking: mitmproxy calls it from synchronous code when addon.py is
+reloaded, where nothing could await a save.
 """
 
 from __future__ import annotations
