@@ -71,6 +71,20 @@ def test_info_through_the_forward_proxy_over_https(proxy: RunningProxy):
     assert (body["user_id"], body["listener"], body["is_default"]) == ("pycharm-ai", "forward", False)
 
 
+
+def test_a_base_url_set_to_the_forward_proxy_listener_is_told_where_the_gateway_is(proxy: RunningProxy):
+    # mitmproxy alone answers such a request with its HTML "destination unknown" page (502).
+    client = openai.OpenAI(base_url=f"{proxy.forward_url}/v1", api_key="sk-client", max_retries=0, timeout=20)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 421
+    message = raised.value.body["message"]
+    assert "forward-proxy listener" in message and f"OPENAI_BASE_URL={proxy.gateway_url}/v1" in message
+    status, body = curl("-X", "POST", f"{proxy.forward_url}/v1/messages", "-H", "content-type: application/json",
+                        "-H", "anthropic-version: 2023-06-01", "-d", '{"model": "claude-sonnet-4.5", "max_tokens": 5}')
+    assert status == 421 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert proxy.gateway_url in body["error"]["message"]
+
 def test_info_on_the_gateway(proxy: RunningProxy):
     status, body = curl(f"{proxy.gateway_url}/memory-routing/info", "-H", "User-Agent: claude-cli/2.1.0 (external, cli)")
     assert status == 200

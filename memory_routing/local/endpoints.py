@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
@@ -25,6 +26,7 @@ from memory_routing.local.bodies import (
 from memory_routing.wire.protocol import ClientProtocol, detect_protocol
 from memory_routing.wire.responses import error_response, json_response, refusal_response
 from memory_routing.config.holder import RoutingConfig
+from memory_routing.mitm.modes import gateway_urls, loopback_alias, own_listeners
 
 # Through the forward proxy the endpoints live on this name. ".localhost" is reserved
 # (RFC 6761): it never resolves to a real server, so no request to it can leak upstream.
@@ -81,16 +83,28 @@ class LocalEndpoints:
         # Live state of other addons shown under "upstreams" in /memory-routing/info.
         self.status_sources = status_sources or {}
         self.started_at = time.time()
+        # This proxy's listeners, to answer a request addressed to the forward-proxy listener
+        # itself (a base URL set to it) instead of mitmproxy's HTML "destination unknown" page.
+        self.own_listeners: frozenset[tuple[str, int]] = frozenset()
+        self.gateway_urls: list[str] = []
         self.routes: dict[str, Callable[[http.HTTPFlow], http.Response]] = {
             HEALTH_PATH: self.health,
             INFO_PATH: self.routing_info,
             MODELS_PATH: self.models,
         }
 
+    def configure(self, updated) -> None:
+        if {"mode", "listen_host"} & set(updated):
+            self.own_listeners = own_listeners(ctx.options.mode, ctx.options.listen_host)
+            self.gateway_urls = gateway_urls(ctx.options.mode, ctx.options.listen_host)
+
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
             return None
         on_gateway = is_gateway(flow)
+        if not on_gateway and (loopback_alias(flow.request.host), flow.request.port) in self.own_listeners:
+            flow.response = error_response(flow, 421, self._misdirected(flow))
+            return None
         if not on_gateway and flow.request.host.lower() != RESERVED_HOST:
             return None
         raw_path = flow.request.path.split("?", 1)[0]
@@ -116,6 +130,15 @@ class LocalEndpoints:
             return None
         flow.response = handler(flow)
         return None
+
+    def _misdirected(self, flow: http.HTTPFlow) -> str:
+        here = f"{flow.request.host}:{flow.request.port}"
+        if self.gateway_urls:
+            gateway = self.gateway_urls[0]
+            use = f"as a base URL use the gateway, {gateway} (OPENAI_BASE_URL={gateway}/v1, ANTHROPIC_BASE_URL={gateway})"
+        else:
+            use = "for a base URL start the proxy with a gateway listener (--mode reverse:http://memory-routing.localhost@8764)"
+        return f"{here} is this proxy's forward-proxy listener: clients reach it through HTTPS_PROXY / HTTP_PROXY; {use}"
 
     def health(self, flow: http.HTTPFlow) -> http.Response:
         body = health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)

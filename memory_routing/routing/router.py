@@ -23,7 +23,7 @@ from memory_routing.routing.headers import HeaderIndex, replaced_fields, request
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.internals import set_request_target
-from memory_routing.mitm.modes import parsed_modes
+from memory_routing.mitm.modes import loopback_alias, own_listeners
 from memory_routing.wire.protocol import gateway_path_protocol
 from memory_routing.wire.request_json import encode_json, materialize, request_json
 from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
@@ -237,7 +237,7 @@ class ModelRouter:
         )
         decision = self.planner.plan(config, identity, facts)
         target = decision.upstream
-        if (_loopback_alias(target.host), target.port) in self.own_listeners:
+        if (loopback_alias(target.host), target.port) in self.own_listeners:
             # LiteLLM honours OPENAI_BASE_URL & co. in the proxy's own environment; pointed at
             # the proxy, every request would come back to it until something gives out.
             raise RouteRefused(
@@ -413,19 +413,6 @@ class ModelRouter:
                 sink(line)
             except Exception:
                 logger.exception("memory-routing: a flow-log sink failed")
-
-
-def own_listeners(modes: list[str], listen_host: str) -> frozenset[tuple[str, int]]:
-    """(host, port) of every listener of this proxy, loopback names folded to 127.0.0.1."""
-    return frozenset(
-        (_loopback_alias(mode.listen_host(listen_host) or "127.0.0.1"), port)
-        for mode in parsed_modes(modes)
-        if (port := mode.listen_port())
-    )
-
-
-def _loopback_alias(host: str) -> str:
-    return "127.0.0.1" if host in ("localhost", "::1", "[::1]", "0.0.0.0", "") else host
 
 
 def _move_gemini_key_to_header(request: http.Request) -> None:
