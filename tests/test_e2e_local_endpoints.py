@@ -85,6 +85,14 @@ def test_a_base_url_set_to_the_forward_proxy_listener_is_told_where_the_gateway_
     assert status == 421 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert proxy.gateway_url in body["error"]["message"]
 
+
+def test_a_path_the_gateway_does_not_serve_is_404_naming_the_calls_and_the_proxys_own_pages(proxy: RunningProxy):
+    status, body = curl(f"{proxy.gateway_url}/")
+    assert status == 404
+    message = body["error"]["message"]
+    assert message.startswith("GET / is not a model call this gateway serves")
+    assert "POST /v1/chat/completions" in message and "GET /health" in message and "dashboard at /memory-routing/" in message
+
 def test_info_on_the_gateway(proxy: RunningProxy):
     status, body = curl(f"{proxy.gateway_url}/memory-routing/info", "-H", "User-Agent: claude-cli/2.1.0 (external, cli)")
     assert status == 200

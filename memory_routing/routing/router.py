@@ -20,7 +20,7 @@ from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import FlowLog, client_name
 from memory_routing.routing.headers import HeaderIndex, replaced_fields, request_headers
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.local.endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH, is_gateway
 from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import loopback_alias, own_listeners
@@ -352,7 +352,8 @@ class ModelRouter:
             404,
             f"{flow.request.method} {path} is not a model call this gateway serves "
             "(POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings, /v1/messages, "
-            "/v1/messages/count_tokens, /v1beta/models/{model}:generateContent)",
+            "/v1/messages/count_tokens, /v1beta/models/{model}:generateContent); the proxy's own pages: "
+            f"GET {HEALTH_PATH}, {INFO_PATH}, {MODELS_PATH}, and the dashboard at {DASHBOARD_PATH}",
             protocol=gateway_path_protocol(path, flow.request.headers),
         )
 
