@@ -278,7 +278,7 @@ class ModelRouter:
                 if large is not None:
                     fit_notes["large_body"] = "decoded" if decoded else "spliced"
         if body is not None:
-            if b"content-encoding" not in {name.lower() for name, _ in request.headers.fields} or answer is not None:
+            if "content-encoding" not in request_headers(flow) or answer is not None:
                 # The whole body is in hand: send it with a plain content-length, chunked or not.
                 dropped = dropped | {b"content-length", b"transfer-encoding"}
                 added = added + ((b"content-length", str(len(body)).encode()),)
