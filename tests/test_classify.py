@@ -24,7 +24,7 @@ def headers(**fields: str) -> Headers:
     return Headers(**{k.replace("_", "-"): v for k, v in fields.items()})
 
 
-# User-Agent strings as today's clients send them (README, "Client detection").
+# User-Agent strings as today's clients send them (docs/clients.md, "Client detection").
 REAL_USER_AGENTS = [
     ("claude-cli/2.1.0 (external, cli)", "claude-cli"),
     ("claude-cli/1.0.119 (external, sdk-cli)", "claude-cli"),

@@ -1,5 +1,5 @@
 """The real Claude Code CLI (pinned from npm, `make node-clients`) doing agentic work through a
-real mitmdump: on a GPT alias configured as the README's recipe says, by base URL and by
+real mitmdump: on a GPT alias configured as docs/clients.md's recipe says, by base URL and by
 proxy, and on an Anthropic alias passed through.
 
 The fake upstream runs strict (it refuses what the real APIs refuse: unknown fields,
@@ -36,7 +36,7 @@ CLAUDE_TIMEOUT_SECONDS = 240
 OPENAI_KEY = "sk-openai-recipe-0201"
 ANTHROPIC_KEY = "sk-ant-recipe-0202"
 
-# The README's recipe, verbatim (see the README's "Claude Code on a GPT model").
+# The recipe of docs/clients.md, verbatim ("Claude Code on a GPT (or Gemini, or local) model").
 RECIPE_CONFIG = """
 model_list:
   - model_name: gpt-4.1                        # what Claude Code will ask for

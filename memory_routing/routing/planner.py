@@ -398,7 +398,7 @@ def _cannot_translate(facts: RequestFacts, route: ProviderRoute, mode: str) -> s
         return f"{served}, and its config entry says translate: never"
     return (
         f"{served}; the proxy translates only OpenAI chat/completions and Anthropic messages calls "
-        "(see README, 'Protocols and translation')"
+        "(see docs/routing.md, 'Protocols and translation')"
     )
 
 

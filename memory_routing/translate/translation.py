@@ -639,7 +639,7 @@ def _stream_error_status(document: dict[str, Any]) -> int:
 
 def _litellm_message(error: Exception) -> str:
     message = getattr(error, "message", None) or str(error)
-    # LiteLLM's advice is about its own proxy's config; the README gives ours.
+    # LiteLLM's advice is about its own proxy's config; docs/routing.md gives ours.
     message = message.split(" To drop these, set", 1)[0]
     return message.replace("litellm.BadRequestError: ", "").replace("litellm.UnsupportedParamsError: ", "").strip()
 
