@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
@@ -35,6 +37,27 @@ def _stamp(path: str) -> _FileStamp | None:
     except OSError:
         return None
     return _FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _proxy_starting() -> bool:
+    """mitmdump is starting up: its proxy server has not run yet."""
+    server = ctx.master.addons.get("proxyserver")
+    # No proxy server (mitmproxy's test harness, a tool that only loads addons): not a start-up.
+    return server is not None and not getattr(server, "is_running", True)
+
+
+def _exit_at_start(message: str) -> NoReturn:
+    """A config that cannot be used at start: say so in one line and exit 1.
+
+    mitmproxy loads ``-s`` scripts in a task after it has processed its options, so an
+    OptionsError from a script's ``configure`` is not refused like a bad command-line option:
+    the script loader logs it with a traceback, start-up goes on to announce its listeners, and
+    only then does mitmproxy exit ("Error logged during startup"). SystemExit is not an Exception:
+    it passes the script loader and stops the event loop at once, before the listeners are
+    announced or a connection is served.
+    """
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(1)
 
 
 class RoutingConfig:
@@ -70,6 +93,9 @@ class RoutingConfig:
         try:
             config = load_config(path)
         except ConfigError as e:
+            if _proxy_starting():
+                _exit_at_start(str(e))
+            # A running proxy: mitmproxy refuses the option change and the old config stays.
             raise exceptions.OptionsError(str(e)) from None
         self._path = path
         self._install(config, _stamp(path))
