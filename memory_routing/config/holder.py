@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from mitmproxy import ctx
-from mitmproxy import exceptions
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
 
-from memory_routing.routing.classify import Classifier
 from memory_routing.config.schema import ConfigError, ProxyConfig, load_config
 from memory_routing.local.bodies import config_summary
+from memory_routing.routing.classify import Classifier
 from memory_routing.routing.planner import llm_hosts
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class RoutingConfig:
         self._stamp: _FileStamp | None = None
         self._watcher: asyncio.Task[None] | None = None
 
-    def load(self, loader) -> None:
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "memory_routing_config",
             str,
@@ -86,7 +86,7 @@ class RoutingConfig:
             """,
         )
 
-    def configure(self, updated) -> None:
+    def configure(self, updated: set[str]) -> None:
         if "memory_routing_config" not in updated:
             return
         path = os.path.expanduser(ctx.options.memory_routing_config)

@@ -25,12 +25,20 @@ from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from memory_routing.config.litellm_params import LITELLM_PARAMS
-from memory_routing.errors import ConfigError  # noqa: F401 (raised here; importable from here)
+from memory_routing.errors import ConfigError
 from memory_routing.wire.header_values import CONTROL_IN_VALUE, USER_ID_RULE, is_user_id
 
 ENV_PREFIX = "os.environ/"
