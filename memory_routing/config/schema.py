@@ -242,10 +242,11 @@ def _header_name(value: object) -> str:
 
 
 def _extra_header_name(value: object) -> str:
-    # The name is the key path's last part already: the message does not repeat it.
-    if not isinstance(value, str) or not HEADER_NAME_PATTERN.fullmatch(value):
-        raise _invalid("not a valid HTTP header name")
-    return value
+    try:
+        return _header_name(value)
+    except PydanticCustomError:
+        # The name is the key path's last part already: the message does not repeat it.
+        raise _invalid("not a valid HTTP header name") from None
 
 
 def _regex_text(value: object) -> str:
