@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mitmproxy import optmanager
 from mitmproxy.test import taddons
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -33,14 +34,12 @@ def rows() -> dict[str, list[str]]:
     return found
 
 
-def registered_options() -> dict[str, tuple[object, object]]:
+def registered_options() -> dict[str, dict[str, object]]:
+    """The options the addons add to mitmproxy's own, as ``mitmdump --options`` describes them."""
     with taddons.context() as bare:
         mitmproxy_own = set(bare.options.keys())
     with taddons.context(*create_addons()) as tctx:
-        return {
-            name: (tctx.options._options[name].typespec, tctx.options._options[name].default)
-            for name in sorted(set(tctx.options.keys()) - mitmproxy_own)
-        }
+        return dict(optmanager.dump_dicts(tctx.options, sorted(set(tctx.options.keys()) - mitmproxy_own)))
 
 
 def nested_models(annotation: object, path: str) -> Iterator[tuple[type[BaseModel], str]]:
@@ -70,10 +69,6 @@ def shown(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def type_name(typespec: object) -> str:
-    return "list of str" if typing.get_origin(typespec) is not None else getattr(typespec, "__name__", str(typespec))
-
-
 OPTIONS = registered_options()
 KEYS = dict(schema_keys())
 
@@ -86,10 +81,11 @@ def test_the_walks_find_options_and_keys():
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_every_registered_option_has_a_row_with_its_type_and_default(name: str):
-    typespec, default = OPTIONS[name]
+    option = OPTIONS[name]
     assert name in rows(), f"docs/configuration.md has no row for the option `{name}`"
     type_cell, default_cell, meaning = rows()[name]
-    assert type_cell == type_name(typespec)
+    assert type_cell == option["type"]
+    default = option["default"]
     for value in default if isinstance(default, list) else [default]:
         if value != "":  # an empty default stands for a derived one (a confdir path, none)
             assert f"`{shown(value)}`" in default_cell
