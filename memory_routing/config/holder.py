@@ -54,7 +54,8 @@ def _exit_at_start(message: str) -> NoReturn:
     the script loader logs it with a traceback, start-up goes on to announce its listeners, and
     only then does mitmproxy exit ("Error logged during startup"). SystemExit is not an Exception:
     it passes the script loader and stops the event loop at once, before the listeners are
-    announced or a connection is served.
+    announced or a flow is served. (mitmproxy binds its sockets before it imports any script, so
+    they exist for that moment; nothing answers on them, and they close with the process.)
     """
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(1)
