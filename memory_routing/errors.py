@@ -3,7 +3,8 @@
 In the style of httpx's exceptions: one root, a branch per kind of failure.
 
     MemoryRoutingError
-    ├── ConfigError            a config file that cannot be used (names the file and key path)
+    ├── ConfigError            a config file that cannot be used (config.schema: names the file and
+    │                          key path; a misspelt key also the closest known one)
     ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
     └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
         ├── RouteRefused           routing.planner / routing.router
@@ -24,7 +25,11 @@ class MemoryRoutingError(Exception):
 
 
 class ConfigError(MemoryRoutingError, ValueError):
-    """A config file that cannot be used; the message names the file and key path."""
+    """A config file that cannot be used; the message is one line naming the file and key path,
+    e.g. ``config.yaml: model_list[2].litellm_params.api_base: must be an http:// or https:// URL``.
+
+    At start it stops mitmdump with that line alone (config.holder); on reload it is logged and
+    the last good config keeps serving."""
 
 
 class MemoryStoreError(MemoryRoutingError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import textwrap
 from pathlib import Path
 
@@ -305,12 +307,13 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         "user_id_mappings: {header_patterns: [{pattern: x, user_id: y, headr: user-agent}]}",
-        "cfg.yaml: user_id_mappings.header_patterns[0].headr: unknown key (expected one of: header, pattern, user_id)",
+        "cfg.yaml: user_id_mappings.header_patterns[0].headr: unknown key, did you mean `header`? "
+        "(expected one of: header, pattern, user_id)",
         id="misspelt-pattern-key",
     ),
     pytest.param(
         "user_id_mappings: {defualt_user_id: x}",
-        "cfg.yaml: user_id_mappings.defualt_user_id: unknown key "
+        "cfg.yaml: user_id_mappings.defualt_user_id: unknown key, did you mean `default_user_id`? "
         "(expected one of: custom_header, default_user_id, header_patterns)",
         id="misspelt-mappings-key",
     ),
@@ -341,7 +344,7 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         "memory: {apikey: x}",
-        "cfg.yaml: memory.apikey: unknown key (expected one of: api_key, backend, base_url, budget_tokens, "
+        "cfg.yaml: memory.apikey: unknown key, did you mean `api_key`? (expected one of: api_key, backend, base_url, budget_tokens, "
         "clients, deadline_ms, enabled, retention_days)",
         id="misspelt-memory-key",
     ),
@@ -425,3 +428,151 @@ def test_config_without_models_names_the_file(tmp_path: Path, text: str, state: 
         f"{path}: model_list: the config {state}; a proxy config needs at least one model_list entry "
         "(model_name and litellm_params.model)"
     )
+
+
+# --- unknown keys name the closest known one (issue 24.1) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        pytest.param(
+            "model_list: [{model_name: a, litellm_params: {model: gpt-4o, api_bsae: 'http://llm.internal/v1'}}]",
+            "cfg.yaml: model_list[0].litellm_params.api_bsae: unknown key: LiteLLM takes no such parameter, "
+            "did you mean `api_base`?",
+            id="litellm-params-api-bsae",
+        ),
+        pytest.param(
+            "model_list: [{model_name: a, litellm_params: {model: gpt-4o, custom_llm_provder: openai}}]",
+            "cfg.yaml: model_list[0].litellm_params.custom_llm_provder: unknown key: LiteLLM takes no such "
+            "parameter, did you mean `custom_llm_provider`?",
+            id="litellm-params-provider",
+        ),
+        pytest.param(
+            "model_list: [{model_name: a, translte: never, litellm_params: {model: gpt-4o}}]",
+            "cfg.yaml: model_list[0].translte: unknown key, did you mean `translate`? "
+            "(expected one of: litellm_params, memory, model_info, model_name, translate)",
+            id="model-entry-key",
+        ),
+        pytest.param(
+            "model_list: [{model_name: a, litellm_params: {model: gpt-4o}}]\nmemroy: {backend: local}\n",
+            "cfg.yaml: memroy: unknown section, did you mean `memory`? "
+            "(expected one of: general_settings, memory, model_list, user_id_mappings)",
+            id="top-level-section",
+        ),
+        pytest.param(
+            "memory: {clients: [{user_id: a, mdoe: read}]}",
+            "cfg.yaml: memory.clients[0].mdoe: unknown key, did you mean `mode`? "
+            "(expected one of: header, mode, pattern, user_id)",
+            id="memory-client-key",
+        ),
+    ],
+)
+def test_misspelt_key_is_an_error_naming_the_closest_known_key(text: str, message: str):
+    with pytest.raises(ConfigError) as excinfo:
+        parse(text)
+    assert str(excinfo.value) == message
+
+
+def test_litellm_params_take_what_litellm_takes_and_keep_it_for_litellm():
+    alias = parse(
+        """
+        model_list:
+          - model_name: a
+            litellm_params:
+              model: vertex_ai/gemini-2.5-pro
+              vertex_project: my-project
+              vertex_location: us-central1
+              rpm: 10
+              temperature: 0.2
+              metadata: {team: a}
+              drop_params: false
+        """
+    ).model("a")
+    assert dict(alias.other_params) == {
+        "vertex_project": "my-project", "vertex_location": "us-central1", "rpm": 10, "temperature": 0.2,
+        "metadata": {"team": "a"}, "drop_params": False,
+    }
+    assert alias.drop_params is False
+
+
+def test_a_far_off_unknown_key_is_named_without_a_guess():
+    with pytest.raises(ConfigError) as excinfo:
+        parse("model_list: [{model_name: a, litellm_params: {model: gpt-4o, zzzqqq: 1}}]")
+    assert str(excinfo.value) == (
+        "cfg.yaml: model_list[0].litellm_params.zzzqqq: unknown key: LiteLLM takes no such parameter"
+    )
+
+
+# --- YAML booleans where a mode is expected (issue 24.2) -----------------------------------
+
+
+def test_yaml_booleans_read_as_the_mode_they_spell():
+    # YAML 1.1 reads unquoted off/no as false and on/yes as true.
+    config = parse(
+        """
+        model_list:
+          - {model_name: a, translate: off, litellm_params: {model: gpt-4o}}
+        memory:
+          backend: off
+          clients:
+            - {user_id: a, mode: off}
+            - {user_id: b, mode: on}
+            - {user_id: c, mode: no}
+        """
+    )
+    assert config.model("a").translate == "never"
+    assert config.memory.backend == "off"
+    assert [rule.mode for rule in config.memory.clients] == ["off", "both", "off"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("memory: {backend: on}", "cfg.yaml: memory.backend: must be one of local, supermemory, off, got true"),
+        ("model_list: [{model_name: a, translate: yes, litellm_params: {model: gpt-4o}}]",
+         "cfg.yaml: model_list[0].translate: must be one of auto, always, never, got true"),
+    ],
+    ids=["backend-on", "translate-yes"],
+)
+def test_a_yaml_true_where_no_mode_means_on_names_the_choices(text: str, message: str):
+    with pytest.raises(ConfigError) as excinfo:
+        parse(text)
+    assert str(excinfo.value) == message
+
+
+def test_shipped_config_examples_load_when_uncommented():
+    text = (ROOT / "config.yaml").read_text()
+    uncommented = text.replace("  # clients:", "  clients:").replace("  #   - ", "    - ").replace(
+        "  # retention_days:", "  retention_days:").replace("  # backend:", "  backend:")
+    assert uncommented != text
+    memory = parse_config(uncommented, "config.yaml", {}).memory
+    assert [(rule.pattern, rule.user_id, rule.mode) for rule in memory.clients] == [
+        ("^curl/", None, "read"), (None, "pycharm-ai", "off"),
+    ]
+    assert (memory.backend, memory.retention_days) == ("local", 365.0)
+
+
+def test_misspelt_key_on_reload_keeps_the_last_good_config(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from mitmproxy.test import taddons
+
+    from memory_routing.config.holder import RoutingConfig
+
+    path = tmp_path / "config.yaml"
+    good_text = "model_list: [{model_name: a, litellm_params: {model: openai/gpt-4o, api_base: 'http://llm.internal/v1'}}]\n"
+    path.write_text(good_text)
+    routing = RoutingConfig()
+    with taddons.context(routing) as tctx:
+        tctx.configure(routing, memory_routing_config=str(path))
+        good = routing.config
+        path.write_text(good_text.replace("api_base", "api_bsae"))
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        with caplog.at_level(logging.ERROR):
+            routing.reload_if_changed()
+    assert routing.config is good and good.model("a").api_base == "http://llm.internal/v1"
+    expected = f"{path}: model_list[0].litellm_params.api_bsae: unknown key: LiteLLM takes no such parameter, did you mean `api_base`?"
+    assert routing.last_error == expected
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"{expected} (keeping the last good config)"
+    ]

@@ -230,3 +230,42 @@ def test_litellm_points_tiktoken_at_its_bundled_cl100k_table():
     cached = Path(os.environ["TIKTOKEN_CACHE_DIR"], hashlib.sha1(url.encode()).hexdigest())
     assert cached.is_file() and cached.stat().st_size > 1_000_000
     assert "litellm" in str(cached)
+
+
+# --- the keys LiteLLM takes in litellm_params (config/litellm_params.py) ------------------------
+
+def test_litellm_params_allowlist_is_what_the_pinned_litellm_takes():
+    import litellm
+    from litellm.types.router import LiteLLM_Params
+    from litellm.types.utils import all_litellm_params
+
+    from memory_routing.config.litellm_params import LITELLM_PARAMS
+
+    taken = (
+        (set(inspect.signature(litellm.completion).parameters) - {"kwargs", "messages"})
+        | set(LiteLLM_Params.model_fields)
+        | {name for name in all_litellm_params if not name.startswith("_")}
+        | set(litellm.OPENAI_CHAT_COMPLETION_PARAMS)
+    )
+    assert {"api_base", "api_key", "api_version", "custom_llm_provider", "rpm", "tpm", "extra_headers"} <= taken
+    missing, gone = sorted(taken - LITELLM_PARAMS), sorted(LITELLM_PARAMS - taken)
+    assert (missing, gone) == ([], []), f"update memory_routing/config/litellm_params.py: add {missing}, drop {gone}"
+
+
+# --- mitmproxy's start-up, as the config holder reads it (config/holder.py) ---------------------
+
+def test_proxyserver_says_whether_it_runs_yet():
+    from mitmproxy.addons.proxyserver import Proxyserver
+
+    server = Proxyserver()
+    assert server.is_running is False
+    server.running()
+    assert server.is_running is True
+
+
+def test_script_loader_lets_system_exit_out_of_a_scripts_configure():
+    from mitmproxy.addons import script
+
+    # The holder exits at start with SystemExit: the loader must catch Exception, not BaseException.
+    source = inspect.getsource(script.Script.loadscript)
+    assert "except Exception as e:" in source and "BaseException" not in source

@@ -1,4 +1,5 @@
 """End-to-end: LiteLLM loads after start-up; /health answers before it, model calls wait for it.
+A config error at start is one line and exit 1, before any listener is announced.
 
 The test holds LiteLLM's import shut (a ``sitecustomize`` on the proxy's PYTHONPATH blocks
 ``import litellm`` until a gate file exists), so the order is fixed by the test, not by timing.
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from fake_upstream import FakeUpstream
-from harness import RunningProxy, running_proxy
+from harness import RunningProxy, free_port, run_mitmdump_to_exit, running_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +85,36 @@ def test_health_answers_before_litellm_and_an_early_model_call_waits(fake: FakeU
             time.sleep(0.1)
         final = _health(proxy)
         assert final["litellm_loaded"] is True and final["calls_waiting_for_litellm"] == 0
+
+
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        pytest.param(
+            "model_list:\n  - model_name: a\n    litellm_params: {model: openai/gpt-4o, api_bsae: 'http://127.0.0.1:9/v1'}\n",
+            "model_list[0].litellm_params.api_bsae: unknown key: LiteLLM takes no such parameter, did you mean `api_base`?",
+            id="litellm-params-typo",
+        ),
+        pytest.param(
+            "model_list:\n  - {model_name: a, litellm_params: {model: openai/gpt-4o}}\n"
+            "user_id_mappings:\n  header_patterns:\n    - {pattern: 'a)', user_id: b}\n",
+            "user_id_mappings.header_patterns[0].pattern: invalid regex: unbalanced parenthesis at position 1",
+            id="invalid-regex",
+        ),
+    ],
+)
+def test_config_error_at_start_is_one_line_and_exit_1_before_listening(tmp_path: Path, config_text: str, message: str):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    result = run_mitmdump_to_exit(tmp_path, [
+        "--listen-host", "127.0.0.1",
+        "--mode", f"regular@{free_port()}",
+        "--mode", f"reverse:http://127.0.0.1:{free_port()}@{free_port()}",
+        "--set", f"memory_routing_config={config}",
+    ])
+    assert result.returncode == 1
+    assert result.stderr == f"{config}: {message}\n"
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert "listening at" not in output
+    assert "Error logged during startup" not in output

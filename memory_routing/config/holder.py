@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
-from mitmproxy import ctx
-from mitmproxy import exceptions
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
 
-from memory_routing.routing.classify import Classifier
 from memory_routing.config.schema import ConfigError, ProxyConfig, load_config
 from memory_routing.local.bodies import config_summary
+from memory_routing.routing.classify import Classifier
 from memory_routing.routing.planner import llm_hosts
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,28 @@ def _stamp(path: str) -> _FileStamp | None:
     return _FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _proxy_starting() -> bool:
+    """mitmdump is starting up: its proxy server has not run yet."""
+    server = ctx.master.addons.get("proxyserver")
+    # No proxy server (mitmproxy's test harness, a tool that only loads addons): not a start-up.
+    return server is not None and not getattr(server, "is_running", True)
+
+
+def _exit_at_start(message: str) -> NoReturn:
+    """A config that cannot be used at start: say so in one line and exit 1.
+
+    mitmproxy loads ``-s`` scripts in a task after it has processed its options, so an
+    OptionsError from a script's ``configure`` is not refused like a bad command-line option:
+    the script loader logs it with a traceback, start-up goes on to announce its listeners, and
+    only then does mitmproxy exit ("Error logged during startup"). SystemExit is not an Exception:
+    it passes the script loader and stops the event loop at once, before the listeners are
+    announced or a flow is served. (mitmproxy binds its sockets before it imports any script, so
+    they exist for that moment; nothing answers on them, and they close with the process.)
+    """
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
 class RoutingConfig:
     """Holds the current ProxyConfig and Classifier; a broken edit keeps the last good config."""
 
@@ -52,7 +76,7 @@ class RoutingConfig:
         self._stamp: _FileStamp | None = None
         self._watcher: asyncio.Task[None] | None = None
 
-    def load(self, loader) -> None:
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "memory_routing_config",
             str,
@@ -63,13 +87,16 @@ class RoutingConfig:
             """,
         )
 
-    def configure(self, updated) -> None:
+    def configure(self, updated: set[str]) -> None:
         if "memory_routing_config" not in updated:
             return
         path = os.path.expanduser(ctx.options.memory_routing_config)
         try:
             config = load_config(path)
         except ConfigError as e:
+            if _proxy_starting():
+                _exit_at_start(str(e))
+            # A running proxy: mitmproxy refuses the option change and the old config stays.
             raise exceptions.OptionsError(str(e)) from None
         self._path = path
         self._install(config, _stamp(path))

@@ -1,23 +1,44 @@
 """Parse a LiteLLM-style ``config.yaml`` into typed, frozen objects.
 
-Pure logic: no mitmproxy imports, so the parser is usable (and testable) on its own.
+Pure logic: no mitmproxy or LiteLLM imports, so the parser is usable (and testable) on its own.
+Two layers:
+
+- the file's shape, as pydantic models (``ConfigFile`` and its sections): frozen, strict, and an
+  unknown key in a section of the proxy's own, or in ``litellm_params``, is an error naming the
+  closest known key;
+- what the rest of the proxy reads, as frozen dataclasses (``ProxyConfig`` and below): built from
+  the validated file with ``os.environ/`` references resolved and the defaults decided.
+
 Every error names the file and the key path, e.g.
 ``config.yaml: user_id_mappings.header_patterns[1].pattern: invalid regex: ...``.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from memory_routing.errors import ConfigError  # noqa: F401 (raised here; importable from here)
+from memory_routing.config.litellm_params import LITELLM_PARAMS
+from memory_routing.errors import ConfigError
 from memory_routing.wire.header_values import CONTROL_IN_VALUE, USER_ID_RULE, is_user_id
 
 ENV_PREFIX = "os.environ/"
@@ -33,15 +54,15 @@ DEFAULT_MEMORY_DEADLINE_MS = 50
 
 # RFC 9110 token characters: anything else cannot be a header name.
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HTTP_URL = re.compile(r"https?://[^/\s]+")
+# A "did you mean" is offered for a key at least this close (difflib's ratio) to a known one.
+_SUGGESTION_CUTOFF = 0.6
+# Sections whose known keys are few enough to list in full after an unknown one.
+_LISTED_KEYS_AT_MOST = 12
 
-# Sections of a LiteLLM proxy config that this addon accepts but does not act on, so that a
-# config written for the LiteLLM proxy (or the older FastAPI design) loads unchanged.
-_IGNORED_TOP_LEVEL_KEYS = frozenset(
-    {"litellm_settings", "router_settings", "environment_variables", "litellm_backend_url"}
-)
-_KNOWN_TOP_LEVEL_KEYS = frozenset(
-    {"model_list", "general_settings", "user_id_mappings", "memory"}
-) | _IGNORED_TOP_LEVEL_KEYS
+
+# --- the public, resolved config ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -198,19 +219,287 @@ class ProxyConfig:
         return tuple(self._models_by_name)
 
 
-class _Context:
-    """Carries the file name, the environment and collected warnings through the parse."""
+# --- field types of the file -------------------------------------------------------------
+# Each raises its own message; ``_message`` turns pydantic's built-in errors into the same style.
 
-    def __init__(self, source: str, environ: Mapping[str, str]) -> None:
-        self.source = source
-        self.environ = environ
-        self.warnings: list[str] = []
 
-    def error(self, path: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
+def _invalid(message: str, key: str | None = None) -> PydanticCustomError:
+    """An error whose message is ``message`` as is; ``key``: the key under the location at fault."""
+    context: dict[str, str] = {"message": message}
+    if key is not None:
+        context["key"] = key
+    return PydanticCustomError("config", "{message}", context)
 
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{self.source}: {path}: {message}")
+
+def _type_name(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not HEADER_NAME_PATTERN.fullmatch(value):
+        raise _invalid(f"not a valid HTTP header name: {value!r}")
+    return value
+
+
+def _extra_header_name(value: object) -> str:
+    try:
+        return _header_name(value)
+    except PydanticCustomError:
+        # The name is the key path's last part already: the message does not repeat it.
+        raise _invalid("not a valid HTTP header name") from None
+
+
+def _regex_text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"must be a non-empty string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise _invalid(f"invalid regex: {e}") from e
+    return value
+
+
+def _user_id(value: object) -> str:
+    if value is None:
+        raise _invalid("required")
+    if not isinstance(value, str) or not is_user_id(value):
+        raise _invalid(f"invalid user id {value!r}: {USER_ID_RULE}")
+    return value
+
+
+def _non_empty_str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str) or not _HTTP_URL.match(value):
+        raise _invalid(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _env_var_name(text: str) -> str | None:
+    """The variable an ``os.environ/VAR`` string names; None for any other string."""
+    if not text.startswith(ENV_PREFIX):
+        return None
+    var = text[len(ENV_PREFIX):]
+    if not _ENV_VAR_NAME.fullmatch(var):
+        raise _invalid(f"{text!r} does not name a valid environment variable")
+    return var
+
+
+def _secret(value: object, info: ValidationInfo) -> Secret:
+    """A credential: an inline string or an ``os.environ/VAR`` reference, resolved here so that
+    the Secret keeps where the value came from."""
+    if not isinstance(value, str):
+        raise _invalid(f"must be a string, got {_type_name(value)}")
+    environ: Mapping[str, str] = info.context["environ"] if info.context else os.environ
+    var = _env_var_name(value)
+    resolved = value if var is None else environ.get(var) or None
+    if resolved is not None and CONTROL_IN_VALUE.search(resolved):
+        # The value is sent in a header; say which key is wrong without echoing the secret.
+        raise _invalid("contains a line break or NUL, which cannot be sent in a header")
+    return Secret(value=resolved, env_var=var)
+
+
+def _header_value(value: object, info: ValidationInfo) -> Secret:
+    if value is None:
+        raise _invalid("header value is empty")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return _secret(value, info)
+
+
+def _choice(choices: tuple[str, ...], yaml_false: str | None, yaml_true: str | None) -> Callable[[object], str]:
+    """One of ``choices``; YAML reads unquoted ``off``/``no`` as false and ``on``/``yes`` as true,
+    so a boolean stands for the choice it reads as, where there is one."""
+
+    def validate(value: object) -> str:
+        if value is False and yaml_false is not None:
+            return yaml_false
+        if value is True and yaml_true is not None:
+            return yaml_true
+        if value in choices:
+            return str(value)
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise _invalid(f"must be one of {', '.join(choices)}, got {shown}")
+
+    return validate
+
+
+def _number(low: float, high: float, what: str, whole: bool = False) -> Callable[[object], float]:
+    def validate(value: object) -> float:
+        kinds = (int,) if whole else (int, float)
+        if not isinstance(value, kinds) or isinstance(value, bool) or not low <= value <= high:
+            raise _invalid(f"must be {what}, got {value!r}")
+        return value
+
+    return validate
+
+
+HeaderName = Annotated[str, BeforeValidator(_header_name)]
+ExtraHeaderName = Annotated[str, BeforeValidator(_extra_header_name)]
+RegexText = Annotated[str, BeforeValidator(_regex_text)]
+UserId = Annotated[str, BeforeValidator(_user_id)]
+NonEmptyStr = Annotated[str, BeforeValidator(_non_empty_str)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+SecretValue = Annotated[Secret, PlainValidator(_secret)]
+HeaderValue = Annotated[Secret, PlainValidator(_header_value)]
+MemoryMode = Annotated[str, BeforeValidator(_choice(MEMORY_MODES, yaml_false="off", yaml_true="both"))]
+MemoryBackend = Annotated[str, BeforeValidator(_choice(MEMORY_BACKENDS, yaml_false="off", yaml_true=None))]
+TranslateMode = Annotated[str, BeforeValidator(_choice(TRANSLATE_MODES, yaml_false="never", yaml_true=None))]
+
+
+def _provider_model(value: object) -> str:
+    # "" is what an unset os.environ/ reference leaves; load checks that one was there.
+    if value is None or not isinstance(value, str):
+        raise _invalid("required: the provider model, e.g. anthropic/claude-sonnet-4-5")
+    return value
+
+
+# --- the file's shape --------------------------------------------------------------------
+
+
+def unknown_key_message(key: str, known: Collection[str], what: str = "unknown key") -> str:
+    """``what`` plus the closest known key, and the known keys when they are few."""
+    message = what
+    if close := difflib.get_close_matches(key, sorted(known), n=1, cutoff=_SUGGESTION_CUTOFF):
+        message += f", did you mean `{close[0]}`?"
+    if len(known) <= _LISTED_KEYS_AT_MOST:
+        message += f" (expected one of: {', '.join(sorted(known))})"
+    return message
+
+
+class _Section(BaseModel):
+    """A section of the file: frozen, strict (YAML's own types, no coercion), and an unknown
+    key is an error naming the closest known one, not silently ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, protected_namespaces=())
+
+    # Keys taken besides the declared fields (``litellm_params``: whatever LiteLLM takes).
+    extra_known_keys: ClassVar[frozenset[str]] = frozenset()
+    unknown_key_text: ClassVar[str] = "unknown key"
+
+    @classmethod
+    def known_keys(cls) -> frozenset[str]:
+        return frozenset(cls.model_fields) | cls.extra_known_keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data  # pydantic says "must be a mapping"
+        known = cls.known_keys()
+        for key in data:
+            if not isinstance(key, str):
+                raise _invalid(f"keys must be strings, got {key!r}")
+            if key not in known:
+                raise _invalid(unknown_key_message(key, known, cls.unknown_key_text), key=key)
+        return data
+
+
+class LitellmParams(_Section):
+    """``model_list[i].litellm_params``: the keys the proxy reads itself, and any other key
+    LiteLLM takes (kept for LiteLLM). A key LiteLLM does not take is a typo: ``api_bsae`` would
+    otherwise send the alias to the provider's default host with the configured key."""
+
+    model_config = ConfigDict(extra="allow")
+    extra_known_keys = LITELLM_PARAMS
+    unknown_key_text = "unknown key: LiteLLM takes no such parameter"
+
+    model: Annotated[str, BeforeValidator(_provider_model)] = Field(default=None, validate_default=True)  # type: ignore[assignment]
+    api_base: HttpUrl | None = None
+    api_key: SecretValue | None = None
+    custom_llm_provider: str | None = None
+    extra_headers: dict[ExtraHeaderName, HeaderValue] | None = None
+    drop_params: bool | None = None
+
+
+class ModelEntry(_Section):
+    """One ``model_list`` entry (LiteLLM's ``model_info`` is accepted and not read)."""
+
+    model_name: NonEmptyStr
+    litellm_params: LitellmParams
+    model_info: dict[str, Any] | None = None
+    memory: bool = True
+    translate: TranslateMode = "auto"
+
+
+class HeaderPatternEntry(_Section):
+    header: HeaderName = "user-agent"
+    pattern: RegexText
+    user_id: UserId
+
+
+class UserIdMappingsSection(_Section):
+    custom_header: HeaderName = DEFAULT_CUSTOM_HEADER
+    header_patterns: list[HeaderPatternEntry] | None = None
+    default_user_id: UserId = DEFAULT_USER_ID
+
+
+class MemoryClientEntry(_Section):
+    """``memory.clients[i]``: ``user_id``, or ``pattern`` (with ``header``), and a ``mode``."""
+
+    mode: MemoryMode
+    user_id: UserId | None = None
+    header: HeaderName | None = None
+    pattern: RegexText | None = None
+
+    @model_validator(mode="after")
+    def _one_match(self) -> MemoryClientEntry:
+        if (self.user_id is None) == (self.pattern is None):
+            raise _invalid("give either user_id (a memory user id) or pattern (with header, default user-agent)")
+        if self.user_id is not None and self.header is not None:
+            raise _invalid("goes with pattern, not with user_id", key="header")
+        return self
+
+
+class MemorySection(_Section):
+    enabled: bool | None = None
+    api_key: SecretValue | None = None
+    base_url: HttpUrl | None = None
+    backend: MemoryBackend | None = None
+    budget_tokens: Annotated[int, BeforeValidator(_number(50, 100_000, "a whole number from 50 to 100000", whole=True))] = (
+        DEFAULT_MEMORY_BUDGET_TOKENS
+    )
+    deadline_ms: Annotated[float, BeforeValidator(_number(1, 10_000, "a number of milliseconds from 1 to 10000"))] = (
+        DEFAULT_MEMORY_DEADLINE_MS
+    )
+    clients: list[MemoryClientEntry] | None = None
+    retention_days: Annotated[float, BeforeValidator(_number(
+        1, 36_500, "a number of days from 1 to 36500 (or null: keep memories until deleted)"))] | None = None
+
+
+class GeneralSettingsSection(BaseModel):
+    """LiteLLM's ``general_settings``: its other keys are LiteLLM's proxy's, kept and not read."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    master_key: SecretValue | None = None
+
+
+class ConfigFile(_Section):
+    """The whole file. LiteLLM's proxy sections this proxy does not act on are accepted, so that
+    a config written for LiteLLM's proxy (or the older FastAPI design) loads unchanged."""
+
+    model_list: list[ModelEntry] | None = None
+    general_settings: GeneralSettingsSection | None = None
+    user_id_mappings: UserIdMappingsSection | None = None
+    memory: MemorySection | None = None
+    litellm_settings: Any = None
+    router_settings: Any = None
+    environment_variables: Any = None
+    litellm_backend_url: Any = None
+
+
+IGNORED_SECTIONS = frozenset({"litellm_settings", "router_settings", "environment_variables", "litellm_backend_url"})
+# A top-level key this close to one of these is a typo (an error); any other unknown one is
+# some other LiteLLM proxy section, warned about and ignored.
+_OWN_SECTIONS = ("model_list", "general_settings", "user_id_mappings", "memory")
+
+
+# --- loading -----------------------------------------------------------------------------
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> ProxyConfig:
@@ -235,7 +524,6 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
 
 def parse_config(text: str, source: str, environ: Mapping[str, str]) -> ProxyConfig:
-    ctx = _Context(source, environ)
     try:
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -246,365 +534,263 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> ProxyCon
         raise ConfigError(f"{source}: invalid YAML: {e}") from e
     if raw is None:
         raw = {}
-    top = _mapping(ctx, raw, "")
-
-    for key in top:
-        if key not in _KNOWN_TOP_LEVEL_KEYS:
-            ctx.warn(str(key), "unknown section, ignored")
-    if "litellm_backend_url" in top:
-        ctx.warn("litellm_backend_url", "ignored: the addon resolves providers itself through LiteLLM")
-
-    models = _parse_model_list(ctx, top.get("model_list"))
-    models_by_name: dict[str, ModelAlias] = {}
-    for index, alias in enumerate(models):
-        if alias.model_name in models_by_name:
-            ctx.warn(
-                f"model_list[{index}].model_name",
-                f"duplicate alias {alias.model_name!r}: the first entry is used",
-            )
-            continue
-        models_by_name[alias.model_name] = alias
-
-    return ProxyConfig(
-        source=source,
-        models=models,
-        general=_parse_general_settings(ctx, top.get("general_settings")),
-        user_id_mappings=_parse_user_id_mappings(ctx, top.get("user_id_mappings")),
-        memory=_parse_memory(ctx, top.get("memory")),
-        warnings=tuple(ctx.warnings),
-        _models_by_name=MappingProxyType(models_by_name),
-    )
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {_type_name(raw)}")
+    return _Builder(source, environ).build(raw)
 
 
-# --- environment references ------------------------------------------------------------
+class _Builder:
+    """One parse: the file name, the environment and the warnings collected on the way."""
 
+    def __init__(self, source: str, environ: Mapping[str, str]) -> None:
+        self.source = source
+        self.environ = environ
+        self.warnings: list[str] = []
+        # Unset os.environ/ variables outside the secrets, by model_list index.
+        self.unset_by_entry: dict[int, list[str]] = {}
+        # model_list indexes whose litellm_params.model is an unset variable.
+        self.unset_models: set[int] = set()
 
-@dataclass(frozen=True)
-class _Resolved:
-    value: Any
-    unset_env_vars: tuple[str, ...]
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
 
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{self.source}: {path}: {message}")
 
-def _resolve_env(ctx: _Context, value: Any, path: str) -> _Resolved:
-    """Replace ``os.environ/VAR`` strings at every depth, as the LiteLLM proxy does."""
-    unset: list[str] = []
+    def build(self, raw: Mapping[Any, Any]) -> ProxyConfig:
+        sections = self._known_sections(raw)
+        try:
+            parsed = ConfigFile.model_validate(self._resolve_env(sections), context={"environ": self.environ})
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            raise self.error(_key_path(first), _message(first)) from None
 
-    def walk(node: Any, node_path: str) -> Any:
+        models = tuple(self._alias(i, entry) for i, entry in enumerate(parsed.model_list or ()))
+        models_by_name: dict[str, ModelAlias] = {}
+        for index, alias in enumerate(models):
+            if alias.model_name in models_by_name:
+                self.warn(f"model_list[{index}].model_name", f"duplicate alias {alias.model_name!r}: the first entry is used")
+                continue
+            models_by_name[alias.model_name] = alias
+        general = self._general(parsed.general_settings)
+        user_id_mappings = self._user_id_mappings(parsed.user_id_mappings or UserIdMappingsSection())
+        memory = self._memory(parsed.memory or MemorySection())
+        return ProxyConfig(
+            source=self.source,
+            models=models,
+            general=general,
+            user_id_mappings=user_id_mappings,
+            memory=memory,
+            warnings=tuple(self.warnings),
+            _models_by_name=MappingProxyType(models_by_name),
+        )
+
+    def _known_sections(self, raw: Mapping[Any, Any]) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                raise self.error("", f"top-level keys must be strings, got {key!r}")
+            if key in ConfigFile.model_fields:
+                sections[key] = value
+            elif difflib.get_close_matches(key, _OWN_SECTIONS, n=1, cutoff=_SUGGESTION_CUTOFF):
+                raise self.error(key, unknown_key_message(key, _OWN_SECTIONS, "unknown section"))
+            else:
+                self.warn(key, "unknown section, ignored")
+        if "litellm_backend_url" in sections:
+            self.warn("litellm_backend_url", "ignored: the addon resolves providers itself through LiteLLM")
+        return sections
+
+    # --- the os.environ/ pre-pass -------------------------------------------------------
+
+    def _resolve_env(self, sections: dict[str, Any]) -> dict[str, Any]:
+        """Replace ``os.environ/VAR`` strings at every depth of the sections LiteLLM's proxy
+        resolves them in, as it does. Credentials are left as written: their validator
+        resolves them, so that each keeps the name of its variable."""
+        resolved = dict(sections)
+        model_list = sections.get("model_list")
+        if isinstance(model_list, list):
+            resolved["model_list"] = [self._resolve_entry(i, entry) for i, entry in enumerate(model_list)]
+        general = sections.get("general_settings")
+        if isinstance(general, Mapping):
+            resolved["general_settings"] = {
+                k: v if k == "master_key" else self._resolve(v, ("general_settings", k)) for k, v in general.items()
+            }
+        memory = sections.get("memory")
+        if isinstance(memory, Mapping) and "base_url" in memory:
+            resolved["memory"] = {**memory, "base_url": self._resolve(memory["base_url"], ("memory", "base_url"))}
+        return resolved
+
+    def _resolve_entry(self, index: int, entry: Any) -> Any:
+        if not isinstance(entry, Mapping) or not isinstance(params := entry.get("litellm_params"), Mapping):
+            return entry
+        unset = self.unset_by_entry.setdefault(index, [])
+        base = ("model_list", index, "litellm_params")
+        resolved = {
+            key: value if key in ("api_key", "extra_headers") else self._resolve(value, (*base, key), unset)
+            for key, value in params.items()
+        }
+        if "model" in params and resolved["model"] is None and params["model"] is not None:
+            self.unset_models.add(index)
+            resolved["model"] = ""  # the unset variable is reported; the alias answers with an error
+        return {**entry, "litellm_params": resolved}
+
+    def _resolve(self, node: Any, path: tuple[str | int, ...], unset: list[str] | None = None) -> Any:
         if isinstance(node, str):
-            var = _env_var_name(ctx, node, node_path)
+            try:
+                var = _env_var_name(node)
+            except PydanticCustomError as e:
+                raise self.error(_dotted(path), e.context["message"] if e.context else str(e)) from None
             if var is None:
                 return node
-            resolved = ctx.environ.get(var)
-            if not resolved:
-                unset.append(var)
-                ctx.warn(node_path, f"environment variable {var} is not set")
-            return resolved or None
+            value = self.environ.get(var) or None
+            if value is None:
+                if unset is not None and var not in unset:
+                    unset.append(var)
+                self.warn(_dotted(path), f"environment variable {var} is not set")
+            return value
         if isinstance(node, Mapping):
-            return {k: walk(v, f"{node_path}.{k}") for k, v in node.items()}
+            return {k: self._resolve(v, (*path, k), unset) for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(v, f"{node_path}[{i}]") for i, v in enumerate(node)]
+            return [self._resolve(v, (*path, i), unset) for i, v in enumerate(node)]
         return node
 
-    return _Resolved(walk(value, path), tuple(dict.fromkeys(unset)))
+    def _unset_secret(self, secret: Secret | None, path: str, consequence: str = "") -> str | None:
+        """Warns about a credential whose variable is unset; returns the variable's name."""
+        if secret is None or secret.env_var is None or secret.is_set:
+            return None
+        self.warn(path, f"environment variable {secret.env_var} is not set{consequence}")
+        return secret.env_var
 
+    # --- sections ---------------------------------------------------------------------
 
-def _env_var_name(ctx: _Context, text: str, path: str) -> str | None:
-    if not text.startswith(ENV_PREFIX):
-        return None
-    var = text[len(ENV_PREFIX):]
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
-        raise ctx.error(path, f"{text!r} does not name a valid environment variable")
-    return var
-
-
-def _secret(ctx: _Context, raw: Any, path: str, unset_consequence: str = "") -> Secret | None:
-    """A credential field: an inline string or an ``os.environ/VAR`` reference."""
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise ctx.error(path, f"must be a string, got {_type_name(raw)}")
-    var = _env_var_name(ctx, raw, path)
-    if var is None:
-        value = raw
-    else:
-        value = ctx.environ.get(var) or None
-        if value is None:
-            ctx.warn(path, f"environment variable {var} is not set{unset_consequence}")
-    if value is not None and CONTROL_IN_VALUE.search(value):
-        # The value is sent in a header; say which key is wrong without echoing the secret.
-        raise ctx.error(path, "contains a line break or NUL, which cannot be sent in a header")
-    return Secret(value=value, env_var=var)
-
-
-# --- sections ---------------------------------------------------------------------------
-
-
-def _parse_model_list(ctx: _Context, raw: Any) -> tuple[ModelAlias, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ctx.error("model_list", f"must be a list, got {_type_name(raw)}")
-    return tuple(_parse_model(ctx, entry, f"model_list[{i}]") for i, entry in enumerate(raw))
-
-
-def _parse_model(ctx: _Context, raw: Any, path: str) -> ModelAlias:
-    entry = _mapping(ctx, raw, path)
-    model_name = _required_str(ctx, entry, "model_name", path)
-    params = _mapping(ctx, entry.get("litellm_params"), f"{path}.litellm_params", required=True)
-    params_path = f"{path}.litellm_params"
-
-    memory = entry.get("memory", True)
-    if not isinstance(memory, bool):
-        raise ctx.error(f"{path}.memory", f"must be true or false, got {memory!r}")
-    translate = entry.get("translate", "auto")
-    if translate not in TRANSLATE_MODES:
-        raise ctx.error(f"{path}.translate", f"must be one of {', '.join(TRANSLATE_MODES)}, got {translate!r}")
-    api_key = _secret(ctx, params.get("api_key"), f"{params_path}.api_key")
-    extra_headers = _parse_extra_headers(ctx, params.get("extra_headers"), f"{params_path}.extra_headers")
-
-    special = {"api_key", "extra_headers"}
-    rest = _resolve_env(
-        ctx, {k: v for k, v in params.items() if k not in special}, params_path
-    )
-    resolved: dict[str, Any] = rest.value
-    model = resolved.get("model")
-    model_from_unset_env = model is None and isinstance(params.get("model"), str) and bool(rest.unset_env_vars)
-    if model_from_unset_env:
-        model = ""  # the unset variable is already reported; the alias answers with an error
-    elif not isinstance(model, str) or not model:
-        raise ctx.error(f"{params_path}.model", "required: the provider model, e.g. anthropic/claude-sonnet-4-5")
-    api_base = _optional_url(ctx, resolved.get("api_base"), f"{params_path}.api_base")
-    provider = resolved.get("custom_llm_provider")
-    if provider is not None and not isinstance(provider, str):
-        raise ctx.error(f"{params_path}.custom_llm_provider", f"must be a string, got {_type_name(provider)}")
-
-    unset = list(rest.unset_env_vars)
-    for secret in [api_key, *(value for _, value in extra_headers)]:
-        if secret is not None and secret.env_var and not secret.is_set:
-            unset.append(secret.env_var)
-
-    other = {k: v for k, v in resolved.items() if k not in {"model", "api_base", "custom_llm_provider"}}
-    return ModelAlias(
-        model_name=model_name,
-        model=model,
-        api_base=api_base,
-        api_key=api_key,
-        custom_llm_provider=provider,
-        extra_headers=extra_headers,
-        other_params=MappingProxyType(other),
-        unset_env_vars=tuple(dict.fromkeys(unset)),
-        memory=memory,
-        translate=translate,
-    )
-
-
-def _parse_extra_headers(ctx: _Context, raw: Any, path: str) -> tuple[tuple[str, Secret], ...]:
-    if raw is None:
-        return ()
-    headers = _mapping(ctx, raw, path)
-    parsed: list[tuple[str, Secret]] = []
-    for name, value in headers.items():
-        item_path = f"{path}.{name}"
-        if not isinstance(name, str) or not HEADER_NAME_PATTERN.fullmatch(name):
-            raise ctx.error(item_path, "not a valid HTTP header name")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        secret = _secret(ctx, value, item_path)
-        if secret is None:
-            raise ctx.error(item_path, "header value is empty")
-        parsed.append((name, secret))
-    return tuple(parsed)
-
-
-def _parse_general_settings(ctx: _Context, raw: Any) -> GeneralSettings:
-    settings = _mapping(ctx, raw, "general_settings") if raw is not None else {}
-    master_key = _secret(ctx, settings.get("master_key"), "general_settings.master_key")
-    if master_key is not None:
-        # LiteLLM's proxy checks it on every call; this proxy does not, and must not look as if it did.
-        ctx.warn(
-            "general_settings.master_key",
-            "not enforced by this proxy (it is not LiteLLM's proxy server); to require credentials on "
-            "the gateway use mitmproxy's proxyauth option (see README, 'Security')",
+    def _alias(self, index: int, entry: ModelEntry) -> ModelAlias:
+        params = entry.litellm_params
+        path = f"model_list[{index}].litellm_params"
+        unset = list(self.unset_by_entry.get(index, ()))
+        if not params.model and index not in self.unset_models:
+            raise self.error(f"{path}.model", "required: the provider model, e.g. anthropic/claude-sonnet-4-5")
+        headers = tuple((params.extra_headers or {}).items())
+        unset_secrets = [self._unset_secret(params.api_key, f"{path}.api_key")] + [
+            self._unset_secret(value, f"{path}.extra_headers.{name}") for name, value in headers
+        ]
+        unset += [var for var in unset_secrets if var is not None]
+        other = dict(params.model_extra or {})
+        if params.drop_params is not None:
+            other["drop_params"] = params.drop_params
+        return ModelAlias(
+            model_name=entry.model_name,
+            model=params.model,
+            api_base=params.api_base,
+            api_key=params.api_key,
+            custom_llm_provider=params.custom_llm_provider,
+            extra_headers=headers,
+            other_params=MappingProxyType(other),
+            unset_env_vars=tuple(dict.fromkeys(unset)),
+            memory=entry.memory,
+            translate=entry.translate,
         )
-    rest = _resolve_env(
-        ctx, {k: v for k, v in settings.items() if k != "master_key"}, "general_settings"
-    )
-    return GeneralSettings(master_key=master_key, other=MappingProxyType(rest.value))
+
+    def _general(self, section: GeneralSettingsSection | None) -> GeneralSettings:
+        if section is None:
+            return GeneralSettings(master_key=None, other=MappingProxyType({}))
+        master_key = section.master_key
+        self._unset_secret(master_key, "general_settings.master_key")
+        if master_key is not None:
+            # LiteLLM's proxy checks it on every call; this proxy does not, and must not look as if it did.
+            self.warn(
+                "general_settings.master_key",
+                "not enforced by this proxy (it is not LiteLLM's proxy server); to require credentials on "
+                "the gateway use mitmproxy's proxyauth option (see README, 'Security')",
+            )
+        return GeneralSettings(master_key=master_key, other=MappingProxyType(dict(section.model_extra or {})))
+
+    def _user_id_mappings(self, section: UserIdMappingsSection) -> UserIdMappings:
+        patterns = tuple(
+            HeaderPattern(index=i, header=item.header.lower(), pattern=item.pattern, user_id=item.user_id,
+                          regex=re.compile(item.pattern))
+            for i, item in enumerate(section.header_patterns or ())
+        )
+        return UserIdMappings(
+            custom_header=section.custom_header.lower(), header_patterns=patterns,
+            default_user_id=section.default_user_id,
+        )
+
+    def _memory(self, section: MemorySection) -> MemorySettings:
+        backend, enabled, api_key = section.backend, section.enabled, section.api_key
+        wants_supermemory = backend is None and enabled is not False
+        consequence = (": memory (Supermemory) is off" if backend == "supermemory"
+                       else ": the local memory is used" if wants_supermemory else "")
+        self._unset_secret(api_key, "memory.api_key", consequence)
+        key_set = api_key is not None and api_key.is_set
+        if backend is None:
+            # Supermemory when its key resolves; otherwise memory is still on, embedded.
+            resolved = "off" if enabled is False else "supermemory" if key_set else "local"
+            if enabled and not key_set:
+                self.warn("memory.enabled", "memory is enabled but memory.api_key is not set: using the local memory")
+        else:
+            resolved = backend
+            if backend == "supermemory" and enabled is False:
+                self.warn("memory.enabled", "false turns Supermemory off: memory is off")
+        clients = tuple(_memory_client(i, item) for i, item in enumerate(section.clients or ()))
+        if clients and resolved != "local":
+            self.warn("memory.clients", f"only the local memory reads these; the backend is {resolved}")
+        return MemorySettings(
+            enabled=enabled, api_key=api_key, base_url=(section.base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
+            backend=resolved, backend_configured=backend is not None, budget_tokens=section.budget_tokens,
+            deadline_ms=float(section.deadline_ms), clients=clients,
+            retention_days=float(section.retention_days) if section.retention_days is not None else None,
+        )
 
 
-def _parse_user_id_mappings(ctx: _Context, raw: Any) -> UserIdMappings:
-    path = "user_id_mappings"
-    mappings = _mapping(ctx, raw, path) if raw is not None else {}
-    _reject_unknown_keys(ctx, mappings, path, {"custom_header", "header_patterns", "default_user_id"})
-
-    custom_header = mappings.get("custom_header", DEFAULT_CUSTOM_HEADER)
-    if not isinstance(custom_header, str) or not HEADER_NAME_PATTERN.fullmatch(custom_header):
-        raise ctx.error(f"{path}.custom_header", f"not a valid HTTP header name: {custom_header!r}")
-
-    default_user_id = _user_id(ctx, mappings.get("default_user_id", DEFAULT_USER_ID), f"{path}.default_user_id")
-
-    raw_patterns = mappings.get("header_patterns") or []
-    if not isinstance(raw_patterns, list):
-        raise ctx.error(f"{path}.header_patterns", f"must be a list, got {_type_name(raw_patterns)}")
-    patterns = tuple(
-        _parse_header_pattern(ctx, item, index, f"{path}.header_patterns[{index}]")
-        for index, item in enumerate(raw_patterns)
-    )
-    return UserIdMappings(
-        custom_header=custom_header.lower(),
-        header_patterns=patterns,
-        default_user_id=default_user_id,
-    )
+def _memory_client(index: int, item: MemoryClientEntry) -> MemoryClientRule:
+    if item.user_id is not None:
+        return MemoryClientRule(index=index, mode=item.mode, user_id=item.user_id)
+    assert item.pattern is not None  # MemoryClientEntry checked: user_id or pattern
+    return MemoryClientRule(index=index, mode=item.mode, header=(item.header or "user-agent").lower(),
+                            pattern=item.pattern, regex=re.compile(item.pattern))
 
 
-def _parse_header_pattern(ctx: _Context, raw: Any, index: int, path: str) -> HeaderPattern:
-    item = _mapping(ctx, raw, path)
-    _reject_unknown_keys(ctx, item, path, {"header", "pattern", "user_id"})
-    header, pattern, regex = _header_pattern(ctx, item, path)
-    user_id = _user_id(ctx, item.get("user_id"), f"{path}.user_id")
-    return HeaderPattern(index=index, header=header, pattern=pattern, user_id=user_id, regex=regex)
+# --- pydantic's errors in the file's terms -----------------------------------------------
 
 
-def _header_pattern(ctx: _Context, item: Mapping[str, Any], path: str) -> tuple[str, str, re.Pattern[str]]:
-    """``header`` (default user-agent, lower-cased), ``pattern`` and its compiled regex."""
-    header = item.get("header", "user-agent")
-    if not isinstance(header, str) or not HEADER_NAME_PATTERN.fullmatch(header):
-        raise ctx.error(f"{path}.header", f"not a valid HTTP header name: {header!r}")
-    pattern = _required_str(ctx, item, "pattern", path)
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise ctx.error(f"{path}.pattern", f"invalid regex: {e}") from e
-    return header.lower(), pattern, regex
+def _dotted(path: tuple[str | int, ...]) -> str:
+    """``("model_list", 2, "litellm_params", "api_base")`` -> ``model_list[2].litellm_params.api_base``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
 
 
-def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
-    path = "memory"
-    section = _mapping(ctx, raw, path) if raw is not None else {}
-    _reject_unknown_keys(ctx, section, path, {"enabled", "api_key", "base_url", "backend", "budget_tokens",
-                                              "deadline_ms", "clients", "retention_days"})
-    enabled = section.get("enabled")
-    if enabled is not None and not isinstance(enabled, bool):
-        raise ctx.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
-    backend = section.get("backend")
-    if backend is not None and backend not in MEMORY_BACKENDS:
-        raise ctx.error(f"{path}.backend", f"must be one of {', '.join(MEMORY_BACKENDS)}, got {backend!r}")
-    wants_supermemory = backend is None and enabled is not False
-    consequence = (": memory (Supermemory) is off" if backend == "supermemory"
-                   else ": the local memory is used" if wants_supermemory else "")
-    api_key = _secret(ctx, section.get("api_key"), f"{path}.api_key", consequence)
-    base_url = _optional_url(
-        ctx, _resolve_env(ctx, section.get("base_url"), f"{path}.base_url").value, f"{path}.base_url"
-    )
-    key_set = api_key is not None and api_key.is_set
-    if backend is None:
-        # Today's behaviour with a Supermemory key; otherwise memory is still on, embedded.
-        resolved = "off" if enabled is False else "supermemory" if key_set else "local"
-        if enabled and not key_set:
-            ctx.warn(f"{path}.enabled", "memory is enabled but memory.api_key is not set: using the local memory")
-    else:
-        resolved = backend
-        if backend == "supermemory" and enabled is False:
-            ctx.warn(f"{path}.enabled", "false turns Supermemory off: memory is off")
-    budget = section.get("budget_tokens", DEFAULT_MEMORY_BUDGET_TOKENS)
-    if not isinstance(budget, int) or isinstance(budget, bool) or not 50 <= budget <= 100_000:
-        raise ctx.error(f"{path}.budget_tokens", f"must be a whole number from 50 to 100000, got {budget!r}")
-    deadline = section.get("deadline_ms", DEFAULT_MEMORY_DEADLINE_MS)
-    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 1 <= deadline <= 10_000:
-        raise ctx.error(f"{path}.deadline_ms", f"must be a number of milliseconds from 1 to 10000, got {deadline!r}")
-    retention = section.get("retention_days")
-    if retention is not None and (not isinstance(retention, (int, float)) or isinstance(retention, bool)
-                                  or not 1 <= retention <= 36_500):
-        raise ctx.error(f"{path}.retention_days",
-                        f"must be a number of days from 1 to 36500 (or null: keep memories until deleted), got {retention!r}")
-    raw_clients = section.get("clients") or []
-    if not isinstance(raw_clients, list):
-        raise ctx.error(f"{path}.clients", f"must be a list, got {_type_name(raw_clients)}")
-    clients = tuple(
-        _parse_memory_client(ctx, item, index, f"{path}.clients[{index}]") for index, item in enumerate(raw_clients)
-    )
-    if clients and resolved != "local":
-        ctx.warn(f"{path}.clients", f"only the local memory reads these; the backend is {resolved}")
-    return MemorySettings(
-        enabled=enabled, api_key=api_key, base_url=(base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
-        backend=resolved, backend_configured=backend is not None, budget_tokens=budget,
-        deadline_ms=float(deadline), clients=clients,
-        retention_days=float(retention) if retention is not None else None,
-    )
+def _key_path(error: ErrorDetails) -> str:
+    # "[key]": pydantic's marker for a mapping key (an extra_headers name) rather than its value.
+    path = tuple(part for part in error["loc"] if part != "[key]")
+    key = (error.get("ctx") or {}).get("key")
+    return _dotted((*path, key) if key is not None else path)
 
 
-def _parse_memory_client(ctx: _Context, raw: Any, index: int, path: str) -> MemoryClientRule:
-    item = _mapping(ctx, raw, path)
-    _reject_unknown_keys(ctx, item, path, {"user_id", "header", "pattern", "mode"})
-    mode = item.get("mode")
-    if mode not in MEMORY_MODES:
-        raise ctx.error(f"{path}.mode", f"must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
-    if ("user_id" in item) == ("pattern" in item):
-        raise ctx.error(path, "give either user_id (a memory user id) or pattern (with header, default user-agent)")
-    if "user_id" in item:
-        if "header" in item:
-            raise ctx.error(f"{path}.header", "goes with pattern, not with user_id")
-        return MemoryClientRule(index=index, mode=mode, user_id=_user_id(ctx, item["user_id"], f"{path}.user_id"))
-    header, pattern, regex = _header_pattern(ctx, item, path)
-    return MemoryClientRule(index=index, mode=mode, header=header, pattern=pattern, regex=regex)
-
-
-# --- small validators -------------------------------------------------------------------
-
-
-def _mapping(ctx: _Context, raw: Any, path: str, required: bool = False) -> dict[str, Any]:
-    if raw is None and required:
-        raise ctx.error(path, "required")
-    if not isinstance(raw, Mapping):
-        subject = "must be" if path else "the top level must be"
-        raise ctx.error(path, f"{subject} a mapping, got {_type_name(raw)}")
-    for key in raw:
-        if not isinstance(key, str):
-            raise ctx.error(path, f"keys must be strings, got {key!r}")
-    return dict(raw)
-
-
-def _required_str(ctx: _Context, mapping: Mapping[str, Any], key: str, path: str) -> str:
-    value = mapping.get(key)
-    if value is None:
-        raise ctx.error(f"{path}.{key}", "required")
-    if not isinstance(value, str) or not value:
-        raise ctx.error(f"{path}.{key}", f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _user_id(ctx: _Context, value: Any, path: str) -> str:
-    if value is None:
-        raise ctx.error(path, "required")
-    if not isinstance(value, str) or not is_user_id(value):
-        raise ctx.error(path, f"invalid user id {value!r}: {USER_ID_RULE}")
-    return value
-
-
-def _optional_url(ctx: _Context, value: Any, path: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
-        raise ctx.error(path, f"must be an http:// or https:// URL, got {value!r}")
-    return value
-
-
-def _reject_unknown_keys(
-    ctx: _Context, mapping: Mapping[str, Any], path: str, allowed: set[str]
-) -> None:
-    # These sections are ours, not LiteLLM's: a misspelt key would otherwise be silently ignored.
-    for key in mapping:
-        if key not in allowed:
-            expected = ", ".join(sorted(allowed))
-            raise ctx.error(f"{path}.{key}", f"unknown key (expected one of: {expected})")
-
-
-def _type_name(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
+def _message(error: ErrorDetails) -> str:
+    """The message for one error: our validators' own, or pydantic's built-in ones reworded."""
+    kind, value = error["type"], error.get("input")
+    if kind == "config":
+        return str((error.get("ctx") or {})["message"])
+    if kind == "missing":
+        return "required"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "required" if value is None else f"must be a mapping, got {_type_name(value)}"
+    if kind == "list_type":
+        return f"must be a list, got {_type_name(value)}"
+    if kind == "string_type":
+        return f"must be a string, got {_type_name(value)}"
+    if kind == "bool_type":
+        return f"must be true or false, got {value!r}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    return error["msg"]
 
 
 __all__ = [
     "ConfigError",
+    "ConfigFile",
     "GeneralSettings",
     "HeaderPattern",
     "MemoryClientRule",
@@ -615,4 +801,5 @@ __all__ = [
     "UserIdMappings",
     "load_config",
     "parse_config",
+    "unknown_key_message",
 ]
