@@ -700,7 +700,7 @@ class _Builder:
             self.warn(
                 "general_settings.master_key",
                 "not enforced by this proxy (it is not LiteLLM's proxy server); to require credentials on "
-                "the gateway use mitmproxy's proxyauth option (see README, 'Security')",
+                "the gateway use mitmproxy's proxyauth option (see docs/security.md)",
             )
         return GeneralSettings(master_key=master_key, other=MappingProxyType(dict(section.model_extra or {})))
 
