@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import pytest
-from mitmproxy.test import taddons
-
-from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow, create_usage_schema, usage_totals
+from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow
 from memory_routing.memory.addon import EmbeddedMemory
 from memory_routing.routing.router import NO_MODEL, UNIDENTIFIED_USER
 from memory_routing.wire.responses import error_response
 from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  # noqa: F401  (fixture)
-from test_usage_rows import T0, row
+from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
 
 
 def test_a_call_refused_for_an_invalid_memory_mode_leaves_a_row(wired):
@@ -47,14 +44,6 @@ def test_refusals_name_who_asked_and_for_what_even_before_classification(wired):
     assert usage_log.recorder.flush(WAIT_S)
     rows = {(r.user_id, r.alias, r.provider_model) for r in stores.usage.recent()}
     assert rows == {(UNIDENTIFIED_USER, "fast", "fast"), ("dave", NO_MODEL, NO_MODEL)}
-
-
-@pytest.fixture
-def conn():
-    connection = sqlite3.connect(":memory:")
-    create_usage_schema(connection)
-    yield connection
-    connection.close()
 
 
 def test_one_model_under_two_spellings_is_one_model(conn):

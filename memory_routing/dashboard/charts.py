@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # Colour-blind-safe palette (Okabe-Ito) for up to eight series; the rest share grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -138,19 +139,21 @@ def _name_label(name: str, y: float) -> Text:
     return Text(NAME_PX - 8, y, shown, "end", title=name)
 
 
-def model_bars(rows: Sequence[Mapping[str, object]]) -> Chart:
+def _per_model(rows: Sequence[Mapping[str, Any]], empty: str) -> tuple[int, list[Text], list[Bar]]:
+    """A horizontal-bar chart's height and its texts and bars so far (the note when it has no row)."""
+    texts = [] if rows else [Text(WIDTH / 2, 20, empty, "middle", "empty")]
+    return max(1, len(rows)) * ROW_PX + 8, texts, []
+
+
+def model_bars(rows: Sequence[Mapping[str, Any]]) -> Chart:
     """Horizontal bars: calls per model, the erroring part in red."""
     rows = list(rows)[:MODEL_ROWS]
-    height = max(1, len(rows)) * ROW_PX + 8
-    peak = max((int(row["calls"]) for row in rows), default=0)  # type: ignore[call-overload]
+    height, texts, bars = _per_model(rows, "no calls in this range")
+    peak = max((int(row["calls"]) for row in rows), default=0)
     bar_space = WIDTH - NAME_PX - 90
-    texts: list[Text] = []
-    bars: list[Bar] = []
-    if not rows:
-        texts.append(Text(WIDTH / 2, 20, "no calls in this range", "middle", "empty"))
     for i, row in enumerate(rows):
         y = 4 + i * ROW_PX
-        name, calls, errors = str(row["key"]), int(row["calls"]), int(row["errors"])  # type: ignore[call-overload]
+        name, calls, errors = str(row["key"]), int(row["calls"]), int(row["errors"])
         ok_w = bar_space * (calls - errors) / peak if peak else 0
         err_w = bar_space * errors / peak if peak else 0
         texts.append(_name_label(name, y + 16))
@@ -162,20 +165,16 @@ def model_bars(rows: Sequence[Mapping[str, object]]) -> Chart:
     return Chart("model-chart", "calls per model", WIDTH, height, (), tuple(bars), tuple(texts))
 
 
-def latency_bars(rows: Sequence[Mapping[str, object]], fmt: Callable[[float], str]) -> Chart:
+def latency_bars(rows: Sequence[Mapping[str, Any]], fmt: Callable[[float], str]) -> Chart:
     """Horizontal bars per model: p95 light, p50 solid over it."""
     rows = [row for row in rows if row["latency_ms_p95"] is not None][:MODEL_ROWS]
-    height = max(1, len(rows)) * ROW_PX + 8
-    peak = max((float(row["latency_ms_p95"]) for row in rows), default=0.0)  # type: ignore[arg-type]
+    height, texts, bars = _per_model(rows, "no latencies in this range")
+    peak = max((float(row["latency_ms_p95"]) for row in rows), default=0.0)
     bar_space = WIDTH - NAME_PX - 110
-    texts: list[Text] = []
-    bars: list[Bar] = []
-    if not rows:
-        texts.append(Text(WIDTH / 2, 20, "no latencies in this range", "middle", "empty"))
     for i, row in enumerate(rows):
         y = 4 + i * ROW_PX
         name = str(row["key"])
-        p50, p95 = float(row["latency_ms_p50"]), float(row["latency_ms_p95"])  # type: ignore[arg-type]
+        p50, p95 = float(row["latency_ms_p50"]), float(row["latency_ms_p95"])
         w50, w95 = (bar_space * p50 / peak, bar_space * p95 / peak) if peak else (0.0, 0.0)
         texts.append(_name_label(name, y + 16))
         bars.append(Bar(NAME_PX, y + 3, round(w95, 1), ROW_PX - 8, PALETTE[4], f"{name}: p95 {fmt(p95)} ms",
