@@ -8,24 +8,24 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser import chromium_page
+from test_dashboard_api import NOW, call, sources, stores, usage  # noqa: F401  (fixtures)
+from test_dashboard_browser import DashboardServer
+
 from memory_routing.dashboard import charts
 from memory_routing.dashboard.api import DashboardSources
 from memory_routing.dashboard.page import usd_axis
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow
 from memory_routing.memory.store import SQLiteMemoryStore
-from test_dashboard_api import NOW, call, sources, stores, usage  # noqa: F401  (fixtures)
-from test_dashboard_browser import DashboardServer
 
 # Two calls of alice: Sonnet 4.5 reading 50,000 prompt tokens from its cache and writing 2,000
 # (LiteLLM's $0.0273, $0.1335 less than with no cache), with an 80-token recall block; and a
 # call with no cache. Bob: one cheap call. In the last 24 hours the busiest hour cost $0.00024,
 # so the cost chart's axis runs in ten-thousandths (where "$0.0001875" was cut to "0001875").
-CACHED = dict(provider="anthropic", provider_model="claude-sonnet-4-5", input_tokens=52_100, output_tokens=300,
-              cached_tokens=50_000, cache_write_tokens=2000, reasoning_tokens=0, cost_usd=0.0273,
-              cache_saved_usd=0.1335, memory_tokens=80, memory_cost_usd=0.00024, memory_injected=True)
-UNCACHED = dict(input_tokens=47_900, output_tokens=100, cached_tokens=0, cost_usd=0.00024, memory_tokens=None)
+CACHED = {"provider": "anthropic", "provider_model": "claude-sonnet-4-5", "input_tokens": 52_100, "output_tokens": 300,
+          "cached_tokens": 50_000, "cache_write_tokens": 2000, "reasoning_tokens": 0, "cost_usd": 0.0273,
+          "cache_saved_usd": 0.1335, "memory_tokens": 80, "memory_cost_usd": 0.00024, "memory_injected": True}
+UNCACHED = {"input_tokens": 47_900, "output_tokens": 100, "cached_tokens": 0, "cost_usd": 0.00024, "memory_tokens": None}
 
 
 def rows(now: float) -> list[UsageRow]:

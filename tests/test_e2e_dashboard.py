@@ -249,7 +249,7 @@ def test_cache_counts_reach_the_client_the_flow_log_and_the_priced_rows(cache_pr
         totals = {row["key"]: row for row in api.get("/memory-routing/usage", params={"group_by": "model"}).json()["data"]}
     assert Counter(row["provider_model"] for row in rows) == calls
     for row in rows:
-        tokens_in, tokens_out, read, write, reasoning, usd = expected[row["provider_model"]]
+        tokens_in, _, read, write, _, usd = expected[row["provider_model"]]
         assert (row["input_tokens"], row["cache_read_tokens"], row["cached_tokens"], row["cache_write_tokens"]) == (
             tokens_in, read, read, write)
         assert row["cost_usd"] == pytest.approx(usd, rel=1e-9), row["provider_model"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  # noqa: F401  (fixture)
+from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
+
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow
 from memory_routing.memory.addon import EmbeddedMemory
 from memory_routing.routing.router import NO_MODEL, UNIDENTIFIED_USER
 from memory_routing.wire.responses import error_response
-from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  # noqa: F401  (fixture)
-from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
 
 
 def test_a_call_refused_for_an_invalid_memory_mode_leaves_a_row(wired):

@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import pytest
-
 from test_translation import anthropic_events, openai_chunks, run_stream, sse
 
 from memory_routing.translate.translation import translate_request

@@ -244,7 +244,7 @@ class UsageRecorder:
             if cost is None:
                 return CallPrices()
             input_tokens, output_tokens, read, write, reasoning = (count or 0 for count in tokens)
-            saved = 0.0
+            saved: float | None = 0.0
             if read or write:  # the same prompt with no cache: every token at the input price
                 uncached = self.price(provider, model, input_tokens, output_tokens, 0, 0, reasoning)
                 saved = uncached - cost if uncached is not None else None
