@@ -258,3 +258,40 @@ def test_cache_counts_reach_the_client_the_flow_log_and_the_priced_rows(cache_pr
         assert totals[model]["cost_usd"] == pytest.approx(count * expected[model][5], abs=1e-6)  # rounded to 6 places
         assert totals[model]["cache_hit_ratio"] == pytest.approx(read_share := CACHE["read"] / expected[model][0], abs=1e-4)
         assert 0 < read_share < 1
+
+
+def test_what_a_recall_block_costs_is_recorded_per_memory_user(cache_proxy: RunningProxy, fake: FakeUpstream):
+    import litellm
+
+    from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
+    from test_e2e_memory import openai_client, wait_stored
+
+    # The fake counts 11 prompt tokens, and here 2,000 more read from the cache: the block's
+    # tokens are priced from the uncached 11 first, the rest at the cache-read price.
+    dora = openai_client(cache_proxy, "dora", **{"x-fake-cache": "read=2000"})
+
+    def ask(text: str, conversation: str) -> None:
+        dora.chat.completions.create(model="fast", messages=[{"role": "user", "content": text}],
+                                     extra_headers={"x-memory-conversation-id": conversation})
+
+    ask("My sailing boat is called Kittiwake and is moored in Falmouth", "sail-1")
+    wait_stored(cache_proxy, "dora", 2, "sail-1")
+    ask("Where is my sailing boat Kittiwake moored?", "sail-2")
+    turn = fake.last().json["messages"][-1]["content"]
+    assert turn.startswith(FENCE_OPEN) and "Falmouth" in turn
+    block_tokens = -(-len(turn[:turn.index(FENCE_CLOSE) + len(FENCE_CLOSE)]) // 4)
+
+    with httpx.Client(base_url=cache_proxy.gateway_url, timeout=WAIT_S) as api:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            users = {row["key"]: row for row in api.get("/memory-routing/usage", params={"group_by": "user"}).json()["data"]}
+            if users.get("dora", {}).get("calls") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # polling the store with a deadline, not ordering events
+    dora_totals = users["dora"]
+    prices = litellm.model_cost["gpt-4o-mini"]
+    assert (dora_totals["memory_calls"], dora_totals["memory_tokens"]) == (1, block_tokens)
+    assert block_tokens > USAGE_IN
+    expected = USAGE_IN * prices["input_cost_per_token"] + (block_tokens - USAGE_IN) * prices["cache_read_input_token_cost"]
+    assert dora_totals["memory_cost_usd"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < dora_totals["memory_cost_usd"] < dora_totals["cost_usd"]

@@ -183,10 +183,11 @@ def usage_totals(
             "reasoning_tokens": reasoning or 0,
             # The share of the input read from the provider's cache.
             "cache_hit_ratio": round(cached / tokens_in, 4) if cached and tokens_in else 0.0,
-            "cache_saved_usd": round(cache_saved, 6) if cache_saved is not None else None,
+            # Microdollars each: kept to the nano-dollar.
+            "cache_saved_usd": round(cache_saved, 9) if cache_saved is not None else None,
             "memory_calls": memory_calls,
             "memory_tokens": memory_tokens or 0,
-            "memory_cost_usd": round(memory_cost, 6) if memory_cost is not None else None,
+            "memory_cost_usd": round(memory_cost, 9) if memory_cost is not None else None,
             "cost_usd": round(cost, 6) if cost is not None else None,
             "unpriced_calls": unpriced,
             "latency_ms_p50": p50,
