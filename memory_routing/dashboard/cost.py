@@ -172,7 +172,7 @@ def _litellm_usd(litellm: Any, provider: str, provider_model: str, prompt: int, 
 
 
 def _litellm_cost(litellm: Any, provider: str, provider_model: str, prompt: int, completion: int,
-                  cached: int, cache_write: int, reasoning: int) -> float | None:
+                  cached: int, cache_write: int = 0, reasoning: int = 0) -> float | None:
     try:
         return _litellm_usd(litellm, provider, provider_model, prompt, completion, cached, cache_write, reasoning)
     except Exception:  # LiteLLM raises a bare Exception for a model its table does not map
