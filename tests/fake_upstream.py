@@ -27,6 +27,9 @@ HUGE_BODY_BYTES = 8 * 1024 * 1024
 #   lockstep    stream the events one at a time: each after the test allowed it (allow_event), bounded
 #   huge        a JSON answer of HUGE_BODY_BYTES
 FAULT_HEADER = "x-fake-fault"
+# A request may ask for prompt-cache and reasoning counts in its answer's usage, each as its API
+# reports them: x-fake-cache: read=N,write=M,reasoning=K (each optional; see with_cache_usage).
+CACHE_HEADER = "x-fake-cache"
 SUPERMEMORY_PREFIX = "/v3/"
 USAGE_IN, USAGE_OUT = 11, 7
 
@@ -239,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._native_error(route, 400, problem, extra)
             return
         tools = payload.get("tools") or []
+        self.cache_counts = _cache_counts(self.headers.get(CACHE_HEADER, ""))
+        self.route = route
         if fault := self.headers.get(FAULT_HEADER):
             self._fault(fault, route, model, stream, extra)
             return
@@ -344,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _json(self, status: int, payload: Any, extra: dict[str, Any]) -> None:
-        body = json.dumps(payload).encode()
+        body = json.dumps(self._with_cache(payload)).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -380,6 +385,7 @@ class _Handler(BaseHTTPRequestHandler):
         for index, (event, data) in enumerate(events):
             if index == stop_after:
                 return
+            data = self._with_cache(data)
             text = (f"event: {event}\n" if event else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
             self._chunk(text.encode())
             if index == 0 and self.fake.hold_streams:
@@ -387,6 +393,10 @@ class _Handler(BaseHTTPRequestHandler):
             if lockstep and index < len(events) - 1:
                 self.fake._event_permits.acquire(timeout=GATE_TIMEOUT_SECONDS)
         self._chunk(b"")
+
+    def _with_cache(self, payload: Any) -> Any:
+        counts = getattr(self, "cache_counts", None)
+        return with_cache_usage(self.route, payload, counts) if counts else payload
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -724,3 +734,44 @@ def _gemini_problem(payload: dict[str, Any]) -> str | None:
         if not isinstance(content.get("parts"), list) or not content["parts"]:
             return f"contents[{i}].parts: must not be empty"
     return None
+
+
+def _cache_counts(header: str) -> dict[str, int]:
+    counts = {}
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name in ("read", "write", "reasoning") and value.isdigit():
+            counts[name] = int(value)
+    return counts
+
+
+def with_cache_usage(route: str, payload: Any, counts: dict[str, int]) -> Any:
+    """``payload`` with the cache reads and writes and the reasoning tokens in its usage, as each
+    API reports them: OpenAI's cached part inside prompt_tokens and reasoning inside
+    completion_tokens; Anthropic's cache counts beside input_tokens (in message_start and whole
+    messages, where input_tokens is); Gemini's cachedContentTokenCount inside promptTokenCount
+    and thoughtsTokenCount beside candidatesTokenCount."""
+    if not isinstance(payload, dict):
+        return payload
+    read, write, reasoning = counts.get("read", 0), counts.get("write", 0), counts.get("reasoning", 0)
+    payload = json.loads(json.dumps(payload))
+    message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+    for usage in (payload.get("usage"), message.get("usage")):
+        if not isinstance(usage, dict):
+            continue
+        if "prompt_tokens" in usage:
+            usage["prompt_tokens"] += read
+            usage["prompt_tokens_details"] = {"cached_tokens": read}
+            usage["completion_tokens"] = usage.get("completion_tokens", 0) + reasoning
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        elif route.endswith("/messages") and "input_tokens" in usage:
+            usage["cache_read_input_tokens"] = read
+            usage["cache_creation_input_tokens"] = write
+    metadata = payload.get("usageMetadata")
+    if isinstance(metadata, dict):
+        metadata["promptTokenCount"] += read
+        metadata["cachedContentTokenCount"] = read
+        metadata["thoughtsTokenCount"] = reasoning
+        metadata["totalTokenCount"] = metadata["promptTokenCount"] + metadata.get("candidatesTokenCount", 0) + reasoning
+    return payload

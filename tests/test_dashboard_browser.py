@@ -105,6 +105,8 @@ def data(tmp_path: Path) -> Iterator[Data]:
         tokens_in, tokens_out = rng.randint(300, 9000), rng.randint(40, 1500)
         latency = rng.lognormvariate(6.6, 0.5)
         translated = protocol == "anthropic" and user == USERS[0]
+        injected = rng.random() < 0.6
+        block = rng.randint(40, 400) if injected and not failed else None
         rows.append(UsageRow(
             at=now - rng.uniform(0, 6.9 * 86400), user_id=user, client=user.split("@")[0].split(":")[0],
             alias="fast" if "mini" in model or "flash" in model else "smart", provider=provider,
@@ -115,8 +117,11 @@ def data(tmp_path: Path) -> Iterator[Data]:
             cached_tokens=None if failed else tokens_in // 3,
             cost_usd=None if failed or provider == "gemini" else round((tokens_in * 3 + tokens_out * 15) / 1e6, 6),
             latency_ms=round(latency, 1), ttfb_ms=round(latency * 0.3, 1),
-            memory_injected=rng.random() < 0.6, memory_stored=not failed,
+            memory_injected=injected, memory_stored=not failed,
             route="translated" if translated else "routed", translated_to="anthropic" if translated else None,
+            cache_write_tokens=None if failed or provider != "anthropic" else tokens_in // 10,
+            memory_tokens=block, memory_cost_usd=None if block is None else round(block * 3 / 1e6, 9),
+            cache_saved_usd=None if failed or provider == "gemini" else round(tokens_in // 3 * 2.7 / 1e6, 9),
         ))
     usage.insert(rows)
     texts = {

@@ -420,6 +420,10 @@ def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
     run(harness.memory, flow)
     fields = log_fields(harness, flow, OPENAI_ANSWER)
     assert fields.pop("recall_ms") >= 0
+    # The block's size (4 characters a token, as its budget counts), for the usage rows to price.
+    content = sent(flow)["messages"][-1]["content"]
+    block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
+    assert fields.pop("block_tokens") == -(-len(block) // 4) > 0
     assert fields == {"backend": "local", "mode": "both", "recall": "injected", "recalled": 2, "stored": True}
     assert "Miso" not in json.dumps(flow.metadata[LOG_FIELDS_KEY])
     # Read only: nothing stored; a failed answer: nothing stored either.

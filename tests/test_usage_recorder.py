@@ -47,7 +47,7 @@ def store():
     conn.close()
 
 
-def fixed_price(provider, model, tokens_in, tokens_out, cached):
+def fixed_price(provider, model, tokens_in, tokens_out, cached, cache_write=None, reasoning=None):
     return None if tokens_in is None else (tokens_in + 2 * (tokens_out or 0)) / 1e6
 
 

@@ -3,7 +3,8 @@
 ``handle()`` maps one request to a ``LocalAnswer``; the addon turns that into a response.
 No mitmproxy here: the same function serves the gateway, the reserved host and the tests.
 
-Routes (every answer is JSON unless noted; errors are ``{"error": {"message", "type"}}``):
+Routes, the table ``_route_table()`` holds (every answer is JSON unless noted; errors are
+``{"error": {"message", "type"}}``):
 
   GET    /memory-routing/                      the page (text/html)
   GET    /memory-routing/static/<file>         the page's script and style sheet
@@ -142,54 +143,71 @@ def error_answer(status: int, message: str, error_type: str = "invalid_request_e
 # --- routing ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DashboardRequest:
+    """One request under the prefix, as a handler sees it. ``rest``: the path after the route's
+    own (a memory id), for routes that take one."""
+
+    method: str
+    query: Mapping[str, str]
+    body: bytes
+    sources: DashboardSources
+    headers: Mapping[str, str]
+    rest: str = ""
+
+
+Handler = Callable[[DashboardRequest], LocalAnswer]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The handler per method of one path under the prefix. ``takes_rest``: the path is a prefix
+    and the remainder goes to the handler. ``writes``: its non-GET methods refuse cross-site
+    requests (a page of another site must not delete or import memories through the browser)."""
+
+    path: str
+    methods: Mapping[str, Handler]
+    takes_rest: bool = False
+    writes: bool = False
+
+
+def _route_table() -> tuple[Route, ...]:
+    return (
+        Route("", {"GET": _page}),
+        Route("/static/", {"GET": _static}, takes_rest=True),
+        Route("/usage", {"GET": _usage_totals}),
+        Route("/usage/series", {"GET": _usage_series}),
+        Route("/usage/recent", {"GET": _usage_recent}),
+        Route("/memories", {"GET": _memories_list, "DELETE": _forget_user}, writes=True),
+        Route("/memories/users", {"GET": _memory_users}),
+        Route("/memories/export", {"GET": _export}),
+        Route("/memories/import", {"POST": _import}, writes=True),
+        Route("/memories/", {"GET": _memory_get, "DELETE": _memory_delete}, takes_rest=True, writes=True),
+    )
+
+
 def _route(method: str, path: str, query: Mapping[str, str], body: bytes,
            sources: DashboardSources, headers: Mapping[str, str]) -> LocalAnswer:
+    if path == PREFIX:
+        # Relative links on the page need the trailing slash.
+        return LocalAnswer(308, "text/plain; charset=utf-8", b"", (("location", PREFIX + "/"),))
     rest = path[len(PREFIX):].rstrip("/")
-    if rest == "":
-        if path == PREFIX:
-            # Relative links on the page need the trailing slash.
-            return LocalAnswer(308, "text/plain; charset=utf-8", b"", (("location", PREFIX + "/"),))
-        _allow(method, "GET")
-        return _page(query, sources)
-    if rest.startswith("/static/"):
-        _allow(method, "GET")
-        return _static(rest[len("/static/"):])
-    if rest == "/usage":
-        _allow(method, "GET")
-        return _usage_totals(query, sources)
-    if rest == "/usage/series":
-        _allow(method, "GET")
-        return _usage_series(query, sources)
-    if rest == "/usage/recent":
-        _allow(method, "GET")
-        return _usage_recent(query, sources)
-    if rest == "/memories":
-        _allow(method, "GET", "DELETE")
+    route = _EXACT.get(rest)
+    remainder = ""
+    if route is None:
+        route = next((r for r in _BY_PREFIX if rest.startswith(r.path) and len(rest) > len(r.path)), None)
+        if route is None:
+            raise DashboardRequestError(404, f"no dashboard endpoint {path}; try {PREFIX}/, {PREFIX}/usage, "
+                                        f"{PREFIX}/memories/users", "not_found_error")
+        remainder = rest[len(route.path):]
+    handler = route.methods.get(method)
+    if handler is None:
+        allowed = ", ".join(route.methods)
+        raise DashboardRequestError(405, f"this endpoint answers {allowed}, not {method}",
+                                    headers=(("allow", allowed),))
+    if route.writes:
         _refuse_cross_site(method, headers)
-        return _memories_list(query, sources) if method == "GET" else _forget_user(query, sources)
-    if rest == "/memories/users":
-        _allow(method, "GET")
-        return _memory_users(sources)
-    if rest == "/memories/export":
-        _allow(method, "GET")
-        return _export(query, sources)
-    if rest == "/memories/import":
-        _allow(method, "POST")
-        _refuse_cross_site(method, headers)
-        return _import(body, sources, headers)
-    if rest.startswith("/memories/"):
-        _allow(method, "GET", "DELETE")
-        _refuse_cross_site(method, headers)
-        memory_id = _memory_id(rest[len("/memories/"):])
-        return _memory_get(memory_id, sources) if method == "GET" else _memory_delete(memory_id, query, sources)
-    raise DashboardRequestError(404, f"no dashboard endpoint {path}; try {PREFIX}/, {PREFIX}/usage, "
-                                f"{PREFIX}/memories/users", "not_found_error")
-
-
-def _allow(method: str, *allowed: str) -> None:
-    if method not in allowed:
-        raise DashboardRequestError(405, f"this endpoint answers {', '.join(allowed)}, not {method}",
-                                    headers=(("allow", ", ".join(allowed)),))
+    return handler(DashboardRequest(method, query, body, sources, headers, remainder))
 
 
 def _check_host(headers: Mapping[str, str], allowed: frozenset[str] | None) -> None:
@@ -218,7 +236,8 @@ def _refuse_cross_site(method: str, headers: Mapping[str, str]) -> None:
 # --- page and assets -------------------------------------------------------------------------
 
 
-def _page(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _page(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     now = sources.clock()
     range_name = query.get("range", page.DEFAULT_RANGE)
     if range_name not in page.RANGES:
@@ -240,7 +259,8 @@ def _page(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
                         ("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer")))
 
 
-def _static(name: str) -> LocalAnswer:
+def _static(request: DashboardRequest) -> LocalAnswer:
+    name = request.rest
     if not _STATIC_NAME.fullmatch(name):
         raise DashboardRequestError(404, f"no dashboard asset {name!r}", "not_found_error")
     asset = resources.files(__package__).joinpath("static", name)
@@ -259,7 +279,8 @@ def _usage_store(sources: DashboardSources) -> UsageStore:
     return sources.usage
 
 
-def _usage_totals(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _usage_totals(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     group_by = query.get("group_by", "user")
     if group_by not in GROUP_BY:
         raise DashboardRequestError(400, f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
@@ -268,22 +289,24 @@ def _usage_totals(query: Mapping[str, str], sources: DashboardSources) -> LocalA
     return _json(200, {"group_by": group_by, "since": iso_time(since), "until": _iso_or_none(until), "data": data})
 
 
-def _usage_series(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _usage_series(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     bucket = query.get("bucket", "day")
     since, until = time_range(query, sources.clock())
     data = _usage_store(sources).series(since, until, bucket)
     return _json(200, {"bucket": bucket, "since": iso_time(since), "until": _iso_or_none(until), "data": data})
 
 
-def _usage_recent(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
-    limit = _int_param(query, "limit", 50, 0, MAX_RECENT_LIMIT)
-    rows = _usage_store(sources).recent(limit)
+def _usage_recent(request: DashboardRequest) -> LocalAnswer:
+    limit = _int_param(request.query, "limit", 50, 0, MAX_RECENT_LIMIT)
+    rows = _usage_store(request.sources).recent(limit)
     return _json(200, {"data": [usage_row_json(row) for row in rows]})
 
 
 def usage_row_json(row: UsageRow) -> dict[str, Any]:
     record = dict(row.__dict__)
     record["at"] = iso_time(row.at)
+    record["cache_read_tokens"] = row.cached_tokens  # the name beside cache_write_tokens; cached_tokens stays
     return record
 
 
@@ -349,7 +372,8 @@ def memory_json(memory: Memory) -> dict[str, Any]:
     }
 
 
-def _memories_list(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _memories_list(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     user_id = _required_user(query, "GET /memory-routing/memories")
     limit = _int_param(query, "limit", 50, 0, MAX_LIST_LIMIT)
     offset = _int_param(query, "offset", 0, 0, None)
@@ -359,29 +383,32 @@ def _memories_list(query: Mapping[str, str], sources: DashboardSources) -> Local
     return _json(200, {"user_id": user_id, "total": total, "data": [memory_json(m) for m in memories]})
 
 
-def _memory_get(memory_id: int, sources: DashboardSources) -> LocalAnswer:
-    memory = _memory_store(sources).get(memory_id)
+def _memory_get(request: DashboardRequest) -> LocalAnswer:
+    memory_id = _memory_id(request.rest)
+    memory = _memory_store(request.sources).get(memory_id)
     if memory is None:
         raise DashboardRequestError(404, f"no memory {memory_id}", "not_found_error")
     return _json(200, {"user_id": memory.user_id, **memory_json(memory)})
 
 
-def _memory_delete(memory_id: int, query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
-    user_id = query.get("user_id") or None
-    if not _memory_store(sources).delete(memory_id, user_id=user_id):
+def _memory_delete(request: DashboardRequest) -> LocalAnswer:
+    memory_id = _memory_id(request.rest)
+    user_id = request.query.get("user_id") or None
+    if not _memory_store(request.sources).delete(memory_id, user_id=user_id):
         owner = f" of user {user_id!r}" if user_id else ""
         raise DashboardRequestError(404, f"no memory {memory_id}{owner}", "not_found_error")
     return _json(200, {"id": memory_id, "deleted": True})
 
 
-def _forget_user(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _forget_user(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     user_id = _required_user(query, "DELETE /memory-routing/memories (forget a user)")
     deleted = _memory_store(sources).forget_user(user_id)
     return _json(200, {"user_id": user_id, "deleted": deleted})
 
 
-def _memory_users(sources: DashboardSources) -> LocalAnswer:
-    store = _memory_store(sources)
+def _memory_users(request: DashboardRequest) -> LocalAnswer:
+    store = _memory_store(request.sources)
     users = store.users()
     return _json(200, {
         "total_users": len(users),
@@ -390,7 +417,8 @@ def _memory_users(sources: DashboardSources) -> LocalAnswer:
     })
 
 
-def _export(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
+def _export(request: DashboardRequest) -> LocalAnswer:
+    query, sources = request.query, request.sources
     user_id = query.get("user_id") or None
     lines = list(_memory_store(sources).export_jsonl(user_id))
     body = "".join(line + "\n" for line in lines).encode()
@@ -399,7 +427,8 @@ def _export(query: Mapping[str, str], sources: DashboardSources) -> LocalAnswer:
         ("content-disposition", f'attachment; filename="memories-{name}.jsonl"'), ("cache-control", "no-store")))
 
 
-def _import(body: bytes, sources: DashboardSources, headers: Mapping[str, str]) -> LocalAnswer:
+def _import(request: DashboardRequest) -> LocalAnswer:
+    body, sources, headers = request.body, request.sources, request.headers
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type in _SIMPLE_CONTENT_TYPES:
         raise DashboardRequestError(
@@ -446,3 +475,8 @@ def _iso_or_none(epoch_seconds: float | None) -> str | None:
 def _json(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> LocalAnswer:
     return LocalAnswer(status, "application/json", json.dumps(payload, indent=2, ensure_ascii=False).encode(),
                        (("cache-control", "no-store"), *headers))
+
+
+_ROUTES = _route_table()
+_EXACT = {route.path: route for route in _ROUTES if not route.takes_rest}
+_BY_PREFIX = tuple(route for route in _ROUTES if route.takes_rest)

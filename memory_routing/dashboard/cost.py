@@ -3,6 +3,11 @@
 Importing LiteLLM takes seconds, so it happens on the first price asked for (on the usage
 writer's thread, off the event loop), or earlier through ``warm_up()`` in a background thread.
 
+Every call is priced as LiteLLM prices its usage: the counts go to ``litellm.cost_per_token``
+as one LiteLLM ``Usage`` (prompt and completion tokens, cache reads and writes, reasoning
+tokens), which applies the model's cache-write and cache-read prices and its tiers (such as
+above 200k prompt tokens, cached ones included).
+
 ``litellm.cost_per_token`` costs about 200 µs of CPU per call. For most models its answer is
 linear in the token counts, so the rates are learned from LiteLLM itself, once per model:
 LiteLLM prices a few unit calls, and the linear form those give must then match LiteLLM's own
@@ -48,17 +53,24 @@ class LinearPrice:
     per_call: float
     per_input_token: float  # an uncached prompt token
     per_cached_token: float  # a cache-read prompt token
-    per_output_token: float
+    per_output_token: float  # an output token that is not reasoning
     token_limit: int  # the largest prompt and completion counts the probes covered
+    per_cache_write_token: float = 0.0  # a prompt token written to the cache
+    per_reasoning_token: float = 0.0
 
-    def covers(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> bool:
+    def covers(self, input_tokens: int, output_tokens: int, cached_tokens: int,
+               cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> bool:
         # No prompt at all is left to LiteLLM: tier tables treat it as a case of its own.
         return (1 <= input_tokens <= self.token_limit and 0 <= output_tokens <= self.token_limit
-                and 0 <= cached_tokens <= input_tokens)
+                and 0 <= cached_tokens and 0 <= cache_write_tokens
+                and cached_tokens + cache_write_tokens <= input_tokens and 0 <= reasoning_tokens <= output_tokens)
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> float:
-        return (self.per_call + (input_tokens - cached_tokens) * self.per_input_token
-                + cached_tokens * self.per_cached_token + output_tokens * self.per_output_token)
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int,
+             cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> float:
+        return (self.per_call + (input_tokens - cached_tokens - cache_write_tokens) * self.per_input_token
+                + cached_tokens * self.per_cached_token + cache_write_tokens * self.per_cache_write_token
+                + (output_tokens - reasoning_tokens) * self.per_output_token
+                + reasoning_tokens * self.per_reasoning_token)
 
 
 _UNLEARNED = object()
@@ -100,11 +112,14 @@ def call_cost_usd(
     input_tokens: int | None,
     output_tokens: int | None,
     cached_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
 ) -> float | None:
     """USD for one call, or None when the tokens or the model's price are unknown.
 
-    ``input_tokens`` includes ``cached_tokens`` (OpenAI's convention); the cached part is
-    priced at the model's cache-read price when the table has one.
+    ``input_tokens`` includes ``cached_tokens`` (cache reads) and ``cache_write_tokens``, and
+    ``output_tokens`` includes ``reasoning_tokens`` (LiteLLM's ``Usage`` convention, see
+    wire.usage); each part is priced at the model's own price for it when the table has one.
     """
     if input_tokens is None and output_tokens is None:
         return None
@@ -112,16 +127,16 @@ def call_cost_usd(
     if key in _unpriced:
         return None
     litellm = _load_litellm()
-    prompt, completion, cached = input_tokens or 0, output_tokens or 0, cached_tokens or 0
+    tokens = (input_tokens or 0, output_tokens or 0, cached_tokens or 0, cache_write_tokens or 0, reasoning_tokens or 0)
     price = _known_prices().get(key, _UNLEARNED)
     if price is _UNLEARNED:
-        cost = _litellm_cost(litellm, provider, provider_model, prompt, completion, cached)
+        cost = _litellm_cost(litellm, provider, provider_model, *tokens)
         if cost is not None:
             _learn(litellm, key)
         return cost
-    if price is not None and price.covers(prompt, completion, cached):
-        return price.cost(prompt, completion, cached)
-    return _litellm_cost(litellm, provider, provider_model, prompt, completion, cached)
+    if price is not None and price.covers(*tokens):
+        return price.cost(*tokens)
+    return _litellm_cost(litellm, provider, provider_model, *tokens)
 
 
 def linear_price(provider: str, provider_model: str) -> LinearPrice | None:
@@ -134,22 +149,32 @@ def linear_price(provider: str, provider_model: str) -> LinearPrice | None:
     return price
 
 
-def _litellm_usd(litellm: Any, provider: str, provider_model: str,
-                 prompt: int, completion: int, cached: int) -> float:
+def litellm_usage(litellm: Any, prompt: int, completion: int, cache_read: int = 0, cache_write: int = 0,
+                  reasoning: int = 0) -> Any:
+    """The counts as LiteLLM's own ``Usage``, the form its provider parsers produce and its
+    cost functions read (cache reads and writes as its Anthropic parser sets them)."""
+    details = litellm.types.utils.CompletionTokensDetailsWrapper(reasoning_tokens=reasoning) if reasoning else None
+    return litellm.Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+        cache_read_input_tokens=cache_read or None, cache_creation_input_tokens=cache_write or None,
+        completion_tokens_details=details,
+    )
+
+
+def _litellm_usd(litellm: Any, provider: str, provider_model: str, prompt: int, completion: int,
+                 cached: int, cache_write: int = 0, reasoning: int = 0) -> float:
     prompt_cost, completion_cost = litellm.cost_per_token(
         model=provider_model,
         custom_llm_provider=provider or None,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cache_read_input_tokens=cached,
+        usage_object=litellm_usage(litellm, prompt, completion, cached, cache_write, reasoning),
     )
     return prompt_cost + completion_cost
 
 
-def _litellm_cost(litellm: Any, provider: str, provider_model: str,
-                  prompt: int, completion: int, cached: int) -> float | None:
+def _litellm_cost(litellm: Any, provider: str, provider_model: str, prompt: int, completion: int,
+                  cached: int, cache_write: int = 0, reasoning: int = 0) -> float | None:
     try:
-        return _litellm_usd(litellm, provider, provider_model, prompt, completion, cached)
+        return _litellm_usd(litellm, provider, provider_model, prompt, completion, cached, cache_write, reasoning)
     except Exception:  # LiteLLM raises a bare Exception for a model its table does not map
         # Remembered: building that exception walks the whole table each time.
         if len(_unpriced) < _UNPRICED_LIMIT:
@@ -198,15 +223,17 @@ def _token_limit(model_info: Mapping[str, Any]) -> int:
     return min(thresholds) - 1
 
 
-def _probes(limit: int) -> list[tuple[int, int, int]]:
-    """(input, output, cached) points where the linear form must equal LiteLLM: the corners of
-    the range (with the unit points the rates come from, all of them: a tier whose threshold lies
-    inside the range is in force at the far ones) and odd points inside."""
+def _probes(limit: int) -> list[tuple[int, int, int, int, int]]:
+    """(input, output, cached, cache write, reasoning) points where the linear form must equal
+    LiteLLM: the corners of the range (with the unit points the rates come from, all of them: a
+    tier whose threshold lies inside the range is in force at the far ones) and odd points inside."""
     third, odd = max(limit // 3, 1), max(limit // 7 + 13, 1)
+    small = min(12_345, limit)
     return [
-        (limit, 0, 0), (1, limit, 0), (1, limit, 1), (limit, limit, 0), (limit, 0, limit), (limit, limit, limit),
-        (limit, odd, third), (min(odd, limit), min(third, limit), min(odd // 5, limit)),
-        (min(12_345, limit), min(678, limit), min(9_001, limit, 12_345)),
+        (limit, 0, 0, 0, 0), (1, limit, 0, 0, 0), (1, limit, 1, 0, 0), (limit, limit, 0, 0, 0), (limit, 0, limit, 0, 0),
+        (limit, limit, limit, 0, 0), (limit, 0, 0, limit, 0), (1, limit, 0, 0, limit), (limit, limit, 0, limit, limit),
+        (limit, odd, third, third, odd // 2), (min(odd, limit), min(third, limit), min(odd // 5, limit), 0, 0),
+        (small, min(678, limit), min(9_001, small), small - min(9_001, small), min(333, limit)),
     ]
 
 
@@ -237,6 +264,8 @@ def _learn_linear_price(litellm: Any, provider: str, provider_model: str) -> Lin
             per_cached_token=litellm_cost(1, 0, 1) - per_call,
             per_output_token=litellm_cost(1, 1, 0) - one_token,
             token_limit=limit,
+            per_cache_write_token=litellm_cost(1, 0, 0, 1) - per_call,
+            per_reasoning_token=litellm_cost(1, 1, 0, 0, 1) - one_token,
         )
         for point in _probes(limit):
             if not math.isclose(price.cost(*point), litellm_cost(*point), rel_tol=_PROBE_REL_TOL):

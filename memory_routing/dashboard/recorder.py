@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .cost import call_cost_usd
@@ -39,7 +40,17 @@ class UsageWriter(Protocol):
     def prune(self, older_than: float) -> int: ...
 
 
-Pricer = Callable[[str, str, "int | None", "int | None", "int | None"], "float | None"]
+# (provider, provider model, input, output, cache read, cache write, reasoning tokens) -> USD.
+Pricer = Callable[[str, str, "int | None", "int | None", "int | None", "int | None", "int | None"], "float | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallPrices:
+    """What one call cost, what its recall block cost of that, and what the prompt cache saved."""
+
+    cost_usd: float | None = None
+    memory_cost_usd: float | None = None
+    cache_saved_usd: float | None = None
 
 
 def _int_or_none(value: object) -> int | None:
@@ -54,8 +65,10 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def usage_row(line: Mapping[str, Any], cost_usd: float | None, now: float) -> UsageRow:
+def usage_row(line: Mapping[str, Any], prices: CallPrices | float | None, now: float) -> UsageRow:
     """The usage row of one router log line (see ModelRouter._log and _log_refusal)."""
+    if not isinstance(prices, CallPrices):
+        prices = CallPrices(prices)
     status = _int_or_none(line.get("status"))
     error = line.get("error")
     translated_to = line.get("translated_to") if isinstance(line.get("translated_to"), str) else None
@@ -73,8 +86,8 @@ def usage_row(line: Mapping[str, Any], cost_usd: float | None, now: float) -> Us
         error=str(error)[:ERROR_TEXT_LIMIT] if error else None,
         input_tokens=_int_or_none(line.get("input_tokens")),
         output_tokens=_int_or_none(line.get("output_tokens")),
-        cached_tokens=_int_or_none(line.get("cached_tokens")),
-        cost_usd=cost_usd,
+        cached_tokens=_int_or_none(line.get("cache_read_tokens", line.get("cached_tokens"))),
+        cost_usd=prices.cost_usd,
         latency_ms=_float_or_none(line.get("latency_ms")),
         ttfb_ms=_float_or_none(line.get("ttfb_ms")),
         # The embedded memory's `memory` field (a dict; Supermemory's is a bool), or older flat fields.
@@ -83,7 +96,17 @@ def usage_row(line: Mapping[str, Any], cost_usd: float | None, now: float) -> Us
         memory_stored=_memory_field(line).get("stored") is True or line.get("memory_stored") is True,
         route=route,
         translated_to=translated_to,
+        cache_write_tokens=_int_or_none(line.get("cache_write_tokens")),
+        reasoning_tokens=_int_or_none(line.get("reasoning_tokens")),
+        memory_tokens=memory_tokens(line),
+        memory_cost_usd=prices.memory_cost_usd,
+        cache_saved_usd=prices.cache_saved_usd,
     )
+
+
+def memory_tokens(line: Mapping[str, Any]) -> int | None:
+    """The tokens the recall block added to the call's input (the memory's `block_tokens`)."""
+    return _int_or_none(_memory_field(line).get("block_tokens"))
 
 
 def _memory_field(line: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -201,7 +224,7 @@ class UsageRecorder:
 
     def _write(self, lines: list[Mapping[str, Any]]) -> None:
         now = self.clock()
-        rows = [usage_row(line, self._cost(line), now) for line in lines]
+        rows = [usage_row(line, self._prices(line), now) for line in lines]
         store = self.usage()
         if store is None:
             self.dropped += len(rows)
@@ -212,18 +235,35 @@ class UsageRecorder:
             self.failed += len(rows)
             log.warning("usage: could not store %d call(s): %s", len(rows), type(e).__name__)
 
-    def _cost(self, line: Mapping[str, Any]) -> float | None:
+    def _prices(self, line: Mapping[str, Any]) -> CallPrices:
+        provider, model = _text(line.get("provider")), _text(line.get("provider_model"))
+        tokens = [_int_or_none(line.get(name)) for name in
+                  ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")]
         try:
-            return self.price(
-                _text(line.get("provider")),
-                _text(line.get("provider_model")),
-                _int_or_none(line.get("input_tokens")),
-                _int_or_none(line.get("output_tokens")),
-                _int_or_none(line.get("cached_tokens")),
-            )
+            cost = self.price(provider, model, *tokens)
+            if cost is None:
+                return CallPrices()
+            input_tokens, output_tokens, read, write, reasoning = (count or 0 for count in tokens)
+            saved: float | None = 0.0
+            if read or write:  # the same prompt with no cache: every token at the input price
+                uncached = self.price(provider, model, input_tokens, output_tokens, 0, 0, reasoning)
+                saved = uncached - cost if uncached is not None else None
+            return CallPrices(cost, self._memory_cost(provider, model, tokens, memory_tokens(line), cost), saved)
         except Exception as e:  # an unpriced call still counts
             log.warning("usage: could not price a call: %s", type(e).__name__)
-            return None
+            return CallPrices()
+
+    def _memory_cost(self, provider: str, model: str, tokens: list[int | None], block: int | None,
+                     cost: float) -> float | None:
+        """The call's cost less its cost without the block's tokens. They are taken from the
+        uncached input first: a block is new text at the end of the prompt on its first call."""
+        if not block:
+            return None if block is None else 0.0
+        input_tokens, output_tokens, read, write, reasoning = (count or 0 for count in tokens)
+        block = min(block, input_tokens)
+        from_read = max(0, block - (input_tokens - read - write))
+        without = self.price(provider, model, input_tokens - block, output_tokens, read - from_read, write, reasoning)
+        return cost - without if without is not None else None
 
     def _prune_if_due(self) -> None:
         now = self.clock()

@@ -3,9 +3,18 @@
 Pure logic over a ``sqlite3.Connection``; no mitmproxy, no LiteLLM. The caller owns the
 connection (the memory store's file) and runs the writes off the event loop.
 
-Token convention: ``input_tokens`` counts every input token, cached ones included (OpenAI's
-``prompt_tokens``); ``cached_tokens`` is the part of it read from the provider's prompt cache.
-A call is an error when the proxy or the upstream did not answer it with a 1xx-3xx status.
+Token convention (LiteLLM's ``Usage``, see wire.usage): ``input_tokens`` counts every input
+token, cache reads and writes included (OpenAI's ``prompt_tokens``); ``cached_tokens`` is the
+part of it read from the provider's prompt cache (the API also calls it ``cache_read_tokens``),
+``cache_write_tokens`` the part written to it. ``output_tokens`` includes ``reasoning_tokens``.
+``memory_tokens`` is what the recall block added to the input (an estimate: 4 characters a
+token, the rule its budget uses); ``memory_cost_usd`` its price, and ``cache_saved_usd`` what
+the call would have cost more with no prompt cache (negative when writing the cache cost more
+than reading it saved). A call is an error when the proxy or the upstream did not answer it with
+a 1xx-3xx status.
+
+The "model" grouping takes one model's spellings as one (``claude-sonnet-4.5`` refused,
+``claude-sonnet-4-5`` routed; a provider prefix): see ``model_key``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class UsageRow:
     memory_stored: bool
     route: str  # the routing decision, e.g. "routed", "translated", "refused"
     translated_to: str | None  # the provider's API format when the call was translated
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    memory_tokens: int | None = None  # None: no recall block in this call
+    memory_cost_usd: float | None = None
+    cache_saved_usd: float | None = None
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(UsageRow))
@@ -75,24 +89,45 @@ CREATE TABLE IF NOT EXISTS usage_calls (
     memory_injected INTEGER NOT NULL,
     memory_stored INTEGER NOT NULL,
     route TEXT NOT NULL,
-    translated_to TEXT
+    translated_to TEXT,
+    cache_write_tokens INTEGER,
+    reasoning_tokens INTEGER,
+    memory_tokens INTEGER,
+    memory_cost_usd REAL,
+    cache_saved_usd REAL
 );
 CREATE INDEX IF NOT EXISTS usage_calls_at ON usage_calls (at);
 """
+# Columns added since the table's first version: a file written by an older proxy gets them.
+_ADDED_COLUMNS = (
+    ("cache_write_tokens", "INTEGER"), ("reasoning_tokens", "INTEGER"), ("memory_tokens", "INTEGER"),
+    ("memory_cost_usd", "REAL"), ("cache_saved_usd", "REAL"),
+)
 
 _IS_ERROR = "(error IS NOT NULL OR status IS NULL OR status >= 400)"
 # The grouping key of each ``group_by`` value; "day" is the UTC calendar day.
 _GROUP_KEY = {
     "user": "user_id",
-    "model": "provider_model",
+    "model": "model_key(provider_model)",
     "client": "client",
     "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
     "all": "'all'",  # one row over every call
 }
 
 
+def model_key(name: str) -> str:
+    """One key for one model's spellings: no provider prefix, lower case, a dot as a dash
+    (``anthropic/Claude-Sonnet-4.5`` and ``claude-sonnet-4-5``)."""
+    return name.rsplit("/", 1)[-1].lower().replace(".", "-")
+
+
 def create_usage_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(usage_calls)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE usage_calls ADD COLUMN {name} {kind}")
+    conn.create_function("model_key", 1, model_key, deterministic=True)
 
 
 def insert_usage(conn: sqlite3.Connection, rows: Iterable[UsageRow]) -> int:
@@ -115,9 +150,14 @@ def usage_totals(
         raise UsageQueryError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
     where, params = _range(since, until)
     key = _GROUP_KEY[group_by]
+    # A model is shown by the name its routed calls used (its refusals' spelling otherwise).
+    shown = ("COALESCE(MAX(CASE WHEN route NOT IN ('refused', 'failed') THEN provider_model END), MAX(provider_model))"
+             if group_by == "model" else key)
     totals = conn.execute(
         f"""SELECT {key}, COUNT(*), SUM({_IS_ERROR}), SUM(input_tokens), SUM(output_tokens),
-                   SUM(cached_tokens), SUM(cost_usd), SUM(cost_usd IS NULL), MIN(at), MAX(at)
+                   SUM(cached_tokens), SUM(cost_usd), SUM(cost_usd IS NULL), MIN(at), MAX(at),
+                   SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(memory_tokens), SUM(memory_cost_usd),
+                   SUM(cache_saved_usd), SUM(memory_tokens IS NOT NULL), {shown}
             FROM usage_calls {where} GROUP BY 1""",
         params,
     ).fetchall()
@@ -128,15 +168,26 @@ def usage_totals(
     ):
         latencies.setdefault(group, []).append(latency)
     result = []
-    for group, calls, errors, tokens_in, tokens_out, cached, cost, unpriced, first, last in totals:
+    for (group, calls, errors, tokens_in, tokens_out, cached, cost, unpriced, first, last, cache_write, reasoning,
+         memory_tokens, memory_cost, cache_saved, memory_calls, name) in totals:
         p50, p95 = percentiles(latencies.get(group, []), (50, 95))
         result.append({
-            "key": group,
+            "key": name,
             "calls": calls,
             "errors": errors,
             "input_tokens": tokens_in or 0,
             "output_tokens": tokens_out or 0,
             "cached_tokens": cached or 0,
+            "cache_read_tokens": cached or 0,
+            "cache_write_tokens": cache_write or 0,
+            "reasoning_tokens": reasoning or 0,
+            # The share of the input read from the provider's cache.
+            "cache_hit_ratio": round(cached / tokens_in, 4) if cached and tokens_in else 0.0,
+            # Microdollars each: kept to the nano-dollar.
+            "cache_saved_usd": round(cache_saved, 9) if cache_saved is not None else None,
+            "memory_calls": memory_calls,
+            "memory_tokens": memory_tokens or 0,
+            "memory_cost_usd": round(memory_cost, 9) if memory_cost is not None else None,
             "cost_usd": round(cost, 6) if cost is not None else None,
             "unpriced_calls": unpriced,
             "latency_ms_p50": p50,

@@ -31,7 +31,7 @@ from memory_routing.config.holder import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
 from memory_routing.flow_state import LOG_FIELDS_KEY, route_of
 from memory_routing.local.endpoints import is_gateway
-from memory_routing.memory.inject import inject_recall
+from memory_routing.memory.inject import CHARS_PER_TOKEN, inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
 from memory_routing.memory.recall import RecalledBlock, Recaller
 from memory_routing.memory.records import NewMemory
@@ -85,6 +85,7 @@ class _CallMemory:
     recall: str | None = None  # outcome, when a recall was tried
     recall_ms: float | None = None
     recalled: int = 0  # memories shown in the injected block
+    block_tokens: int = 0  # the injected block's size, estimated as its budget is (4 characters a token)
     collector: AnswerTextCollector | None = None  # a streamed event-stream answer
     buffer: bytearray | None = None  # a streamed answer that is one JSON document
     events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
@@ -93,6 +94,8 @@ class _CallMemory:
         """The flow log's `memory` field: what the memory did for the call, never what it holds."""
         fields: dict[str, object] = {"backend": "local", "mode": self.mode, "recall": self.recall or "skipped",
                                      "recalled": self.recalled, "stored": stored}
+        if self.block_tokens:  # what the block added to the call's input: the usage rows price it
+            fields["block_tokens"] = self.block_tokens
         if self.recall_ms is not None:
             fields["recall_ms"] = round(self.recall_ms, 2)
         return fields
@@ -316,7 +319,7 @@ class EmbeddedMemory:
             try:
                 # Encoded by the router, together with its own changes (see edit_request_json).
                 edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text))
-                state.recalled = recalled.memories
+                state.recalled, state.block_tokens = recalled.memories, _estimated_tokens(recalled.text)
             except Exception as e:  # noqa: BLE001
                 logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
                 outcome = "error"
@@ -337,6 +340,7 @@ class EmbeddedMemory:
             return
         edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text, index))
         state.recall, state.recalled = "reinjected", recalled.memories
+        state.block_tokens = _estimated_tokens(recalled.text)
         state.recall_ms = (time.perf_counter() - started) * 1000
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -431,6 +435,10 @@ class MemoryAnswers:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.memory.calls.pop(flow, None)
+
+
+def _estimated_tokens(text: str) -> int:
+    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 def _add_log_fields(flow: http.HTTPFlow, memory: dict[str, object]) -> None:

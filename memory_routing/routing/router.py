@@ -58,6 +58,11 @@ DROPPED_HEADER = "x-memory-routing-dropped"
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
+# Proxy credentials missing or wrong (GatewayAuth, proxyauth): such a refusal leaves no usage row.
+_UNAUTHENTICATED = frozenset({401, 407})
+# Usage rows of refusals where the proxy could not tell who asked or for what.
+UNIDENTIFIED_USER = "(invalid user id)"
+NO_MODEL = "(no model)"
 # flow.metadata key: what really happened to a failed flow, when mitmproxy's error text does not
 # say (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
 from memory_routing.flow_state import FAILURE_NOTE_KEY  # noqa: E402  (set by UpstreamFailures)
@@ -126,7 +131,10 @@ class ModelRouter:
 
     @fail_closed(500, "the proxy failed to route this request; its log has the details")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response is not None:
+            self._count_earlier_refusal(flow)
+            return
+        if flow.error or not flow.live:
             return
         on_gateway = is_gateway(flow)
         if not on_gateway and flow.request.host.lower() not in self.routing.llm_hosts:
@@ -147,6 +155,20 @@ class ModelRouter:
             self._refuse(flow, call, e)
         # Anything else: fail_closed answers 500, as a half-rewritten request must never leave.
         return None
+
+    def _count_earlier_refusal(self, flow: http.HTTPFlow) -> None:
+        """A model call an earlier stage refused (an invalid x-memory-mode, a body over the limit)
+        is a call too: the sinks count it. Not one refused for missing proxy credentials: who sent
+        it is unknown, and anyone could fill the usage table with names of their choosing."""
+        response = flow.response
+        if (not self.log_sinks or response is None or response.status_code < 400
+                or response.status_code in _UNAUTHENTICATED):
+            return
+        if not is_gateway(flow) and flow.request.host.lower() not in self.routing.llm_hosts:
+            return
+        call = parse_model_call(flow.request.method, flow.request.path)
+        if call is not None:
+            self._log_refusal(flow, call, response.status_code, _error_message(response))
 
     def _refuse(self, flow: http.HTTPFlow, call: ModelCall, refusal: ProxyRefusal) -> None:
         logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {refusal.message}")
@@ -373,6 +395,9 @@ class ModelRouter:
             "ttfb_ms": round((first_byte - started) * 1000, 1) if first_byte else None,
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
         }
         line.pop("headers_set", None)
         if record.supermemory:
@@ -395,10 +420,10 @@ class ModelRouter:
         try:
             user_id = self.routing.classifier.classify(request_headers(flow)).user_id  # type: ignore[union-attr]
         except Exception:  # an unusable user id header is what was refused
-            user_id = ""
+            user_id = UNIDENTIFIED_USER
         self._to_sinks({
             "user_id": user_id,
-            "requested_model": call.path_model or _requested_model(request),
+            "requested_model": call.path_model or _requested_model(flow) or NO_MODEL,
             "client_protocol": call.protocol.value,
             "route": "refused",
             "at": request.timestamp_start,
@@ -465,8 +490,14 @@ def _translated_body(
     return translated.body, translated.answer, headers, notes
 
 
-def _requested_model(request: http.Request) -> str:
-    """The body's "model" of a refused call, when the body is small, plain JSON that has one."""
+def _requested_model(flow: http.HTTPFlow) -> str:
+    """The body's "model" of a refused call: from the parse the stages share (a large body's
+    skeleton has it), else when the body is small, plain JSON that has one."""
+    parsed = request_json_of(flow)
+    if parsed is not None and isinstance(parsed.payload, dict):
+        model = parsed.payload.get("model")
+        return model if isinstance(model, str) else ""
+    request = flow.request
     body = request.raw_content
     if not body or len(body) > BUFFER_LIMIT or "content-encoding" in request.headers:
         return ""
@@ -475,6 +506,16 @@ def _requested_model(request: http.Request) -> str:
     except (ValueError, AttributeError):
         return ""
     return model if isinstance(model, str) else ""
+
+
+def _error_message(response: http.Response) -> str:
+    """The message of the proxy's own error answer (every protocol's shape has error.message)."""
+    try:
+        error = json.loads(response.content or b"").get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+    except (ValueError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else f"HTTP {response.status_code}"
 
 
 def _client_key(headers: HeaderIndex) -> str | None:

@@ -383,6 +383,11 @@ class StreamTranslator:
         self._finish_reason: str | None = None
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
+        # The prompt cache's reads and writes and the reasoning tokens, handed on to the client
+        # in its own names (Claude Code on GPT sees cache_read_input_tokens).
+        self._cache_read_tokens: int | None = None
+        self._cache_write_tokens: int | None = None
+        self._reasoning_tokens: int | None = None
         self._closed = False
 
     def __call__(self, chunk: bytes) -> list[bytes]:
@@ -435,6 +440,10 @@ class StreamTranslator:
                 self._prompt_tokens = max(self._prompt_tokens or 0, usage.prompt_tokens)
             if usage.completion_tokens:
                 self._completion_tokens = max(self._completion_tokens or 0, usage.completion_tokens)
+            read, write, reasoning = _cache_and_reasoning(usage)
+            self._cache_read_tokens = _larger(self._cache_read_tokens, read)
+            self._cache_write_tokens = _larger(self._cache_write_tokens, write)
+            self._reasoning_tokens = _larger(self._reasoning_tokens, reasoning)
             del chunk.usage
         has_content = False
         for choice in chunk.choices or ():
@@ -455,7 +464,16 @@ class StreamTranslator:
         final: dict[str, Any] = {"choices": [{"index": 0, "delta": {}, "finish_reason": self._finish_reason}]}
         if self._prompt_tokens is not None or self._completion_tokens is not None:
             prompt, completion = self._prompt_tokens or 0, self._completion_tokens or 0
-            final["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                     "total_tokens": prompt + completion}
+            # LiteLLM's names: its Anthropic writer turns them into the client's cache fields.
+            if self._cache_read_tokens:
+                usage["cache_read_input_tokens"] = self._cache_read_tokens
+            if self._cache_write_tokens:
+                usage["cache_creation_input_tokens"] = self._cache_write_tokens
+            if self._reasoning_tokens:
+                usage["completion_tokens_details"] = {"reasoning_tokens": self._reasoning_tokens}
+            final["usage"] = usage
         return ModelResponseStream(**final)
 
     def _finish(self, trailing: list[SseEvent]) -> bytes:
@@ -523,6 +541,15 @@ class _OpenAIChunks:
                 "completion_tokens": usage.completion_tokens or 0,
                 "total_tokens": usage.total_tokens or 0,
             }
+            # OpenAI's own names for the cache reads and the reasoning; a cache write has none
+            # (LiteLLM's whole answers name it cache_creation_input_tokens, as here).
+            read, write, reasoning = _cache_and_reasoning(usage)
+            if read:
+                self._usage["prompt_tokens_details"] = {"cached_tokens": read}
+            if write:
+                self._usage["cache_creation_input_tokens"] = write
+            if reasoning:
+                self._usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         out: list[bytes] = []
         for choice in chunk.choices or ():
             delta = _openai_delta(choice.delta)
@@ -552,6 +579,25 @@ class _OpenAIChunks:
             "model": self.answer.provider_model,
             "choices": choices,
         }
+
+
+def _cache_and_reasoning(usage: Any) -> tuple[int | None, int | None, int | None]:
+    """(cache reads, cache writes, reasoning tokens) of a LiteLLM Usage, whichever names its
+    provider parser filled (Anthropic's: cache_*_input_tokens; OpenAI's and Gemini's: the details)."""
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    read = getattr(usage, "cache_read_input_tokens", None) or getattr(prompt_details, "cached_tokens", None)
+    write = getattr(usage, "cache_creation_input_tokens", None) or getattr(prompt_details, "cache_creation_tokens", None)
+    reasoning = getattr(completion_details, "reasoning_tokens", None)
+    return (read if isinstance(read, int) else None, write if isinstance(write, int) else None,
+            reasoning if isinstance(reasoning, int) else None)
+
+
+def _larger(held: int | None, new: int | None) -> int | None:
+    """Counts arrive as running totals or split over events: the largest seen is the call's."""
+    if not new:
+        return held
+    return max(held or 0, new)
 
 
 def _openai_delta(delta: Any) -> dict[str, Any]:
