@@ -472,7 +472,7 @@ def _requested_model(request: http.Request) -> str:
         return ""
     try:
         model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return model if isinstance(model, str) else ""
 

@@ -1,0 +1,144 @@
+"""Edges a new user hit (issue 24) end to end: a real mitmdump between real clients and a fake
+upstream. Each case asserts what the client sees (an error in its own protocol's shape, never a
+traceback, an HTML page or a hang) and what the proxy logs."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from fake_upstream import FAULT_HEADER, FakeUpstream
+from harness import RunningProxy, free_port, running_proxy
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {"MR_EDGE_OPENAI_KEY": "sk-edge-openai-2401", "MR_EDGE_ANTHROPIC_KEY": "sk-ant-edge-2402",
+        "MR_EDGE_GEMINI_KEY": "AIza-edge-2403"}
+WAIT = 20
+# 200 KB of opening brackets: deeper than any JSON parser's recursion can follow.
+DEEP_JSON = b"[" * 200_000
+
+
+def edges_config(fake_url: str, refused_port: int) -> dict:
+    return {
+        "model_list": [
+            {"model_name": "gpt-alias", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": f"{fake_url}/v1", "api_key": "os.environ/MR_EDGE_OPENAI_KEY"}},
+            {"model_name": "claude-alias", "litellm_params": {
+                "model": "anthropic/claude-sonnet-4-5", "api_base": fake_url, "api_key": "os.environ/MR_EDGE_ANTHROPIC_KEY"}},
+            {"model_name": "gemini-alias", "litellm_params": {
+                "model": "gemini/gemini-2.5-flash", "api_base": fake_url, "api_key": "os.environ/MR_EDGE_GEMINI_KEY"}},
+            {"model_name": "refused-alias", "litellm_params": {
+                "model": "openai/gpt-4o", "api_base": f"http://127.0.0.1:{refused_port}/v1",
+                "api_key": "os.environ/MR_EDGE_OPENAI_KEY"}},
+            {"model_name": "refused-claude", "litellm_params": {
+                "model": "anthropic/claude-haiku-4-5", "api_base": f"http://127.0.0.1:{refused_port}",
+                "api_key": "os.environ/MR_EDGE_ANTHROPIC_KEY"}},
+            {"model_name": "dns-claude", "litellm_params": {
+                "model": "anthropic/claude-haiku-4-5", "api_base": "http://no-such-host.invalid",
+                "api_key": "os.environ/MR_EDGE_ANTHROPIC_KEY"}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def proxy(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    workdir = tmp_path_factory.mktemp("edges")
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(edges_config(fake.url, free_port()), sort_keys=False))
+    # A 64 KiB offload threshold: the 200 KB body takes the worker-process path too.
+    args = ["--set", "memory_routing_offload_body_size=64k"]
+    with running_proxy(workdir, config, env=KEYS, extra_args=args) as running:
+        yield running
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as written (raw bytes: duplicate headers and all) and read one answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            body += piece
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_shape(answer: httpx.Response | tuple[int, dict[str, str], bytes], status: int, protocol: str) -> str:
+    """The answer is ``status`` in ``protocol``'s error shape; returns its message."""
+    if isinstance(answer, httpx.Response):
+        code, headers, body = answer.status_code, answer.headers, answer.content
+    else:
+        code, headers, body = answer
+    assert code == status, body[:500]
+    assert headers["content-type"] == "application/json", body[:500]
+    document = json.loads(body)
+    if protocol == "anthropic":
+        assert document["type"] == "error" and set(document["error"]) == {"type", "message"}
+        return document["error"]["message"]
+    if protocol == "gemini":
+        assert set(document["error"]) == {"code", "message", "status"} and document["error"]["code"] == status
+        return document["error"]["message"]
+    assert set(document["error"]) == {"message", "type", "param", "code"}
+    return document["error"]["message"]
+
+
+# --- 4. deeply nested JSON ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, protocol", [
+    ("/v1/chat/completions", "openai"),
+    ("/v1/messages", "anthropic"),
+])
+@pytest.mark.parametrize("offloaded", [False, True], ids=["in-loop", "worker"])
+def test_deeply_nested_json_is_400_in_the_clients_shape(
+    proxy: RunningProxy, upstream: FakeUpstream, path: str, protocol: str, offloaded: bool
+):
+    # Under the 64 KiB threshold the loop parses the body; over it, the worker process does.
+    body = DEEP_JSON if offloaded else DEEP_JSON[:60_000]
+    answer = httpx.post(f"{proxy.gateway_url}{path}", content=body, timeout=WAIT,
+                        headers={"content-type": "application/json"})
+    message = assert_shape(answer, 400, protocol)
+    assert "nested" in message
+    assert answer.headers["x-should-retry"] == "false"
+    assert not upstream.requests
+    log = proxy.log()
+    assert "RecursionError" not in log and "Traceback" not in log
+
+
+# --- 6. two Host headers ----------------------------------------------------------------------------
+
+
+def two_hosts_request(target: str) -> bytes:
+    body = json.dumps({"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_two_host_headers_are_refused_on_the_gateway(proxy: RunningProxy, upstream: FakeUpstream):
+    answer = raw_exchange(proxy.gateway_port, two_hosts_request("/v1/chat/completions"))
+    assert "more than one Host header" in assert_shape(answer, 400, "openai")
+    assert not upstream.requests
+
+
+def test_two_host_headers_are_refused_on_the_forward_proxy(proxy: RunningProxy, upstream: FakeUpstream):
+    answer = raw_exchange(proxy.forward_port, two_hosts_request(f"{upstream.url}/v1/chat/completions"))
+    assert answer[0] == 400
+    assert not upstream.requests
