@@ -72,6 +72,6 @@ def create_stages() -> list[object]:
         cookies,
         limiter,
         CloudflareGuard(),
-        UpstreamFailures(pages),
+        UpstreamFailures(pages, routing),
         HeapFreeze(),
     ]

@@ -8,12 +8,14 @@ import json
 import socket
 from collections.abc import Iterator
 
+import anthropic
 import httpx
+import openai
 import pytest
 import yaml
 
 from fake_upstream import FAULT_HEADER, FakeUpstream
-from harness import RunningProxy, free_port, running_proxy
+from harness import RunningProxy, free_port, running_proxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +24,13 @@ KEYS = {"MR_EDGE_OPENAI_KEY": "sk-edge-openai-2401", "MR_EDGE_ANTHROPIC_KEY": "s
 WAIT = 20
 # 200 KB of opening brackets: deeper than any JSON parser's recursion can follow.
 DEEP_JSON = b"[" * 200_000
+
+
+REFUSED_PORT = free_port()  # nothing listens here
+# Where a model that matches no alias goes: the proxy honours the providers' base URL variables
+# (a machine without network, made of a name that never resolves and a port nobody listens on).
+NO_NETWORK_ENV = {"ANTHROPIC_BASE_URL": "http://no-such-host.invalid",
+                  "OPENAI_BASE_URL": f"http://127.0.0.1:{REFUSED_PORT}/v1"}
 
 
 def edges_config(fake_url: str, refused_port: int) -> dict:
@@ -50,10 +59,10 @@ def edges_config(fake_url: str, refused_port: int) -> dict:
 def proxy(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     workdir = tmp_path_factory.mktemp("edges")
     config = workdir / "config.yaml"
-    config.write_text(yaml.safe_dump(edges_config(fake.url, free_port()), sort_keys=False))
+    config.write_text(yaml.safe_dump(edges_config(fake.url, REFUSED_PORT), sort_keys=False))
     # A 64 KiB offload threshold: the 200 KB body takes the worker-process path too.
     args = ["--set", "memory_routing_offload_body_size=64k"]
-    with running_proxy(workdir, config, env=KEYS, extra_args=args) as running:
+    with running_proxy(workdir, config, env=KEYS | NO_NETWORK_ENV, extra_args=args) as running:
         yield running
 
 
@@ -81,10 +90,10 @@ def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]
 
 def assert_shape(answer: httpx.Response | tuple[int, dict[str, str], bytes], status: int, protocol: str) -> str:
     """The answer is ``status`` in ``protocol``'s error shape; returns its message."""
-    if isinstance(answer, httpx.Response):
-        code, headers, body = answer.status_code, answer.headers, answer.content
-    else:
+    if isinstance(answer, tuple):
         code, headers, body = answer
+    else:  # an httpx response (the SDKs' too)
+        code, headers, body = answer.status_code, answer.headers, answer.content
     assert code == status, body[:500]
     assert headers["content-type"] == "application/json", body[:500]
     document = json.loads(body)
@@ -142,3 +151,55 @@ def test_two_host_headers_are_refused_on_the_forward_proxy(proxy: RunningProxy, 
     answer = raw_exchange(proxy.forward_port, two_hosts_request(f"{upstream.url}/v1/chat/completions"))
     assert answer[0] == 400
     assert not upstream.requests
+
+
+# --- 8. an upstream that cannot be reached at all -------------------------------------------------
+
+
+def routed_attempts(proxy: RunningProxy, model: str) -> int:
+    """How many calls for ``model`` the proxy routed (one log line each, failed ones included)."""
+    prefix = "memory-routing: routed "
+    return sum(
+        1 for line in proxy.log().splitlines()
+        if prefix in line and json.loads(line.split(prefix, 1)[1])["requested_model"] == model
+    )
+
+
+def test_unresolvable_provider_host_is_not_retried_and_names_what_to_fix(proxy: RunningProxy, upstream: FakeUpstream):
+    # Claude Code's situation: its default model has no alias and goes to Anthropic's own API,
+    # whose name does not resolve without a network. The SDK retries what it may (2 by default).
+    client = anthropic.Anthropic(base_url=proxy.gateway_url, api_key="sk-ant-client", timeout=WAIT)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    response = caught.value.response
+    message = assert_shape(response, 502, "anthropic")
+    assert response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in response.headers
+    assert "no-such-host.invalid" in message and "does not resolve" in message
+    assert "matched no alias" in message and "gpt-alias, claude-alias" in message
+    assert wait_until(lambda: routed_attempts(proxy, "claude-sonnet-4-5") >= 1)
+    assert routed_attempts(proxy, "claude-sonnet-4-5") == 1  # the SDK gave up at once
+
+
+def test_unresolvable_alias_host_names_the_alias(proxy: RunningProxy, upstream: FakeUpstream):
+    client = anthropic.Anthropic(base_url=proxy.gateway_url, api_key="sk-ant-client", timeout=WAIT)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(model="dns-claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    message = assert_shape(caught.value.response, 502, "anthropic")
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert "no-such-host.invalid" in message and "the alias 'dns-claude'" in message
+    assert routed_attempts(proxy, "dns-claude") == 1
+
+
+@pytest.mark.parametrize("model, aliased", [("gpt-4o", False), ("refused-alias", True)])
+def test_refused_connection_is_not_retried(proxy: RunningProxy, upstream: FakeUpstream, model: str, aliased: bool):
+    client = openai.OpenAI(base_url=f"{proxy.gateway_url}/v1", api_key="sk-client", timeout=WAIT)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    message = assert_shape(caught.value.response, 502, "openai")
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert f"127.0.0.1:{REFUSED_PORT}" in message or "127.0.0.1" in message
+    assert "refused the connection" in message
+    assert ("the alias 'refused-alias'" if aliased else "matched no alias") in message
+    assert wait_until(lambda: routed_attempts(proxy, model) >= 1)
+    assert routed_attempts(proxy, model) == 1
