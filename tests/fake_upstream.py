@@ -26,6 +26,9 @@ HUGE_BODY_BYTES = 8 * 1024 * 1024
 #   cut         start the answer (two events of a stream, half of a JSON body), then drop the connection
 #   lockstep    stream the events one at a time: each after the test allowed it (allow_event), bounded
 #   huge        a JSON answer of HUGE_BODY_BYTES
+#   page=NNN    answer NNN with an nginx-style HTML error page (as a proxy in front of a model would)
+#   page-chunked=NNN  the same page without a content-length (chunked)
+#   not-json    answer 200 with content-type application/json and a body that is not JSON
 FAULT_HEADER = "x-fake-fault"
 SUPERMEMORY_PREFIX = "/v3/"
 USAGE_IN, USAGE_OUT = 11, 7
@@ -329,11 +332,39 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "lockstep":
             self._sse(_anthropic_events(model) if route.endswith("/messages") else _openai_chat_events(model),
                       extra, lockstep=True)
+        elif fault.startswith(("page=", "page-chunked=")):
+            status = int(fault.split("=", 1)[1])
+            self._html_page(status, chunked=fault.startswith("page-chunked="))
+        elif fault == "not-json":
+            body = b"<html><body>Welcome! Please sign in to use this network.</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif fault == "huge":
             filler = "x" * HUGE_BODY_BYTES
             self._json(200, _openai_chat(model) | {"filler": filler}, extra)
         else:
             raise ValueError(f"unknown fault {fault!r}")
+
+    def _html_page(self, status: int, chunked: bool) -> None:
+        reason = self.responses.get(status, ("Error",))[0]
+        body = (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+                f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n"
+                "</body>\r\n</html>\r\n").encode()
+        self.send_response_only(status)
+        self.send_header("server", "nginx/1.25.3")
+        self.send_header("content-type", "text/html")
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self._chunk(body)
+            self._chunk(b"")
+        else:
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     def _drop(self) -> None:
         """Close the connection abruptly, mid-answer."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -203,3 +205,135 @@ def test_refused_connection_is_not_retried(proxy: RunningProxy, upstream: FakeUp
     assert ("the alias 'refused-alias'" if aliased else "matched no alias") in message
     assert wait_until(lambda: routed_attempts(proxy, model) >= 1)
     assert routed_attempts(proxy, model) == 1
+
+
+def test_claude_code_without_network_gives_up_at_once(proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path):
+    """The real CLI on its default model (no alias: Anthropic's own API, which does not resolve
+    here). With a retryable 502 it tried 11 times per call, with backoff, for over 2 minutes."""
+    from test_e2e_claude_code import claude_binary, run_claude
+
+    binary = claude_binary()
+    if binary is None:
+        pytest.skip("the pinned Claude Code CLI is not installed in tests/node: run `make node-clients`")
+    before = {model: routed_attempts(proxy, model) for model in routed_models(proxy)}
+    done = run_claude(binary, tmp_path, "say hi", {"ANTHROPIC_BASE_URL": proxy.gateway_url,
+                                                   "ANTHROPIC_API_KEY": "sk-ant-client-2404"})
+    assert done.returncode != 0
+    assert "no-such-host.invalid" in done.stdout + done.stderr
+    tried = {model: routed_attempts(proxy, model) - before.get(model, 0) for model in routed_models(proxy)}
+    tried = {model: count for model, count in tried.items() if count and model.startswith("claude")}
+    assert tried and all(count == 1 for count in tried.values()), tried
+
+
+def routed_models(proxy: RunningProxy) -> set[str]:
+    prefix = "memory-routing: routed "
+    return {json.loads(line.split(prefix, 1)[1])["requested_model"]
+            for line in proxy.log().splitlines() if prefix in line}
+
+
+# --- 5. an upstream's answer that is not the API's JSON ---------------------------------------------
+
+
+def routed_line(proxy: RunningProxy, user: str) -> dict:
+    prefix = "memory-routing: routed "
+    lines = [json.loads(line.split(prefix, 1)[1]) for line in proxy.log().splitlines() if prefix in line]
+    mine = [line for line in lines if line["user_id"] == user]
+    assert mine, f"no routed line for {user}"
+    return mine[-1]
+
+
+def stored_rows(proxy: RunningProxy, user: str) -> int:
+    with sqlite3.connect(proxy.confdir / "memory-routing-memory.sqlite3", timeout=10) as conn:
+        return conn.execute("SELECT count(*) FROM memories WHERE user_id = ?", (user,)).fetchone()[0]
+
+
+def post(proxy: RunningProxy, path: str, payload: dict, fault: str, user: str) -> httpx.Response:
+    return httpx.post(f"{proxy.gateway_url}{path}", json=payload, timeout=WAIT,
+                      headers={FAULT_HEADER: fault, "x-memory-user-id": user})
+
+
+CHAT = {"model": "gpt-alias", "messages": [{"role": "user", "content": "remember that my cat is called Tom"}]}
+MESSAGES = {"model": "claude-alias", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "remember that my dog is called Rex"}]}
+
+
+@pytest.mark.parametrize("fault", ["page=502", "page-chunked=502"])
+def test_an_html_error_page_becomes_the_clients_error_with_the_upstreams_status(
+    proxy: RunningProxy, upstream: FakeUpstream, fault: str
+):
+    answer = post(proxy, "/v1/chat/completions", CHAT, fault, "page-user")
+    message = assert_shape(answer, 502, "openai")
+    assert "502 Bad Gateway" in message and "nginx" in message and "text/html" in message
+    assert "<" not in message and "x-should-retry" not in answer.headers  # the SDK judges a 502 as ever
+    assert wait_until(lambda: "502 Bad Gateway" in routed_line(proxy, "page-user").get("error", ""))
+
+
+def test_an_html_error_page_reaches_an_anthropic_sdk_in_its_shape(proxy: RunningProxy, upstream: FakeUpstream):
+    client = anthropic.Anthropic(base_url=proxy.gateway_url, api_key="sk-ant-client", max_retries=0, timeout=WAIT)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(**MESSAGES, extra_headers={FAULT_HEADER: "page=503"})
+    assert "503 Service Unavailable" in assert_shape(caught.value.response, 503, "anthropic")
+
+
+def test_a_translated_calls_html_error_page_reaches_the_client_in_its_shape(proxy: RunningProxy, upstream: FakeUpstream):
+    answer = post(proxy, "/v1/messages", MESSAGES | {"model": "gpt-alias"}, "page=502", "translated-page-user")
+    message = assert_shape(answer, 502, "anthropic")
+    assert "502 Bad Gateway" in message and "<" not in message
+
+
+@pytest.mark.parametrize("fault, stream", [("not-json", False), ("page=200", False), ("page=200", True)])
+def test_a_success_that_is_not_json_is_a_502_and_never_stored(
+    proxy: RunningProxy, upstream: FakeUpstream, fault: str, stream: bool
+):
+    user = f"not-json-{fault.replace('=', '')}-{stream}"
+    good = post(proxy, "/v1/chat/completions", CHAT, "", f"{user}-control")
+    assert good.status_code == 200  # the control: memory stores this one
+    assert wait_until(lambda: stored_rows(proxy, f"{user}-control") > 0)
+    answer = post(proxy, "/v1/chat/completions", CHAT | {"stream": stream}, fault, user)
+    message = assert_shape(answer, 502, "openai")
+    assert answer.headers["x-should-retry"] == "false" and "not the API's JSON" in message
+    assert wait_until(lambda: "not the API's JSON" in routed_line(proxy, user).get("error", ""))
+    line = routed_line(proxy, user)
+    assert line["status"] == 502 and line["upstream_status"] == 200
+    assert line["memory"]["stored"] is False
+    # The control call's turn is in the file; this one's never is (the writer is flushed by then).
+    post(proxy, "/v1/chat/completions", CHAT, "", f"{user}-after")
+    assert wait_until(lambda: stored_rows(proxy, f"{user}-after") > 0)
+    assert stored_rows(proxy, user) == 0
+
+
+# --- 7. a damaged store file -------------------------------------------------------------------------
+
+
+def test_a_damaged_store_file_keeps_every_readable_row_and_says_so(fake: FakeUpstream, tmp_path: Path):
+    from memory_routing.dashboard.recorder import usage_row
+    from memory_routing.dashboard.usage_rows import SQLiteUsageStore
+    from memory_routing.memory.records import NewMemory
+    from memory_routing.memory.store import SQLiteMemoryStore
+    from test_memory_store import corrupt_page_holding
+
+    path = tmp_path / "store.sqlite3"
+    store = SQLiteMemoryStore(path)
+    store.add_many([NewMemory("alice", "c1", "test", "gpt-4o", "user", f"memory number {i:04d} " + "x" * 300, 1.7e9)
+                    for i in range(1000)])
+    conn = store.open_connection()
+    SQLiteUsageStore(conn).insert(
+        [usage_row({"user_id": "alice", "status": 200, "requested_model": "gpt-alias"}, None, 1.7e9)] * 300)
+    conn.close()
+    store.close()
+    corrupt_page_holding(path, b"memory number 0500 ")  # one page in the middle of the memories
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(edges_config(fake.url, REFUSED_PORT), sort_keys=False))
+    with running_proxy(tmp_path, config, env=KEYS, extra_args=["--set", f"memory_routing_store={path}"]) as proxy:
+        health = httpx.get(f"{proxy.gateway_url}/health", timeout=WAIT).json()
+        recovered = health["store_recovered"]
+        saved = recovered["rows_saved"]
+        assert 980 <= saved["memories"] < 1000 and saved["usage_calls"] == 300
+        assert recovered["total_rows_saved"] == saved["memories"] + 300
+        assert recovered["damaged_file"].startswith(str(path) + ".corrupt-")
+        assert Path(recovered["damaged_file"]).exists()
+        assert f"saved {recovered['total_rows_saved']} rows" in proxy.log()
+        # The saved memories are the proxy's again: the dashboard's API counts them.
+        info = httpx.get(f"{proxy.gateway_url}/memory-routing/info", timeout=WAIT).json()
+        assert info["store"]["recovered"]["total_rows_saved"] == recovered["total_rows_saved"]
