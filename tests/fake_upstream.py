@@ -59,6 +59,9 @@ class FakeUpstream:
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     open_connections: int = 0
+    # Connection id -> the peer's (the proxy's) port, while the connection is open: a test can
+    # follow its own connection whatever other connections do meanwhile.
+    open_connection_ports: dict[int, int] = field(default_factory=dict)
     broken_writes: int = 0  # answers the client side stopped reading (connection gone)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -138,15 +141,18 @@ class FakeUpstream:
                 return True, f"__cf_bm={self.cf_token}; Path=/; Max-Age=1800; HttpOnly; SameSite=None"
             return False, None
 
-    def _new_connection(self) -> int:
+    def _new_connection(self, peer_port: int) -> int:
         with self._lock:
             self.connections += 1
             self.open_connections += 1
-            return next(self._ids)
+            connection_id = next(self._ids)
+            self.open_connection_ports[connection_id] = peer_port
+            return connection_id
 
-    def _connection_closed(self) -> None:
+    def _connection_closed(self, connection_id: int) -> None:
         with self._lock:
             self.open_connections -= 1
+            self.open_connection_ports.pop(connection_id, None)
 
     def _broken_write(self) -> None:
         with self._lock:
@@ -169,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection_id = self.fake._new_connection()
+        self.connection_id = self.fake._new_connection(self.client_address[1])
 
     def finish(self) -> None:
         try:
@@ -177,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         finally:
-            self.fake._connection_closed()
+            self.fake._connection_closed(self.connection_id)
 
     def handle(self) -> None:
         try:
