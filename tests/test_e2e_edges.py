@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 import yaml
-
 from fake_upstream import FAULT_HEADER, FakeUpstream
 from harness import RunningProxy, free_port, running_proxy, wait_until
 
@@ -306,11 +305,12 @@ def test_a_success_that_is_not_json_is_a_502_and_never_stored(
 
 
 def test_a_damaged_store_file_keeps_every_readable_row_and_says_so(fake: FakeUpstream, tmp_path: Path):
+    from test_memory_store import corrupt_page_holding
+
     from memory_routing.dashboard.recorder import usage_row
     from memory_routing.dashboard.usage_rows import SQLiteUsageStore
     from memory_routing.memory.records import NewMemory
     from memory_routing.memory.store import SQLiteMemoryStore
-    from test_memory_store import corrupt_page_holding
 
     path = tmp_path / "store.sqlite3"
     store = SQLiteMemoryStore(path)

@@ -523,8 +523,8 @@ def corrupt_page_holding(path: Path, marker: bytes) -> int:
 
 
 def test_a_damaged_page_costs_only_its_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from memory_routing.dashboard.usage_rows import SQLiteUsageStore
     from memory_routing.dashboard.recorder import usage_row
+    from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 
     path = tmp_path / "memory.sqlite3"
     s = SQLiteMemoryStore(path)
