@@ -26,7 +26,8 @@ HUGE_BODY_BYTES = 8 * 1024 * 1024
 #   cut         start the answer (two events of a stream, half of a JSON body), then drop the connection
 #   lockstep    stream the events one at a time: each after the test allowed it (allow_event), bounded
 #   huge        a JSON answer of HUGE_BODY_BYTES
-#   page=NNN    answer NNN with an nginx-style HTML error page (as a proxy in front of a model would)
+#   page=NNN    answer NNN with an nginx-style HTML error page (as a proxy in front of a model would;
+#               a 503 with retry-after: 7)
 #   page-chunked=NNN  the same page without a content-length (chunked)
 #   not-json    answer 200 with content-type application/json and a body that is not JSON
 FAULT_HEADER = "x-fake-fault"
@@ -362,6 +363,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response_only(status)
         self.send_header("server", "nginx/1.25.3")
         self.send_header("content-type", "text/html")
+        if status == 503:
+            self.send_header("retry-after", "7")
         if chunked:
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()

@@ -272,6 +272,7 @@ def test_an_html_error_page_reaches_an_anthropic_sdk_in_its_shape(proxy: Running
     with pytest.raises(anthropic.APIStatusError) as caught:
         client.messages.create(**MESSAGES, extra_headers={FAULT_HEADER: "page=503"})
     assert "503 Service Unavailable" in assert_shape(caught.value.response, 503, "anthropic")
+    assert caught.value.response.headers["retry-after"] == "7"  # the upstream's, kept for the SDK
 
 
 def test_a_translated_calls_html_error_page_reaches_the_client_in_its_shape(proxy: RunningProxy, upstream: FakeUpstream):

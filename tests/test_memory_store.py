@@ -559,3 +559,21 @@ def test_a_damaged_page_costs_only_its_rows(tmp_path: Path, caplog: pytest.LogCa
 def usage_count(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT count(*) FROM usage_calls").fetchone()[0]
+
+
+def test_two_damaged_stretches_are_both_skipped(tmp_path: Path) -> None:
+    """The copy finds where reading works again after each damaged page, not only past the last."""
+    path = tmp_path / "memory.sqlite3"
+    s = SQLiteMemoryStore(path)
+    s.add_many([turn("u", f"memory number {i:04d} " + "x" * 300) for i in range(1000)])
+    s.close()
+    corrupt_page_holding(path, b"memory number 0300 ")
+    corrupt_page_holding(path, b"memory number 0700 ")
+    s = SQLiteMemoryStore(path)
+    try:
+        assert s.recovery is not None and s.recovery.skipped_stretches == 2
+        assert 960 <= s.recovery.rows["memories"] <= 980
+        kept = {s.get(i).text.split(" x")[0] for i in (1, 500, 1000)}  # type: ignore[union-attr]
+        assert kept == {"memory number 0000", "memory number 0499", "memory number 0999"}
+    finally:
+        s.close()

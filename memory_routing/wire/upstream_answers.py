@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 _PARSED_UP_TO = 256 * 1024
 # A Server header shown in the message: a short product token, nothing that could carry markup.
 _SERVER_NAME = re.compile(r"[A-Za-z0-9._/ ()-]{1,40}")
+# Seconds or an HTTP date: passed on as the upstream sent it.
+_RETRY_AFTER = re.compile(r"[A-Za-z0-9 ,:]{1,40}")
 
 
 def media_type(content_type: str) -> str:
@@ -133,9 +135,12 @@ class UpstreamAnswerCheck:
         flow.metadata[LOG_FIELDS_KEY] = {
             **flow.metadata.get(LOG_FIELDS_KEY, {}), "error": message, "upstream_status": status,
         }
-        # An error status keeps the upstream's retry semantics (the SDK judges the status); a
-        # success that is not JSON will be the same page next time.
-        flow.response = error_response(flow, answer_status, message, retryable=status >= 400, protocol=protocol)
+        # An error status keeps the upstream's retry semantics (the SDK judges the status and
+        # its retry-after); a success that is not JSON will be the same page next time.
+        retry_after = flow.response.headers.get("retry-after", "")
+        kept = {"retry-after": retry_after} if status >= 400 and _RETRY_AFTER.fullmatch(retry_after) else None
+        flow.response = error_response(
+            flow, answer_status, message, retryable=status >= 400, protocol=protocol, headers=kept)
 
 
 def _server_of(headers: dict[str, str]) -> str:
