@@ -27,6 +27,7 @@ from memory_routing.routing.planner import RoutePlanner
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.cloudflare.cookies import UpstreamCookies
 from memory_routing.wire.request_json import LargeBodyOffload
+from memory_routing.wire.upstream_answers import UpstreamAnswerCheck
 from memory_routing.wire.upstream_failures import UpstreamFailures
 
 
@@ -66,12 +67,13 @@ def create_stages() -> list[object]:
         ),
         litellm_loading,
         LargeBodyOffload(routing),  # a large body is read off the loop before anyone parses it
+        UpstreamAnswerCheck(),  # an upstream's HTML page becomes an error before memory reads the answer
         memory,
         router,
         memory.answers,
         cookies,
         limiter,
         CloudflareGuard(),
-        UpstreamFailures(pages),
+        UpstreamFailures(pages, routing),
         HeapFreeze(),
     ]

@@ -26,6 +26,10 @@ HUGE_BODY_BYTES = 8 * 1024 * 1024
 #   cut         start the answer (two events of a stream, half of a JSON body), then drop the connection
 #   lockstep    stream the events one at a time: each after the test allowed it (allow_event), bounded
 #   huge        a JSON answer of HUGE_BODY_BYTES
+#   page=NNN    answer NNN with an nginx-style HTML error page (as a proxy in front of a model would;
+#               a 503 with retry-after: 7)
+#   page-chunked=NNN  the same page without a content-length (chunked)
+#   not-json    answer 200 with content-type application/json and a body that is not JSON
 FAULT_HEADER = "x-fake-fault"
 # A request may ask for prompt-cache and reasoning counts in its answer's usage, each as its API
 # reports them: x-fake-cache: read=N,write=M,reasoning=K (each optional; see with_cache_usage).
@@ -59,6 +63,9 @@ class FakeUpstream:
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     open_connections: int = 0
+    # Connection id -> the peer's (the proxy's) port, while the connection is open: a test can
+    # follow its own connection whatever other connections do meanwhile.
+    open_connection_ports: dict[int, int] = field(default_factory=dict)
     broken_writes: int = 0  # answers the client side stopped reading (connection gone)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -138,15 +145,18 @@ class FakeUpstream:
                 return True, f"__cf_bm={self.cf_token}; Path=/; Max-Age=1800; HttpOnly; SameSite=None"
             return False, None
 
-    def _new_connection(self) -> int:
+    def _new_connection(self, peer_port: int) -> int:
         with self._lock:
             self.connections += 1
             self.open_connections += 1
-            return next(self._ids)
+            connection_id = next(self._ids)
+            self.open_connection_ports[connection_id] = peer_port
+            return connection_id
 
-    def _connection_closed(self) -> None:
+    def _connection_closed(self, connection_id: int) -> None:
         with self._lock:
             self.open_connections -= 1
+            self.open_connection_ports.pop(connection_id, None)
 
     def _broken_write(self) -> None:
         with self._lock:
@@ -169,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection_id = self.fake._new_connection()
+        self.connection_id = self.fake._new_connection(self.client_address[1])
 
     def finish(self) -> None:
         try:
@@ -177,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         finally:
-            self.fake._connection_closed()
+            self.fake._connection_closed(self.connection_id)
 
     def handle(self) -> None:
         try:
@@ -334,11 +344,41 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "lockstep":
             self._sse(_anthropic_events(model) if route.endswith("/messages") else _openai_chat_events(model),
                       extra, lockstep=True)
+        elif fault.startswith(("page=", "page-chunked=")):
+            status = int(fault.split("=", 1)[1])
+            self._html_page(status, chunked=fault.startswith("page-chunked="))
+        elif fault == "not-json":
+            body = b"<html><body>Welcome! Please sign in to use this network.</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif fault == "huge":
             filler = "x" * HUGE_BODY_BYTES
             self._json(200, _openai_chat(model) | {"filler": filler}, extra)
         else:
             raise ValueError(f"unknown fault {fault!r}")
+
+    def _html_page(self, status: int, chunked: bool) -> None:
+        reason = self.responses.get(status, ("Error",))[0]
+        body = (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+                f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n"
+                "</body>\r\n</html>\r\n").encode()
+        self.send_response_only(status)
+        self.send_header("server", "nginx/1.25.3")
+        self.send_header("content-type", "text/html")
+        if status == 503:
+            self.send_header("retry-after", "7")
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self._chunk(body)
+            self._chunk(b"")
+        else:
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     def _drop(self) -> None:
         """Close the connection abruptly, mid-answer."""

@@ -203,7 +203,8 @@ def test_malformed_database_is_moved_aside(tmp_path: Path) -> None:
     s = SQLiteMemoryStore(path)
     try:
         assert len(list(tmp_path.glob("memory.sqlite3.corrupt-*"))) == 1
-        assert s.counts()["memories"] == 0
+        # What the trashed pages held is gone; what was readable was copied into the fresh file.
+        assert s.recovery is not None and s.counts()["memories"] == s.recovery.rows.get("memories", 0) <= 200
     finally:
         s.close()
 
@@ -507,3 +508,72 @@ def test_user_ranking_leaves_out_words_common_for_the_user(store: SQLiteMemorySt
     # Every word common: the query is kept whole rather than emptied.
     assert len(store.search("u", "Caroline chat", 50, common_share=0.1)) == 41
     assert store.search("u", "zebra", 5) == [] and store.search("nobody", "Caroline", 5) == []
+
+
+def corrupt_page_holding(path: Path, marker: bytes) -> int:
+    """Overwrites the one page of the file that holds ``marker`` with random bytes; its number."""
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    offset = data.find(marker)
+    assert offset > 0, marker
+    page = offset // page_size
+    data[page * page_size:(page + 1) * page_size] = os.urandom(page_size)
+    path.write_bytes(bytes(data))
+    return page
+
+
+def test_a_damaged_page_costs_only_its_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from memory_routing.dashboard.recorder import usage_row
+    from memory_routing.dashboard.usage_rows import SQLiteUsageStore
+
+    path = tmp_path / "memory.sqlite3"
+    s = SQLiteMemoryStore(path)
+    s.add_many([turn("u", f"memory number {i:04d} " + "x" * 300) for i in range(1000)])
+    conn = s.open_connection()
+    SQLiteUsageStore(conn).insert(
+        [usage_row({"user_id": "u", "status": 200, "requested_model": f"m{i}"}, None, 1.0) for i in range(300)])
+    conn.close()
+    s.close()
+    page_count = path.stat().st_size // 4096
+    page = corrupt_page_holding(path, b"memory number 0500 ")
+    assert 2 < page < page_count - 2  # a page in the middle of the file
+    with caplog.at_level(logging.WARNING, logger="memory_routing.memory.store"):
+        s = SQLiteMemoryStore(path)
+    try:
+        [aside] = list(tmp_path.glob("memory.sqlite3.corrupt-*"))  # the damaged file, kept as it was
+        assert s.recovery is not None and s.recovery.source == aside
+        saved = s.recovery.rows
+        # One 4 KiB page holds about ten of these rows: those are gone, every other one is back.
+        assert 980 <= saved["memories"] < 1000 and saved["usage_calls"] == 300
+        assert s.counts()["memories"] == saved["memories"]
+        texts = {s.get(i).text.split(" x")[0] for i in (1, 1000)}  # type: ignore[union-attr]
+        assert texts == {"memory number 0000", "memory number 0999"}
+        assert s.search("u", "number 0999", limit=5)  # the full-text index was rebuilt from the rows
+        records = [r.getMessage() for r in caplog.records if r.name == "memory_routing.memory.store"]
+        assert len(records) == 1 and f"saved {s.recovery.total_rows} rows" in records[0]
+        assert usage_count(path) == 300
+    finally:
+        s.close()
+
+
+def usage_count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM usage_calls").fetchone()[0]
+
+
+def test_two_damaged_stretches_are_both_skipped(tmp_path: Path) -> None:
+    """The copy finds where reading works again after each damaged page, not only past the last."""
+    path = tmp_path / "memory.sqlite3"
+    s = SQLiteMemoryStore(path)
+    s.add_many([turn("u", f"memory number {i:04d} " + "x" * 300) for i in range(1000)])
+    s.close()
+    corrupt_page_holding(path, b"memory number 0300 ")
+    corrupt_page_holding(path, b"memory number 0700 ")
+    s = SQLiteMemoryStore(path)
+    try:
+        assert s.recovery is not None and s.recovery.skipped_stretches == 2
+        assert 960 <= s.recovery.rows["memories"] <= 980
+        kept = {s.get(i).text.split(" x")[0] for i in (1, 500, 1000)}  # type: ignore[union-attr]
+        assert kept == {"memory number 0000", "memory number 0499", "memory number 0999"}
+    finally:
+        s.close()

@@ -2,6 +2,10 @@
 headers, 413 for bodies, 400 for a second Host header or a control character (NUL, CR, LF) in
 a header value.
 
+On the gateway (reverse mode) mitmproxy replaces every Host header with the target's before any
+hook runs, which would hide a second one; so this addon sets ``keep_host_header`` (unless the
+user set it) and does that rewrite itself, after counting the client's Host headers.
+
 All answers come in the client's own error shape, with ``x-should-retry: false`` (the same
 request will never fit). The body limit is enforced by mitmproxy itself: the body size option
 sets mitmproxy's ``body_size_limit`` (unless that was set explicitly), which refuses a body
@@ -17,6 +21,7 @@ from __future__ import annotations
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
+from mitmproxy.net.http import url
 from mitmproxy.utils import human
 
 from memory_routing.local.endpoints import is_gateway
@@ -48,6 +53,8 @@ class RequestLimits:
         self.max_headers = 0
         # The body_size_limit value this addon set (None: the user's, or unset).
         self._set_body_size_limit: str | None = None
+        # Whether this addon set keep_host_header, and so rewrites the gateway's Host itself.
+        self._rewrites_gateway_host = False
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -60,6 +67,8 @@ class RequestLimits:
         )
 
     def configure(self, updated) -> None:
+        if "keep_host_header" in updated and "keep_host_header" in ctx.options.keys():
+            self._take_gateway_host_rewrite()
         for option in ("memory_routing_max_body_size", "memory_routing_max_header_size"):
             if option in updated:
                 try:
@@ -73,6 +82,12 @@ class RequestLimits:
                     self._apply_body_size_limit()
                 else:
                     self.max_headers = size
+
+    def _take_gateway_host_rewrite(self) -> None:
+        if ctx.options.keep_host_header:
+            return  # set by the user (the client's Host goes upstream), or already by this addon
+        self._rewrites_gateway_host = True
+        ctx.options.update(keep_host_header=True)
 
     def _apply_body_size_limit(self) -> None:
         if "body_size_limit" not in ctx.options.keys():
@@ -114,6 +129,10 @@ class RequestLimits:
             # passes them on from HTTP/2 (CVE-2026-71554) and mitmproxy 12.2 ships h2 4.3.0.
             flow.response = error_response(flow, 400, "the request has more than one Host header")
             return
+        if self._rewrites_gateway_host and is_gateway(flow) and flow.server_conn.address is not None:
+            # What mitmproxy does in reverse mode without keep_host_header (http layer).
+            host, port = flow.server_conn.address[:2]
+            flow.request.host_header = url.hostport("https" if flow.server_conn.tls else "http", host, port)
         if self.max_headers and size + 4 * len(fields) > self.max_headers:
             flow.response = error_response(
                 flow, 431,

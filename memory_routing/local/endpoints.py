@@ -144,6 +144,8 @@ class LocalEndpoints:
         body = health_body(__version__, self.started_at, self.routing.loaded_at, self.routing.last_error)
         if self.litellm_status is not None:
             body.update(self.litellm_status())
+        if self.stores is not None and (recovered := self.stores.recovery()) is not None:
+            body["store_recovered"] = recovered  # the store file was damaged at start: what was saved
         return json_response(200, body)
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:

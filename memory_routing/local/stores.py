@@ -108,4 +108,14 @@ class LocalStores:
 
     def status(self) -> dict[str, object]:
         """Where the file is and how much it holds: counts only, never contents."""
-        return {"path": str(self.path) if self.path else None, "open": self.is_open}
+        status: dict[str, object] = {"path": str(self.path) if self.path else None, "open": self.is_open}
+        if (recovery := self.recovery()) is not None:
+            status["recovered"] = recovery
+        return status
+
+    def recovery(self) -> dict[str, object] | None:
+        """The file was damaged when opened: where the damaged one is and how many rows were saved."""
+        memory = self.memory
+        if memory is None or memory.recovery is None:
+            return None
+        return memory.recovery.as_status()

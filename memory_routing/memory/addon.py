@@ -424,7 +424,8 @@ class MemoryAnswers:
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self.memory.calls.pop(flow, None)
-        if state is None or not state.writes or flow.response is None:
+        # The status again: an answer replaced after its head (not JSON after all) is an error.
+        if state is None or not state.writes or flow.response is None or not 200 <= flow.response.status_code < 300:
             return
         try:
             answer = _answer_text(state, flow)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from .recover import Recovery, recover_rows
 from .records import (Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError, MemoryTimeoutError,
                       NewMemory)
 
@@ -190,13 +191,16 @@ class SQLiteMemoryStore:
         self._readers: dict[int, _Reader] = {}
         self._readers_lock = threading.Lock()
         self._closed = False
+        # Set when the file was damaged at start: what was saved from it (see memory.recover).
+        self.recovery: Recovery | None = None
         try:
             self._writer = self._open_checked()
         except sqlite3.DatabaseError as e:
             if not _is_corruption(e):
                 raise MemoryStoreError(f"memory store {self.path}: {e}") from e
-            self._move_aside(e)
+            aside = self._move_aside()
             self._writer = self._open_checked()
+            self.recovery = self._recover(aside, e)
         # Rows per user, kept by this store's own writes: tells a search whether the user owns
         # most of the file (then narrowing by owner inside FTS5 costs more than it saves).
         # Searches read these while the writer thread updates them: single dict.get / int reads
@@ -290,7 +294,7 @@ class SQLiteMemoryStore:
             raise
         return conn
 
-    def _move_aside(self, error: Exception) -> None:
+    def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
@@ -302,8 +306,20 @@ class SQLiteMemoryStore:
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():
                 os.replace(side, aside.with_name(aside.name + suffix))
-        log.warning("memory store %s was unreadable (%s); moved it to %s and started an empty store",
-                    self.path, error, aside)
+        return aside
+
+    def _recover(self, aside: Path, error: Exception) -> Recovery:
+        """Copies what can be read of the damaged file (kept as ``aside``) into the fresh one."""
+        try:
+            recovery = recover_rows(aside, self._writer)
+        except sqlite3.Error as e:  # the fresh file stays usable, empty or partly filled
+            log.error("memory store %s: saving rows from %s failed (%s)", self.path, aside, e)
+            recovery = Recovery(aside, unreadable_tables=["(all)"])
+        saved = ", ".join(f"{table}: {count}" for table, count in recovery.rows.items()) or "none"
+        log.warning("memory store %s was unreadable (%s); moved it to %s and saved %d rows from it into a "
+                    "fresh file (%s; %d damaged stretches skipped)",
+                    self.path, error, aside, recovery.total_rows, saved, recovery.skipped_stretches)
+        return recovery
 
     def _check_open(self) -> None:
         if self._closed:

@@ -503,7 +503,7 @@ def _requested_model(flow: http.HTTPFlow) -> str:
         return ""
     try:
         model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return model if isinstance(model, str) else ""
 

@@ -11,6 +11,7 @@ import json
 
 from mitmproxy import http
 
+from memory_routing.wire.body_worker import NESTED_TOO_DEEP
 from memory_routing.flow_state import AnswerJson, answer_json_of, set_answer_json
 
 
@@ -27,5 +28,7 @@ def answer_json(flow: http.HTTPFlow) -> AnswerJson:
         parsed = AnswerJson(raw, json.loads(response.get_content(strict=False) or b""))
     except ValueError as e:
         parsed = AnswerJson(raw, error=str(e))
+    except RecursionError:  # nested past json's recursion limit: as unreadable as broken JSON
+        parsed = AnswerJson(raw, error=NESTED_TOO_DEEP)
     set_answer_json(flow, parsed)
     return parsed

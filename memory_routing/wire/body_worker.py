@@ -34,6 +34,9 @@ _KEY_FOLLOWS = re.compile(rb"[ \t\r\n]*:")
 # translation to read the media type from and to split off as it does for any data URL.
 _DATA_URL_HEAD = re.compile(rb'"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,')
 _PLACEHOLDER_PREFIX = "large-body:"
+# json's C parser gives up past the interpreter's recursion limit (about 1000 levels) with a
+# RecursionError, not a ValueError: a body like 200 KB of "[" is still the client's mistake.
+NESTED_TOO_DEEP = "its arrays and objects are nested too deeply (the proxy reads up to about 1000 levels)"
 
 
 def placeholder(nonce: str, index: int) -> str:
@@ -82,7 +85,7 @@ def skeletonize(source: bytes, min_literal: int) -> tuple[dict, bytes]:
     skeleton = b"".join(pieces)
     try:
         json.loads(skeleton)
-    except ValueError:
+    except (ValueError, RecursionError):
         # The skeleton fails where the body does; the body's own message has the right positions.
         return {"error": _error_of(source) or "the body is not JSON"}, b""
     return {"nonce": nonce, "spans": spans}, skeleton
@@ -93,6 +96,8 @@ def _error_of(source: bytes) -> str | None:
         json.loads(source)
     except ValueError as e:
         return str(e)
+    except RecursionError:
+        return NESTED_TOO_DEEP
     return None
 
 

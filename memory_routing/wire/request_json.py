@@ -26,6 +26,7 @@ from memory_routing.flow_state import RequestJson, request_json_of, set_request_
 from memory_routing.local.endpoints import is_gateway
 from memory_routing.routing.headers import request_headers
 from memory_routing.routing.model_calls import Endpoint, parse_model_call
+from memory_routing.wire.body_worker import NESTED_TOO_DEEP
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def request_json(flow: http.HTTPFlow) -> RequestJson:
         parsed = RequestJson(raw, json.loads(body or b""))
     except ValueError as e:
         parsed = RequestJson(raw, error=str(e))
+    except RecursionError:
+        parsed = RequestJson(raw, error=NESTED_TOO_DEEP)
     set_request_json(flow, parsed)
     return parsed
 

@@ -1,6 +1,9 @@
 """Addon that turns upstream failures of routed calls into errors in the client's own shape.
 
 - An upstream that refuses the connection, does not resolve, or breaks before answering: 502.
+  A name that does not resolve, a refused connection or an unreachable network is no passing
+  fault: that 502 says ``x-should-retry: false`` (an SDK would otherwise retry for minutes) and
+  names the host, the alias the model matched or that it matched none, and the aliases there are.
 - One that does not accept the connection within the connect timeout, or sends nothing for
   the read timeout (before its answer, or between two chunks of it): 504, and the upstream
   connection is dropped. mitmproxy itself has no such timeouts: it would wait for the OS.
@@ -26,6 +29,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from memory_routing.config.holder import RoutingConfig
 from memory_routing.mitm.error_pages import ErrorPageOverrides
 from memory_routing.flow_state import FAILURE_NOTE_KEY
 from memory_routing.mitm.internals import connection_task, drop_connection
@@ -39,6 +43,29 @@ TIMEOUT_MARK = "memory_routing.timeout"
 # The text of a cancelled connect attempt starts with this (mitmproxy passes the cancel message
 # on as the connection error).
 CONNECT_TIMEOUT_TEXT = "memory-routing: connect timeout"
+# How the OS words a connection that cannot be made at all (asyncio's and getaddrinfo's texts):
+# a retry a second later meets the same answer.
+_UNREACHABLE_TEXTS: tuple[tuple[str, str], ...] = (
+    ("name or service not known", "its name does not resolve"),
+    ("nodename nor servname", "its name does not resolve"),
+    ("no address associated with hostname", "its name does not resolve"),
+    ("temporary failure in name resolution", "its name does not resolve (no DNS answer: is there a network?)"),
+    ("connection refused", "it refused the connection (nothing listens on that port)"),
+    ("connect call failed", "it refused the connection (nothing listens on that port)"),
+    ("network is unreachable", "the network cannot reach it (is there a network?)"),
+    ("no route to host", "the network cannot reach it (is there a network?)"),
+)
+
+
+def unreachable_reason(error_text: str) -> str | None:
+    """Why an upstream cannot be connected to at all, in words; None for any other failure."""
+    lowered = error_text.lower()
+    for text, reason in _UNREACHABLE_TEXTS:
+        if text in lowered:
+            return reason
+    return None
+
+
 # Addresses whose connect attempt timed out recently: mitmproxy's connect error does not name
 # the flow, so the error hook matches the flow's target against this.
 _RECENT_SECONDS = 30.0
@@ -54,8 +81,9 @@ class _Watched:
 
 
 class UpstreamFailures:
-    def __init__(self, pages: ErrorPageOverrides | None = None) -> None:
+    def __init__(self, pages: ErrorPageOverrides | None = None, routing: RoutingConfig | None = None) -> None:
         self.pages = pages or ErrorPageOverrides()
+        self.routing = routing  # the aliases an unreachable host's message lists
         self.connect_timeout = 10.0
         self.read_timeout = 300.0
         self._flows: dict[str, _Watched] = {}
@@ -158,29 +186,49 @@ class UpstreamFailures:
                 f"the client gets a broken stream"
             )
             return
-        status, message = self._describe(flow, host)
+        status, message, retryable = self._describe(flow, host)
         logger.warning(f"memory-routing: {message}")
         if not flow.client_conn.state & connection.ConnectionState.CAN_WRITE:
             return  # the client has gone: no page will be written
-        answer = error_response(flow, status, message, retryable=True, protocol=route.client_protocol)
+        answer = error_response(flow, status, message, retryable=retryable, protocol=route.client_protocol)
         self.pages.register(flow.error.msg, answer)
 
     # --- timeouts -------------------------------------------------------------------------
 
-    def _describe(self, flow: http.HTTPFlow, host: str) -> tuple[int, str]:
+    def _describe(self, flow: http.HTTPFlow, host: str) -> tuple[int, str, bool]:
+        """(status, message, retryable) for a failure before the answer started."""
         text = flow.error.msg if flow.error else ""
         timed_out = flow.metadata.get(TIMEOUT_MARK)
         if timed_out == "read":
-            return 504, f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
+            return 504, (
+                f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
+            ), True
         recent = self._connect_timeouts.get((flow.request.host, flow.request.port))
         if CONNECT_TIMEOUT_TEXT in text or (recent is not None and time.time() - recent < _RECENT_SECONDS):
             return 504, (
                 f"{host} did not accept a connection within {self.connect_timeout:g} s "
                 f"(memory_routing_connect_timeout)"
-            )
+            ), True
         if "body_size_limit" in text:
-            return 413, f"mitmproxy refused the body: {text}"
-        return 502, f"the proxy could not get an answer from {host}: {text}"
+            return 413, f"mitmproxy refused the body: {text}", True
+        reason = unreachable_reason(text)
+        if reason is not None:
+            return 502, f"the proxy could not get an answer from {host}: {reason} ({text}); {self._which_alias(flow)}", False
+        return 502, f"the proxy could not get an answer from {host}: {text}", True
+
+    def _which_alias(self, flow: http.HTTPFlow) -> str:
+        """How the model came to this host: its alias, or none (then the provider's own API)."""
+        route = route_of(flow)
+        assert route is not None
+        decision = route.decision
+        config = self.routing.config if self.routing is not None else None
+        aliases = ", ".join(config.aliases) if config is not None and config.aliases else "none are configured"
+        if decision.alias is not None:
+            return f"model {decision.requested_model!r} is the alias {decision.alias!r}, whose api_base names this host"
+        return (
+            f"model {decision.requested_model!r} matched no alias, so it went to {decision.provider}'s own API; "
+            f"the aliases are: {aliases}"
+        )
 
     async def _sweep_forever(self) -> None:
         while True:
