@@ -75,7 +75,6 @@ def main() -> None:
     bodies = [typical_body(i) for i in range(REQUESTS)]
     with taddons.context(routing, memory, router) as tctx:
         tctx.configure(routing, memory_routing_config=str(workdir / "config.yaml"))
-        tctx.configure(router, memory_routing_flow_log="")
 
         async def run_all() -> None:
             for index, body in enumerate(bodies):

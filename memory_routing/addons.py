@@ -6,6 +6,7 @@ The stages are mitmproxy addons, each with one job; mitmproxy sees one object, a
 
 from __future__ import annotations
 
+from memory_routing.call_log import CallLog
 from memory_routing.cloudflare.guard import CloudflareGuard
 from memory_routing.guard.gateway_auth import GatewayAuth
 from memory_routing.mitm.heap_freeze import HeapFreeze
@@ -43,6 +44,7 @@ def create_stages() -> list[object]:
     memory = EmbeddedMemory(routing, stores)
     pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape
     litellm_loading = LiteLLMLoading(routing)
+    calls = CallLog()
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -51,6 +53,7 @@ def create_stages() -> list[object]:
     # memory injects into the client's own body before the router translates it, and reads the
     # answer (memory.answers) after the router has translated it back.
     # LiteLLM loads in a thread once the proxy runs: model calls wait for it before the router.
+    # The call's record is written last, when every other stage is done with the call.
     return [
         ProxyAuthSecret(),  # before ListenGuard: proxyauth from a file/env counts as authentication
         ListenGuard(),
@@ -59,7 +62,7 @@ def create_stages() -> list[object]:
         GatewayAuth(),
         RequestLimits(routing, pages),
         stores,
-        UsageLog(stores, router),
+        UsageLog(stores, calls),
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
             memory_status=memory.status, litellm_status=litellm_loading.status,
@@ -74,4 +77,5 @@ def create_stages() -> list[object]:
         CloudflareGuard(),
         UpstreamFailures(pages),
         HeapFreeze(),
+        calls,
     ]

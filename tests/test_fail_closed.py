@@ -100,7 +100,7 @@ def test_router(monkeypatch, config_file: Path):
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     with taddons.context(routing, router) as tctx:
         tctx.configure(routing, memory_routing_config=str(config_file))
-        monkeypatch.setattr(router_module, "parse_model_call", explode)  # outside the router's own try
+        monkeypatch.setattr(router_module, "routed_call", explode)  # outside the router's own try
         flow = anthropic_gateway_flow()
         before = flow.request.copy()
         router.request(flow)

@@ -15,7 +15,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.flow_state import request_json_of
+from memory_routing.flow_state import known_context, request_json_of
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import placeholder, skeletonize
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
@@ -252,7 +252,7 @@ def test_memory_sees_a_prefix_and_the_same_conversation_across_requests(offload)
         return flows
 
     first, second = asyncio.run(scenario())
-    calls = [offload.memory.calls[first], offload.memory.calls[second]]
+    calls = [known_context(first).memory_call, known_context(second).memory_call]
     for call in calls:
         assert "large-body:" not in call.turn and call.turn.startswith("My cat Miso likes tuna.")
         assert call.turn.endswith("[…]") and len(call.turn) < 9000
@@ -355,7 +355,7 @@ def test_recall_goes_into_a_large_body_around_its_long_string(offload):
 
     client_bytes = flow.request.raw_content
     asyncio.run(scenario())
-    assert offload.memory.calls[flow].recall == "injected"
+    assert known_context(flow).memory_call.recall == "injected"
     # The memory leaves the encoding to the router: one encode per request, with its changes.
     assert flow.request.raw_content is client_bytes and request_json_of(flow).edited
     assert encode_edit(flow)

@@ -384,7 +384,7 @@ def test_forward_mode_translation_never_moves_a_key_to_another_host(planner):
 
 def test_decision_summary_and_repr_hold_no_secret(planner):
     d = planner.plan(config(), IDENTITY, facts("/v1beta/models/gemini-alias:generateContent?key=client-key", "gemini-alias"))
-    shown = repr(d) + str(d.summary()) + d.description
+    shown = repr(d) + str(d.summary()) + d.shown_upstream_url
     for secret in ("sk-config-openai", "g-config-key", "sm-key", "client-key"):
         assert secret not in shown
 

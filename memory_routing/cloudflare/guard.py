@@ -12,7 +12,7 @@ import time
 from mitmproxy import http
 
 from memory_routing.cloudflare.pages import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
-from memory_routing.flow_state import add_to_display, route_of
+from memory_routing.flow_state import context_of, route_of
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class CloudflareGuard:
         host = flow.request.host
         message = refusal.message(host)
         self._log_once_per_burst(host, message)
-        add_to_display(flow, cloudflare={"status": flow.response.status_code, "code": refusal.code})
+        context_of(flow).note(cloudflare={"status": flow.response.status_code, "code": refusal.code})
         flow.response = error_response(
             flow, refusal.status, message, retryable=True,
             protocol=route.client_protocol,

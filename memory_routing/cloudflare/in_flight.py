@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx
 from mitmproxy import http
 
-from memory_routing.flow_state import Route, route_of
+from memory_routing.flow_state import Route, context_of, known_context, route_of
 from memory_routing.wire.responses import error_response, fail_closed
 
 
@@ -39,7 +38,6 @@ class InFlightLimiter:
         self.cap = 0
         self.queue_timeout = 0
         self._hosts: dict[str, _HostSlots] = {}
-        self._holding: weakref.WeakKeyDictionary[http.HTTPFlow, _HostSlots] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -69,7 +67,7 @@ class InFlightLimiter:
             slots = self._hosts[host] = _HostSlots()
         if slots.in_flight < self.cap and not slots.waiting:
             slots.in_flight += 1
-            self._holding[flow] = slots
+            context_of(flow).slot = slots
             return None
         return self._wait_for_slot(flow, slots, route)
 
@@ -87,7 +85,7 @@ class InFlightLimiter:
                 headers={"retry-after": str(max(1, self.queue_timeout // 4))},
             )
             return
-        self._holding[flow] = slots
+        context_of(flow).slot = slots
         if not flow.live or flow.error:  # the client left while it waited
             self._release(flow)
 
@@ -104,6 +102,7 @@ class InFlightLimiter:
         }
 
     def _release(self, flow: http.HTTPFlow) -> None:
-        slots = self._holding.pop(flow, None)
-        if slots is not None:
+        context = known_context(flow)
+        if context is not None and context.slot is not None:
+            slots, context.slot = context.slot, None
             slots.release()

@@ -19,7 +19,7 @@ from mitmproxy import http
 from mitmproxy.addons.proxyauth import parse_http_basic_auth
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.mitm.flows import is_gateway
 from memory_routing.mitm.internals import mark_authenticated
 from memory_routing.wire.responses import error_response, fail_closed
 

@@ -19,9 +19,8 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.utils import human
 
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.mitm.flows import is_gateway, routed_call
 from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.routing.model_calls import parse_model_call
 from memory_routing.wire.responses import error_response, fail_closed
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.wire.header_values import CONTROL_IN_RAW_VALUE
@@ -151,12 +150,7 @@ class RequestLimits:
         self.pages.register(flow.error.msg, answer)
 
     def _applies(self, flow: http.HTTPFlow) -> bool:
-        if is_gateway(flow):
-            return True
-        return (
-            flow.request.host.lower() in self.routing.llm_hosts
-            and parse_model_call(flow.request.method, flow.request.path) is not None
-        )
+        return is_gateway(flow) or routed_call(flow, self.routing.llm_hosts) is not None
 
     def _too_large(self, flow: http.HTTPFlow, size: int) -> http.Response:
         return error_response(

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing import __version__
 from memory_routing.dashboard import api as dashboard
@@ -26,6 +25,7 @@ from memory_routing.local.bodies import (
 from memory_routing.wire.protocol import ClientProtocol, detect_protocol
 from memory_routing.wire.responses import error_response, json_response, refusal_response
 from memory_routing.config.holder import RoutingConfig
+from memory_routing.mitm.flows import is_gateway
 from memory_routing.mitm.modes import gateway_urls, loopback_alias, own_listeners
 
 # Through the forward proxy the endpoints live on this name. ".localhost" is reserved
@@ -40,10 +40,6 @@ DASHBOARD_PATH = dashboard.PREFIX + "/"
 DASHBOARD_THREADS = 4
 
 logger = logging.getLogger(__name__)
-
-
-def is_gateway(flow: http.HTTPFlow) -> bool:
-    return isinstance(flow.client_conn.proxy_mode, ReverseMode)
 
 
 def gateway_host(flow: http.HTTPFlow, origin: str | None) -> str:

@@ -1,23 +1,19 @@
 """Addon recording every model call as a usage row in the local store (for the dashboard).
 
-The router hands each call's log line to ``ModelRouter.log_sinks``; the UsageRecorder queues it
-and its thread writes it to ``LocalStores.usage``. Rows older than the retention are deleted at
+The last stage hands each call's record to ``CallLog.sinks``; the UsageRecorder queues it and its
+thread writes it to ``LocalStores.usage``. Rows older than the retention are deleted at
 start and daily.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import logging
 
 from mitmproxy import ctx, exceptions
 
 from memory_routing.dashboard.recorder import UsageRecorder
+from memory_routing.call_log import CallLog
 from memory_routing.local.stores import LocalStores
-
-if TYPE_CHECKING:  # the router loads LiteLLM: only its type is needed here
-    from memory_routing.routing.router import ModelRouter
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +22,10 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 class UsageLog:
-    def __init__(self, stores: LocalStores, router: ModelRouter) -> None:
+    def __init__(self, stores: LocalStores, calls: CallLog) -> None:
         self.stores = stores
         self.recorder = UsageRecorder(lambda: stores.usage)
-        router.log_sinks.append(self.recorder.submit)
+        calls.sinks.append(self.recorder.submit)
         # Queued rows go into the file they belong to before it is closed (shutdown or a new path).
         stores.before_close.append(self._drain)
 

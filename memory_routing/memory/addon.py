@@ -19,18 +19,18 @@ import json
 import logging
 import re
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
 
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
-from memory_routing.flow_state import LOG_FIELDS_KEY, route_of
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.call_record import MemoryOutcome
+from memory_routing.flow_state import FlowContext, context_of, known_context
+from memory_routing.mitm.flows import routed_call
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
 from memory_routing.memory.recall import RecalledBlock, Recaller
@@ -40,10 +40,11 @@ from memory_routing.memory.turns import AnswerTextCollector, assistant_text, ear
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.routing.headers import replaced_fields, request_headers
-from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.routing.model_calls import Endpoint, ModelCall
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
 from memory_routing.wire.answer_json import answer_json
+from memory_routing.wire.flow_log import client_name
 from memory_routing.wire.request_json import edit_request_json, request_json
 from memory_routing.wire.responses import error_response
 
@@ -64,7 +65,6 @@ ANSWER_BUFFER_LIMIT = 4 * 1024 * 1024
 MEMORY_PATH = "/memory-routing/memories"
 WRITER_CLOSE_TIMEOUT_S = 10.0
 RECALL_THREADS = 2  # each has its own read connection; more threads than cores would only queue
-_CLIENT_NAME_LIMIT = 64
 # An answer that is only tool-call traces says nothing worth remembering.
 _ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")
 
@@ -89,13 +89,9 @@ class _CallMemory:
     buffer: bytearray | None = None  # a streamed answer that is one JSON document
     events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
 
-    def log_fields(self, stored: bool) -> dict[str, object]:
-        """The flow log's `memory` field: what the memory did for the call, never what it holds."""
-        fields: dict[str, object] = {"backend": "local", "mode": self.mode, "recall": self.recall or "skipped",
-                                     "recalled": self.recalled, "stored": stored}
-        if self.recall_ms is not None:
-            fields["recall_ms"] = round(self.recall_ms, 2)
-        return fields
+    def outcome(self, stored: bool) -> MemoryOutcome:
+        """What the memory did for the call, for its record: never what it holds."""
+        return MemoryOutcome(self.mode, self.recall or "skipped", self.recalled, stored, self.recall_ms)
 
     def memories(self, answer: str) -> list[NewMemory]:
         now = time.time()
@@ -118,7 +114,6 @@ class EmbeddedMemory:
         # LocalStores: owns the SQLite file; its `memory` is read on use, never kept past a change.
         self.stores = stores
         self.answers = MemoryAnswers(self)
-        self.calls: weakref.WeakKeyDictionary[http.HTTPFlow, _CallMemory] = weakref.WeakKeyDictionary()
         self.recaller: Recaller | None = None
         self.writer: MemoryWriter | None = None
         self._store: MemoryStore | None = None
@@ -199,11 +194,10 @@ class EmbeddedMemory:
         if flow.error or not flow.live:
             return None
         request = flow.request
-        if not is_gateway(flow) and request.host.lower() not in self.routing.llm_hosts:
-            return None
-        call = parse_model_call(request.method, request.path)
+        call = routed_call(flow, self.routing.llm_hosts)
         if call is None:
             return None
+        context = context_of(flow)
         asked: MemoryMode | None = None
         if MODE_HEADER in request_headers(flow):
             try:
@@ -217,25 +211,26 @@ class EmbeddedMemory:
         if config is None or not config.memory.local or call.endpoint not in MEMORY_ENDPOINTS:
             return None
         if asked is MemoryMode.OFF:
-            _add_log_fields(flow, {"backend": "local", "mode": "off"})
+            context.memory = _OFF
             return None
         try:
-            return self._begin(flow, call, config, asked)
+            return self._begin(flow, context, call, config, asked)
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: skipped for a call after an internal error (%s)", type(e).__name__)
-            self.calls.pop(flow, None)
+            context.memory_call = None
             return None
 
-    def _begin(self, flow: http.HTTPFlow, call: ModelCall, config: ProxyConfig, asked: MemoryMode | None):
+    def _begin(self, flow: http.HTTPFlow, context: FlowContext, call: ModelCall, config: ProxyConfig,
+               asked: MemoryMode | None):
         headers = request_headers(flow)
         assert self.routing.classifier is not None
         try:
-            identity = self.routing.classifier.classify(headers)
+            identity = context.classify(self.routing.classifier.classify, headers)
         except InvalidUserId:
             return None  # the router answers it
         mode = asked or client_default(config.memory.clients, identity.user_id, headers)
         if mode is MemoryMode.OFF:
-            _add_log_fields(flow, {"backend": "local", "mode": "off"})
+            context.memory = _OFF
             return None
         parsed = request_json(flow)  # the router reuses this parse
         payload = parsed.payload
@@ -269,13 +264,13 @@ class EmbeddedMemory:
             conversation_id=conversation_id_from(headers.get) or derived_conversation_id(protocol, payload, readable),
             protocol=protocol,
             model=model,
-            client=_client_name(headers.get("user-agent")),
+            client=client_name(headers.get("user-agent")),
             turn=turn,
             writes=mode.writes,
             writer=writer,
             mode=mode.value,
         )
-        self.calls[flow] = state
+        context.memory_call = state
         if loop_turn is not None:
             self._reinject(flow, state, parsed, recaller, *loop_turn)
         elif reads and not recaller.store.has_memories(identity.user_id):
@@ -339,22 +334,6 @@ class EmbeddedMemory:
         state.recall, state.recalled = "reinjected", recalled.memories
         state.recall_ms = (time.perf_counter() - started) * 1000
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        """Runs before the router's response hook, which writes the call's flow-log line: what the
-        memory did goes into it here (MemoryAnswers, after the router, does the storing)."""
-        state = self.calls.get(flow)
-        if state is None:
-            return
-        try:
-            _add_log_fields(flow, state.log_fields(stored=_will_store(flow, state)))
-        except Exception as e:  # noqa: BLE001 - memory never fails a call
-            logger.error("memory: could not note the call in the flow log (%s)", type(e).__name__)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        state = self.calls.get(flow)
-        if state is not None:
-            _add_log_fields(flow, state.log_fields(stored=False))
-
     def _after_prune(self, deleted: int) -> None:
         """(writer thread) Memories past the retention are gone: no cached block may show them again."""
         recaller = self.recaller
@@ -376,7 +355,7 @@ class MemoryAnswers:
         self.memory = memory
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state = self.memory.calls.get(flow)
+        state = _call_memory(flow)
         response = flow.response
         if state is None or response is None:
             return
@@ -419,42 +398,39 @@ class MemoryAnswers:
         response.stream = tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        state = self.memory.calls.pop(flow, None)
-        if state is None or not state.writes or flow.response is None:
+        context = known_context(flow)
+        state = context.memory_call if context is not None else None
+        if context is None or state is None:
             return
-        try:
-            answer = _answer_text(state, flow)
-            if answer is not None:
-                state.writer.submit(state.memories(answer))  # never blocks
-        except Exception as e:  # noqa: BLE001 - memory never fails a call
-            logger.error("memory: could not store a turn (%s)", type(e).__name__)
+        context.memory_call = None
+        stored = False
+        response = flow.response
+        # The status the client gets: a translation that failed, for one, is no answer to store.
+        if state.writes and response is not None and 200 <= response.status_code < 300:
+            try:
+                answer = _answer_text(state, flow)
+                rows = state.memories(answer) if answer is not None else []
+                stored = bool(rows) and state.writer.submit(rows)  # never blocks; False when dropped
+            except Exception as e:  # noqa: BLE001 - memory never fails a call
+                logger.error("memory: could not store a turn (%s)", type(e).__name__)
+        # What really happened, for the call's record (written after this, by call_log).
+        context.memory = state.outcome(stored)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.memory.calls.pop(flow, None)
+        context = known_context(flow)
+        state = context.memory_call if context is not None else None
+        if context is not None and state is not None:
+            context.memory_call = None
+            context.memory = state.outcome(stored=False)
 
 
-def _add_log_fields(flow: http.HTTPFlow, memory: dict[str, object]) -> None:
-    flow.metadata[LOG_FIELDS_KEY] = {**flow.metadata.get(LOG_FIELDS_KEY, {}), "memory": memory}
+# The record of a call whose memory the client (x-memory-mode) or the config turned off.
+_OFF = MemoryOutcome("off")
 
 
-def _will_store(flow: http.HTTPFlow, state: _CallMemory) -> bool:
-    """Whether MemoryAnswers.response will queue the call's turn for the writer (it runs after
-    the router's log line is written, so the line says it beforehand)."""
-    response = flow.response
-    if not state.writes or response is None or not 200 <= response.status_code < 300:
-        return False
-    if state.turn:
-        return True  # the human turn is stored whatever the answer
-    # A tool loop's follow-up: only an answer that says something is kept.
-    if state.collector is not None or state.buffer is not None:
-        answer = _answer_text(state, flow)
-    else:
-        # A whole answer, read before the router translates it: in the upstream's format.
-        route = route_of(flow)
-        translation = route.decision.translation if route is not None else None
-        protocol = translation.target_protocol.value if translation is not None else state.protocol
-        answer = _answer_text(replace(state, protocol=protocol), flow)
-    return bool(state.memories(answer or ""))
+def _call_memory(flow: http.HTTPFlow) -> _CallMemory | None:
+    context = known_context(flow)
+    return context.memory_call if context is not None else None
 
 
 def _read_piece(state: _CallMemory, piece: bytes) -> None:
@@ -530,10 +506,3 @@ def derived_conversation_id(protocol: str, payload: dict, readable: Callable[[st
         text = readable(text)
     digest = hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return f"first-{digest}"
-
-
-def _client_name(user_agent: str | None) -> str:
-    """The client's product token (``OpenAI/Python``, ``claude-cli/2.0.1``), stored beside its memories."""
-    if not user_agent:
-        return ""
-    return user_agent.split(" ", 1)[0][:_CLIENT_NAME_LIMIT]

@@ -9,9 +9,10 @@ Pure logic: works on the raw ``(name, value)`` byte pairs.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Collection, Sequence
 from typing import Any
+
+from memory_routing.flow_state import context_of
 
 
 class HeaderIndex:
@@ -40,18 +41,16 @@ class HeaderIndex:
         return name in self._values
 
 
-_indexes: weakref.WeakKeyDictionary[Any, HeaderIndex] = weakref.WeakKeyDictionary()
-
-
 def request_headers(flow: Any) -> HeaderIndex:
     """The flow's request headers indexed, shared by the addons of one request until the headers
     change (mitmproxy replaces the fields tuple on every change; a lookup through its ``Headers``
     costs ~8-10 µs here, an index lookup well under one)."""
     fields = flow.request.headers.fields
-    known = _indexes.get(flow)
+    context = context_of(flow)
+    known = context.headers
     if known is not None and known.fields is fields:
         return known
-    index = _indexes[flow] = HeaderIndex(fields)
+    index = context.headers = HeaderIndex(fields)
     return index
 
 

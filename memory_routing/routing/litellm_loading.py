@@ -16,7 +16,7 @@ from types import ModuleType
 from mitmproxy import http
 
 from memory_routing.config.holder import RoutingConfig
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.mitm.flows import routed_call
 from memory_routing.mitm.heap_freeze import freeze_heap
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LiteLLMLoading:
         # Returns None (nothing to await) on the hot path once loaded; mitmproxy awaits what it gets.
         if self._ready.is_set() or self._loaded is None or flow.response or flow.error:
             return None
-        if not is_gateway(flow) and flow.request.host.lower() not in self.routing.llm_hosts:
+        if routed_call(flow, self.routing.llm_hosts) is None:
             return None
         return self._wait()
 

@@ -133,7 +133,7 @@ class RoutingDecision:
             "alias": self.alias,
             "provider": self.provider,
             "provider_model": self.provider_model,
-            "upstream_url": loggable_url(self.upstream_url),
+            "upstream_url": self.shown_upstream_url,
             "client_protocol": self.client_protocol.value,
             "memory": self.memory,
             "translated_to": self.translation.target_protocol.value if self.translation else None,
@@ -141,17 +141,9 @@ class RoutingDecision:
         }
 
     @functools.cached_property
-    def description(self) -> str:
-        """One line for mitmweb's flow comment: no header values, no key in the URL."""
-        alias = f"{self.alias} → " if self.alias else ""
-        translated = (
-            f"; translated {self.client_protocol.value} → {self.translation.target_protocol.value}"
-            if self.translation else ""
-        )
-        return (
-            f"user {self.user_id} ({self.rule}); {alias}{self.provider}/{self.provider_model}{translated}; "
-            f"{'memory on' if self.memory else 'memory off'}; {loggable_url(self.upstream_url)}"
-        )
+    def shown_upstream_url(self) -> str:
+        """The upstream URL for logs and mitmweb: no key in the query string."""
+        return loggable_url(self.upstream_url)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Addon that routes model calls: classify, resolve, rewrite; stream the answer; log one line."""
+"""Addon that routes model calls: classify, resolve, rewrite; stream the answer and note what it saw
+(the last stage, call_log, writes the call's record from it)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,23 @@ import asyncio
 import json
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
-from mitmproxy import exceptions
 from mitmproxy import http
 
 from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
-from memory_routing.flow_state import DISPLAY_KEY, LOG_FIELDS_KEY, Route, add_to_display, request_json_of, set_route
+from memory_routing.flow_state import (
+    DISPLAY_KEY, FlowContext, Outcome, Route, context_of, known_context, request_json_of, set_route,
+)
 from memory_routing.cloudflare.pages import is_cloudflare_error_head
-from memory_routing.wire.flow_log import FlowLog, client_name
+from memory_routing.wire.flow_log import client_name
 from memory_routing.routing.headers import HeaderIndex, replaced_fields, request_headers
-from memory_routing.local.endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH, is_gateway
-from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.local.endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH
+from memory_routing.mitm.flows import routed_call
+from memory_routing.routing.model_calls import Endpoint, ModelCall
 from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import loopback_alias, own_listeners
 from memory_routing.wire.protocol import gateway_path_protocol
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = DISPLAY_KEY  # mitmweb's summary; addons read flow_state.route_of(flow)
+METADATA_KEY = DISPLAY_KEY  # mitmweb's summary; stages read the flow's context (flow_state)
 # Claude Code posts its telemetry to the base URL; it wants a quick 2xx, not an error.
 QUIET_PATHS = frozenset({"/api/event_logging/batch", "/api/event_logging/v2/batch", "/api/hello"})
 # Names the client's parameters a translated call left out (see translate.parameters).
@@ -58,15 +60,13 @@ DROPPED_HEADER = "x-memory-routing-dropped"
 # A complete JSON answer up to this size is buffered (and shown in mitmweb); anything larger,
 # event streams and chunked bodies stream through.
 BUFFER_LIMIT = 1024 * 1024
-# flow.metadata key: what really happened to a failed flow, when mitmproxy's error text does not
-# say (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
-from memory_routing.flow_state import FAILURE_NOTE_KEY  # noqa: E402  (set by UpstreamFailures)
 
 
 @dataclass
 class _FlowRecord:
-    decision: RoutingDecision
-    summary: dict[str, object]
+    """The router's state of one routed flow, from its request to its answer (in its Route)."""
+
+    dropped: list[str] | None = None  # the client's parameters a translation left out
     stream: bool = False
     asked_stream: bool = False  # the client asked for a stream (logged so even if none came)
     client: str = ""  # the client's product token, from its own User-Agent (before any rewrite)
@@ -90,37 +90,13 @@ class ModelRouter:
     def __init__(self, routing: RoutingConfig, planner: RoutePlanner) -> None:
         self.routing = routing
         self.planner = planner
-        self._records: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowRecord] = weakref.WeakKeyDictionary()
-        self.flow_log = FlowLog()
-        # Called with each call's line once built (refusals included, which the flow log omits);
-        # a sink must be quick and must not raise (the usage recorder only queues it).
-        self.log_sinks: list[Callable[[dict[str, Any]], None]] = []
         self.own_listeners: frozenset[tuple[str, int]] = frozenset()
         # json.dumps builds a new encoder on every call with non-default arguments.
         self._encode_body = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
-    def load(self, loader) -> None:
-        loader.add_option(
-            "memory_routing_flow_log",
-            str,
-            "-",
-            """
-            Where the one-line JSON record of each routed flow goes: "-" for stderr, a file path
-            to append to, or an empty string for none.
-            """,
-        )
-
     def configure(self, updated) -> None:
         if {"mode", "listen_host"} & set(updated):
             self.own_listeners = own_listeners(ctx.options.mode, ctx.options.listen_host)
-        if "memory_routing_flow_log" in updated:
-            try:
-                self.flow_log.open(ctx.options.memory_routing_flow_log)
-            except OSError as e:
-                raise exceptions.OptionsError(f"memory_routing_flow_log: cannot open: {e}") from None
-
-    def done(self) -> None:
-        self.flow_log.close()
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -128,21 +104,19 @@ class ModelRouter:
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
             return
-        on_gateway = is_gateway(flow)
-        if not on_gateway and flow.request.host.lower() not in self.routing.llm_hosts:
-            return
-        call = parse_model_call(flow.request.method, flow.request.path)
+        call = routed_call(flow, self.routing.llm_hosts)
+        context = context_of(flow)
         if call is None:
-            if on_gateway:
+            if context.on_gateway:
                 flow.response = self._answer_non_model_call(flow)
             elif "key=" in flow.request.path and KNOWN_LLM_HOSTS.get(flow.request.host.lower()) == "gemini":
                 _move_gemini_key_to_header(flow.request)
             return
         try:
-            decision, payload = self._decide(flow, call, on_gateway)
+            decision, payload = self._decide(flow, context, call)
             if decision.translation is not None and call.endpoint is Endpoint.COUNT_TOKENS and payload is not None:
                 return self._count_tokens_in_thread(flow, call, decision, payload)
-            self._apply(flow, decision, payload)
+            self._apply(flow, context, decision, payload)
         except ProxyRefusal as e:
             self._refuse(flow, call, e)
         # Anything else: fail_closed answers 500, as a half-rewritten request must never leave.
@@ -151,7 +125,11 @@ class ModelRouter:
     def _refuse(self, flow: http.HTTPFlow, call: ModelCall, refusal: ProxyRefusal) -> None:
         logger.info(f"memory-routing: refused {flow.request.method} {loggable_url(flow.request.path)}: {refusal.message}")
         flow.response = refusal_response(refusal, flow)
-        self._log_refusal(flow, call, refusal.status, refusal.message)
+        # The call's record (call_log) counts it: no flow-log line (nothing was routed), a usage row.
+        context_of(flow).outcome = Outcome(
+            client=client_name(request_headers(flow).get("user-agent")), refused=refusal.message,
+            requested_model=call.path_model or _requested_model(flow.request),
+        )
 
     async def _count_tokens_in_thread(self, flow: http.HTTPFlow, call: ModelCall, decision: RoutingDecision,
                                       payload: dict[str, Any]) -> None:
@@ -163,7 +141,7 @@ class ModelRouter:
             self._refuse(flow, call, e)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        record = self._records.get(flow)
+        record = _record_of(flow)
         if record is None or flow.response is None:
             return
         content_type = length = encoding = b""
@@ -178,8 +156,8 @@ class ModelRouter:
             elif lowered == b"content-encoding":
                 encoding = value
         event_stream = content_type.startswith(b"text/event-stream")
-        if dropped := record.summary.get("dropped"):
-            flow.response.headers[DROPPED_HEADER] = ",".join(dropped)  # type: ignore[arg-type]
+        if record.dropped:
+            flow.response.headers[DROPPED_HEADER] = ",".join(record.dropped)
         if record.answer is not None:
             self._prepare_translated_answer(flow, record, event_stream)
             return
@@ -190,7 +168,7 @@ class ModelRouter:
             flow.response.stream = record.tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        record = self._records.pop(flow, None)
+        record = _record_of(flow)
         if record is None or flow.response is None:
             return
         if record.meter is None and not record.stream and flow.response.raw_content is not None:
@@ -200,22 +178,30 @@ class ModelRouter:
                 flow.response.get_content(strict=False) or b"", lambda: answer_json(flow).document)
         if record.answer is not None and not record.stream:
             self._translate_answer(flow, record.answer)
-        self._log(flow, record, status=flow.response.status_code, error=None)
+        self._note_outcome(flow, record)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        record = self._records.pop(flow, None)
+        record = _record_of(flow)
         if record is not None:
-            error = flow.metadata.get(FAILURE_NOTE_KEY) or (flow.error.msg if flow.error else "unknown")
-            self._log(flow, record, status=None, error=error)
+            self._note_outcome(flow, record)
+
+    def _note_outcome(self, flow: http.HTTPFlow, record: _FlowRecord) -> None:
+        """What the router saw of the answer, for the call's record (written by call_log)."""
+        context_of(flow).outcome = Outcome(
+            client=record.client, stream=record.stream or record.asked_stream,
+            first_byte_at=record.first_body_byte_at, usage=record.meter.finish() if record.meter else None,
+            supermemory=record.supermemory or None,
+        )
 
     # --- steps ----------------------------------------------------------------------------
 
-    def _decide(self, flow: http.HTTPFlow, call: ModelCall, on_gateway: bool) -> tuple[RoutingDecision, dict | None]:
+    def _decide(self, flow: http.HTTPFlow, context: FlowContext, call: ModelCall) -> tuple[RoutingDecision, dict | None]:
         config, classifier = self.routing.config, self.routing.classifier
         assert config is not None and classifier is not None
         request = flow.request
+        on_gateway = context.on_gateway
         headers = request_headers(flow)
-        identity = classifier.classify(headers)
+        identity = context.classify(classifier.classify, headers)
         payload: dict[str, Any] | None = None
         if call.path_model is not None:
             model = call.path_model
@@ -246,7 +232,7 @@ class ModelRouter:
             )
         return decision, payload
 
-    def _apply(self, flow: http.HTTPFlow, decision: RoutingDecision, payload: dict | None) -> None:
+    def _apply(self, flow: http.HTTPFlow, context: FlowContext, decision: RoutingDecision, payload: dict | None) -> None:
         request = flow.request
         client = client_name(request_headers(flow).get("user-agent"))
         target = decision.upstream
@@ -294,13 +280,15 @@ class ModelRouter:
         set_request_target(request, target.scheme, target.host, target.port, target.path)
         if not plain_http1:
             request.host_header = target.host_header
+        dropped_parameters = fit_notes.get("dropped")
         record = _FlowRecord(
-            decision, decision.summary() | fit_notes, answer=answer,
+            dropped=dropped_parameters if isinstance(dropped_parameters, list) else None, answer=answer,
             asked_stream=payload is not None and payload.get("stream") is True, client=client,
         )
-        set_route(flow, Route(decision, decision.client_protocol, decision.user_id, record), display=record.summary)
-        flow.comment = decision.description
-        self._records[flow] = record
+        if fit_notes:
+            context.note(**fit_notes)
+        set_route(flow, Route(decision, decision.client_protocol, decision.user_id, record),
+                  display=decision.summary() | fit_notes)
 
     def _count_tokens(self, decision: RoutingDecision, payload: dict[str, Any]) -> http.Response:
         assert decision.translation is not None
@@ -357,63 +345,11 @@ class ModelRouter:
             protocol=gateway_path_protocol(path, flow.request.headers),
         )
 
-    def _log(self, flow: http.HTTPFlow, record: _FlowRecord, status: int | None, error: str | None) -> None:
-        request, response = flow.request, flow.response
-        started = request.timestamp_start
-        first_byte = record.first_body_byte_at or (response.timestamp_start if response else None)
-        ended = (response.timestamp_end if response else None) or time.time()
-        usage = record.meter.finish() if record.meter else None
-        line = {
-            **record.summary,
-            "at": started,
-            "client": record.client,
-            "status": status,
-            "stream": record.stream or record.asked_stream,
-            "latency_ms": round((ended - started) * 1000, 1),
-            "ttfb_ms": round((first_byte - started) * 1000, 1) if first_byte else None,
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-        }
-        line.pop("headers_set", None)
-        if record.supermemory:
-            line["supermemory"] = record.supermemory
-            add_to_display(flow, supermemory=record.supermemory)
-        if error:
-            line["error"] = error
-        line.update(flow.metadata.get(LOG_FIELDS_KEY, ()))
-        try:
-            self.flow_log.write(line)
-        except OSError as e:  # a full disk must not take the proxy down
-            logger.warning(f"memory-routing: cannot write the flow log: {e}")
-        self._to_sinks(line)
 
-    def _log_refusal(self, flow: http.HTTPFlow, call: ModelCall, status: int, error: str) -> None:
-        """A call the proxy answered itself: no flow-log line (nothing was routed), but the sinks count it."""
-        if not self.log_sinks:
-            return
-        request = flow.request
-        try:
-            user_id = self.routing.classifier.classify(request_headers(flow)).user_id  # type: ignore[union-attr]
-        except Exception:  # an unusable user id header is what was refused
-            user_id = ""
-        self._to_sinks({
-            "user_id": user_id,
-            "requested_model": call.path_model or _requested_model(request),
-            "client_protocol": call.protocol.value,
-            "route": "refused",
-            "at": request.timestamp_start,
-            "client": client_name(request.headers.get("user-agent")),
-            "status": status,
-            "error": error,
-            "latency_ms": round((time.time() - request.timestamp_start) * 1000, 1),
-        })
-
-    def _to_sinks(self, line: dict[str, Any]) -> None:
-        for sink in self.log_sinks:
-            try:
-                sink(line)
-            except Exception:
-                logger.exception("memory-routing: a flow-log sink failed")
+def _record_of(flow: http.HTTPFlow) -> _FlowRecord | None:
+    context = known_context(flow)
+    route = context.route if context is not None else None
+    return route.record if route is not None else None
 
 
 def _move_gemini_key_to_header(request: http.Request) -> None:

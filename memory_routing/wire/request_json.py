@@ -23,9 +23,9 @@ from mitmproxy.utils import human
 
 from memory_routing.config.holder import RoutingConfig
 from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
-from memory_routing.local.endpoints import is_gateway
+from memory_routing.mitm.flows import routed_call
 from memory_routing.routing.headers import request_headers
-from memory_routing.routing.model_calls import Endpoint, parse_model_call
+from memory_routing.routing.model_calls import Endpoint
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class LargeBodyOffload:
         raw = request.raw_content
         if raw is None or len(raw) < self.threshold or "content-encoding" in request_headers(flow):
             return None
-        if not is_gateway(flow) and request.host.lower() not in self.routing.llm_hosts:
-            return None
-        call = parse_model_call(request.method, request.path)
+        call = routed_call(flow, self.routing.llm_hosts)
         if call is None or call.endpoint in _NOT_OFFLOADED:
             return None
         return self._offload(flow, raw)

@@ -27,9 +27,8 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.flow_state import FAILURE_NOTE_KEY
 from memory_routing.mitm.internals import connection_task, drop_connection
-from memory_routing.flow_state import route_of
+from memory_routing.flow_state import context_of, route_of
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ class UpstreamFailures:
             if now - last > self.read_timeout:
                 del self._flows[flow_id]
                 flow.metadata[TIMEOUT_MARK] = "read"
-                flow.metadata[FAILURE_NOTE_KEY] = (
+                context_of(flow).failure = (
                     f"read timeout: {flow.request.pretty_host} sent nothing for {self.read_timeout:g} s "
                     "(memory_routing_read_timeout)"
                 )

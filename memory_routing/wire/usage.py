@@ -21,6 +21,9 @@ SSE_LINE_LIMIT = 1024 * 1024  # an event line longer than this is skipped
 class Usage:
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 class UsageMeter:
