@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from memory_routing.call_record import CallRecord, MemoryOutcome
     from memory_routing.routing.classify import ClientIdentity
-    from memory_routing.routing.headers import HeaderIndex
-    from memory_routing.routing.model_calls import ModelCall
+    from memory_routing.wire.headers import HeaderIndex
+    from memory_routing.wire.model_calls import ModelCall
     from memory_routing.routing.planner import RoutingDecision
     from memory_routing.wire.large_bodies import LargeBody
     from memory_routing.wire.usage import Usage

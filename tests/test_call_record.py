@@ -17,9 +17,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing import addons
-from memory_routing.local.stores import LocalStores
-from memory_routing.local.usage_log import UsageLog
-from memory_routing.memory.addon import EmbeddedMemory
+from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.usage_log import UsageLog
+from memory_routing.addons.memory import EmbeddedMemory
 from memory_routing.memory.records import NewMemory
 from memory_routing.mitm.pipeline import AddonPipeline
 from memory_routing.wire import usage as usage_module

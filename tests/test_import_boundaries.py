@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LITELLM_MODULES = {
     "memory_routing.addons",
     "memory_routing.routing.providers",
-    "memory_routing.routing.router",
+    "memory_routing.addons.router",
     "memory_routing.translate.translation",
     "memory_routing.translate.parameters",
     "memory_routing.translate.litellm_internals",
@@ -28,7 +28,7 @@ PURE_MODULES = {
     "memory_routing.routing.planner",
     "memory_routing.wire.protocol",
     "memory_routing.wire.header_values",
-    "memory_routing.cloudflare.cookie_jar",
+    "memory_routing.upstream.cookie_jar",
 }
 
 
@@ -51,7 +51,7 @@ def loaded_after_import(module: str) -> set[str]:
 
 def test_only_litellm_modules_load_litellm():
     modules = [m for m in all_modules() if m not in LITELLM_MODULES]
-    assert "memory_routing.cloudflare.in_flight" in modules
+    assert "memory_routing.addons.in_flight" in modules
     offenders = [m for m in modules if "litellm" in loaded_after_import(m)]
     assert offenders == []
 

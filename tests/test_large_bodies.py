@@ -14,12 +14,12 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.flow_state import known_context, request_json_of
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import placeholder, skeletonize
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
-from memory_routing.wire.request_json import LargeBodyOffload, encode_json, request_json
+from memory_routing.addons.large_body_offload import LargeBodyOffload, encode_json, request_json
 from router_stand_in import encode_edit
 
 MIN = 64  # a small minimum literal length keeps the documents small
@@ -202,7 +202,7 @@ memory:
 
 @pytest.fixture
 def offload(tmp_path: Path):
-    from memory_routing.memory.addon import EmbeddedMemory
+    from memory_routing.addons.memory import EmbeddedMemory
     from memory_routing.memory.store import SQLiteMemoryStore
 
     (tmp_path / "config.yaml").write_text(CONFIG)
@@ -264,7 +264,7 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
     assert offload.addon.request(flow) is None  # below the threshold: no worker
     loads = []
     real = json.loads
-    monkeypatch.setattr("memory_routing.wire.request_json.json.loads", lambda b: loads.append(1) or real(b))
+    monkeypatch.setattr("memory_routing.addons.large_body_offload.json.loads", lambda b: loads.append(1) or real(b))
     first = request_json(flow)
     assert request_json(flow) is first and loads == [1]
     flow.request.content = b'{"model": "other"}'  # a rewritten body is parsed again

@@ -14,10 +14,10 @@ from mitmproxy.http import Headers, Response
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from router_stand_in import encode_edit
 from memory_routing.flow_state import known_context
-from memory_routing.memory.addon import (RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
+from memory_routing.addons.memory import (RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
                                          derived_conversation_id)
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
@@ -313,7 +313,7 @@ def test_an_internal_error_forwards_the_request_unchanged(harness, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("Miso loves tuna")  # a message holding contents must not be logged
 
-    monkeypatch.setattr("memory_routing.memory.addon.new_human_turn", broken)
+    monkeypatch.setattr("memory_routing.addons.memory.new_human_turn", broken)
     flow = openai_call("What does Miso like?")
     before = flow.request.raw_content
     run(harness.memory, flow)

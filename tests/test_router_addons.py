@@ -15,13 +15,13 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.call_log import CallLog
-from memory_routing.guard.intercept_scope import InterceptScope
-from memory_routing.routing.router import ModelRouter
+from memory_routing.addons.call_log import CallLog
+from memory_routing.addons.intercept_scope import InterceptScope
+from memory_routing.addons.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.upstream_cookies import UpstreamCookies
 from memory_routing.flow_state import Route, route_of, set_route
 from memory_routing.wire.protocol import ClientProtocol
 
@@ -263,7 +263,7 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
     from memory_routing.flow_state import Route, set_route
     from memory_routing.wire.protocol import ClientProtocol
-    from memory_routing.wire.upstream_failures import TIMEOUT_MARK, UpstreamFailures
+    from memory_routing.addons.upstream_failures import TIMEOUT_MARK, UpstreamFailures
 
     failures = UpstreamFailures()
     flow = tflow.tflow(resp=True)
@@ -279,7 +279,7 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
 
 def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Path):
-    from memory_routing.wire.request_json import edit_request_json, request_json
+    from memory_routing.addons.large_body_offload import edit_request_json, request_json
 
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG.rstrip() + "\n  - model_name: gemini-2.5-flash\n"
@@ -311,7 +311,7 @@ def test_tokens_are_counted_off_the_event_loop(config_file: Path, monkeypatch: p
     import asyncio
     import threading
 
-    from memory_routing.routing import litellm_loading
+    from memory_routing.addons import litellm_loading
 
     counted_in = []
 

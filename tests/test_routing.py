@@ -8,7 +8,7 @@ import pytest
 
 from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import parse_config
-from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.wire.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.routing import providers
 from memory_routing.routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
@@ -434,7 +434,7 @@ def test_decision_cache_evicts_least_recently_used_not_everything(monkeypatch):
 
 
 def test_model_call_parses_are_shared_but_a_query_is_never_kept():
-    from memory_routing.routing import model_calls
+    from memory_routing.wire import model_calls
 
     first = parse_model_call("POST", "/v1/chat/completions")
     assert parse_model_call("POST", "/v1/chat/completions") is first  # four addons ask per request

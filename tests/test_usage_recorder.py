@@ -14,17 +14,17 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from memory_routing.call_log import CallLog
+from memory_routing.addons.call_log import CallLog
 from memory_routing.call_record import CallRecord, MemoryOutcome
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.dashboard.recorder import DAY_S, UsageRecorder, usage_row
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
-from memory_routing.local.stores import LocalStores
-from memory_routing.local.usage_log import UsageLog
+from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.usage_log import UsageLog
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.routing.providers import ProviderResolver
 from memory_routing.flow_state import context_of
-from memory_routing.routing.router import ModelRouter
+from memory_routing.addons.router import ModelRouter
 
 WAIT_S = 10.0
 ROUTED = CallRecord(

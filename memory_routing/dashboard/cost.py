@@ -76,7 +76,7 @@ def _load_litellm() -> Any:
         if _litellm is None:
             # Otherwise LiteLLM downloads its price list while being imported.
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            from memory_routing.routing.deferred_encoding import defer_default_encoding
+            from memory_routing.llm.deferred_encoding import defer_default_encoding
 
             # Whoever imports LiteLLM first keeps it from building a tokenizer table nobody uses.
             defer_default_encoding()

@@ -13,7 +13,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from memory_routing.flow_state import UNKNOWN, FlowContext, context_of
-from memory_routing.routing.model_calls import ModelCall, parse_model_call
+from memory_routing.wire.model_calls import ModelCall, parse_model_call
 
 
 def is_gateway(flow: http.HTTPFlow) -> bool:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import ModelAlias, ProxyConfig
-from memory_routing.routing.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
+from memory_routing.wire.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.errors import RouteRefused, UnresolvableModel
 from memory_routing.wire.header_values import CONTROL_IN_VALUE, is_user_id

@@ -26,7 +26,7 @@ from memory_routing.wire.protocol import ClientProtocol  # noqa: E402
 @functools.cache
 def load_litellm() -> ModuleType:
     """Import and configure LiteLLM (seconds, once); safe from any thread."""
-    from memory_routing.routing.deferred_encoding import defer_default_encoding
+    from memory_routing.llm.deferred_encoding import defer_default_encoding
 
     # LiteLLM's import would build tiktoken's cl100k table (tens of MB resident) for nothing.
     defer_default_encoding()

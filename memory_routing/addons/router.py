@@ -18,16 +18,16 @@ from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
 from memory_routing.flow_state import (
     DISPLAY_KEY, FlowContext, Outcome, Route, context_of, known_context, request_json_of, set_route,
 )
-from memory_routing.cloudflare.pages import is_cloudflare_error_head
+from memory_routing.upstream.cloudflare_pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import client_name
-from memory_routing.routing.headers import HeaderIndex, replaced_fields, request_headers
-from memory_routing.local.endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH
+from memory_routing.wire.headers import HeaderIndex, replaced_fields, request_headers
+from memory_routing.addons.local_endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH
 from memory_routing.mitm.flows import routed_call
-from memory_routing.routing.model_calls import Endpoint, ModelCall
+from memory_routing.wire.model_calls import Endpoint, ModelCall
 from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import loopback_alias, own_listeners
 from memory_routing.wire.protocol import gateway_path_protocol
-from memory_routing.wire.request_json import encode_json, materialize, request_json
+from memory_routing.addons.large_body_offload import encode_json, materialize, request_json
 from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
@@ -41,8 +41,8 @@ from memory_routing.routing.planner import (
     header_safe,
     loggable_url,
 )
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.routing import litellm_loading
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons import litellm_loading
 from memory_routing.wire.answer_json import answer_json
 from memory_routing.wire.usage import UsageMeter
 

@@ -14,7 +14,7 @@ from mitmproxy import exceptions
 
 from memory_routing.routing.classify import Classifier
 from memory_routing.config.schema import ConfigError, ProxyConfig, load_config
-from memory_routing.local.bodies import config_summary
+from memory_routing.dashboard.bodies import config_summary
 from memory_routing.routing.planner import llm_hosts
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from mitmproxy import http
 
 from memory_routing import __version__
 from memory_routing.dashboard import api as dashboard
-from memory_routing.local.stores import LocalStores
+from memory_routing.addons.local_stores import LocalStores
 from memory_routing.errors import InvalidUserId
-from memory_routing.local.bodies import (
+from memory_routing.dashboard.bodies import (
     anthropic_models_body,
     health_body,
     openai_models_body,
@@ -24,7 +24,7 @@ from memory_routing.local.bodies import (
 )
 from memory_routing.wire.protocol import ClientProtocol, detect_protocol
 from memory_routing.wire.responses import error_response, json_response, refusal_response
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.mitm.flows import is_gateway
 from memory_routing.mitm.modes import gateway_urls, loopback_alias, own_listeners
 

@@ -21,11 +21,11 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.utils import human
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
 from memory_routing.mitm.flows import routed_call
-from memory_routing.routing.headers import request_headers
-from memory_routing.routing.model_calls import Endpoint
+from memory_routing.wire.headers import request_headers
+from memory_routing.wire.model_calls import Endpoint
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody
 
 logger = logging.getLogger(__name__)

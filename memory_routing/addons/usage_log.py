@@ -12,8 +12,8 @@ import logging
 from mitmproxy import ctx, exceptions
 
 from memory_routing.dashboard.recorder import UsageRecorder
-from memory_routing.call_log import CallLog
-from memory_routing.local.stores import LocalStores
+from memory_routing.addons.call_log import CallLog
+from memory_routing.addons.local_stores import LocalStores
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 
 from mitmproxy import http
 
-from memory_routing.cloudflare.pages import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
+from memory_routing.upstream.cloudflare_pages import CLOUDFLARE_STATUSES, classify_cloudflare_error, is_cloudflare_error_head
 from memory_routing.flow_state import context_of, route_of
 from memory_routing.wire.responses import error_response
 

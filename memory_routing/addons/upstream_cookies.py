@@ -23,7 +23,7 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
-from memory_routing.cloudflare.cookie_jar import (
+from memory_routing.upstream.cookie_jar import (
     CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, Entry, JarChanges, UpstreamCookieJar, read_scope, write_changes,
 )
 from memory_routing.flow_state import Route, route_of

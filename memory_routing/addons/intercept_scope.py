@@ -13,9 +13,9 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy.proxy import mode_specs
 
-from memory_routing.local.endpoints import RESERVED_HOST
+from memory_routing.addons.local_endpoints import RESERVED_HOST
 from memory_routing.mitm.modes import parsed_modes
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 
 logger = logging.getLogger(__name__)
 

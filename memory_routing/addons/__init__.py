@@ -6,29 +6,29 @@ The stages are mitmproxy addons, each with one job; mitmproxy sees one object, a
 
 from __future__ import annotations
 
-from memory_routing.call_log import CallLog
-from memory_routing.cloudflare.guard import CloudflareGuard
-from memory_routing.guard.gateway_auth import GatewayAuth
-from memory_routing.mitm.heap_freeze import HeapFreeze
+from memory_routing.addons.call_log import CallLog
+from memory_routing.addons.cloudflare_guard import CloudflareGuard
+from memory_routing.addons.gateway_auth import GatewayAuth
+from memory_routing.addons.heap_freeze import HeapFreeze
 from memory_routing.mitm.pipeline import AddonPipeline
-from memory_routing.cloudflare.in_flight import InFlightLimiter
-from memory_routing.guard.intercept_scope import InterceptScope
-from memory_routing.guard.listen import ListenGuard
-from memory_routing.mitm.error_pages import ErrorPageOverrides
-from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
-from memory_routing.local.endpoints import LocalEndpoints
-from memory_routing.local.stores import LocalStores
-from memory_routing.local.usage_log import UsageLog
-from memory_routing.memory.addon import EmbeddedMemory
-from memory_routing.routing.litellm_loading import LiteLLMLoading
-from memory_routing.routing.router import ModelRouter
+from memory_routing.addons.in_flight import InFlightLimiter
+from memory_routing.addons.intercept_scope import InterceptScope
+from memory_routing.addons.listen_guard import ListenGuard
+from memory_routing.addons.error_pages import ErrorPageOverrides
+from memory_routing.addons.proxyauth_secret import ProxyAuthSecret
+from memory_routing.addons.local_endpoints import LocalEndpoints
+from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.usage_log import UsageLog
+from memory_routing.addons.memory import EmbeddedMemory
+from memory_routing.addons.litellm_loading import LiteLLMLoading
+from memory_routing.addons.router import ModelRouter
 from memory_routing.routing.providers import ProviderResolver
-from memory_routing.guard.request_limits import RequestLimits
+from memory_routing.addons.request_limits import RequestLimits
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.cloudflare.cookies import UpstreamCookies
-from memory_routing.wire.request_json import LargeBodyOffload
-from memory_routing.wire.upstream_failures import UpstreamFailures
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.upstream_cookies import UpstreamCookies
+from memory_routing.addons.large_body_offload import LargeBodyOffload
+from memory_routing.addons.upstream_failures import UpstreamFailures
 
 
 def create_addons() -> list[object]:

@@ -15,9 +15,9 @@ from types import ModuleType
 
 from mitmproxy import http
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.mitm.flows import routed_call
-from memory_routing.mitm.heap_freeze import freeze_heap
+from memory_routing.addons.heap_freeze import freeze_heap
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from mitmproxy import http
 from mitmproxy.utils import human
 
 from memory_routing.mitm.flows import is_gateway, routed_call
-from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.addons.error_pages import ErrorPageOverrides
 from memory_routing.wire.responses import error_response, fail_closed
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.wire.header_values import CONTROL_IN_RAW_VALUE
 
 

@@ -26,7 +26,7 @@ from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.addons.error_pages import ErrorPageOverrides
 from memory_routing.mitm.internals import connection_task, drop_connection
 from memory_routing.flow_state import context_of, route_of
 from memory_routing.wire.responses import error_response
