@@ -6,7 +6,7 @@ In the style of httpx's exceptions: one root, a branch per kind of failure.
     ├── ConfigError            a config file that cannot be used (names the file and key path)
     ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
     └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
-        ├── RouteRefused           routing.planner / routing.router
+        ├── RouteRefused           routing.planner / addons.router
         │   ├── UnresolvableModel      routing.providers: neither an alias nor a model LiteLLM places
         │   └── UnsupportedProvider    routing.providers: LiteLLM knows it, URL rewriting cannot reach it
         ├── InvalidUserId          routing.classify: an unusable explicit user id header

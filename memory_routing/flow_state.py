@@ -61,14 +61,14 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RequestJson:
-    """A model call's JSON body, parsed once for every stage that reads it (wire.request_json).
+    """A model call's JSON body, parsed once for every stage that reads it (mitm.request_json).
 
     ``raw``: the request's raw content it was parsed from; when the request's content is no
     longer that object, the body was rewritten and this parse is stale.
     ``large``: set when the body was read by the worker process: ``payload`` is then its
     skeleton, whose long strings are placeholders (see wire.large_bodies).
     ``edited``: ``payload`` was changed (the memory's recall block) and ``raw`` does not hold the
-    change yet: the router encodes the body once, with its own changes (wire.request_json).
+    change yet: the router encodes the body once, with its own changes (mitm.request_json).
     """
 
     raw: bytes | None
@@ -81,7 +81,7 @@ class RequestJson:
 @dataclass(frozen=True, slots=True)
 class AnswerJson:
     """A whole (unstreamed) answer's JSON, parsed once for the router's usage meter and the
-    memory (wire.answer_json). ``raw``: the response's raw content it was parsed from; when the
+    memory (mitm.answer_json). ``raw``: the response's raw content it was parsed from; when the
     router translates the answer, the content changes and the translation gets its own parse.
     ``document`` is None when the answer is not JSON (``error`` says why)."""
 

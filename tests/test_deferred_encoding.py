@@ -83,7 +83,7 @@ def test_unknown_attributes_still_raise_attribute_error():
 _IN_FRESH_PROCESS = r"""
 import json, os
 import tiktoken, tiktoken.registry
-from memory_routing.routing.providers import load_litellm
+from memory_routing.llm import load_litellm
 from memory_routing.llm.deferred_encoding import DeferredEncoding
 from memory_routing.translate import translation
 from memory_routing.wire.protocol import ClientProtocol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy.test import tflow
 
-from memory_routing.wire.headers import request_headers
+from memory_routing.mitm.flows import request_headers
 
 
 def test_one_index_per_flow_until_the_headers_change():

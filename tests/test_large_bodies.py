@@ -19,7 +19,8 @@ from memory_routing.flow_state import known_context, request_json_of
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import placeholder, skeletonize
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
-from memory_routing.addons.large_body_offload import LargeBodyOffload, encode_json, request_json
+from memory_routing.addons.large_body_offload import LargeBodyOffload
+from memory_routing.mitm.request_json import encode_json, request_json
 from router_stand_in import encode_edit
 
 MIN = 64  # a small minimum literal length keeps the documents small
@@ -264,7 +265,7 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
     assert offload.addon.request(flow) is None  # below the threshold: no worker
     loads = []
     real = json.loads
-    monkeypatch.setattr("memory_routing.addons.large_body_offload.json.loads", lambda b: loads.append(1) or real(b))
+    monkeypatch.setattr("memory_routing.mitm.request_json.json.loads", lambda b: loads.append(1) or real(b))
     first = request_json(flow)
     assert request_json(flow) is first and loads == [1]
     flow.request.content = b'{"model": "other"}'  # a rewritten body is parsed again

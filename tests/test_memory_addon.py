@@ -481,7 +481,7 @@ def test_retention_from_the_config_starts_with_the_proxy_and_shows_in_info(harne
 
 
 def test_the_answer_is_read_from_the_parse_the_router_made_and_a_translation_is_parsed_anew(harness, monkeypatch):
-    from memory_routing.wire import answer_json as answer_json_module
+    from memory_routing.mitm import answer_json as answer_json_module
 
     decodes = []  # one per parse of an answer: each is recorded for the flow's other readers
     record = answer_json_module.set_answer_json

@@ -279,7 +279,7 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
 
 def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Path):
-    from memory_routing.addons.large_body_offload import edit_request_json, request_json
+    from memory_routing.mitm.request_json import edit_request_json, request_json
 
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG.rstrip() + "\n  - model_name: gemini-2.5-flash\n"

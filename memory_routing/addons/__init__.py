@@ -1,7 +1,9 @@
-"""The addon set that ``addon.py`` hands to mitmproxy, wired to one shared config holder.
+"""The proxy's mitmproxy addons, one per module of this package, and the pipeline that
+``addon.py`` hands to mitmproxy, wired to one shared config (addons.routing_config).
 
 The stages are mitmproxy addons, each with one job; mitmproxy sees one object, an
-``AddonPipeline`` that calls them in this order (its docstring says why: dispatch cost).
+``AddonPipeline`` (mitm.pipeline) that calls them in this order (its docstring says why:
+dispatch cost).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
 from memory_routing.call_record import MemoryOutcome
 from memory_routing.flow_state import FlowContext, context_of, known_context
-from memory_routing.mitm.flows import routed_call
+from memory_routing.mitm.flows import request_headers, routed_call
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
 from memory_routing.memory.recall import RecalledBlock, Recaller
@@ -39,13 +39,13 @@ from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
-from memory_routing.wire.headers import replaced_fields, request_headers
+from memory_routing.wire.headers import replaced_fields
 from memory_routing.wire.model_calls import Endpoint, ModelCall
 from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
-from memory_routing.wire.answer_json import answer_json
+from memory_routing.mitm.answer_json import answer_json
 from memory_routing.wire.flow_log import client_name
-from memory_routing.addons.large_body_offload import edit_request_json, request_json
+from memory_routing.mitm.request_json import edit_request_json, request_json
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)

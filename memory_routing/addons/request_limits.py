@@ -8,7 +8,7 @@ sets mitmproxy's ``body_size_limit`` (unless that was set explicitly), which ref
 announced by Content-Length from its headers alone, before reading it and before answering
 ``Expect: 100-continue``, and stops reading a chunked body once it passes the limit. A hook
 could only answer after mitmproxy had read the body whole. mitmproxy's refusal is an HTML page;
-the ``error`` hook registers the client-shaped 413 in its place (see mitm/error_pages).
+the ``error`` hook registers the client-shaped 413 in its place (see addons/error_pages).
 """
 
 from __future__ import annotations

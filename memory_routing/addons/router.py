@@ -20,14 +20,14 @@ from memory_routing.flow_state import (
 )
 from memory_routing.upstream.cloudflare_pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import client_name
-from memory_routing.wire.headers import HeaderIndex, replaced_fields, request_headers
+from memory_routing.wire.headers import HeaderIndex, replaced_fields
 from memory_routing.addons.local_endpoints import DASHBOARD_PATH, HEALTH_PATH, INFO_PATH, MODELS_PATH
-from memory_routing.mitm.flows import routed_call
+from memory_routing.mitm.flows import request_headers, routed_call
 from memory_routing.wire.model_calls import Endpoint, ModelCall
 from memory_routing.mitm.internals import set_request_target
 from memory_routing.mitm.modes import loopback_alias, own_listeners
 from memory_routing.wire.protocol import gateway_path_protocol
-from memory_routing.addons.large_body_offload import encode_json, materialize, request_json
+from memory_routing.mitm.request_json import encode_json, materialize, request_json
 from memory_routing.wire.responses import error_response, fail_closed, json_response, refusal_response
 from memory_routing.routing.planner import (
     CREDENTIAL_HEADERS,
@@ -43,7 +43,7 @@ from memory_routing.routing.planner import (
 )
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.addons import litellm_loading
-from memory_routing.wire.answer_json import answer_json
+from memory_routing.mitm.answer_json import answer_json
 from memory_routing.wire.usage import UsageMeter
 
 if TYPE_CHECKING:

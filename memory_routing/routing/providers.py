@@ -1,49 +1,18 @@
 """Where a model lives: provider, provider model id and base URLs, as LiteLLM resolves them.
 
-No mitmproxy imports. LiteLLM is imported here and only here, on first use (``load_litellm``):
-its import takes seconds, so the proxy loads it in a thread once it listens
-(routing/litellm_loading.py) and nothing here imports it at module level.
+No mitmproxy imports. LiteLLM is loaded on first use (``llm.load_litellm``): its import takes
+seconds, so the proxy loads it in a thread once it listens (addons/litellm_loading.py) and
+nothing here imports it at module level.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+from dataclasses import dataclass
 
-# Must be set before litellm is imported: otherwise it downloads a price list at import time.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-# LiteLLM's own log handler defaults to DEBUG; the proxy only uses its lookups.
-os.environ.setdefault("LITELLM_LOG", "WARNING")
-
-import functools  # noqa: E402
-import logging  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from types import ModuleType  # noqa: E402
-
-from memory_routing.errors import UnresolvableModel, UnsupportedProvider  # noqa: E402
-from memory_routing.wire.protocol import ClientProtocol  # noqa: E402
-
-
-@functools.cache
-def load_litellm() -> ModuleType:
-    """Import and configure LiteLLM (seconds, once); safe from any thread."""
-    from memory_routing.llm.deferred_encoding import defer_default_encoding
-
-    # LiteLLM's import would build tiktoken's cl100k table (tens of MB resident) for nothing.
-    defer_default_encoding()
-    import litellm
-
-    # LiteLLM prints a provider list to stdout on every failed lookup.
-    litellm.suppress_debug_info = True
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return litellm
-
-
-def __getattr__(name: str) -> object:
-    # ``from memory_routing.routing.providers import litellm`` (translate/) loads it configured.
-    if name == "litellm":
-        return load_litellm()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from memory_routing.errors import UnresolvableModel, UnsupportedProvider
+from memory_routing.llm import load_litellm
+from memory_routing.wire.protocol import ClientProtocol
 
 # Providers whose OpenAI-compatible endpoint LiteLLM does not describe. Anthropic documents
 # https://api.anthropic.com/v1/ for the OpenAI SDK; Google documents .../v1beta/openai/.

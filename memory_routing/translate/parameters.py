@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
-from memory_routing.routing.providers import litellm  # isort: skip
+from memory_routing.llm import litellm  # isort: skip
 
 from memory_routing.errors import UnsupportedParams
 from memory_routing.wire.protocol import ClientProtocol

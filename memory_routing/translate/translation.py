@@ -24,7 +24,7 @@ from memory_routing.errors import TranslationRefused, UnsupportedParams
 from memory_routing.translate.parameters import fit_params, target_model
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
-from memory_routing.routing.providers import litellm  # isort: skip
+from memory_routing.llm import litellm  # isort: skip
 
 import httpx  # LiteLLM's response transforms take an httpx.Response
 from litellm.litellm_core_utils.prompt_templates.common_utils import strip_none_values_from_message

@@ -10,9 +10,6 @@ Pure logic: works on the raw ``(name, value)`` byte pairs.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any
-
-from memory_routing.flow_state import context_of
 
 
 class HeaderIndex:
@@ -39,19 +36,6 @@ class HeaderIndex:
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
-
-
-def request_headers(flow: Any) -> HeaderIndex:
-    """The flow's request headers indexed, shared by the addons of one request until the headers
-    change (mitmproxy replaces the fields tuple on every change; a lookup through its ``Headers``
-    costs ~8-10 µs here, an index lookup well under one)."""
-    fields = flow.request.headers.fields
-    context = context_of(flow)
-    known = context.headers
-    if known is not None and known.fields is fields:
-        return known
-    index = context.headers = HeaderIndex(fields)
-    return index
 
 
 Fields = tuple[tuple[bytes, bytes], ...]
