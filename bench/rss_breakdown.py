@@ -45,7 +45,7 @@ STAGES = (
     ("mitmproxy (what bare mitmdump imports)", lambda: importlib.import_module("mitmproxy.tools.dump")),
     ("the addon's modules (memory_routing.addons)", lambda: importlib.import_module("memory_routing.addons")),
     ("LiteLLM (llm.load_litellm)", load_litellm),
-    ("the LiteLLM modules translation adds", lambda: importlib.import_module("memory_routing.translate.translation")),
+    ("the LiteLLM modules translation adds", lambda: importlib.import_module("memory_routing.llm.translation")),
     ("cl100k table, built (deferred in the proxy)", build_cl100k),
 )
 

@@ -85,7 +85,7 @@ import json, os
 import tiktoken, tiktoken.registry
 from memory_routing.llm import load_litellm
 from memory_routing.llm.deferred_encoding import DeferredEncoding
-from memory_routing.translate import translation
+from memory_routing.llm import translation
 from memory_routing.wire.protocol import ClientProtocol
 
 litellm = load_litellm()

@@ -17,9 +17,9 @@ LITELLM_MODULES = {
     "memory_routing.addons",
     "memory_routing.routing.providers",
     "memory_routing.addons.router",
-    "memory_routing.translate.translation",
-    "memory_routing.translate.parameters",
-    "memory_routing.translate.litellm_internals",
+    "memory_routing.llm.translation",
+    "memory_routing.llm.parameters",
+    "memory_routing.llm.litellm_internals",
 }
 # Pure: neither mitmproxy nor LiteLLM.
 PURE_MODULES = {

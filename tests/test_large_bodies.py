@@ -292,7 +292,7 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo+/" * 40}}]}]}),
 ])
 def test_a_placeholder_survives_each_translation_direction(client, provider, payload):
-    from memory_routing.translate.translation import translate_request
+    from memory_routing.llm.translation import translate_request
     from memory_routing.wire.protocol import ClientProtocol
 
     protocol = ClientProtocol(client)

@@ -19,9 +19,9 @@ from fake_upstream import (
     _openai_chat_events,
     _openai_tool_events,
 )
-from memory_routing.translate.parameters import OUTPUT_LIMIT_PARAMS, target_model
+from memory_routing.llm.parameters import OUTPUT_LIMIT_PARAMS, target_model
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.translate.translation import (
+from memory_routing.llm.translation import (
     ANTHROPIC_VERSION,
     SseDecoder,
     SseEvent,

@@ -22,7 +22,7 @@ from memory_routing.addons.heap_freeze import freeze_heap
 logger = logging.getLogger(__name__)
 
 # The modules that import LiteLLM: translation pulls in providers and parameters.
-_LITELLM_MODULES = ("memory_routing.translate.translation",)
+_LITELLM_MODULES = ("memory_routing.llm.translation",)
 # A model call waits at most this long for the import; after that it imports in the foreground
 # (blocking, but answered) rather than failing. The import takes 5-10 s on a loaded 2-core box.
 WAIT_SECONDS = 120.0

@@ -372,7 +372,7 @@ class MemoryAnswers:
         event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
         if event_stream:
             # Imported here: the decoder's module loads LiteLLM, which the router has loaded by now.
-            from memory_routing.translate.translation import SseDecoder
+            from memory_routing.llm.translation import SseDecoder
 
             state.events = SseDecoder()
             state.collector = AnswerTextCollector(state.protocol)

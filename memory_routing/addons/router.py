@@ -47,7 +47,7 @@ from memory_routing.mitm.answer_json import answer_json
 from memory_routing.wire.usage import UsageMeter
 
 if TYPE_CHECKING:
-    from memory_routing.translate.translation import AnswerTranslation
+    from memory_routing.llm.translation import AnswerTranslation
     from memory_routing.wire.large_bodies import LargeBody
 
 logger = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ def _load_litellm() -> Any:
     with _import_lock:
         if _litellm is None:
             from memory_routing.llm import load_litellm  # the one loader: configured, no price download
-            from memory_routing.translate.litellm_internals import price_table_version
+            from memory_routing.llm.litellm_internals import price_table_version
 
             _price_table_version = price_table_version
             _litellm = load_litellm()

@@ -21,7 +21,7 @@ from typing import Any
 
 from memory_routing.wire.protocol import ClientProtocol, error_body
 from memory_routing.errors import TranslationRefused, UnsupportedParams
-from memory_routing.translate.parameters import fit_params, target_model
+from memory_routing.llm.parameters import fit_params, target_model
 
 # First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.llm import litellm  # isort: skip
@@ -33,7 +33,7 @@ from litellm.llms.anthropic.experimental_pass_through.adapters.transformation im
 from litellm.types.utils import ModelResponse, ModelResponseStream
 from litellm.utils import ProviderConfigManager, get_optional_params
 
-from memory_routing.translate.litellm_internals import (
+from memory_routing.llm.litellm_internals import (
     ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY,
     SteppedAnthropicStream,
     anthropic_chunk_parser,
