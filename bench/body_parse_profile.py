@@ -32,7 +32,7 @@ from memory_routing.addons.memory import EmbeddedMemory  # noqa: E402
 from memory_routing.memory.records import NewMemory  # noqa: E402
 from memory_routing.memory.store import SQLiteMemoryStore  # noqa: E402
 from memory_routing.routing.planner import RoutePlanner  # noqa: E402
-from memory_routing.routing.providers import ProviderResolver  # noqa: E402
+from memory_routing.llm.providers import ProviderResolver  # noqa: E402
 from memory_routing.addons.router import ModelRouter  # noqa: E402
 
 REQUESTS = int(os.environ.get("REQUESTS", "200"))

@@ -27,7 +27,7 @@ from memory_routing.flow_state import Route, set_route
 from memory_routing.addons.gateway_auth import GatewayAuth
 from memory_routing.addons.request_limits import RequestLimits
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.routing.providers import ProviderResolver
+from memory_routing.llm.providers import ProviderResolver
 from memory_routing.addons.router import ModelRouter
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.wire.responses import fail_closed

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Their job is LiteLLM (or they wire the addons that need it).
 LITELLM_MODULES = {
     "memory_routing.addons",
-    "memory_routing.routing.providers",
+    "memory_routing.llm.providers",
     "memory_routing.addons.router",
     "memory_routing.llm.translation",
     "memory_routing.llm.parameters",

@@ -18,7 +18,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from memory_routing.addons.call_log import CallLog
 from memory_routing.addons.intercept_scope import InterceptScope
 from memory_routing.addons.router import ModelRouter
-from memory_routing.routing.providers import ProviderResolver
+from memory_routing.llm.providers import ProviderResolver
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.addons.upstream_cookies import UpstreamCookies

@@ -10,8 +10,8 @@ from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import parse_config
 from memory_routing.wire.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.routing import providers
-from memory_routing.routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
+from memory_routing.llm import providers
+from memory_routing.llm.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
 from memory_routing.routing.planner import (
     RequestFacts,
     RoutePlanner,

@@ -22,7 +22,7 @@ from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 from memory_routing.addons.local_stores import LocalStores
 from memory_routing.addons.usage_log import UsageLog
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.routing.providers import ProviderResolver
+from memory_routing.llm.providers import ProviderResolver
 from memory_routing.flow_state import context_of
 from memory_routing.addons.router import ModelRouter
 

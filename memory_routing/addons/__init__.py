@@ -24,7 +24,7 @@ from memory_routing.addons.usage_log import UsageLog
 from memory_routing.addons.memory import EmbeddedMemory
 from memory_routing.addons.litellm_loading import LiteLLMLoading
 from memory_routing.addons.router import ModelRouter
-from memory_routing.routing.providers import ProviderResolver
+from memory_routing.llm.providers import ProviderResolver
 from memory_routing.addons.request_limits import RequestLimits
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.addons.routing_config import RoutingConfig

@@ -20,7 +20,7 @@ from memory_routing.errors import RouteRefused, UnresolvableModel
 from memory_routing.wire.header_values import CONTROL_IN_VALUE, is_user_id
 
 if TYPE_CHECKING:  # the resolver is LiteLLM's; the planner itself stays pure
-    from memory_routing.routing.providers import ProviderResolver, ProviderRoute
+    from memory_routing.llm.providers import ProviderResolver, ProviderRoute
 
 # Hosts whose model calls are routed in forward-proxy mode, besides every host the config names.
 KNOWN_LLM_HOSTS: dict[str, str] = {
