@@ -7,11 +7,11 @@ In the style of httpx's exceptions: one root, a branch per kind of failure.
     ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
     └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
         ├── RouteRefused           routing.planner / addons.router
-        │   ├── UnresolvableModel      routing.providers: neither an alias nor a model LiteLLM places
-        │   └── UnsupportedProvider    routing.providers: LiteLLM knows it, URL rewriting cannot reach it
+        │   ├── UnresolvableModel      llm.providers: neither an alias nor a model LiteLLM places
+        │   └── UnsupportedProvider    llm.providers: LiteLLM knows it, URL rewriting cannot reach it
         ├── InvalidUserId          routing.classify: an unusable explicit user id header
-        └── TranslationRefused     translate.translation
-            └── UnsupportedParams      translate.parameters: strict mode, parameters the target lacks
+        └── TranslationRefused     llm.translation
+            └── UnsupportedParams      llm.parameters: strict mode, parameters the target lacks
 
 A ProxyRefusal is rendered into the client's shape once, by ``wire.responses.refusal_response``.
 """

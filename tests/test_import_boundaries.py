@@ -12,11 +12,8 @@ from pathlib import Path
 import memory_routing
 
 ROOT = Path(__file__).resolve().parent.parent
-# Their job is LiteLLM (or they wire the addons that need it).
+# Their job is LiteLLM's transformations: importing them loads it.
 LITELLM_MODULES = {
-    "memory_routing.addons",
-    "memory_routing.llm.providers",
-    "memory_routing.addons.router",
     "memory_routing.llm.translation",
     "memory_routing.llm.parameters",
     "memory_routing.llm.litellm_internals",
@@ -44,8 +41,8 @@ PURE_MODULES = {
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
     frozenset({"wire", "call_record"}),  # protocols, headers, bodies, usage, the call's record
-    frozenset({"config", "llm"}),  # config.yaml; LiteLLM (the one loader)
-    frozenset({"routing", "translate", "memory", "upstream", "dashboard"}),  # the domains
+    frozenset({"config", "llm"}),  # config.yaml; LiteLLM (the one loader, model table, translation)
+    frozenset({"routing", "memory", "upstream", "dashboard"}),  # the domains
     frozenset({"flow_state"}),  # the per-flow context: holds the domains' results
     frozenset({"mitm"}),  # what leans on mitmproxy: flows, the pipeline, internals
     frozenset({"addons"}),  # the stages
@@ -126,3 +123,17 @@ def test_no_import_runs_up_the_layers():
 def test_no_two_packages_import_each_other():
     edges = {(_unit(module), _unit(name)) for module, name in imports_between_units()}
     assert sorted((a, b) for a, b in edges if (b, a) in edges and a < b) == []
+
+
+def test_only_llm_imports_litellm():
+    """LiteLLM is loaded and configured in one place (llm.load_litellm); elsewhere it is reached
+    through llm, so no module outside it names LiteLLM in an import."""
+    offenders = []
+    for path in sorted((ROOT / "memory_routing").rglob("*.py")):
+        if path.parent.name == "llm":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] == "litellm"]
+    assert offenders == []

@@ -1,8 +1,10 @@
-"""LiteLLM, loaded and configured in one place (its import takes seconds, so never at module level).
+"""Everything LiteLLM, and the only package that imports it: the one loader (here), where a model
+lives (``providers``), translation between API formats (``translation``, ``parameters``) and the
+LiteLLM internals those lean on (``litellm_internals``). No mitmproxy imports.
 
-Every module that uses LiteLLM gets it from here: ``load_litellm()``, or ``from memory_routing.llm
-import litellm`` in modules whose job is LiteLLM (translate/). Importing this package alone does
-not import LiteLLM. No mitmproxy imports.
+LiteLLM is loaded and configured here, once (its import takes seconds, so never at module level):
+``load_litellm()``, or ``from memory_routing.llm import litellm`` in the translation modules.
+Importing this package alone does not import LiteLLM.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def load_litellm() -> ModuleType:
 
 
 def __getattr__(name: str) -> object:
-    # ``from memory_routing.llm import litellm`` (translate/) loads it configured.
+    # ``from memory_routing.llm import litellm`` (the translation modules) loads it configured.
     if name == "litellm":
         return load_litellm()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
+# First: llm sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.llm import litellm  # isort: skip
 
 from memory_routing.errors import UnsupportedParams

@@ -23,7 +23,7 @@ from memory_routing.wire.protocol import ClientProtocol, error_body
 from memory_routing.errors import TranslationRefused, UnsupportedParams
 from memory_routing.llm.parameters import fit_params, target_model
 
-# First: providers sets LiteLLM's environment (no price-list download) before LiteLLM loads.
+# First: llm sets LiteLLM's environment (no price-list download) before LiteLLM loads.
 from memory_routing.llm import litellm  # isort: skip
 
 import httpx  # LiteLLM's response transforms take an httpx.Response
