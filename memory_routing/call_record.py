@@ -62,7 +62,8 @@ class CallRecord:
     (None: no answer, ``error`` says why). ``supermemory_routing``: the call went through
     Supermemory's memory router. ``supermemory``: its x-supermemory-* answer headers.
     ``notes``: what the stages added (parameters dropped or fitted by a translation, how a large
-    body was handled, Cloudflare's refusal).
+    body was handled, Cloudflare's refusal). ``route_fields``: the routing decision as the flow
+    log shows it (routing.planner.RoutingDecision.log_fields; shared, never changed).
     """
 
     at: float
@@ -91,6 +92,7 @@ class CallRecord:
     memory: MemoryOutcome | None = None
     supermemory: Mapping[str, str] | None = None
     notes: Mapping[str, object] | None = None
+    route_fields: Mapping[str, object] | None = None
 
     @property
     def memory_injected(self) -> bool:
@@ -107,19 +109,9 @@ class CallRecord:
                     "client_protocol": self.client_protocol, "route": "refused", "at": self.at,
                     "client": self.client, "status": self.status, "error": self.error,
                     "latency_ms": self.latency_ms}
-        line: dict[str, object] = {
-            "user_id": self.user_id,
-            "rule": self.rule,
-            "requested_model": self.requested_model,
-            "alias": self.alias,
-            "provider": self.provider,
-            "provider_model": self.provider_model,
-            "upstream_url": self.upstream_url,
-            "client_protocol": self.client_protocol,
-            # Supermemory's routing (a bool), or the embedded memory's account (an object).
-            "memory": self.memory.log_fields() if self.memory is not None else self.supermemory_routing,
-            "translated_to": self.translated_to,
-        }
+        line = dict(self.route_fields or ())
+        # Supermemory's routing (a bool), or the embedded memory's account (an object).
+        line["memory"] = self.memory.log_fields() if self.memory is not None else self.supermemory_routing
         if self.notes:
             line.update(self.notes)
         line.update(

@@ -129,6 +129,7 @@ def routed_record(flow: http.HTTPFlow, context: FlowContext, status: int | None,
         memory=context.memory,
         supermemory=outcome.supermemory,
         notes=context.notes,
+        route_fields=decision.log_fields,
     )
 
 

@@ -125,6 +125,12 @@ class RoutingDecision:
         return dict(self._summary)
 
     @functools.cached_property
+    def log_fields(self) -> dict[str, object]:
+        """The summary without the names of the headers set: the route's part of a flow-log line.
+        Shared: copy it before changing it."""
+        return {name: value for name, value in self._summary.items() if name != "headers_set"}
+
+    @functools.cached_property
     def _summary(self) -> dict[str, object]:
         return {
             "user_id": self.user_id,
