@@ -26,6 +26,7 @@ PURE_MODULES = {
     "memory_routing.llm",
     "memory_routing.wire.headers",
     "memory_routing.wire.model_calls",
+    "memory_routing.wire.sse",
     "memory_routing.config.schema",
     "memory_routing.routing.classify",
     "memory_routing.routing.planner",

@@ -23,11 +23,10 @@ from memory_routing.llm.parameters import OUTPUT_LIMIT_PARAMS, target_model
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.llm.translation import (
     ANTHROPIC_VERSION,
-    SseDecoder,
-    SseEvent,
     TranslationRefused,
     translate_request,
 )
+from memory_routing.wire.sse import SseDecoder, SseEvent
 
 ANTHROPIC_REQUEST = {"model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 OPENAI_REQUEST = {

@@ -45,6 +45,7 @@ from memory_routing.routing.planner import conversation_id_from
 from memory_routing.flow_state import RequestJson
 from memory_routing.mitm.answer_json import answer_json
 from memory_routing.wire.flow_log import client_name
+from memory_routing.wire.sse import SseDecoder
 from memory_routing.mitm.request_json import edit_request_json, request_json
 from memory_routing.wire.responses import error_response
 
@@ -371,9 +372,6 @@ class MemoryAnswers:
             return  # read whole in response(), after the router translated it
         event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
         if event_stream:
-            # Imported here: the decoder's module loads LiteLLM, which the router has loaded by now.
-            from memory_routing.llm.translation import SseDecoder
-
             state.events = SseDecoder()
             state.collector = AnswerTextCollector(state.protocol)
         else:
