@@ -13,14 +13,14 @@ saves it with flows); the proxy writes it and never reads it back.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from memory_routing.errors import InvalidUserId
 from memory_routing.wire.protocol import ClientProtocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from memory_routing.call_record import CallRecord, MemoryOutcome
     from memory_routing.routing.classify import ClientIdentity
@@ -104,6 +104,13 @@ class Outcome:
     requested_model: str = ""  # of a refused call, when it is known
 
 
+class AnswerEvents(Protocol):
+    """A translated stream's events as the client gets them (llm.translation.StreamTranslator):
+    ``observer`` is called with each one, as the dict it is encoded from."""
+
+    observer: Callable[[dict[str, Any]], None] | None
+
+
 @dataclass(slots=True, eq=False)
 class FlowContext:
     """What the stages know about one flow. Mutable: each stage fills in its part.
@@ -117,6 +124,8 @@ class FlowContext:
     (a read timeout surfaces as "server closed connection"); set by UpstreamFailures.
     ``notes``: what the stages add to the call's record (Cloudflare's refusal, ...).
     ``outcome``: what the router saw of the answer (or its refusal).
+    ``answer_events``: set when the router translates a streamed answer: its events, already
+    decoded, for a reader that would otherwise decode the stream it writes again.
     """
 
     call: ModelCall | None | Literal[_Unknown.UNKNOWN] = UNKNOWN
@@ -127,6 +136,7 @@ class FlowContext:
     identity: ClientIdentity | InvalidUserId | None = None
     route: Route | None = None
     outcome: Outcome | None = None
+    answer_events: AnswerEvents | None = None
     memory_call: Any = None
     memory: MemoryOutcome | None = None
     slot: Any = None

@@ -132,3 +132,58 @@ def test_cached_tokens_are_carried_into_the_log_line_and_the_usage_row(proxy: Pr
     assert (line["cache_read_tokens"], line["cache_write_tokens"], line["reasoning_tokens"]) == (24, 6, 2)
     row = proxy.last_row()
     assert (row.input_tokens, row.output_tokens, row.cached_tokens) == (30, 4, 24)
+
+
+def test_a_translated_stream_is_decoded_once_and_its_answer_stored(tmp_path: Path, monkeypatch):
+    """The router decodes the provider's stream to translate it; the memory reads the client's
+    events as the translator builds them instead of decoding the translated bytes again."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_upstream import _anthropic_events
+    from memory_routing.wire.sse import SseDecoder
+
+    (tmp_path / "config.yaml").write_text(
+        "model_list:\n  - model_name: claude-alias\n"
+        "    litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: sk-ant}\n    translate: always\n"
+        "memory:\n  backend: local\n")
+    decoders = []
+    real_init = SseDecoder.__init__
+    monkeypatch.setattr(SseDecoder, "__init__", lambda self: decoders.append(self) or real_init(self))
+    pipeline = AddonPipeline(addons.create_stages())
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, memory_routing_config=str(tmp_path / "config.yaml"),
+                       memory_routing_store=str(tmp_path / "store.sqlite3"), memory_routing_flow_log="")
+        proxy = Proxy(pipeline, tmp_path / "none")
+        body = json.dumps({"model": "claude-alias", "stream": True,
+                           "messages": [{"role": "user", "content": "Say hello, please."}]}).encode()
+        flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/chat/completions", content=body, headers=Headers(
+            host="memory-routing.localhost", content_type="application/json", x_memory_user_id="carol")))
+        flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://memory-routing.localhost")
+
+        async def run() -> list[bytes]:
+            for hook in ("requestheaders", "request"):
+                pending = getattr(pipeline, hook)(flow)
+                if pending is not None:
+                    await pending
+            assert flow.response is None and flow.request.host == "api.anthropic.com", flow.response
+            flow.response = Response.make(200, b"", {"content-type": "text/event-stream"})
+            flow.response.stream = True
+            pending = pipeline.responseheaders(flow)
+            if pending is not None:
+                await pending
+            out: list[bytes] = []
+            for name, data in _anthropic_events("claude-sonnet-4-5", "Hello from Claude"):
+                out += flow.response.stream(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            out += flow.response.stream(b"")
+            pending = pipeline.response(flow)
+            if pending is not None:
+                await pending
+            return out
+
+        client_stream = b"".join(asyncio.run(run()))
+        chunks = [json.loads(line[6:]) for line in client_stream.split(b"\n") if line.startswith(b"data: {")]
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello from Claude"
+        assert proxy.stored("carol") == ["Hello from Claude", "Say hello, please."]
+        assert len(decoders) == 1  # the translator's; the memory decoded nothing again
+        pipeline.done()

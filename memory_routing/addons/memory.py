@@ -29,7 +29,7 @@ from mitmproxy import http
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
 from memory_routing.call_record import MemoryOutcome
-from memory_routing.flow_state import FlowContext, context_of, known_context
+from memory_routing.flow_state import AnswerEvents, FlowContext, context_of, known_context
 from memory_routing.mitm.flows import request_headers, routed_call
 from memory_routing.memory.inject import inject_recall
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
@@ -371,6 +371,13 @@ class MemoryAnswers:
         if not stream:
             return  # read whole in response(), after the router translated it
         event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        translated = _translated_events(flow)
+        if event_stream and translated is not None:
+            # The router decodes the provider's stream and builds the client's events: they are
+            # read as it makes them, not decoded again from the bytes it writes.
+            state.collector = AnswerTextCollector(state.protocol)
+            translated.observer = _safe_reader(state, state.collector)
+            return
         if event_stream:
             state.events = SseDecoder()
             state.collector = AnswerTextCollector(state.protocol)
@@ -424,6 +431,25 @@ class MemoryAnswers:
 
 # The record of a call whose memory the client (x-memory-mode) or the config turned off.
 _OFF = MemoryOutcome("off")
+
+
+def _translated_events(flow: http.HTTPFlow) -> AnswerEvents | None:
+    context = known_context(flow)
+    return context.answer_events if context is not None else None
+
+
+def _safe_reader(state: _CallMemory, collector: AnswerTextCollector) -> Callable[[dict[str, Any]], None]:
+    """The collector's feed for a translated stream's events: it must never fail the stream."""
+    def read(event: dict[str, Any]) -> None:
+        if not state.writes:
+            return
+        try:
+            collector.feed(event)
+        except Exception as e:  # noqa: BLE001 - the answer streams on regardless
+            state.writes = False
+            logger.error("memory: could not read a streamed answer (%s); it is not stored", type(e).__name__)
+
+    return read
 
 
 def _call_memory(flow: http.HTTPFlow) -> _CallMemory | None:

@@ -304,7 +304,8 @@ class ModelRouter:
             return
         record.stream = True
         record.meter = UsageMeter(event_stream=True)
-        record.translate_chunk = record.answer.stream_translator()
+        translator = record.translate_chunk = record.answer.stream_translator()
+        context_of(flow).answer_events = translator  # the memory reads the client's events from it
         response.headers.pop("content-length", None)
         response.headers["content-type"] = "text/event-stream; charset=utf-8"
         response.stream = record.tap

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from memory_routing.wire.protocol import ClientProtocol, error_body
@@ -324,6 +325,17 @@ class StreamTranslator:
         self._completion_tokens: int | None = None
         self._closed = False
 
+    @property
+    def observer(self) -> Callable[[dict[str, Any]], None] | None:
+        """Called with each event the client gets, as the dict it is encoded from: a reader of the
+        answer (the memory) takes the events from here rather than decoding the stream again.
+        It must not raise."""
+        return self._sink.observer
+
+    @observer.setter
+    def observer(self, observer: Callable[[dict[str, Any]], None] | None) -> None:
+        self._sink.observer = observer
+
     def __call__(self, chunk: bytes) -> list[bytes]:
         # A list, never b"": mitmproxy writes an empty bytes object as an empty HTTP/1 chunk,
         # which ends the client's chunked body.
@@ -428,6 +440,7 @@ class _AnthropicEvents:
 
     def __init__(self, answer: AnswerTranslation) -> None:
         self._stream = SteppedAnthropicStream(answer.provider_model, answer.tool_name_mapping)
+        self.observer: Callable[[dict[str, Any]], None] | None = None
 
     def push(self, chunk: ModelResponseStream) -> bytes:
         return self._events(self._stream.push(chunk))
@@ -439,9 +452,14 @@ class _AnthropicEvents:
         body = json.loads(error_body(ClientProtocol.ANTHROPIC, status, message))
         return _sse("error", body)
 
-    @staticmethod
-    def _events(events: list[dict]) -> bytes:
-        return b"".join(_sse(str(event.get("type", "message")), _plain(event)) for event in events)
+    def _events(self, events: list[dict]) -> bytes:
+        out = []
+        for event in events:
+            plain = _plain(event)
+            if self.observer is not None:
+                self.observer(plain)
+            out.append(_sse(str(event.get("type", "message")), plain))
+        return b"".join(out)
 
 
 class _OpenAIChunks:
@@ -453,6 +471,7 @@ class _OpenAIChunks:
         self.created = int(time.time())
         self._role_sent = False
         self._usage: dict[str, int] | None = None
+        self.observer: Callable[[dict[str, Any]], None] | None = None
 
     def push(self, chunk: ModelResponseStream) -> bytes:
         usage = getattr(chunk, "usage", None)
@@ -471,7 +490,10 @@ class _OpenAIChunks:
             if not delta and finish is None:
                 continue
             self._role_sent = True
-            out.append(_sse(None, self._chunk([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])))
+            event = self._chunk([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])
+            if self.observer is not None:
+                self.observer(event)
+            out.append(_sse(None, event))
         return b"".join(out)
 
     def close(self) -> bytes:
