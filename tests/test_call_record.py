@@ -187,3 +187,55 @@ def test_a_translated_stream_is_decoded_once_and_its_answer_stored(tmp_path: Pat
         assert proxy.stored("carol") == ["Hello from Claude", "Say hello, please."]
         assert len(decoders) == 1  # the translator's; the memory decoded nothing again
         pipeline.done()
+
+
+def test_a_translated_whole_answer_is_parsed_once(tmp_path: Path, monkeypatch):
+    """The usage meter, the translation and the memory read one parse of the provider's answer,
+    and the memory reads the translation's own document, not a parse of the bytes it wrote."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_upstream import _anthropic_message
+
+    (tmp_path / "config.yaml").write_text(
+        "model_list:\n  - model_name: claude-alias\n"
+        "    litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: sk-ant}\n    translate: always\n"
+        "memory:\n  backend: local\n")
+    pipeline = AddonPipeline(addons.create_stages())
+    with taddons.context(pipeline) as tctx:
+        tctx.configure(pipeline, memory_routing_config=str(tmp_path / "config.yaml"),
+                       memory_routing_store=str(tmp_path / "store.sqlite3"), memory_routing_flow_log="")
+        proxy = Proxy(pipeline, tmp_path / "none")
+        body = json.dumps({"model": "claude-alias", "messages": [{"role": "user", "content": "Say hello."}]}).encode()
+        flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/chat/completions", content=body, headers=Headers(
+            host="memory-routing.localhost", content_type="application/json", x_memory_user_id="dave")))
+        flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://memory-routing.localhost")
+        parses = []
+        real_loads = json.loads
+
+        def counting_loads(text, *args, **kwargs):
+            if isinstance(text, (bytes, str)) and "Hello from Claude" in (text.decode() if isinstance(text, bytes) else text):
+                parses.append(text)
+            return real_loads(text, *args, **kwargs)
+
+        async def run() -> None:
+            for hook in ("requestheaders", "request"):
+                pending = getattr(pipeline, hook)(flow)
+                if pending is not None:
+                    await pending
+            assert flow.request.host == "api.anthropic.com", flow.response
+            flow.response = Response.make(200, json.dumps(_anthropic_message("claude-sonnet-4-5")).encode(),
+                                          {"content-type": "application/json"})
+            monkeypatch.setattr(json, "loads", counting_loads)
+            for hook in ("responseheaders", "response"):
+                pending = getattr(pipeline, hook)(flow)
+                if pending is not None:
+                    await pending
+            monkeypatch.setattr(json, "loads", real_loads)
+
+        asyncio.run(run())
+        answer = real_loads(flow.response.content)
+        assert answer["choices"][0]["message"]["content"] == "Hello from Claude"
+        assert proxy.stored("dave") == ["Hello from Claude", "Say hello."]
+        assert len(parses) == 1
+        pipeline.done()

@@ -16,7 +16,8 @@ from mitmproxy import http
 
 from memory_routing.errors import ProxyRefusal, RouteRefused, TranslationRefused
 from memory_routing.flow_state import (
-    DISPLAY_KEY, FlowContext, Outcome, Route, context_of, known_context, request_json_of, set_route,
+    DISPLAY_KEY, AnswerJson, FlowContext, Outcome, Route, context_of, known_context, request_json_of, set_answer_json,
+    set_route,
 )
 from memory_routing.upstream.cloudflare_pages import is_cloudflare_error_head
 from memory_routing.wire.flow_log import client_name
@@ -316,8 +317,13 @@ class ModelRouter:
         lowered = {name.lower(): value for name, value in response.headers.items()}
         if is_cloudflare_error_head(response.status_code, lowered):
             return  # Cloudflare's own page: CloudflareGuard answers it in the client's shape
+        # The parse the usage meter read (when it read the whole answer): parsed once.
+        parsed = answer_json(flow) if response.status_code < 400 else None
         try:
-            body = answer.body(response.status_code, lowered.get("content-type", ""), response.content or b"")
+            body, document = answer.translated(
+                response.status_code, lowered.get("content-type", ""), response.content or b"",
+                parsed.document if parsed is not None and parsed.error is None else None,
+            )
         except TranslationRefused as e:
             flow.response = refusal_response(e, flow, protocol=answer.client)
             return
@@ -331,6 +337,8 @@ class ModelRouter:
         response.headers.pop("content-encoding", None)
         response.headers["content-type"] = "application/json"
         response.content = body
+        if document is not None:  # the memory reads the client's answer next: from this, not a new parse
+            set_answer_json(flow, AnswerJson(response.raw_content, document))
 
     def _answer_non_model_call(self, flow: http.HTTPFlow) -> http.Response:
         path = flow.request.path.split("?", 1)[0]

@@ -86,12 +86,21 @@ class AnswerTranslation:
 
     def body(self, status: int, content_type: str, body: bytes) -> bytes:
         """A whole answer (or a provider error) rewritten for the client."""
+        return self.translated(status, content_type, body)[0]
+
+    def translated(self, status: int, content_type: str, body: bytes,
+                   document: Any = None) -> tuple[bytes, dict[str, Any] | None]:
+        """A whole answer (or a provider error) rewritten for the client, and the document the
+        new body encodes (None for an error body), for its readers: nobody parses it again.
+        ``document``: the answer already parsed (mitm.answer_json), else it is parsed here."""
         if status >= 400:
-            return error_body(self.client, status, f"{self.provider}: {provider_error_message(body, status)}")
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON", retryable=True) from None
+            return error_body(self.client, status, f"{self.provider}: {provider_error_message(body, status)}"), None
+        if document is None:
+            try:
+                document = json.loads(body)
+            except ValueError:
+                raise TranslationRefused(502, f"{self.provider} answered with a body that is not JSON",
+                                         retryable=True) from None
         if not isinstance(document, dict):
             raise TranslationRefused(502, f"{self.provider} answered with JSON that is not an object", retryable=True)
         response = self._model_response(document, status, content_type, body)
@@ -99,8 +108,10 @@ class AnswerTranslation:
             message = LiteLLMAnthropicMessagesAdapter().translate_openai_response_to_anthropic(
                 response, self.tool_name_mapping
             )
-            return json.dumps(_plain(message), ensure_ascii=False).encode()
-        return json.dumps(_openai_completion(response), ensure_ascii=False).encode()
+            translated = _plain(message)
+        else:
+            translated = _openai_completion(response)
+        return json.dumps(translated, ensure_ascii=False).encode(), translated
 
     def stream_translator(self) -> StreamTranslator:
         return StreamTranslator(self)
