@@ -175,12 +175,13 @@ def context_of(flow: object) -> FlowContext:
 
 def known_context(flow: object) -> FlowContext | None:
     """The flow's context if a stage made one (a flow no stage looked at has none)."""
-    return flow.__dict__.get(_CONTEXT_KEY)
+    context: FlowContext | None = flow.__dict__.get(_CONTEXT_KEY)
+    return context
 
 
 def route_of(flow: object) -> Route | None:
     """The route the router chose for this flow, or None when the proxy did not route it."""
-    context = flow.__dict__.get(_CONTEXT_KEY)
+    context = known_context(flow)
     return context.route if context is not None else None
 
 
@@ -193,7 +194,7 @@ def set_route(flow: object, route: Route, display: dict[str, object] | None = No
 
 def request_json_of(flow: object) -> RequestJson | None:
     """The flow's parsed body if it was parsed and its content has not changed since."""
-    context = flow.__dict__.get(_CONTEXT_KEY)
+    context = known_context(flow)
     known = context.body if context is not None else None
     if known is not None and known.raw is flow.request.raw_content:  # type: ignore[attr-defined]
         return known
@@ -206,7 +207,7 @@ def set_request_json(flow: object, body: RequestJson) -> None:
 
 def answer_json_of(flow: object) -> AnswerJson | None:
     """The flow's parsed answer if it was parsed and the answer has not changed since."""
-    context = flow.__dict__.get(_CONTEXT_KEY)
+    context = known_context(flow)
     known = context.answer if context is not None else None
     response = flow.response  # type: ignore[attr-defined]
     if known is not None and response is not None and known.raw is response.raw_content:
