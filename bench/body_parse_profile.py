@@ -27,13 +27,13 @@ from mitmproxy.http import Headers  # noqa: E402
 from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
-from memory_routing.config.holder import RoutingConfig  # noqa: E402
-from memory_routing.memory.addon import EmbeddedMemory  # noqa: E402
+from memory_routing.addons.routing_config import RoutingConfig  # noqa: E402
+from memory_routing.addons.memory import EmbeddedMemory  # noqa: E402
 from memory_routing.memory.records import NewMemory  # noqa: E402
 from memory_routing.memory.store import SQLiteMemoryStore  # noqa: E402
 from memory_routing.routing.planner import RoutePlanner  # noqa: E402
-from memory_routing.routing.providers import ProviderResolver  # noqa: E402
-from memory_routing.routing.router import ModelRouter  # noqa: E402
+from memory_routing.llm.providers import ProviderResolver  # noqa: E402
+from memory_routing.addons.router import ModelRouter  # noqa: E402
 
 REQUESTS = int(os.environ.get("REQUESTS", "200"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -75,7 +75,6 @@ def main() -> None:
     bodies = [typical_body(i) for i in range(REQUESTS)]
     with taddons.context(routing, memory, router) as tctx:
         tctx.configure(routing, memory_routing_config=str(workdir / "config.yaml"))
-        tctx.configure(router, memory_routing_flow_log="")
 
         async def run_all() -> None:
             for index, body in enumerate(bodies):

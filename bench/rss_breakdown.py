@@ -36,7 +36,7 @@ def build_cl100k() -> None:
 
 
 def load_litellm() -> None:
-    from memory_routing.routing.providers import load_litellm
+    from memory_routing.llm import load_litellm
 
     load_litellm()
 
@@ -44,8 +44,8 @@ def load_litellm() -> None:
 STAGES = (
     ("mitmproxy (what bare mitmdump imports)", lambda: importlib.import_module("mitmproxy.tools.dump")),
     ("the addon's modules (memory_routing.addons)", lambda: importlib.import_module("memory_routing.addons")),
-    ("LiteLLM (routing.providers.load_litellm)", load_litellm),
-    ("the LiteLLM modules translation adds", lambda: importlib.import_module("memory_routing.translate.translation")),
+    ("LiteLLM (llm.load_litellm)", load_litellm),
+    ("the LiteLLM modules translation adds", lambda: importlib.import_module("memory_routing.llm.translation")),
     ("cl100k table, built (deferred in the proxy)", build_cl100k),
 )
 

@@ -1,11 +1,12 @@
 """LiteLLM Memory Proxy: a mitmproxy addon that routes LLM requests per client.
 
-One sub-package per stage of a request: config (0), guard (1, the edge), local (2, the proxy's
-own endpoints), routing (3) and translate (3b), cloudflare (4, the upstream's front door), wire
-(5, what goes back); mitm holds what leans on mitmproxy's internals, memory and dashboard are
-pure. Shared by all: ``errors`` (the one error hierarchy) and ``flow_state`` (the typed Route the
-router hands to the addons after it). Only routing.providers, routing.router, translate.* and
-addons import LiteLLM (tests/test_import_boundaries.py); the README's Development section draws it.
+``addons`` holds the mitmproxy addons (one per file; ``addons.create_stages()`` is the pipeline,
+in order) over pure packages, each with one job: ``wire`` (protocols, headers, model calls,
+bodies, usage), ``config``, ``llm`` (everything LiteLLM: its loader, model table and the
+translation between API formats), ``routing``, ``memory``, ``upstream`` (cookies, Cloudflare's pages), ``dashboard``; ``flow_state`` is the
+per-flow context the stages share, ``call_record`` the record of one call, ``mitm`` what leans
+on mitmproxy. No import runs up these layers (tests/test_import_boundaries.py); docs/architecture.md
+draws the tree.
 """
 
 __version__ = "0.1.0"

@@ -7,12 +7,12 @@ In the style of httpx's exceptions: one root, a branch per kind of failure.
     │                          key path; a misspelt key also the closest known one)
     ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
     └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
-        ├── RouteRefused           routing.planner / routing.router
-        │   ├── UnresolvableModel      routing.providers: neither an alias nor a model LiteLLM places
-        │   └── UnsupportedProvider    routing.providers: LiteLLM knows it, URL rewriting cannot reach it
+        ├── RouteRefused           routing.planner / addons.router
+        │   ├── UnresolvableModel      llm.providers: neither an alias nor a model LiteLLM places
+        │   └── UnsupportedProvider    llm.providers: LiteLLM knows it, URL rewriting cannot reach it
         ├── InvalidUserId          routing.classify: an unusable explicit user id header
-        └── TranslationRefused     translate.translation
-            └── UnsupportedParams      translate.parameters: strict mode, parameters the target lacks
+        └── TranslationRefused     llm.translation
+            └── UnsupportedParams      llm.parameters: strict mode, parameters the target lacks
 
 A ProxyRefusal is rendered into the client's shape once, by ``wire.responses.refusal_response``.
 """
@@ -28,7 +28,7 @@ class ConfigError(MemoryRoutingError, ValueError):
     """A config file that cannot be used; the message is one line naming the file and key path,
     e.g. ``config.yaml: model_list[2].litellm_params.api_base: must be an http:// or https:// URL``.
 
-    At start it stops mitmdump with that line alone (config.holder); on reload it is logged and
+    At start it stops mitmdump with that line alone (addons.routing_config); on reload it is logged and
     the last good config keeps serving."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from memory_routing.flow_state import RequestJson, request_json_of, set_request_json
-from memory_routing.wire.request_json import encode_json
+from memory_routing.mitm.request_json import encode_json
 
 # The router's body encoder (compact, UTF-8 as is).
 ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -17,10 +17,10 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config import holder as routing_config
-from memory_routing.guard.listen import ListenGuard
-from memory_routing.local.endpoints import RESERVED_HOST, LocalEndpoints
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons import routing_config
+from memory_routing.addons.listen_guard import ListenGuard
+from memory_routing.addons.local_endpoints import RESERVED_HOST, LocalEndpoints
+from memory_routing.addons.routing_config import RoutingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -326,7 +326,7 @@ def test_listen_guard_allows_exposure_with_proxy_auth():
 
 
 def test_proxyauth_from_a_file_sets_mitmproxys_option_and_allows_exposure(tmp_path: Path):
-    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+    from memory_routing.addons.proxyauth_secret import ProxyAuthSecret
 
     secret_file = write(tmp_path / "proxyauth", "alice:pw-from-file\n")
     secret, guard = ProxyAuthSecret(environ={}), ListenGuard()
@@ -337,7 +337,7 @@ def test_proxyauth_from_a_file_sets_mitmproxys_option_and_allows_exposure(tmp_pa
 
 
 def test_proxyauth_from_the_environment():
-    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+    from memory_routing.addons.proxyauth_secret import ProxyAuthSecret
 
     secret = ProxyAuthSecret(environ={"MEMORY_ROUTING_PROXYAUTH": "bob:pw-from-env"})
     with taddons.context(ProxyAuth(), secret) as tctx:
@@ -346,7 +346,7 @@ def test_proxyauth_from_the_environment():
 
 
 def test_proxyauth_file_errors_do_not_echo_the_secret(tmp_path: Path):
-    from memory_routing.guard.proxyauth_secret import ProxyAuthSecret
+    from memory_routing.addons.proxyauth_secret import ProxyAuthSecret
 
     secret = ProxyAuthSecret(environ={})
     with taddons.context(ProxyAuth(), secret) as tctx:
@@ -361,7 +361,7 @@ def test_proxyauth_file_errors_do_not_echo_the_secret(tmp_path: Path):
 def test_heap_is_frozen_once_running():
     import gc
 
-    from memory_routing.mitm.heap_freeze import HeapFreeze
+    from memory_routing.addons.heap_freeze import HeapFreeze
 
     gc.unfreeze()
     try:
@@ -375,7 +375,7 @@ def test_heap_is_frozen_once_running():
 @pytest.mark.parametrize("option", ["memory_routing_connect_timeout", "memory_routing_read_timeout"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_upstream_timeouts_must_be_positive(option: str, value: int):
-    from memory_routing.wire.upstream_failures import UpstreamFailures
+    from memory_routing.addons.upstream_failures import UpstreamFailures
 
     with taddons.context(UpstreamFailures()) as tctx:
         with pytest.raises(exceptions.OptionsError, match=option):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.translate.parameters import TargetModel, UnsupportedParams, fit_params, prompt_cache_key, target_model
-from memory_routing.translate.translation import TranslationRefused, translate_request
+from memory_routing.llm.parameters import TargetModel, UnsupportedParams, fit_params, prompt_cache_key, target_model
+from memory_routing.llm.translation import TranslationRefused, translate_request
 
 CLAUDE_CODE_USER_ID = json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "5" * 36})
 # The main-loop call of Claude Code 2.1 (interactive: with safeguards).

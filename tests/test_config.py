@@ -556,7 +556,7 @@ def test_shipped_config_examples_load_when_uncommented():
 def test_misspelt_key_on_reload_keeps_the_last_good_config(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from mitmproxy.test import taddons
 
-    from memory_routing.config.holder import RoutingConfig
+    from memory_routing.addons.routing_config import RoutingConfig
 
     path = tmp_path / "config.yaml"
     good_text = "model_list: [{model_name: a, litellm_params: {model: openai/gpt-4o, api_base: 'http://llm.internal/v1'}}]\n"

@@ -33,7 +33,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow, tutils
 
 from memory_routing.mitm import internals
-from memory_routing.translate import litellm_internals
+from memory_routing.llm import litellm_internals
 from litellm.llms.anthropic.experimental_pass_through.adapters.streaming_iterator import AnthropicStreamWrapper
 from litellm.llms.vertex_ai.gemini.transformation import _transform_request_body
 from litellm.types.utils import ModelResponseStream

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.cloudflare.pages import classify_cloudflare_error
-from memory_routing.cloudflare.cookie_jar import JarChanges, UpstreamCookieJar, read_scope, write_changes
+from memory_routing.upstream.cloudflare_pages import classify_cloudflare_error
+from memory_routing.upstream.cookie_jar import JarChanges, UpstreamCookieJar, read_scope, write_changes
 
 API = "https://api.example.com/v1/chat/completions"
 

@@ -12,8 +12,8 @@ from mitmproxy import exceptions
 from mitmproxy.http import Headers
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.cloudflare.cookie_jar import JarChanges, read_scope, write_changes
-from memory_routing.cloudflare.cookies import SAVE_INTERVAL, UpstreamCookies
+from memory_routing.upstream.cookie_jar import JarChanges, read_scope, write_changes
+from memory_routing.addons.upstream_cookies import SAVE_INTERVAL, UpstreamCookies
 from memory_routing.flow_state import Route, set_route
 from memory_routing.wire.protocol import ClientProtocol
 

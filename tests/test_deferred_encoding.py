@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tiktoken
 
-from memory_routing.routing.deferred_encoding import DeferredEncoding
+from memory_routing.llm.deferred_encoding import DeferredEncoding
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,9 +83,9 @@ def test_unknown_attributes_still_raise_attribute_error():
 _IN_FRESH_PROCESS = r"""
 import json, os
 import tiktoken, tiktoken.registry
-from memory_routing.routing.providers import load_litellm
-from memory_routing.routing.deferred_encoding import DeferredEncoding
-from memory_routing.translate import translation
+from memory_routing.llm import load_litellm
+from memory_routing.llm.deferred_encoding import DeferredEncoding
+from memory_routing.llm import translation
 from memory_routing.wire.protocol import ClientProtocol
 
 litellm = load_litellm()

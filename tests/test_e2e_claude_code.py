@@ -24,7 +24,7 @@ import yaml
 
 from fake_upstream import AGENT_DONE, FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
-from memory_routing.translate.parameters import prompt_cache_key
+from memory_routing.llm.parameters import prompt_cache_key
 from test_e2e_routing import log_line_for
 
 pytestmark = pytest.mark.e2e

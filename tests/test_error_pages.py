@@ -6,8 +6,8 @@ import pytest
 from mitmproxy import http
 from mitmproxy.proxy.layers.http import _http1, _http2
 
-from memory_routing.mitm import error_pages
-from memory_routing.mitm.error_pages import ErrorPageOverrides
+from memory_routing.addons import error_pages
+from memory_routing.addons.error_pages import ErrorPageOverrides
 
 
 @pytest.fixture

@@ -17,18 +17,18 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-import memory_routing.cloudflare.in_flight as in_flight_module
-import memory_routing.guard.gateway_auth as gateway_auth_module
-import memory_routing.guard.request_limits as request_limits_module
-import memory_routing.routing.router as router_module
-from memory_routing.cloudflare.in_flight import InFlightLimiter
-from memory_routing.config.holder import RoutingConfig
+import memory_routing.addons.in_flight as in_flight_module
+import memory_routing.addons.gateway_auth as gateway_auth_module
+import memory_routing.addons.request_limits as request_limits_module
+import memory_routing.addons.router as router_module
+from memory_routing.addons.in_flight import InFlightLimiter
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.flow_state import Route, set_route
-from memory_routing.guard.gateway_auth import GatewayAuth
-from memory_routing.guard.request_limits import RequestLimits
+from memory_routing.addons.gateway_auth import GatewayAuth
+from memory_routing.addons.request_limits import RequestLimits
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.routing.providers import ProviderResolver
-from memory_routing.routing.router import ModelRouter
+from memory_routing.llm.providers import ProviderResolver
+from memory_routing.addons.router import ModelRouter
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.wire.responses import fail_closed
 
@@ -100,7 +100,7 @@ def test_router(monkeypatch, config_file: Path):
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     with taddons.context(routing, router) as tctx:
         tctx.configure(routing, memory_routing_config=str(config_file))
-        monkeypatch.setattr(router_module, "parse_model_call", explode)  # outside the router's own try
+        monkeypatch.setattr(router_module, "routed_call", explode)  # outside the router's own try
         flow = anthropic_gateway_flow()
         before = flow.request.copy()
         router.request(flow)

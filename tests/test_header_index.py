@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy.test import tflow
 
-from memory_routing.routing.headers import request_headers
+from memory_routing.mitm.flows import request_headers
 
 
 def test_one_index_per_flow_until_the_headers_change():
@@ -22,7 +22,7 @@ def test_one_index_per_flow_until_the_headers_change():
 
 
 def test_replaced_fields_drops_by_name_and_prefix_in_any_case_and_appends_in_order():
-    from memory_routing.routing.headers import replaced_fields
+    from memory_routing.wire.headers import replaced_fields
 
     fields = ((b"Host", b"a"), (b"X-SM-User-Id", b"forged"), (b"Content-Length", b"3"), (b"accept", b"*/*"),
               (b"content-length", b"4"))

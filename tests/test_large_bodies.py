@@ -14,12 +14,13 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.flow_state import request_json_of
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.flow_state import known_context, request_json_of
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import placeholder, skeletonize
 from memory_routing.wire.large_bodies import BodyWorker, LargeBody, WorkerUnavailable
-from memory_routing.wire.request_json import LargeBodyOffload, encode_json, request_json
+from memory_routing.addons.large_body_offload import LargeBodyOffload
+from memory_routing.mitm.request_json import encode_json, request_json
 from router_stand_in import encode_edit
 
 MIN = 64  # a small minimum literal length keeps the documents small
@@ -202,7 +203,7 @@ memory:
 
 @pytest.fixture
 def offload(tmp_path: Path):
-    from memory_routing.memory.addon import EmbeddedMemory
+    from memory_routing.addons.memory import EmbeddedMemory
     from memory_routing.memory.store import SQLiteMemoryStore
 
     (tmp_path / "config.yaml").write_text(CONFIG)
@@ -252,7 +253,7 @@ def test_memory_sees_a_prefix_and_the_same_conversation_across_requests(offload)
         return flows
 
     first, second = asyncio.run(scenario())
-    calls = [offload.memory.calls[first], offload.memory.calls[second]]
+    calls = [known_context(first).memory_call, known_context(second).memory_call]
     for call in calls:
         assert "large-body:" not in call.turn and call.turn.startswith("My cat Miso likes tuna.")
         assert call.turn.endswith("[…]") and len(call.turn) < 9000
@@ -264,7 +265,7 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
     assert offload.addon.request(flow) is None  # below the threshold: no worker
     loads = []
     real = json.loads
-    monkeypatch.setattr("memory_routing.wire.request_json.json.loads", lambda b: loads.append(1) or real(b))
+    monkeypatch.setattr("memory_routing.mitm.request_json.json.loads", lambda b: loads.append(1) or real(b))
     first = request_json(flow)
     assert request_json(flow) is first and loads == [1]
     flow.request.content = b'{"model": "other"}'  # a rewritten body is parsed again
@@ -291,7 +292,7 @@ def test_a_small_body_is_parsed_once_and_left_in_the_loop(offload, monkeypatch):
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo+/" * 40}}]}]}),
 ])
 def test_a_placeholder_survives_each_translation_direction(client, provider, payload):
-    from memory_routing.translate.translation import translate_request
+    from memory_routing.llm.translation import translate_request
     from memory_routing.wire.protocol import ClientProtocol
 
     protocol = ClientProtocol(client)
@@ -355,7 +356,7 @@ def test_recall_goes_into_a_large_body_around_its_long_string(offload):
 
     client_bytes = flow.request.raw_content
     asyncio.run(scenario())
-    assert offload.memory.calls[flow].recall == "injected"
+    assert known_context(flow).memory_call.recall == "injected"
     # The memory leaves the encoding to the router: one encode per request, with its changes.
     assert flow.request.raw_content is client_bytes and request_json_of(flow).edited
     assert encode_edit(flow)

@@ -15,9 +15,9 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.local.endpoints import RESERVED_HOST, LocalEndpoints, gateway_host
-from memory_routing.local.stores import DEFAULT_STORE_NAME, LocalStores
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.local_endpoints import RESERVED_HOST, LocalEndpoints, gateway_host
+from memory_routing.addons.local_stores import DEFAULT_STORE_NAME, LocalStores
 
 
 def test_default_file_lives_in_confdir_with_mode_0600(tmp_path: Path):

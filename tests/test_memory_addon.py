@@ -14,9 +14,10 @@ from mitmproxy.http import Headers, Response
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 from router_stand_in import encode_edit
-from memory_routing.memory.addon import (LOG_FIELDS_KEY, RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
+from memory_routing.flow_state import known_context
+from memory_routing.addons.memory import (RECALL_HEADER, RECALL_MS_HEADER, EmbeddedMemory,
                                          derived_conversation_id)
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
@@ -73,6 +74,12 @@ def gateway_flow(path: str, payload: dict | bytes, **headers: str):
     flow = tflow.tflow(req=request)
     flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://memory-routing.localhost")
     return flow
+
+
+def memory_call(flow):
+    """The memory's state of a call in flight (None: the memory does nothing for it)."""
+    context = known_context(flow)
+    return context.memory_call if context is not None else None
 
 
 def run(memory: EmbeddedMemory, flow) -> None:
@@ -158,7 +165,7 @@ def test_the_mode_header_is_stripped_and_off_forwards_the_body_byte_identical(ha
     before = flow.request.raw_content
     run(harness.memory, flow)
     assert flow.request.raw_content == before and "x-memory-mode" not in flow.request.headers
-    assert harness.memory.calls.get(flow) is None
+    assert memory_call(flow) is None
 
 
 @pytest.mark.parametrize("value", ["sometimes", "read, write", ""])
@@ -206,7 +213,7 @@ def test_client_defaults_from_the_config(harness):
     quiet = openai_call("What does Miso like?", x_memory_user_id="quiet")
     before = quiet.request.raw_content
     run(harness.memory, quiet)
-    assert quiet.request.raw_content == before and harness.memory.calls.get(quiet) is None
+    assert quiet.request.raw_content == before and memory_call(quiet) is None
 
 
 def test_a_tool_result_turn_is_untouched_and_its_text_answer_stored(harness):
@@ -248,7 +255,7 @@ def test_a_repeated_turn_is_answered_from_the_cache_on_the_loop_without_the_reca
     assert harness.memory.request(retry) is None
     assert encode_edit(retry)  # the router's encode of the edit
     assert retry.request.raw_content == first.request.raw_content
-    assert harness.memory.calls[retry].recall == "injected"
+    assert memory_call(retry).recall == "injected"
 
 
 def test_memory_of_one_user_never_reaches_another(harness):
@@ -293,7 +300,7 @@ def test_memory_false_aliases_and_other_backends_are_left_alone(harness, tmp_pat
         {"role": "user", "content": "What does Miso like?"}]}, x_memory_user_id="alice")
     before = flow.request.raw_content
     run(harness.memory, flow)
-    assert flow.request.raw_content == before and harness.memory.calls.get(flow) is None
+    assert flow.request.raw_content == before and memory_call(flow) is None
     harness.config.write_text(CONFIG.replace("backend: local", "backend: 'off'"))
     harness.routing.reload_if_changed()
     flow = openai_call("What does Miso like?", x_memory_mode="read")
@@ -306,7 +313,7 @@ def test_an_internal_error_forwards_the_request_unchanged(harness, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("Miso loves tuna")  # a message holding contents must not be logged
 
-    monkeypatch.setattr("memory_routing.memory.addon.new_human_turn", broken)
+    monkeypatch.setattr("memory_routing.addons.memory.new_human_turn", broken)
     flow = openai_call("What does Miso like?")
     before = flow.request.raw_content
     run(harness.memory, flow)
@@ -406,13 +413,11 @@ def test_a_tool_loops_follow_up_gets_the_turns_block_back_without_a_search(harne
 
 
 def log_fields(h, flow, body: dict, status: int = 200) -> dict:
-    """The memory's flow-log field as the router would log it (its response hook runs between these)."""
+    """The memory's flow-log field, as the call's record has it once the memory is done."""
     flow.response = Response.make(status, json.dumps(body).encode(), {"content-type": "application/json"})
     h.memory.answers.responseheaders(flow)
-    h.memory.response(flow)
-    fields = flow.metadata[LOG_FIELDS_KEY]["memory"]
     h.memory.answers.response(flow)
-    return fields
+    return known_context(flow).memory.log_fields()
 
 
 def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
@@ -425,7 +430,7 @@ def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
     block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
     assert fields.pop("block_tokens") == -(-len(block) // 4) > 0
     assert fields == {"backend": "local", "mode": "both", "recall": "injected", "recalled": 2, "stored": True}
-    assert "Miso" not in json.dumps(flow.metadata[LOG_FIELDS_KEY])
+    assert "Miso" not in repr(known_context(flow).memory)
     # Read only: nothing stored; a failed answer: nothing stored either.
     flow = openai_call("What food does my cat Miso like?", x_memory_mode="read")
     run(harness.memory, flow)
@@ -441,7 +446,7 @@ def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
     # Off: said so, nothing else.
     flow = openai_call("Anything about Miso?", x_memory_mode="off")
     run(harness.memory, flow)
-    assert flow.metadata[LOG_FIELDS_KEY] == {"memory": {"backend": "local", "mode": "off"}}
+    assert known_context(flow).memory.log_fields() == {"backend": "local", "mode": "off"}
 
 
 def test_the_flow_log_of_a_tool_loop_follow_up(harness):
@@ -480,7 +485,7 @@ def test_retention_from_the_config_starts_with_the_proxy_and_shows_in_info(harne
 
 
 def test_the_answer_is_read_from_the_parse_the_router_made_and_a_translation_is_parsed_anew(harness, monkeypatch):
-    from memory_routing.wire import answer_json as answer_json_module
+    from memory_routing.mitm import answer_json as answer_json_module
 
     decodes = []  # one per parse of an answer: each is recorded for the flow's other readers
     record = answer_json_module.set_answer_json

@@ -15,12 +15,13 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.guard.intercept_scope import InterceptScope
-from memory_routing.routing.router import ModelRouter
-from memory_routing.routing.providers import ProviderResolver
+from memory_routing.addons.call_log import CallLog
+from memory_routing.addons.intercept_scope import InterceptScope
+from memory_routing.addons.router import ModelRouter
+from memory_routing.llm.providers import ProviderResolver
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.config.holder import RoutingConfig
-from memory_routing.cloudflare.cookies import UpstreamCookies
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.upstream_cookies import UpstreamCookies
 from memory_routing.flow_state import Route, route_of, set_route
 from memory_routing.wire.protocol import ClientProtocol
 
@@ -59,8 +60,10 @@ def gateway_flow(path: str, body: bytes, **headers: str):
 
 def test_routes_and_annotates_the_flow(config_file: Path):
     routing, router = make_router(config_file)
-    with taddons.context(routing, router) as tctx:
+    calls = CallLog()
+    with taddons.context(routing, router, calls) as tctx:
         tctx.configure(routing, memory_routing_config=str(config_file))
+        tctx.configure(calls, memory_routing_flow_log="")
         flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias", "messages": []}', user_agent="curl/8")
         router.request(flow)
     assert flow.response is None
@@ -72,7 +75,10 @@ def test_routes_and_annotates_the_flow(config_file: Path):
     assert route is not None and route.decision.provider_model == "gpt-4o-mini"
     assert (route.client_protocol, route.user_id) == (ClientProtocol.OPENAI, route.decision.user_id)
     assert route_of(tflow.tflow()) is None
-    assert "gpt-alias → openai/gpt-4o-mini" in flow.comment
+    flow.response = tutils.tresp()
+    router.response(flow)
+    calls.response(flow)  # the call's record: its comment is mitmweb's
+    assert "gpt-alias → openai/gpt-4o-mini" in flow.comment and flow.comment.endswith("; 200")
     assert "sk-config" not in flow.comment + json.dumps(flow.metadata["memory_routing"])
 
 
@@ -140,10 +146,11 @@ def test_a_whole_answers_usage_comes_from_the_parse_the_memory_reads_next(config
     from memory_routing.flow_state import answer_json_of
 
     routing, router = make_router(config_file)
+    calls = CallLog()
     lines = []
-    router.log_sinks.append(lines.append)
+    calls.sinks.append(lines.append)
     answer = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
-    with taddons.context(routing, router) as tctx:
+    with taddons.context(routing, router, calls) as tctx:
         tctx.configure(routing, memory_routing_config=str(config_file))
         flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
         router.request(flow)
@@ -151,10 +158,11 @@ def test_a_whole_answers_usage_comes_from_the_parse_the_memory_reads_next(config
         flow.response = tutils.tresp(headers=Headers(content_type="application/json", content_length=str(len(body))), content=body)
         router.responseheaders(flow)
         router.response(flow)
+        calls.response(flow)
     parsed = answer_json_of(flow)  # left for the memory: it reads the answer's text from this parse
     assert parsed is not None and parsed.document == answer
-    (line,) = lines
-    assert (line["input_tokens"], line["output_tokens"]) == (3, 5)
+    (record,) = lines
+    assert (record.input_tokens, record.output_tokens) == (3, 5)
 
 def allow_regex(tctx) -> re.Pattern[str]:
     (pattern,) = tctx.options.allow_hosts
@@ -255,7 +263,7 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
     from memory_routing.flow_state import Route, set_route
     from memory_routing.wire.protocol import ClientProtocol
-    from memory_routing.wire.upstream_failures import TIMEOUT_MARK, UpstreamFailures
+    from memory_routing.addons.upstream_failures import TIMEOUT_MARK, UpstreamFailures
 
     failures = UpstreamFailures()
     flow = tflow.tflow(resp=True)
@@ -271,7 +279,7 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
 
 def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Path):
-    from memory_routing.wire.request_json import edit_request_json, request_json
+    from memory_routing.mitm.request_json import edit_request_json, request_json
 
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG.rstrip() + "\n  - model_name: gemini-2.5-flash\n"
@@ -303,7 +311,7 @@ def test_tokens_are_counted_off_the_event_loop(config_file: Path, monkeypatch: p
     import asyncio
     import threading
 
-    from memory_routing.routing import litellm_loading
+    from memory_routing.addons import litellm_loading
 
     counted_in = []
 

@@ -8,10 +8,10 @@ import pytest
 
 from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import parse_config
-from memory_routing.routing.model_calls import Endpoint, ModelCall, parse_model_call
+from memory_routing.wire.model_calls import Endpoint, ModelCall, parse_model_call
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.routing import providers
-from memory_routing.routing.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
+from memory_routing.llm import providers
+from memory_routing.llm.providers import ProviderResolver, UnresolvableModel, UnsupportedProvider
 from memory_routing.routing.planner import (
     RequestFacts,
     RoutePlanner,
@@ -384,7 +384,7 @@ def test_forward_mode_translation_never_moves_a_key_to_another_host(planner):
 
 def test_decision_summary_and_repr_hold_no_secret(planner):
     d = planner.plan(config(), IDENTITY, facts("/v1beta/models/gemini-alias:generateContent?key=client-key", "gemini-alias"))
-    shown = repr(d) + str(d.summary()) + d.description
+    shown = repr(d) + str(d.summary()) + d.shown_upstream_url
     for secret in ("sk-config-openai", "g-config-key", "sm-key", "client-key"):
         assert secret not in shown
 
@@ -434,7 +434,7 @@ def test_decision_cache_evicts_least_recently_used_not_everything(monkeypatch):
 
 
 def test_model_call_parses_are_shared_but_a_query_is_never_kept():
-    from memory_routing.routing import model_calls
+    from memory_routing.wire import model_calls
 
     first = parse_model_call("POST", "/v1/chat/completions")
     assert parse_model_call("POST", "/v1/chat/completions") is first  # four addons ask per request

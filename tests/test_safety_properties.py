@@ -22,11 +22,11 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from memory_routing.routing.classify import Classifier, InvalidUserId
 from memory_routing.config.schema import Secret, load_config
-from memory_routing.routing.router import METADATA_KEY, ModelRouter
-from memory_routing.routing.providers import ProviderResolver
-from memory_routing.guard.request_limits import RequestLimits
+from memory_routing.addons.router import METADATA_KEY, ModelRouter
+from memory_routing.llm.providers import ProviderResolver
+from memory_routing.addons.request_limits import RequestLimits
 from memory_routing.routing.planner import MAX_HEADER_VALUE, RoutePlanner, header_safe
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.routing_config import RoutingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """

@@ -19,15 +19,14 @@ from fake_upstream import (
     _openai_chat_events,
     _openai_tool_events,
 )
-from memory_routing.translate.parameters import OUTPUT_LIMIT_PARAMS, target_model
+from memory_routing.llm.parameters import OUTPUT_LIMIT_PARAMS, target_model
 from memory_routing.wire.protocol import ClientProtocol
-from memory_routing.translate.translation import (
+from memory_routing.llm.translation import (
     ANTHROPIC_VERSION,
-    SseDecoder,
-    SseEvent,
     TranslationRefused,
     translate_request,
 )
+from memory_routing.wire.sse import SseDecoder, SseEvent
 
 ANTHROPIC_REQUEST = {"model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 OPENAI_REQUEST = {

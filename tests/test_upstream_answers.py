@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memory_routing.wire.upstream_answers import looks_like_json, unexpected_head
-from memory_routing.wire.upstream_failures import unreachable_reason
+from memory_routing.addons.upstream_answers import looks_like_json, unexpected_head
+from memory_routing.addons.upstream_failures import unreachable_reason
 
 
 @pytest.mark.parametrize("status, content_type, unexpected", [

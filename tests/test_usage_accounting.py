@@ -10,8 +10,8 @@ from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  
 from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
 
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow
-from memory_routing.memory.addon import EmbeddedMemory
-from memory_routing.routing.router import NO_MODEL, UNIDENTIFIED_USER
+from memory_routing.addons.memory import EmbeddedMemory
+from memory_routing.call_record import NO_MODEL, UNIDENTIFIED_USER
 from memory_routing.wire.responses import error_response
 
 

@@ -138,7 +138,7 @@ def litellm_cost_of_whole(case: Case) -> float:
     from litellm.responses.utils import ResponseAPILoggingUtils
     from litellm.types.utils import ModelResponse
 
-    from memory_routing.translate.litellm_internals import gemini_model_response
+    from memory_routing.llm.litellm_internals import gemini_model_response
 
     document = whole_answer(case)
     raw = httpx.Response(200, content=json.dumps(document).encode(), headers={"content-type": "application/json"})
@@ -161,7 +161,7 @@ def litellm_cost_of_stream(case: Case) -> float:
     import litellm
     from litellm.types.utils import ModelResponseStream
 
-    from memory_routing.translate.litellm_internals import anthropic_chunk_parser, gemini_chunk_parser
+    from memory_routing.llm.litellm_internals import anthropic_chunk_parser, gemini_chunk_parser
 
     if case.protocol == "responses":
         return litellm_cost_of_whole(case)  # its stream ends with the whole response

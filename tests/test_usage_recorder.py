@@ -1,10 +1,11 @@
-"""UsageRecorder and UsageLog: router log lines become usage rows, off the event loop, pruned by age."""
+"""UsageRecorder and UsageLog: call records become usage rows, off the event loop, pruned by age."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,23 +14,25 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from memory_routing.config.holder import RoutingConfig
+from memory_routing.addons.call_log import CallLog
+from memory_routing.call_record import CallRecord, MemoryOutcome
+from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.dashboard.recorder import DAY_S, UsageRecorder, usage_row
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
-from memory_routing.local.stores import LocalStores
-from memory_routing.local.usage_log import UsageLog
+from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.usage_log import UsageLog
 from memory_routing.routing.planner import RoutePlanner
-from memory_routing.routing.providers import ProviderResolver
-from memory_routing.flow_state import LOG_FIELDS_KEY
-from memory_routing.routing.router import ModelRouter
+from memory_routing.llm.providers import ProviderResolver
+from memory_routing.flow_state import context_of
+from memory_routing.addons.router import ModelRouter
 
 WAIT_S = 10.0
-ROUTED = {
-    "user_id": "alice", "rule": "custom header", "requested_model": "fast", "alias": "fast",
-    "provider": "openai", "provider_model": "gpt-4o-mini", "client_protocol": "openai", "memory": False,
-    "translated_to": None, "at": 1_700_000_000.0, "client": "OpenAI/Python", "status": 200, "stream": False,
-    "latency_ms": 120.5, "ttfb_ms": 80.0, "input_tokens": 1000, "output_tokens": 200,
-}
+ROUTED = CallRecord(
+    user_id="alice", rule="custom header", requested_model="fast", alias="fast", route="routed",
+    provider="openai", provider_model="gpt-4o-mini", client_protocol="openai",
+    translated_to=None, at=1_700_000_000.0, client="OpenAI/Python", status=200, stream=False,
+    latency_ms=120.5, ttfb_ms=80.0, input_tokens=1000, output_tokens=200,
+)
 
 
 class Clock:
@@ -51,34 +54,29 @@ def fixed_price(provider, model, tokens_in, tokens_out, cached, cache_write=None
     return None if tokens_in is None else (tokens_in + 2 * (tokens_out or 0)) / 1e6
 
 
-def test_a_routed_line_becomes_a_row():
-    row = usage_row(ROUTED | {"memory_recall": "injected", "memory_stored": True}, 0.25, now=5.0)
+def test_a_routed_record_becomes_a_row():
+    row = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "injected", 2, stored=True)), 0.25, now=5.0)
     assert (row.at, row.user_id, row.client, row.alias, row.provider_model, row.protocol) == (
         1_700_000_000.0, "alice", "OpenAI/Python", "fast", "gpt-4o-mini", "openai")
     assert (row.status, row.error, row.input_tokens, row.output_tokens, row.cost_usd) == (200, None, 1000, 200, 0.25)
     assert (row.route, row.memory_injected, row.memory_stored) == ("routed", True, True)
 
 
-def test_the_embedded_memorys_field_marks_the_row():
-    line = ROUTED | {"memory": {"backend": "local", "mode": "both", "recall": "reinjected", "recalled": 3, "stored": False}}
-    row = usage_row(line, 0.25, now=5.0)
+def test_the_embedded_memorys_outcome_marks_the_row():
+    record = replace(ROUTED, memory=MemoryOutcome("both", "reinjected", 3, stored=False))
+    row = usage_row(record, 0.25, now=5.0)
     assert (row.memory_injected, row.memory_stored) == (True, False)
-    row = usage_row(ROUTED | {"memory": {"backend": "local", "recall": "none", "stored": True}}, 0.25, now=5.0)
+    row = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "none", stored=True)), 0.25, now=5.0)
     assert (row.memory_injected, row.memory_stored) == (False, True)
-    assert usage_row(ROUTED | {"memory": True}, 0.25, now=5.0).memory_injected is False  # Supermemory's flag
+    # Supermemory's routing is not the embedded memory's recall.
+    assert usage_row(replace(ROUTED, supermemory_routing=True), 0.25, now=5.0).memory_injected is False
 
 
-@pytest.mark.parametrize("line, route", [
-    (ROUTED | {"translated_to": "anthropic"}, "translated"),
-    (ROUTED | {"status": None, "error": "connection refused"}, "failed"),
-    ({"user_id": "", "requested_model": "nope", "client_protocol": "anthropic", "route": "refused",
-      "status": 400, "error": "unknown model", "at": 3.0}, "refused"),
-])
-def test_route_of_translated_failed_and_refused_calls(line, route):
-    row = usage_row(line, None, now=9.0)
-    assert row.route == route
-    if route == "refused":
-        assert (row.alias, row.provider_model, row.provider, row.status) == ("nope", "nope", "", 400)
+def test_a_refused_record_becomes_a_row():
+    refused = CallRecord(at=3.0, user_id="", client="", client_protocol="anthropic", requested_model="nope",
+                         route="refused", status=400, latency_ms=1.0, error="unknown model")
+    row = usage_row(refused, None, now=9.0)
+    assert (row.route, row.alias, row.provider_model, row.provider, row.status) == ("refused", "nope", "nope", "", 400)
 
 
 def test_writes_in_a_thread_prices_and_drains(store):
@@ -88,7 +86,7 @@ def test_writes_in_a_thread_prices_and_drains(store):
     original = store.insert
     store.insert = lambda rows: (writer_threads.append(threading.current_thread().name), original(rows))[1]
     for n in range(5):
-        recorder.submit(ROUTED | {"at": ROUTED["at"] + n})
+        recorder.submit(replace(ROUTED, at=ROUTED.at + n))
     assert recorder.close(WAIT_S)
     assert recorder.written == 5 and recorder.dropped == 0
     assert set(writer_threads) == {"usage-recorder"}
@@ -117,18 +115,18 @@ def test_a_closed_store_counts_rows_as_dropped():
 
 def test_prunes_at_start_and_then_daily(store):
     clock = Clock(100 * DAY_S)
-    store.insert([usage_row(ROUTED | {"at": at}, None, 0) for at in (1 * DAY_S, 50 * DAY_S, 99 * DAY_S)])
+    store.insert([usage_row(replace(ROUTED, at=at), None, 0) for at in (1 * DAY_S, 50 * DAY_S, 99 * DAY_S)])
     recorder = UsageRecorder(lambda: store, retention_days=30, clock=clock, price=fixed_price)
     recorder.start()
-    recorder.submit(ROUTED | {"at": clock.now})
+    recorder.submit(replace(ROUTED, at=clock.now))
     assert recorder.flush(WAIT_S)
     assert recorder.pruned == 2 and store.count() == 2  # day 99 and the new call
     clock.now += DAY_S / 2  # not a day yet: the next batch prunes nothing
     recorder.retention_days = 0.1
-    recorder.submit(ROUTED | {"at": clock.now})
+    recorder.submit(replace(ROUTED, at=clock.now))
     assert recorder.flush(WAIT_S) and recorder.pruned == 2
     clock.now += DAY_S  # a day later: rows older than 0.1 day go
-    recorder.submit(ROUTED | {"at": clock.now})
+    recorder.submit(replace(ROUTED, at=clock.now))
     assert recorder.flush(WAIT_S) and recorder.close(WAIT_S)
     assert recorder.pruned == 5 and store.count() == 1
 
@@ -155,32 +153,36 @@ def wired(tmp_path: Path):
     (tmp_path / "config.yaml").write_text(CONFIG)
     routing, stores = RoutingConfig(), LocalStores()
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
-    usage_log = UsageLog(stores, router)
+    calls = CallLog()
+    usage_log = UsageLog(stores, calls)
     usage_log.recorder.price = fixed_price
-    with taddons.context(routing, stores, usage_log, router) as tctx:
+    with taddons.context(routing, stores, usage_log, router, calls) as tctx:
         tctx.configure(routing, memory_routing_config=str(tmp_path / "config.yaml"))
         tctx.configure(stores, memory_routing_store=str(tmp_path / "store.sqlite3"), memory_routing_flow_log="")
         usage_log.running()
-        yield tctx, router, stores, usage_log
+        yield tctx, (router, calls), stores, usage_log
         stores.done()
         usage_log.done()
 
 
 def test_routed_and_refused_calls_reach_the_store(wired):
-    _, router, stores, usage_log = wired
+    _, (router, calls), stores, usage_log = wired
     routed = gateway_flow(b'{"model": "fast", "messages": []}', user_agent="OpenAI/Python 1.99")
     router.request(routed)
-    routed.metadata[LOG_FIELDS_KEY] = {"memory_recall": "injected"}
+    context_of(routed).memory = MemoryOutcome("both", "injected", 1, stored=True)  # as the memory leaves it
     routed.response = tutils.tresp(content=json.dumps(
         {"usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode(),
         headers=Headers(content_type="application/json"))
     router.response(routed)
+    calls.response(routed)
     refused = gateway_flow(b'{"model": "no-such-model", "messages": []}', user_agent="curl/8")
     router.request(refused)
     assert refused.response.status_code >= 400
+    calls.response(refused)  # mitmproxy calls the response hook of an answer an addon made, too
     bad_user = gateway_flow(b'{"model": "fast"}', x_memory_user_id="bad/id")
     router.request(bad_user)
     assert bad_user.response.status_code == 400
+    calls.response(bad_user)
     assert usage_log.recorder.flush(WAIT_S)
     rows = sorted(stores.usage.recent(), key=lambda row: (row.route, row.alias))
     assert [(r.route, r.alias, r.status) for r in rows] == [

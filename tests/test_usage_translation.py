@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_translation import anthropic_events, openai_chunks, run_stream, sse
 
-from memory_routing.translate.translation import translate_request
+from memory_routing.llm.translation import translate_request
 from memory_routing.wire.protocol import ClientProtocol
 
 ANTHROPIC_REQUEST = {"model": "alias", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}

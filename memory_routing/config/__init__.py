@@ -1,2 +1,2 @@
-"""Stage 0, the config: ``config.yaml`` parsed into frozen dataclasses (``schema``, pure) and the
-addon that loads and reloads it (``holder``)."""
+"""The config: ``config.yaml`` parsed into frozen dataclasses (``schema``, pure); the addon that
+loads and reloads it is addons.routing_config."""

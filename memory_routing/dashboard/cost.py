@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -86,18 +85,11 @@ def _load_litellm() -> Any:
         return _litellm
     with _import_lock:
         if _litellm is None:
-            # Otherwise LiteLLM downloads its price list while being imported.
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            from memory_routing.routing.deferred_encoding import defer_default_encoding
-
-            # Whoever imports LiteLLM first keeps it from building a tokenizer table nobody uses.
-            defer_default_encoding()
-            import litellm
-
-            from memory_routing.translate.litellm_internals import price_table_version
+            from memory_routing.llm import load_litellm  # the one loader: configured, no price download
+            from memory_routing.llm.litellm_internals import price_table_version
 
             _price_table_version = price_table_version
-            _litellm = litellm
+            _litellm = load_litellm()
     return _litellm
 
 

@@ -1,6 +1,6 @@
-"""UsageRecorder: turns the router's per-call log lines into usage rows, off the event loop.
+"""UsageRecorder: turns the call records (call_record.CallRecord) into usage rows, off the event loop.
 
-``submit()`` (called on the event loop, once per call) only appends the line to a bounded queue;
+``submit()`` (called on the event loop, once per call) only appends the record to a bounded queue;
 one writer thread prices the calls (cost.call_cost_usd: LiteLLM's bundled table, imported on
 that thread) and inserts them in batches. Once a line arrives the writer lingers a moment
 (``linger_s``) so that a burst of calls costs one wake-up and one transaction rather than one
@@ -19,9 +19,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from memory_routing.call_record import CallRecord
 
 from .cost import call_cost_usd
 from .usage_rows import UsageRow
@@ -53,65 +55,41 @@ class CallPrices:
     cache_saved_usd: float | None = None
 
 
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def usage_row(line: Mapping[str, Any], prices: CallPrices | float | None, now: float) -> UsageRow:
-    """The usage row of one router log line (see ModelRouter._log and _log_refusal)."""
+def usage_row(record: CallRecord, prices: CallPrices | float | None, now: float) -> UsageRow:
+    """The usage row of one call: a view of its record (call_record.CallRecord)."""
     if not isinstance(prices, CallPrices):
         prices = CallPrices(prices)
-    status = _int_or_none(line.get("status"))
-    error = line.get("error")
-    translated_to = line.get("translated_to") if isinstance(line.get("translated_to"), str) else None
-    route = _text(line.get("route")) or ("failed" if status is None else "translated" if translated_to else "routed")
-    requested = _text(line.get("requested_model"))
     return UsageRow(
-        at=_float_or_none(line.get("at")) or now,
-        user_id=_text(line.get("user_id")),
-        client=_text(line.get("client")),
-        alias=_text(line.get("alias")) or requested,
-        provider=_text(line.get("provider")),
-        provider_model=_text(line.get("provider_model")) or requested,
-        protocol=_text(line.get("client_protocol")),
-        status=status,
-        error=str(error)[:ERROR_TEXT_LIMIT] if error else None,
-        input_tokens=_int_or_none(line.get("input_tokens")),
-        output_tokens=_int_or_none(line.get("output_tokens")),
-        cached_tokens=_int_or_none(line.get("cache_read_tokens", line.get("cached_tokens"))),
+        at=record.at or now,
+        user_id=record.user_id,
+        client=record.client,
+        alias=record.alias or record.requested_model,
+        provider=record.provider,
+        provider_model=record.provider_model or record.requested_model,
+        protocol=record.client_protocol,
+        status=record.status,
+        error=record.error[:ERROR_TEXT_LIMIT] if record.error else None,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_tokens=record.cache_read_tokens,
         cost_usd=prices.cost_usd,
-        latency_ms=_float_or_none(line.get("latency_ms")),
-        ttfb_ms=_float_or_none(line.get("ttfb_ms")),
-        # The embedded memory's `memory` field (a dict; Supermemory's is a bool), or older flat fields.
-        memory_injected=(_memory_field(line).get("recall") in ("injected", "reinjected")
-                         or line.get("memory_recall") == "injected" or line.get("memory_injected") is True),
-        memory_stored=_memory_field(line).get("stored") is True or line.get("memory_stored") is True,
-        route=route,
-        translated_to=translated_to,
-        cache_write_tokens=_int_or_none(line.get("cache_write_tokens")),
-        reasoning_tokens=_int_or_none(line.get("reasoning_tokens")),
-        memory_tokens=memory_tokens(line),
+        latency_ms=record.latency_ms,
+        ttfb_ms=record.ttfb_ms,
+        memory_injected=record.memory_injected,
+        memory_stored=record.memory_stored,
+        route=record.route,
+        translated_to=record.translated_to,
+        cache_write_tokens=record.cache_write_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        memory_tokens=memory_tokens(record),
         memory_cost_usd=prices.memory_cost_usd,
         cache_saved_usd=prices.cache_saved_usd,
     )
 
 
-def memory_tokens(line: Mapping[str, Any]) -> int | None:
-    """The tokens the recall block added to the call's input (the memory's `block_tokens`)."""
-    return _int_or_none(_memory_field(line).get("block_tokens"))
-
-
-def _memory_field(line: Mapping[str, Any]) -> Mapping[str, Any]:
-    memory = line.get("memory")
-    return memory if isinstance(memory, Mapping) else {}
+def memory_tokens(record: CallRecord) -> int | None:
+    """The tokens the recall blocks added to the call's input (the memory's ``block_tokens``)."""
+    return record.memory.block_tokens if record.memory is not None else None
 
 
 class UsageRecorder:
@@ -137,7 +115,7 @@ class UsageRecorder:
         self.idle_wake_s = idle_wake_s
         self.linger_s = linger_s
         self.written = self.dropped = self.failed = self.pruned = 0
-        self._lines: deque[Mapping[str, Any]] = deque()
+        self._lines: deque[CallRecord] = deque()
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -147,8 +125,8 @@ class UsageRecorder:
 
     # --- event loop side ------------------------------------------------------------------
 
-    def submit(self, line: Mapping[str, Any]) -> None:
-        """Queues one call's line; never blocks (a full queue drops it and counts it)."""
+    def submit(self, line: CallRecord) -> None:
+        """Queues one call's record; never blocks (a full queue drops it and counts it)."""
         with self._cond:
             if len(self._lines) >= self.capacity or self._stopping:
                 self.dropped += 1
@@ -222,7 +200,7 @@ class UsageRecorder:
     def _write_now(self) -> bool:
         return self._stopping or self._hurry or len(self._lines) >= self.batch_size
 
-    def _write(self, lines: list[Mapping[str, Any]]) -> None:
+    def _write(self, lines: list[CallRecord]) -> None:
         now = self.clock()
         rows = [usage_row(line, self._prices(line), now) for line in lines]
         store = self.usage()
@@ -235,10 +213,10 @@ class UsageRecorder:
             self.failed += len(rows)
             log.warning("usage: could not store %d call(s): %s", len(rows), type(e).__name__)
 
-    def _prices(self, line: Mapping[str, Any]) -> CallPrices:
-        provider, model = _text(line.get("provider")), _text(line.get("provider_model"))
-        tokens = [_int_or_none(line.get(name)) for name in
-                  ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")]
+    def _prices(self, record: CallRecord) -> CallPrices:
+        provider, model = record.provider, record.provider_model
+        tokens = [record.input_tokens, record.output_tokens, record.cache_read_tokens, record.cache_write_tokens,
+                  record.reasoning_tokens]
         try:
             cost = self.price(provider, model, *tokens)
             if cost is None:
@@ -248,7 +226,7 @@ class UsageRecorder:
             if read or write:  # the same prompt with no cache: every token at the input price
                 uncached = self.price(provider, model, input_tokens, output_tokens, 0, 0, reasoning)
                 saved = uncached - cost if uncached is not None else None
-            return CallPrices(cost, self._memory_cost(provider, model, tokens, memory_tokens(line), cost), saved)
+            return CallPrices(cost, self._memory_cost(provider, model, tokens, memory_tokens(record), cost), saved)
         except Exception as e:  # an unpriced call still counts
             log.warning("usage: could not price a call: %s", type(e).__name__)
             return CallPrices()

@@ -1,4 +1,3 @@
-"""Stage 3, routing a model call: which client sent it (``classify``), which endpoint it is
-(``model_calls``), where LiteLLM says the model lives (``providers``, the one module here that
-imports LiteLLM), what changes on the way (``planner``, pure), and the addon that applies the
-decision to the flow (``router``)."""
+"""Routing a model call, pure: which client sent it (``classify``) and where it goes and what
+changes on the way (``planner``; where LiteLLM says a model lives is llm.providers). The addon
+that applies the decision to the flow is addons.router."""

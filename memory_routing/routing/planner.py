@@ -14,13 +14,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from memory_routing.routing.classify import ClientIdentity
 from memory_routing.config.schema import ModelAlias, ProxyConfig
-from memory_routing.routing.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
+from memory_routing.wire.model_calls import OPENAI_COMPAT_ENDPOINTS, TRANSLATABLE_ENDPOINTS, ModelCall, native_path, upstream_path
 from memory_routing.wire.protocol import ClientProtocol
 from memory_routing.errors import RouteRefused, UnresolvableModel
 from memory_routing.wire.header_values import CONTROL_IN_VALUE, is_user_id
 
 if TYPE_CHECKING:  # the resolver is LiteLLM's; the planner itself stays pure
-    from memory_routing.routing.providers import ProviderResolver, ProviderRoute
+    from memory_routing.llm.providers import ProviderResolver, ProviderRoute
 
 # Hosts whose model calls are routed in forward-proxy mode, besides every host the config names.
 KNOWN_LLM_HOSTS: dict[str, str] = {
@@ -125,6 +125,12 @@ class RoutingDecision:
         return dict(self._summary)
 
     @functools.cached_property
+    def log_fields(self) -> dict[str, object]:
+        """The summary without the names of the headers set: the route's part of a flow-log line.
+        Shared: copy it before changing it."""
+        return {name: value for name, value in self._summary.items() if name != "headers_set"}
+
+    @functools.cached_property
     def _summary(self) -> dict[str, object]:
         return {
             "user_id": self.user_id,
@@ -133,7 +139,7 @@ class RoutingDecision:
             "alias": self.alias,
             "provider": self.provider,
             "provider_model": self.provider_model,
-            "upstream_url": loggable_url(self.upstream_url),
+            "upstream_url": self.shown_upstream_url,
             "client_protocol": self.client_protocol.value,
             "memory": self.memory,
             "translated_to": self.translation.target_protocol.value if self.translation else None,
@@ -141,17 +147,9 @@ class RoutingDecision:
         }
 
     @functools.cached_property
-    def description(self) -> str:
-        """One line for mitmweb's flow comment: no header values, no key in the URL."""
-        alias = f"{self.alias} → " if self.alias else ""
-        translated = (
-            f"; translated {self.client_protocol.value} → {self.translation.target_protocol.value}"
-            if self.translation else ""
-        )
-        return (
-            f"user {self.user_id} ({self.rule}); {alias}{self.provider}/{self.provider_model}{translated}; "
-            f"{'memory on' if self.memory else 'memory off'}; {loggable_url(self.upstream_url)}"
-        )
+    def shown_upstream_url(self) -> str:
+        """The upstream URL for logs and mitmweb: no key in the query string."""
+        return loggable_url(self.upstream_url)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class UsageMeter:
 
     def read_whole(self, body: bytes, parsed: Callable[[], Any]) -> None:
         """A whole (unstreamed) JSON answer: a small one's usage is taken from ``parsed()``, the
-        parse the other readers of the answer share (wire.answer_json); a large one's usage
+        parse the other readers of the answer share (mitm.answer_json); a large one's usage
         objects alone are decoded here, not the whole completion."""
         if self.event_stream or not body or len(body) > JSON_BODY_LIMIT or b'"usage' not in body:
             return
