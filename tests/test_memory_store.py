@@ -523,6 +523,7 @@ def corrupt_page_holding(path: Path, marker: bytes) -> int:
 
 
 def test_a_damaged_page_costs_only_its_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from memory_routing.call_record import CallRecord
     from memory_routing.dashboard.recorder import usage_row
     from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 
@@ -531,7 +532,8 @@ def test_a_damaged_page_costs_only_its_rows(tmp_path: Path, caplog: pytest.LogCa
     s.add_many([turn("u", f"memory number {i:04d} " + "x" * 300) for i in range(1000)])
     conn = s.open_connection()
     SQLiteUsageStore(conn).insert(
-        [usage_row({"user_id": "u", "status": 200, "requested_model": f"m{i}"}, None, 1.0) for i in range(300)])
+        [usage_row(CallRecord(at=1.0, user_id="u", client="", client_protocol="openai", requested_model=f"m{i}",
+                              route="routed", status=200, latency_ms=1.0), None, 1.0) for i in range(300)])
     conn.close()
     s.close()
     page_count = path.stat().st_size // 4096

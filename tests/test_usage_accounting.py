@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from dataclasses import replace
+
 from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  # noqa: F401  (fixture)
 from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
 
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore, UsageRow
 from memory_routing.addons.memory import EmbeddedMemory
-from memory_routing.call_record import NO_MODEL, UNIDENTIFIED_USER
+from memory_routing.call_record import NO_MODEL, UNIDENTIFIED_USER, MemoryOutcome
 from memory_routing.wire.responses import error_response
 
 
 def test_a_call_refused_for_an_invalid_memory_mode_leaves_a_row(wired):
-    tctx, router, stores, usage_log = wired
+    tctx, (router, calls), stores, usage_log = wired
     memory = EmbeddedMemory(router.routing, stores)
     tctx.master.addons.add(memory)
     flow = gateway_flow(b'{"model": "fast", "messages": [{"role": "user", "content": "hi"}]}',
@@ -24,10 +26,12 @@ def test_a_call_refused_for_an_invalid_memory_mode_leaves_a_row(wired):
     memory.request(flow)
     assert flow.response is not None and flow.response.status_code == 400
     router.request(flow)  # the next stage: it counts what an earlier one refused
+    calls.response(flow)  # mitmproxy calls the response hook of an answer an addon made, too
     # Not a call refused for missing proxy credentials: anyone could write rows under any name.
     unauthenticated = gateway_flow(b'{"model": "fast"}', x_memory_user_id="mallory")
     unauthenticated.response = error_response(unauthenticated, 401, "missing proxy credentials")
     router.request(unauthenticated)
+    calls.response(unauthenticated)
     assert usage_log.recorder.flush(WAIT_S)
     [refused] = stores.usage.recent()
     assert (refused.route, refused.status, refused.user_id, refused.alias, refused.client) == (
@@ -36,11 +40,13 @@ def test_a_call_refused_for_an_invalid_memory_mode_leaves_a_row(wired):
 
 
 def test_refusals_name_who_asked_and_for_what_even_before_classification(wired):
-    _, router, stores, usage_log = wired
+    _, (router, calls), stores, usage_log = wired
     bad_user = gateway_flow(b'{"model": "fast"}', x_memory_user_id="bad/id")
     router.request(bad_user)
+    calls.response(bad_user)
     no_model = gateway_flow(b'{"messages": []}', x_memory_user_id="dave")
     router.request(no_model)
+    calls.response(no_model)
     assert bad_user.response.status_code == no_model.response.status_code == 400
     assert usage_log.recorder.flush(WAIT_S)
     rows = {(r.user_id, r.alias, r.provider_model) for r in stores.usage.recent()}
@@ -77,10 +83,10 @@ def test_an_older_usage_table_gets_the_new_columns(tmp_path):
 
 
 def test_rows_and_totals_carry_the_cache_reasoning_and_memory(conn):
-    line = ROUTED | {"input_tokens": 52_100, "output_tokens": 300, "cache_read_tokens": 50_000,
-                     "cache_write_tokens": 2000, "reasoning_tokens": 120,
-                     "memory": {"backend": "local", "recall": "injected", "recalled": 2, "block_tokens": 80}}
-    first = usage_row(line, None, now=0)
+    record = replace(ROUTED, input_tokens=52_100, output_tokens=300, cache_read_tokens=50_000,
+                     cache_write_tokens=2000, reasoning_tokens=120,
+                     memory=MemoryOutcome("both", "injected", recalled=2, block_tokens=80))
+    first = usage_row(record, None, now=0)
     assert (first.cached_tokens, first.cache_write_tokens, first.reasoning_tokens, first.memory_tokens) == (
         50_000, 2000, 120, 80)
     store = SQLiteUsageStore(conn)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from memory_routing.call_record import CallRecord, MemoryOutcome
 from memory_routing.dashboard.recorder import UsageRecorder
 from memory_routing.wire.usage import Usage, UsageMeter
 
@@ -175,12 +176,19 @@ def litellm_cost_of_stream(case: Case) -> float:
 
 # --- the proxy's figure ------------------------------------------------------------------------------
 
+def routed_record(provider: str, model: str, **fields: Any) -> CallRecord:
+    """A routed call's record with the provider, model and counts given (the rest does not price)."""
+    return CallRecord(at=1_700_000_000.0, user_id="alice", client="", client_protocol="openai",
+                      requested_model=model, route="routed", status=200, latency_ms=1.0,
+                      provider=provider, provider_model=model, **fields)
+
+
 def proxy_cost(case: Case, usage: Usage) -> float | None:
-    """The cost the usage recorder stores for a flow-log line with these counts."""
-    line = {"provider": case.provider, "provider_model": case.model, "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens, "reasoning_tokens": usage.reasoning_tokens}
-    return UsageRecorder(lambda: None)._prices(line).cost_usd
+    """The cost the usage recorder stores for a call record with these counts."""
+    record = routed_record(case.provider, case.model, input_tokens=usage.input_tokens,
+                           output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
+                           cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens)
+    return UsageRecorder(lambda: None)._prices(record).cost_usd
 
 
 def metered_whole(case: Case) -> Usage:
@@ -231,10 +239,10 @@ def test_cache_and_reasoning_counts_are_read(case: Case):
 
 def test_the_recorder_prices_the_cache_saving_and_the_recall_block():
     # Sonnet 4.5: $3 input, $3.75 cache write, $0.30 cache read, $15 output per million tokens.
-    line = {"provider": "anthropic", "provider_model": "claude-sonnet-4-5", "input_tokens": 52_100,
-            "output_tokens": 300, "cache_read_tokens": 50_000, "cache_write_tokens": 2000,
-            "memory": {"backend": "local", "recall": "injected", "block_tokens": 80}}
-    prices = UsageRecorder(lambda: None)._prices(line)
+    record = routed_record("anthropic", "claude-sonnet-4-5", input_tokens=52_100, output_tokens=300,
+                           cache_read_tokens=50_000, cache_write_tokens=2000,
+                           memory=MemoryOutcome("both", "injected", block_tokens=80))
+    prices = UsageRecorder(lambda: None)._prices(record)
     assert prices.cost_usd == pytest.approx(0.0273, rel=1e-9)
     # Without the cache all 52,100 prompt tokens at $3: 0.1563 + 0.0045 output.
     assert prices.cache_saved_usd == pytest.approx(0.1608 - 0.0273, rel=1e-9)
