@@ -121,17 +121,13 @@ class CallRecord:
         line["memory"] = self.memory.log_fields() if self.memory is not None else self.supermemory_routing
         if self.notes:
             line.update(self.notes)
+        # Every token field, null where the answer gave no count (docs/dashboard.md's contract).
         line.update(
             at=self.at, client=self.client, status=self.status, stream=self.stream, latency_ms=self.latency_ms,
             ttfb_ms=self.ttfb_ms, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens, cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
         )
-        # Only what the provider reported: most calls have none of these.
-        if self.cache_read_tokens is not None:
-            line["cache_read_tokens"] = self.cache_read_tokens
-        if self.cache_write_tokens is not None:
-            line["cache_write_tokens"] = self.cache_write_tokens
-        if self.reasoning_tokens is not None:
-            line["reasoning_tokens"] = self.reasoning_tokens
         if self.supermemory:
             line["supermemory"] = dict(self.supermemory)
         if self.error:

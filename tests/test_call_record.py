@@ -134,6 +134,13 @@ def test_cached_tokens_are_carried_into_the_log_line_and_the_usage_row(proxy: Pr
     assert (row.input_tokens, row.output_tokens, row.cached_tokens) == (30, 4, 24)
 
 
+def test_a_count_the_answer_did_not_give_is_null_in_the_log_line(proxy: Proxy):
+    proxy.call("Hello there", json.dumps(ANSWER).encode())  # prompt and completion tokens only
+    line = proxy.last_line()
+    assert (line["input_tokens"], line["output_tokens"]) == (30, 4)
+    assert (line["cache_read_tokens"], line["cache_write_tokens"], line["reasoning_tokens"]) == (None, None, None)
+
+
 def test_a_translated_stream_is_decoded_once_and_its_answer_stored(tmp_path: Path, monkeypatch):
     """The router decodes the provider's stream to translate it; the memory reads the client's
     events as the translator builds them instead of decoding the translated bytes again."""
