@@ -72,6 +72,15 @@ def test_the_embedded_memorys_outcome_marks_the_row():
     assert usage_row(replace(ROUTED, supermemory_routing=True), 0.25, now=5.0).memory_injected is False
 
 
+def test_only_a_call_with_a_recall_block_has_memory_tokens():
+    with_block = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "injected", 1, block_tokens=80)), None, 0)
+    assert with_block.memory_tokens == 80
+    # The memory was on but put no block into the call: not a memory call in the totals.
+    without = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "none", stored=True)), None, 0)
+    assert without.memory_tokens is None
+    assert usage_row(ROUTED, None, 0).memory_tokens is None
+
+
 def test_a_refused_record_becomes_a_row():
     refused = CallRecord(at=3.0, user_id="", client="", client_protocol="anthropic", requested_model="nope",
                          route="refused", status=400, latency_ms=1.0, error="unknown model")

@@ -88,8 +88,9 @@ def usage_row(record: CallRecord, prices: CallPrices | float | None, now: float)
 
 
 def memory_tokens(record: CallRecord) -> int | None:
-    """The tokens the recall blocks added to the call's input (the memory's ``block_tokens``)."""
-    return record.memory.block_tokens if record.memory is not None else None
+    """The tokens the recall blocks added to the call's input (the memory's ``block_tokens``);
+    None for a call without a block (the usage totals count the calls with one as memory calls)."""
+    return record.memory.block_tokens or None if record.memory is not None else None
 
 
 class UsageRecorder:
