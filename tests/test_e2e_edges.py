@@ -308,6 +308,7 @@ def test_a_success_that_is_not_json_is_a_502_and_never_stored(
 def test_a_damaged_store_file_keeps_every_readable_row_and_says_so(fake: FakeUpstream, tmp_path: Path):
     from test_memory_store import corrupt_page_holding
 
+    from memory_routing.call_record import CallRecord
     from memory_routing.dashboard.recorder import usage_row
     from memory_routing.dashboard.usage_rows import SQLiteUsageStore
     from memory_routing.memory.records import NewMemory
@@ -319,7 +320,8 @@ def test_a_damaged_store_file_keeps_every_readable_row_and_says_so(fake: FakeUps
                     for i in range(1000)])
     conn = store.open_connection()
     SQLiteUsageStore(conn).insert(
-        [usage_row({"user_id": "alice", "status": 200, "requested_model": "gpt-alias"}, None, 1.7e9)] * 300)
+        [usage_row(CallRecord(at=1.7e9, user_id="alice", client="", client_protocol="openai", requested_model="gpt-alias",
+                              route="routed", status=200, latency_ms=1.0), None, 1.7e9)] * 300)
     conn.close()
     store.close()
     corrupt_page_holding(path, b"memory number 0500 ")  # one page in the middle of the memories
