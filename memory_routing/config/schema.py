@@ -30,6 +30,8 @@ MEMORY_BACKENDS = ("local", "supermemory", "off")
 MEMORY_MODES = ("off", "read", "write", "both")
 DEFAULT_MEMORY_BUDGET_TOKENS = 1000
 DEFAULT_MEMORY_DEADLINE_MS = 50
+# All recall blocks of one conversation together (each is re-sent with every later request).
+DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS = 4000
 
 # RFC 9110 token characters: anything else cannot be a header name.
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -160,6 +162,7 @@ class MemorySettings:
     deadline_ms: float = DEFAULT_MEMORY_DEADLINE_MS
     clients: tuple[MemoryClientRule, ...] = ()
     retention_days: float | None = None  # None: memories are kept until deleted
+    conversation_budget_tokens: int = DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS
 
     @property
     def active(self) -> bool:
@@ -482,7 +485,8 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     path = "memory"
     section = _mapping(ctx, raw, path) if raw is not None else {}
     _reject_unknown_keys(ctx, section, path, {"enabled", "api_key", "base_url", "backend", "budget_tokens",
-                                              "deadline_ms", "clients", "retention_days"})
+                                              "deadline_ms", "clients", "retention_days",
+                                              "conversation_budget_tokens"})
     enabled = section.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise ctx.error(f"{path}.enabled", f"must be true or false, got {enabled!r}")
@@ -509,6 +513,11 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
     budget = section.get("budget_tokens", DEFAULT_MEMORY_BUDGET_TOKENS)
     if not isinstance(budget, int) or isinstance(budget, bool) or not 50 <= budget <= 100_000:
         raise ctx.error(f"{path}.budget_tokens", f"must be a whole number from 50 to 100000, got {budget!r}")
+    conversation_budget = section.get("conversation_budget_tokens", DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS)
+    if (not isinstance(conversation_budget, int) or isinstance(conversation_budget, bool)
+            or not 0 <= conversation_budget <= 1_000_000):
+        raise ctx.error(f"{path}.conversation_budget_tokens",
+                        f"must be a whole number from 0 to 1000000, got {conversation_budget!r}")
     deadline = section.get("deadline_ms", DEFAULT_MEMORY_DEADLINE_MS)
     if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 1 <= deadline <= 10_000:
         raise ctx.error(f"{path}.deadline_ms", f"must be a number of milliseconds from 1 to 10000, got {deadline!r}")
@@ -530,6 +539,7 @@ def _parse_memory(ctx: _Context, raw: Any) -> MemorySettings:
         backend=resolved, backend_configured=backend is not None, budget_tokens=budget,
         deadline_ms=float(deadline), clients=clients,
         retention_days=float(retention) if retention is not None else None,
+        conversation_budget_tokens=conversation_budget,
     )
 
 
