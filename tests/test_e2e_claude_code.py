@@ -25,7 +25,9 @@ import yaml
 
 from fake_upstream import AGENT_DONE, FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy, wait_until
+from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 from memory_routing.translate.parameters import prompt_cache_key
+from test_e2e_memory import STORE_NAME, without_cache_control
 from test_e2e_routing import log_line_for
 
 pytestmark = pytest.mark.e2e
@@ -257,10 +259,6 @@ def test_the_answer_names_what_was_dropped(proxy: RunningProxy, upstream: FakeUp
 
 
 # --- memory across Claude Code sessions ---------------------------------------------------------
-
-from test_e2e_memory import STORE_NAME, without_cache_control  # noqa: E402
-
-from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN  # noqa: E402
 
 MEMORY_WAIT_SECONDS = 30.0
 

@@ -9,6 +9,7 @@ read there. Writes happen off the event loop after the answer, so the tests poll
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import time
@@ -25,7 +26,7 @@ import yaml
 from fake_upstream import FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
 
-from memory_routing.memory.redact import FENCE_OPEN
+from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 
 pytestmark = pytest.mark.e2e
 
@@ -321,10 +322,6 @@ def test_the_flow_log_says_what_the_memory_did(proxy: RunningProxy, upstream: Fa
 
 # --- a conversation's history stays byte-identical across human turns ------------------------------
 
-from fake_upstream import AGENT_DONE  # noqa: E402
-
-from memory_routing.memory.redact import FENCE_CLOSE  # noqa: E402
-
 TURN_BUDGET, CONVERSATION_BUDGET = 100, 200
 # Each fact in a conversation of its own (no neighbours), long enough that one fills most of a
 # 100-token block, tagged so that a test can count where it is shown.
@@ -479,7 +476,7 @@ def test_a_conversations_history_reaches_the_provider_byte_identical_across_turn
     key = "contents" if kind == "gemini" else "messages"
     canonical = without_cache_control if kind in ("anthropic", "translated") else (lambda value: value)
     assert len(sent) == (len(QUESTIONS) + (0 if kind == "gemini" else 1))
-    for number, (before, after) in enumerate(zip(sent, sent[1:]), 1):
+    for number, (before, after) in enumerate(itertools.pairwise(sent), 1):
         earlier, later = canonical(before[key]), canonical(after[key])
         assert len(later) > len(earlier)
         for index, message in enumerate(earlier):
@@ -494,3 +491,28 @@ def test_a_conversations_history_reaches_the_provider_byte_identical_across_turn
     assert sum(-(-len(block) // 4) for block in blocks) <= CONVERSATION_BUDGET
     assert [call["memory"]["recall"] for call in logged] == ["spent", "spent"]
     assert [call["memory"].get("resent") for call in logged] == [2, 2]
+
+
+def test_a_forgotten_memory_leaves_the_blocks_re_sent_later(proxy: RunningProxy, upstream: FakeUpstream):
+    """Deleting a memory through the API drops it from the kept block of an earlier turn: the next
+    request re-sends that block without it (one prompt-cache miss, as docs/memory.md says)."""
+    user = "forgetblockuser"
+    client = openai_client(proxy, user)
+    ask(client, "My locker code hint is the purple walrus poster", "fb0")
+    ask(client, "My bike lock code hint is the purple walrus mug", "fb1")
+    rows = wait_stored(proxy, user, 3)
+    upstream.reset()
+    turn = {"role": "user", "content": "Where is the purple walrus hint?"}
+    client.chat.completions.create(model="gpt-4o", messages=[turn], extra_headers={"x-memory-conversation-id": "fb2"})
+    block = last_user_text(upstream.last().json)
+    assert "walrus poster" in block and "walrus mug" in block, block
+    listed = httpx.get(f"{proxy.gateway_url}/memory-routing/memories", params={"user_id": user, "q": "poster"},
+                       timeout=WAIT).json()["data"]
+    [poster] = [m for m in listed if "walrus poster" in m["text"]]
+    assert httpx.delete(f"{proxy.gateway_url}/memory-routing/memories/{poster['id']}", timeout=WAIT).status_code == 200
+    client.chat.completions.create(
+        model="gpt-4o", extra_headers={"x-memory-conversation-id": "fb2"},
+        messages=[turn, {"role": "assistant", "content": "Hello from OpenAI"}, {"role": "user", "content": "thanks"}])
+    resent = upstream.last().json["messages"][0]["content"]
+    assert "walrus poster" not in resent and "walrus mug" in resent and FENCE_OPEN in resent
+    assert rows  # stored before the deletion

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.memory.blocks import NO_BLOCK, BlockBook, TurnBlock, spent_and_shown, turn_keys
+from memory_routing.memory.blocks import (
+    NO_BLOCK,
+    BlockBook,
+    TurnBlock,
+    spent_and_shown,
+    turn_keys,
+)
 from memory_routing.memory.inject import render_lines
 from memory_routing.memory.records import BlockLine, KeptBlock, NewMemory
 from memory_routing.memory.store import SQLiteMemoryStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from memory_routing.memory.inject import inject_recall, render_block
+from memory_routing.memory.inject import inject_blocks, inject_recall, render_block
 from memory_routing.memory.records import Memory
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN, strip_recall_block
 from memory_routing.memory.turns import new_human_turn
@@ -128,8 +128,6 @@ def test_injecting_into_an_earlier_message_gives_the_first_requests_bytes() -> N
 
 
 def test_blocks_go_into_their_messages_wherever_the_cache_markers_are() -> None:
-    from memory_routing.memory.inject import inject_blocks
-
     def turn(text: str, marked: bool) -> dict:
         block = {"type": "text", "text": text}
         return {"role": "user", "content": [{"type": "text", "text": "<system-reminder>r</system-reminder>"},
@@ -139,7 +137,9 @@ def test_blocks_go_into_their_messages_wherever_the_cache_markers_are() -> None:
     first = inject_blocks("anthropic", {"messages": [turn("q1", True)]}, {0: BLOCK})
     later = inject_blocks("anthropic", {"messages": [turn("q1", False), answer, turn("q2", True)]},
                           {0: BLOCK, 2: BLOCK + "2"})
-    unmark = lambda m: {**m, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]}  # noqa: E731
+    def unmark(message: dict) -> dict:
+        return {**message, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in message["content"]]}
+
     assert unmark(later["messages"][0]) == unmark(first["messages"][0])
     assert later["messages"][0]["content"][0] == {"type": "text", "text": BLOCK}
     assert later["messages"][2]["content"][0]["text"] == BLOCK + "2" and later["messages"][1] is answer

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory_routing.memory.records import Memory, MemoryRecordError, MemoryStoreError, NewMemory
+from memory_routing.memory.records import BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreError, NewMemory
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore, fts_query
 
 
@@ -511,7 +511,6 @@ def test_user_ranking_leaves_out_words_common_for_the_user(store: SQLiteMemorySt
 
 # --- recall blocks as the provider first saw them -----------------------------------------------
 
-from memory_routing.memory.records import BlockLine, KeptBlock  # noqa: E402
 
 
 def kept(user: str, key: bytes, ids: list[int], at: float = 1_700_000_000.0) -> KeptBlock:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
-from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
+from memory_routing.memory.turns import (
+    AnswerTextCollector,
+    HumanTurn,
+    assistant_text,
+    earlier_human_turn,
+    human_turns,
+    new_human_turn,
+)
 
 BLOCK = f"{FENCE_OPEN}\n[2023-05-08] user: remembered\n{FENCE_CLOSE}\n"
 IMAGE_OPENAI = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -163,7 +170,6 @@ def test_a_long_human_turn_is_kept_by_its_start_cut_at_a_space():
 
 # --- the human turn wherever it stands ----------------------------------------------------------
 
-from memory_routing.memory.turns import HumanTurn, human_turns  # noqa: E402
 
 CLAUDE_CODE_SYSTEM = {"role": "system", "content": [{"type": "text", "text": "# Environment ...",
                                                      "cache_control": {"type": "ephemeral"}}]}

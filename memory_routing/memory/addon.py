@@ -34,7 +34,7 @@ from memory_routing.local.endpoints import is_gateway
 from memory_routing.memory.blocks import NO_BLOCK, BlockBook, TurnBlock, spent_and_shown, turn_keys
 from memory_routing.memory.inject import CHARS_PER_TOKEN, HEADER, inject_blocks
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
-from memory_routing.memory.recall import RecalledBlock, Recaller
+from memory_routing.memory.recall import Recaller
 from memory_routing.memory.records import KeptBlock, NewMemory
 from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
@@ -298,7 +298,7 @@ class EmbeddedMemory:
         self.calls[flow] = state
         if not reads:
             return None
-        explicit = headers.get(EXPLICIT_CONVERSATION_HEADER, "").strip()
+        explicit = (headers.get(EXPLICIT_CONVERSATION_HEADER) or "").strip()
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
         indexes = {key: t.index for key, t in zip(keys, found.turns)}
         new_key = keys[-1] if turn is not None else None
@@ -332,7 +332,8 @@ class EmbeddedMemory:
 
     async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
                       new: _NewTurn) -> None:
-        assert state.turn is not None
+        turn = state.turn
+        assert turn is not None
         started = time.perf_counter()
         recalled = None
         try:
@@ -340,7 +341,7 @@ class EmbeddedMemory:
                 self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
             # The search runs in a thread; the request waits for it at most the deadline, queueing included.
             future = asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: recaller.search_block(state.user_id, state.conversation_id, state.turn,
+                self._pool, lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
                                                           budget_tokens=new.budget, exclude_ids=new.shown))
             recalled = await asyncio.wait_for(future, recaller.deadline_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"

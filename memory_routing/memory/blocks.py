@@ -69,7 +69,7 @@ NO_BLOCK = TurnBlock()
 
 def spent_and_shown(blocks: Iterable[TurnBlock]) -> tuple[int, frozenset[int]]:
     """(tokens the blocks cost together, the memories they show)."""
-    spent, shown = 0, set()
+    spent, shown = 0, set[int]()
     for block in blocks:
         spent += block.tokens
         shown |= block.memory_ids

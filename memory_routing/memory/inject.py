@@ -1,8 +1,9 @@
 """The recall block: rendering memories within a token budget and putting blocks into user messages.
 
-A block goes into its turn's user message and nowhere else: the system prompt, the tools and the
-earlier messages stay byte-identical, so the provider's prompt cache keeps matching them, and
-`cache_control` markers are never added, removed or moved.
+A block goes into its turn's user message and nowhere else: the system prompt and the tools stay
+byte-identical, every earlier turn carries its own block again exactly as first sent
+(memory/blocks.py), so the provider's prompt cache keeps matching, and `cache_control` markers are
+never added, removed or moved.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def render_lines(lines: Sequence[BlockLine]) -> str:
         new_run = previous is None or line.run != previous.run
         if new_run and previous is not None:
             out.append("")
-        out.append(_line(line.date, line.body, new_run or line.date != previous.date))
+        out.append(_line(line.date, line.body, previous is None or new_run or line.date != previous.date))
         previous = line
     out.append(FENCE_CLOSE)
     return "\n".join(out)

@@ -107,7 +107,8 @@ class Recaller:
         the search ran past the deadline (then the request goes on unchanged).
 
         Cached per (user, conversation, turn text): a repeated request of the turn gets a
-        byte-identical block (or None again), and so do the tool loop's follow-ups (cached_block).
+        byte-identical block (or None again). The proxy keeps its conversations' blocks with
+        memory/blocks.py instead (search_block), which also knows what earlier turns showed.
         """
         key = self._key(user_id, conversation_id, turn_text)
         found, block = self._cache.get(key)
@@ -137,22 +138,6 @@ class Recaller:
         except MemoryTimeoutError:
             self.timeouts += 1
             return None
-
-    def cached_block(self, user_id: str, conversation_id: str, turn_text: str) -> RecalledBlock | None:
-        """The block block_for gave this turn, if it is still cached; never searches.
-
-        For a tool loop's follow-up requests: they re-inject the turn's block byte-identical, and
-        a tool result is not a new turn to search for.
-        """
-        return self.cached(user_id, conversation_id, turn_text)[1]
-
-    def cached(self, user_id: str, conversation_id: str, turn_text: str) -> tuple[bool, RecalledBlock | None]:
-        """(True, what recall gave this turn) when it is cached, (False, None) when not; never searches.
-
-        Cheap enough for the event loop: a repeated request of a turn (a client's retry) needs no
-        thread hop to get its byte-identical block.
-        """
-        return self._cache.get(self._key(user_id, conversation_id, turn_text))
 
     @staticmethod
     def _key(user_id: str, conversation_id: str, turn_text: str) -> tuple[str, str, bytes]:
