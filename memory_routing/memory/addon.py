@@ -200,6 +200,7 @@ class EmbeddedMemory:
             return None
         if store is not self._store:
             self.close_writer()
+            self.book.forget_all()  # another file: its own blocks
             self._store = store
             self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
                                        on_pruned=self._after_prune)
