@@ -420,6 +420,10 @@ def test_the_flow_log_says_what_the_memory_did_never_what_it_holds(harness):
     run(harness.memory, flow)
     fields = log_fields(harness, flow, OPENAI_ANSWER)
     assert fields.pop("recall_ms") >= 0
+    # The block's size (4 characters a token, as its budget counts), for the usage rows to price.
+    content = sent(flow)["messages"][-1]["content"]
+    block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
+    assert fields.pop("block_tokens") == -(-len(block) // 4) > 0
     assert fields == {"backend": "local", "mode": "both", "recall": "injected", "recalled": 2, "stored": True}
     assert "Miso" not in json.dumps(flow.metadata[LOG_FIELDS_KEY])
     # Read only: nothing stored; a failed answer: nothing stored either.
@@ -526,5 +530,8 @@ def test_after_a_restart_a_turns_request_again_gets_its_kept_block_without_a_sea
     monkeypatch.undo()
     run(restarted, next_turn)
     assert sent(next_turn)["messages"][1] == sent(first)["messages"][1]
-    assert restarted.calls[next_turn].resent == 1
+    content = sent(first)["messages"][1]["content"]
+    block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
+    # A re-sent block is input the call pays for too: the usage rows price it as memory's cost.
+    assert restarted.calls[next_turn].resent == 1 and restarted.calls[next_turn].block_tokens == -(-len(block) // 4)
     restarted.done()

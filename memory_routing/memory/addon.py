@@ -94,6 +94,9 @@ class _CallMemory:
     recall_ms: float | None = None
     recalled: int = 0  # memories shown in the injected block
     resent: int = 0  # earlier turns' blocks put back into their messages
+    # What the call's recall blocks (its turn's and the earlier turns' it re-sends) add to its
+    # input, estimated as budgets are (4 characters a token): the usage rows price it.
+    block_tokens: int = 0
     collector: AnswerTextCollector | None = None  # a streamed event-stream answer
     buffer: bytearray | None = None  # a streamed answer that is one JSON document
     events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
@@ -106,6 +109,8 @@ class _CallMemory:
             fields["recall_ms"] = round(self.recall_ms, 2)
         if self.resent:
             fields["resent"] = self.resent
+        if self.block_tokens:
+            fields["block_tokens"] = self.block_tokens
         return fields
 
     def memories(self, answer: str) -> list[NewMemory]:
@@ -376,6 +381,7 @@ class EmbeddedMemory:
                 state.recall = "error"
                 return False
         current_block = blocks.get(current, NO_BLOCK)
+        state.block_tokens = sum(-(-len(text) // CHARS_PER_TOKEN) for text in texts.values())
         state.recalled = len(current_block.lines)
         state.resent = len(texts) - (1 if current_block.lines and current in indexes else 0)
         state.recall = outcome
