@@ -235,3 +235,17 @@ def test_no_human_text_means_no_turns() -> None:
     assert human_turns("openai", {"messages": [{"role": "system", "content": "s"}]}).turns == ()
     assert human_turns("anthropic", {"messages": "nope"}).turns == ()
     assert human_turns("gemini", None).last is None
+
+
+def test_client_reminders_are_cut_to_their_closing_tag_or_the_end() -> None:
+    import random
+    import re
+
+    from memory_routing.memory.turns import _without_reminders
+
+    reference = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
+    rnd = random.Random(3)
+    pieces = ["<system-reminder>", "</system-reminder>", "abc ", "\n", "x", "<system", "reminder>", " ", "</"]
+    for _ in range(5000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert _without_reminders(text) == reference.sub("", text), repr(text)

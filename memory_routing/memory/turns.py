@@ -6,11 +6,10 @@ assistant's final text with tool calls as a short trace (not raw tool outputs).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from .redact import strip_recall_block
+from .redact import FENCE_OPEN, strip_recall_block
 
 MAX_ANSWER_CHARS = 16_000
 # A human turn longer than this (a pasted file, a log) is kept and searched by its start only:
@@ -21,7 +20,7 @@ _CUT_MARK = " […]"
 
 # Claude Code puts its own reminders (CLAUDE.md, todo state, hook output) into user messages:
 # they are the client talking, not the human, and would be re-stored in every conversation.
-_CLIENT_REMINDER = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
+_REMINDER_OPEN, _REMINDER_CLOSE = "<system-reminder>", "</system-reminder>"
 
 
 def protocol_name(protocol: Any) -> str:
@@ -33,7 +32,27 @@ def protocol_name(protocol: Any) -> str:
 
 
 def _clean(text: str) -> str:
-    return strip_recall_block(_CLIENT_REMINDER.sub("", text)).strip()
+    # Every human message of the history is read on every request (a long Claude Code session
+    # resends hundreds of kilobytes of reminders): str.find, and the regular expressions only
+    # where their markers are.
+    if _REMINDER_OPEN in text:
+        text = _without_reminders(text)
+    if FENCE_OPEN in text:
+        text = strip_recall_block(text)
+    return text.strip()
+
+
+def _without_reminders(text: str) -> str:
+    """``text`` without its <system-reminder> elements, each to its closing tag (an unclosed one to the end)."""
+    kept, position = [], 0
+    while (start := text.find(_REMINDER_OPEN, position)) >= 0:
+        kept.append(text[position:start])
+        end = text.find(_REMINDER_CLOSE, start + len(_REMINDER_OPEN))
+        if end < 0:
+            return "".join(kept)
+        position = end + len(_REMINDER_CLOSE)
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 def _join(texts: list[str]) -> str | None:
