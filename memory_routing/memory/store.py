@@ -181,7 +181,7 @@ CREATE TABLE IF NOT EXISTS recall_block_lines (
     date TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (block_id, position)
-) WITHOUT ROWID;
+);  -- a rowid table: the rows of a damaged file are saved table by table in rowid order
 CREATE INDEX IF NOT EXISTS recall_block_lines_by_memory ON recall_block_lines (memory_id);
 -- A memory deleted (through the API, by forgetting its user, by the retention) leaves every
 -- block that showed it, in the same transaction: its words leave the file with it.
