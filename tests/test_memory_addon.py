@@ -535,3 +535,17 @@ def test_after_a_restart_a_turns_request_again_gets_its_kept_block_without_a_sea
     # A re-sent block is input the call pays for too: the usage rows price it as memory's cost.
     assert restarted.calls[next_turn].resent == 1 and restarted.calls[next_turn].block_tokens == -(-len(block) // 4)
     restarted.done()
+
+
+def test_the_same_turn_sent_twice_at_once_gets_one_block(harness):
+    first, second = openai_call("Remind me what Miso eats"), openai_call("Remind me what Miso eats")
+    searches = [harness.memory.request(first), harness.memory.request(second)]  # both before either searched
+    assert all(pending is not None for pending in searches)
+    asyncio.run(searches[0])
+    encode_edit(first)
+    # A memory written in between would change the second search: the turn keeps the first block.
+    harness.store.add_many([NewMemory("alice", "other", "c", "m", "user", "Miso eats tuna and also chicken", PAST)])
+    asyncio.run(searches[1])
+    encode_edit(second)
+    assert FENCE_OPEN.encode() in first.request.raw_content
+    assert second.request.raw_content == first.request.raw_content

@@ -357,7 +357,12 @@ class EmbeddedMemory:
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"
         block = TurnBlock(recalled.lines) if recalled is not None else NO_BLOCK
-        if self._inject(flow, state, parsed, {**new.blocks, new.key: block}, new.indexes, new.key, outcome):
+        kept = self.book.cached(state.user_id, new.key)
+        if kept is not None:
+            # The same turn sent twice at once (a client's retry): the block kept first is the turn's.
+            block, outcome = kept, "injected" if kept.lines else "none"
+        if self._inject(flow, state, parsed, {**new.blocks, new.key: block}, new.indexes, new.key, outcome) \
+                and kept is None:
             # Kept only once sent: the block is what the provider saw, and later requests repeat it.
             self.book.remember(state.user_id, new.key, block)
             if block.lines:
