@@ -35,6 +35,7 @@ class MemoryOutcome:
     stored: bool = False
     recall_ms: float | None = None
     backend: str = "local"
+    resent: int = 0  # earlier turns' blocks put back into their messages
     block_tokens: int = 0  # what the call's recall blocks added to its input (estimated): priced in the usage row
 
     @property
@@ -47,10 +48,12 @@ class MemoryOutcome:
             return {"backend": self.backend, "mode": "off"}
         fields: dict[str, object] = {"backend": self.backend, "mode": self.mode, "recall": self.recall,
                                      "recalled": self.recalled, "stored": self.stored}
-        if self.block_tokens:
-            fields["block_tokens"] = self.block_tokens
         if self.recall_ms is not None:
             fields["recall_ms"] = round(self.recall_ms, 2)
+        if self.resent:
+            fields["resent"] = self.resent
+        if self.block_tokens:
+            fields["block_tokens"] = self.block_tokens
         return fields
 
     def describe(self) -> str:

@@ -258,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(fault, route, model, stream, extra)
             return
         if self.fake.agent and (turn := agent_turn(route, payload)) is not None:
-            self._agent_answer(route, model, stream, tools, turn, extra)
+            self._agent_answer(route, model, stream, tools, turn, extra, len(payload.get("messages") or []))
             return
         if route.endswith("/chat/completions"):
             if stream:
@@ -292,9 +292,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": f"fake upstream has no {route}"}}, extra)
 
     def _agent_answer(
-        self, route: str, model: str, stream: bool, tools: list[Any], turn: dict[str, Any] | str, extra: dict[str, Any]
+        self, route: str, model: str, stream: bool, tools: list[Any], turn: dict[str, Any] | str, extra: dict[str, Any],
+        position: int = 0,
     ) -> None:
-        """``turn``: the Bash tool's arguments to call it with, or the final text."""
+        """``turn``: the Bash tool's arguments to call it with, or the final text. The call's id is
+        the conversation's position, as a real model's ids are unique within a conversation (a
+        continued Claude Code session resends the earlier calls)."""
         tools = [{"name": AGENT_TOOL}]
         if route == "/v1/messages":
             if isinstance(turn, str):
@@ -305,6 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
             events, whole = _openai_chat_events(model, turn), _openai_chat(model, turn)
         else:
             events, whole = _openai_tool_events(model, tools, turn), _openai_tool_call(model, tools, turn)
+        if not isinstance(turn, str):
+            events, whole = _with_call_id((events, whole), f"agent{position}")
         if stream:
             self._sse(events, extra)
         else:
@@ -598,6 +603,12 @@ AGENT_TOOL = "Bash"
 # The command the prompt asks for: the agent runs exactly that (a file the test then finds).
 AGENT_COMMAND = re.compile(r"echo hi > [^\s\"'\\`]+")
 AGENT_DONE = "Done: the file is written."
+RECALL_BLOCK = re.compile(r"<memory-routing-recall>.*?</memory-routing-recall>", re.DOTALL)
+
+
+def _with_call_id(answers: Any, suffix: str) -> Any:
+    text = json.dumps(answers)
+    return json.loads(text.replace('"toolu_fake"', f'"toolu_{suffix}"').replace('"call_fake"', f'"call_{suffix}"'))
 
 
 def agent_turn(route: str, payload: dict[str, Any]) -> dict[str, Any] | str | None:
@@ -617,10 +628,14 @@ def agent_turn(route: str, payload: dict[str, Any]) -> dict[str, Any] | str | No
         isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
     ):
         return AGENT_DONE
-    prompts = json.dumps([m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"])
-    if (command := AGENT_COMMAND.search(prompts)) is None:
-        return None
-    return {"command": command.group(0), "description": "Write the file the prompt asks for"}
+    # The newest prompt naming a command, as a model follows the latest instruction; never a
+    # command quoted in a proxy's recall block (an earlier session's prompt).
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            prompt = RECALL_BLOCK.sub("", json.dumps(message.get("content")))
+            if (command := AGENT_COMMAND.search(prompt)) is not None:
+                return {"command": command.group(0), "description": "Write the file the prompt asks for"}
+    return None
 
 
 # --- what the real APIs refuse ----------------------------------------------------------------

@@ -183,6 +183,7 @@ def test_memory_budget_deadline_and_client_defaults():
         """
     ).memory
     assert (memory.budget_tokens, memory.deadline_ms, memory.retention_days) == (500, 20.5, 90.0)
+    assert memory.conversation_budget_tokens == 4000  # the default
     first, second, third = memory.clients
     assert (first.header, first.pattern, first.mode, first.user_id) == ("user-agent", "^curl/", "read", None)
     assert first.regex.search("curl/8.5") and first.rule_name == "memory.clients[0]"
@@ -345,11 +346,14 @@ BAD_CONFIGS = [
     pytest.param(
         "memory: {apikey: x}",
         "cfg.yaml: memory.apikey: unknown key, did you mean `api_key`? (expected one of: api_key, backend, base_url, budget_tokens, "
-        "clients, deadline_ms, enabled, retention_days)",
+        "clients, conversation_budget_tokens, deadline_ms, enabled, retention_days)",
         id="misspelt-memory-key",
     ),
     pytest.param("memory: {backend: sqlite}", "cfg.yaml: memory.backend: must be one of local, supermemory, off, got 'sqlite'",
                  id="memory-backend-unknown"),
+    pytest.param("memory: {conversation_budget_tokens: -1}",
+                 "cfg.yaml: memory.conversation_budget_tokens: must be a whole number from 0 to 1000000, got -1",
+                 id="memory-conversation-budget-negative"),
     pytest.param("memory: {budget_tokens: 10}",
                  "cfg.yaml: memory.budget_tokens: must be a whole number from 50 to 100000, got 10", id="memory-budget-small"),
     pytest.param("memory: {budget_tokens: '1000'}",

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ import pytest
 import yaml
 
 from fake_upstream import AGENT_DONE, FakeUpstream
-from harness import ROOT, RunningProxy, running_proxy
+from harness import ROOT, RunningProxy, running_proxy, wait_until
+from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 from memory_routing.llm.parameters import prompt_cache_key
+from test_e2e_memory import STORE_NAME, without_cache_control
 from test_e2e_routing import log_line_for
 
 pytestmark = pytest.mark.e2e
@@ -119,9 +122,10 @@ def proxy(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
-def run_claude(claude: Path, workdir: Path, prompt: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_claude(claude: Path, workdir: Path, prompt: str, env: dict[str, str], *,
+               continue_session: bool = False) -> subprocess.CompletedProcess[str]:
     home = workdir / "home"
-    home.mkdir(exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -133,7 +137,7 @@ def run_claude(claude: Path, workdir: Path, prompt: str, env: dict[str, str]) ->
     }
     return subprocess.run(
         # Running as root, --dangerously-skip-permissions is refused; allowing Bash is enough.
-        [str(claude), "-p", prompt, "--allowedTools", "Bash"],
+        [str(claude), "-p", prompt, "--allowedTools", "Bash", *(["--continue"] if continue_session else [])],
         capture_output=True, text=True, timeout=CLAUDE_TIMEOUT_SECONDS, env=base | env,
         cwd=workdir, stdin=subprocess.DEVNULL,
     )
@@ -252,3 +256,105 @@ def test_the_answer_names_what_was_dropped(proxy: RunningProxy, upstream: FakeUp
     memory_user = log_line_for(proxy, translated_to="openai")["user_id"]
     assert sent["prompt_cache_key"] == prompt_cache_key(memory_user, "s" * 36)
     assert "x-claude-code-session-id" not in upstream.last().headers
+
+
+# --- memory across Claude Code sessions ---------------------------------------------------------
+
+MEMORY_WAIT_SECONDS = 30.0
+
+
+def wait_for_memory(proxy: RunningProxy, words: str) -> None:
+    """Until a memory holding `words` is in the store file (the writer stores after the answer)."""
+    def found() -> bool:
+        conn = sqlite3.connect(proxy.confdir / STORE_NAME, timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM memories WHERE text LIKE ?", (f"%{words}%",)).fetchone()[0] > 0
+        finally:
+            conn.close()
+    assert wait_until(found, MEMORY_WAIT_SECONDS), f"no memory holds {words!r}"
+
+
+def recall_blocks_sent(requests: list) -> list[str]:
+    """The recall blocks in the requests' messages, as the upstream received them."""
+    blocks = []
+    for request in requests:
+        for message in request.json.get("messages", []):
+            content = message.get("content")
+            texts = [content] if isinstance(content, str) else [
+                b.get("text", "") for b in content or [] if isinstance(b, dict)]
+            for text in texts:
+                if FENCE_OPEN in text:
+                    blocks.append(text[text.index(FENCE_OPEN):text.index(FENCE_CLOSE) + len(FENCE_CLOSE)])
+    return blocks
+
+
+def assert_ran(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, f"claude failed:\nstdout: {done.stdout[-3000:]}\nstderr: {done.stderr[-3000:]}"
+
+
+GPT_BY_BASE_URL = "by-base-url"
+GPT_BY_PROXY = "by-proxy"
+
+
+def gpt_env(proxy: RunningProxy, way: str) -> dict[str, str]:
+    if way == GPT_BY_BASE_URL:
+        return RECIPE_ENV | {"ANTHROPIC_BASE_URL": proxy.gateway_url}
+    return RECIPE_ENV | {"HTTPS_PROXY": proxy.forward_url, "NODE_EXTRA_CA_CERTS": str(proxy.ca_cert)}
+
+
+@pytest.mark.parametrize(("told", "asked", "fact", "question"), [
+    (GPT_BY_BASE_URL, GPT_BY_PROXY, "My favourite colour is teal, like the sea at Porto.", "What is my favourite colour?"),
+    (GPT_BY_PROXY, GPT_BY_BASE_URL, "My cat is called Saffron and she sleeps on the piano.", "What is my cat called?"),
+])
+def test_claude_code_on_gpt_remembers_across_sessions(
+    claude: Path, proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path, told: str, asked: str, fact: str,
+    question: str,
+):
+    """Claude Code on a model it does not know appends a system message after the human's: the
+    human turn is still found, stored in session 1 and recalled into session 2's request."""
+    assert_ran(run_claude(claude, tmp_path / "one", fact, gpt_env(proxy, told)))
+    wait_for_memory(proxy, fact)
+    upstream.reset()
+    assert_ran(run_claude(claude, tmp_path / "two", question, gpt_env(proxy, asked)))
+    chats = [r for r in list(upstream.requests) if r.api_path.endswith("/chat/completions")]
+    assert chats, "session 2 never reached the OpenAI upstream"
+    assert any(fact in block for block in recall_blocks_sent(chats)), recall_blocks_sent(chats)
+
+
+def test_claude_code_on_an_anthropic_alias_remembers_and_keeps_its_history_byte_identical(
+    claude: Path, proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path
+):
+    """Session 2 gets session 1's fact; its next human turn (`claude -p --continue`) reaches the
+    provider with session 2's user messages exactly as they were sent, the recall block included
+    (Claude Code moves its cache_control markers to the newest message: they are left out of
+    the comparison)."""
+    env = {
+        "ANTHROPIC_BASE_URL": proxy.gateway_url, "ANTHROPIC_API_KEY": "sk-ant-client-0204",
+        "ANTHROPIC_MODEL": "claude-sonnet-4.5", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "claude-sonnet-4.5",
+    }
+    fact = "My bicycle is a green Brompton that I fold under my desk."
+    assert_ran(run_claude(claude, tmp_path / "one", fact, env))
+    wait_for_memory(proxy, fact)
+    session = tmp_path / "two"
+    upstream.reset()
+    assert_ran(run_claude(claude, session, "Which bicycle do I ride?", env))
+    main_loop = [r for r in list(upstream.requests) if r.api_path.split("?", 1)[0] == "/v1/messages"
+                 and "Which bicycle do I ride?" in r.body.decode()]
+    assert main_loop and any(fact in block for block in recall_blocks_sent(main_loop))
+    upstream.reset()
+    # Naming the command keeps the fake's agent on its path (a Bash call, then its final text).
+    target = tmp_path / "colour.txt"
+    done = run_claude(claude, session, f"And what colour is it? {prompt_writing(target)}", env, continue_session=True)
+    assert_ran(done)
+    assert target.read_text() == "hi\n"
+    later = [r for r in list(upstream.requests) if r.api_path.split("?", 1)[0] == "/v1/messages"
+             and "And what colour is it?" in r.body.decode()]
+    assert later, "the continued session never reached the upstream"
+    before = without_cache_control(main_loop[-1].json["messages"])
+    after = without_cache_control(later[0].json["messages"])
+    assert FENCE_OPEN in json.dumps(before[0]) and len(after) > len(before)
+    # Claude Code rewrites its own assistant messages when it continues a session (it folds the
+    # final text into the turn's first answer); what the human sent, blocks included, is resent as is.
+    for index, message in enumerate(before):
+        if message["role"] == "user":
+            assert json.dumps(after[index]) == json.dumps(message), f"differs at messages[{index}]"

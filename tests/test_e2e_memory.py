@@ -9,6 +9,7 @@ read there. Writes happen off the event loop after the answer, so the tests poll
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import time
@@ -25,7 +26,7 @@ import yaml
 from fake_upstream import FakeUpstream
 from harness import ROOT, RunningProxy, running_proxy
 
-from memory_routing.memory.redact import FENCE_OPEN
+from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 
 pytestmark = pytest.mark.e2e
 
@@ -317,3 +318,201 @@ def test_the_flow_log_says_what_the_memory_did(proxy: RunningProxy, upstream: Fa
     assert second["memory"]["stored"] is True and second["memory"]["recall_ms"] >= 0
     assert off["memory"] == {"backend": "local", "mode": "off"}
     assert "Brompton" not in json.dumps([first, second, off])
+
+
+# --- a conversation's history stays byte-identical across human turns ------------------------------
+
+TURN_BUDGET, CONVERSATION_BUDGET = 100, 200
+# Each fact in a conversation of its own (no neighbours), long enough that one fills most of a
+# 100-token block, tagged so that a test can count where it is shown.
+FACTS = {
+    "f1": "My dog Rex is a border collie who loves chasing frisbees in the park every single morning before "
+          "breakfast, rain or shine, and he has worn out eleven frisbees this year alone",
+    "f2": "My sister Jane moved to Lisbon last spring; she rides the old yellow trams to her new job at the "
+          "aquarium and sends me postcards of the river every other week",
+    "f3": "I take cello lessons every Tuesday evening with a teacher called Marguerite, who insists on slow "
+          "scales for half an hour before any real music is allowed",
+    "f4": "My car is a blue Volvo estate from 2009 that still runs perfectly, although the radio only picks up "
+          "one station and the left rear window will not close",
+}
+# Turn 2 names Rex again (shown in turn 1: it must not be shown twice) and runs a tool loop.
+QUESTIONS = [
+    "Tell me something about Rex my dog and his frisbees",
+    "Rex again, and where does my sister Jane live? Use the Bash tool to run exactly this command: echo hi > /dev/null",
+    "What about my cello lessons with Marguerite?",
+    "And how is my blue Volvo car doing?",
+]
+BASH_ANTHROPIC = {"name": "Bash", "description": "Run a command",
+                  "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}
+BASH_OPENAI = {"type": "function", "function": {"name": "Bash", "description": "Run a command", "parameters": {
+    "type": "object", "properties": {"command": {"type": "string"}}}}}
+
+
+def history_config(fake_url: str) -> dict:
+    config = memory_config(fake_url)
+    config["model_list"].append({"model_name": "gemini-alias", "litellm_params": {
+        "model": "gemini/gemini-2.5-flash", "api_base": fake_url, "api_key": "os.environ/MR_MEM_GEMINI_KEY"}})
+    config["memory"] = {"budget_tokens": TURN_BUDGET, "conversation_budget_tokens": CONVERSATION_BUDGET}
+    return config
+
+
+HISTORY_ENV = KEY_ENV | {"MR_MEM_GEMINI_KEY": "gemini-mem-0203"}
+
+
+def without_cache_control(value):
+    if isinstance(value, dict):
+        return {k: without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [without_cache_control(v) for v in value]
+    return value
+
+
+class ClientConversation:
+    """One client's side of a conversation: what it resends each turn (never the recall blocks)."""
+
+    def __init__(self, kind: str, user: str) -> None:
+        self.kind, self.user = kind, user
+        self.history: list[dict] = []
+
+    def ask(self, proxy: RunningProxy, question: str, tools: bool) -> None:
+        if self.kind == "gemini":
+            self.history.append({"role": "user", "parts": [{"text": question}]})
+            answer = self._post(proxy, "/v1beta/models/gemini-alias:generateContent",
+                                {"systemInstruction": {"parts": [{"text": "Be helpful."}]}, "contents": self.history})
+            self.history.append(answer["candidates"][0]["content"])
+            return
+        if self.kind == "openai":
+            # As Claude Code does on a model it does not know: a system message after the human one.
+            self.history += [{"role": "user", "content": question}, {"role": "system", "content": "Reply briefly."}]
+        else:
+            self.history.append({"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>the project uses tabs</system-reminder>"},
+                {"type": "text", "text": question}]})
+            if self.kind == "translated":
+                self.history.append({"role": "system", "content": [{"type": "text", "text": "Reply briefly."}]})
+        while True:
+            answer = self._call(proxy, tools)
+            if self.kind == "openai":
+                message = answer["choices"][0]["message"]
+                self.history.append({k: v for k, v in message.items() if k in ("role", "content", "tool_calls")})
+                calls = message.get("tool_calls") or []
+                self.history += [{"role": "tool", "tool_call_id": c["id"], "content": "done"} for c in calls]
+            else:
+                self.history.append({"role": "assistant", "content": answer["content"]})
+                calls = [b for b in answer["content"] if b["type"] == "tool_use"]
+                if calls:
+                    self.history.append({"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": c["id"], "content": "done"} for c in calls]})
+            if not calls:
+                return
+
+    def _call(self, proxy: RunningProxy, tools: bool) -> dict:
+        if self.kind == "openai":
+            body: dict = {"model": "gpt-4o", "messages": self.history}
+            if tools:
+                body["tools"] = [BASH_OPENAI]
+            return self._post(proxy, "/v1/chat/completions", body)
+        # Claude Code's breakpoints: on the system prompt and on the newest message's last block only.
+        messages = without_cache_control(self.history)
+        last = messages[-1]["content"][-1]
+        last["cache_control"] = {"type": "ephemeral"}
+        body = {"model": "claude-sonnet-4-5" if self.kind == "anthropic" else "gpt-for-claude", "max_tokens": 100,
+                "system": [{"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}}],
+                "messages": messages}
+        if tools:
+            body["tools"] = [BASH_ANTHROPIC]
+        return self._post(proxy, "/v1/messages", body)
+
+    def _post(self, proxy: RunningProxy, path: str, body: dict) -> dict:
+        headers = {"x-memory-user-id": self.user, "anthropic-version": "2023-06-01", "x-api-key": "unused"}
+        answer = httpx.post(proxy.gateway_url + path, json=body, headers=headers, timeout=WAIT)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+def seed_facts(proxy: RunningProxy, user: str) -> None:
+    lines = [json.dumps({"user_id": user, "conversation_id": f"seed-{tag}", "role": "user", "text": f"[{tag}] {text}",
+                         "created_at": 1_700_000_000 + i}) for i, (tag, text) in enumerate(FACTS.items())]
+    imported = httpx.post(f"{proxy.gateway_url}/memory-routing/memories/import", content="\n".join(lines),
+                          headers={"content-type": "application/x-ndjson"}, timeout=WAIT)
+    assert imported.status_code == 200 and imported.json() == {"imported": len(FACTS)}, imported.text
+
+
+def blocks_in(messages: list) -> list[str]:
+    text = json.dumps(messages, ensure_ascii=False)
+    found, start = [], text.find(json.dumps(FENCE_OPEN)[1:-1])
+    while start >= 0:
+        end = text.index(json.dumps(FENCE_CLOSE)[1:-1], start) + len(FENCE_CLOSE)
+        found.append(json.loads(f'"{text[start:end]}"'))
+        start = text.find(json.dumps(FENCE_OPEN)[1:-1], end)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai", "gemini", "translated"])
+def test_a_conversations_history_reaches_the_provider_byte_identical_across_turns_and_a_restart(
+        kind: str, tmp_path: Path):
+    """Every upstream request starts with exactly the messages the one before it sent (Anthropic:
+    apart from the cache_control markers, which the client moves to its newest message), across
+    human turns, a tool loop and a restart of the proxy; no memory is shown twice, and all blocks
+    together stay within memory.conversation_budget_tokens."""
+    strict = FakeUpstream(strict=True, agent=True).start()
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(history_config(strict.url)))
+        user = f"history-{kind}"
+        conversation = ClientConversation(kind, user)
+        with running_proxy(tmp_path, config, env=HISTORY_ENV) as first:
+            seed_facts(first, user)
+            for number, question in enumerate(QUESTIONS[:2]):
+                conversation.ask(first, question, tools=number == 1 and kind != "gemini")
+            wait_stored(first, user, len(FACTS) + 3)  # both human turns and an answer
+        with running_proxy(tmp_path, config, env=HISTORY_ENV) as second:
+            for question in QUESTIONS[2:]:
+                conversation.ask(second, question, tools=False)
+            logged = logged_calls(second, user)
+        sent = [r.json for r in strict.requests]
+    finally:
+        strict.stop()
+    key = "contents" if kind == "gemini" else "messages"
+    canonical = without_cache_control if kind in ("anthropic", "translated") else (lambda value: value)
+    assert len(sent) == (len(QUESTIONS) + (0 if kind == "gemini" else 1))
+    for number, (before, after) in enumerate(itertools.pairwise(sent), 1):
+        earlier, later = canonical(before[key]), canonical(after[key])
+        assert len(later) > len(earlier)
+        for index, message in enumerate(earlier):
+            assert json.dumps(later[index], ensure_ascii=False) == json.dumps(message, ensure_ascii=False), (
+                f"upstream request {number + 1} differs from request {number} at {key}[{index}]")
+        assert canonical(after.get("system")) == canonical(before.get("system"))
+    blocks = blocks_in(sent[-1][key])
+    assert len(blocks) == 2, blocks  # turns 1 and 2; the budget is spent after them
+    assert "[f1]" in blocks[0] and "[f2]" in blocks[1]
+    for tag in FACTS:
+        assert sum(block.count(f"[{tag}]") for block in blocks) <= 1, f"{tag} shown twice"
+    assert sum(-(-len(block) // 4) for block in blocks) <= CONVERSATION_BUDGET
+    assert [call["memory"]["recall"] for call in logged] == ["spent", "spent"]
+    assert [call["memory"].get("resent") for call in logged] == [2, 2]
+
+
+def test_a_forgotten_memory_leaves_the_blocks_re_sent_later(proxy: RunningProxy, upstream: FakeUpstream):
+    """Deleting a memory through the API drops it from the kept block of an earlier turn: the next
+    request re-sends that block without it (one prompt-cache miss, as docs/memory.md says)."""
+    user = "forgetblockuser"
+    client = openai_client(proxy, user)
+    ask(client, "My locker code hint is the purple walrus poster", "fb0")
+    ask(client, "My bike lock code hint is the purple walrus mug", "fb1")
+    rows = wait_stored(proxy, user, 3)
+    upstream.reset()
+    turn = {"role": "user", "content": "Where is the purple walrus hint?"}
+    client.chat.completions.create(model="gpt-4o", messages=[turn], extra_headers={"x-memory-conversation-id": "fb2"})
+    block = last_user_text(upstream.last().json)
+    assert "walrus poster" in block and "walrus mug" in block, block
+    listed = httpx.get(f"{proxy.gateway_url}/memory-routing/memories", params={"user_id": user, "q": "poster"},
+                       timeout=WAIT).json()["data"]
+    [poster] = [m for m in listed if "walrus poster" in m["text"]]
+    assert httpx.delete(f"{proxy.gateway_url}/memory-routing/memories/{poster['id']}", timeout=WAIT).status_code == 200
+    client.chat.completions.create(
+        model="gpt-4o", extra_headers={"x-memory-conversation-id": "fb2"},
+        messages=[turn, {"role": "assistant", "content": "Hello from OpenAI"}, {"role": "user", "content": "thanks"}])
+    resent = upstream.last().json["messages"][0]["content"]
+    assert "walrus poster" not in resent and "walrus mug" in resent and FENCE_OPEN in resent
+    assert rows  # stored before the deletion

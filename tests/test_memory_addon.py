@@ -512,3 +512,45 @@ def test_the_answer_is_read_from_the_parse_the_router_made_and_a_translation_is_
     harness.memory.answers.response(flow)
     assert decodes == [1, 1, 1]
     assert ("assistant", "Quick cat.") in stored(harness, "alice")
+
+
+def test_after_a_restart_a_turns_request_again_gets_its_kept_block_without_a_search(harness, monkeypatch):
+    first = openai_call("Remind me what Miso eats")
+    run(harness.memory, first)
+    answer(harness, first, OPENAI_ANSWER)
+    assert FENCE_OPEN.encode() in first.request.raw_content
+    harness.memory.close_writer()  # as at shutdown: the kept block is written out
+    restarted = EmbeddedMemory(harness.routing, SimpleNamespace(memory=harness.store, before_close=[]))
+    monkeypatch.setattr("memory_routing.memory.recall.Recaller.search_block",
+                        lambda *a, **k: pytest.fail("a kept turn is never searched again"))
+    retry = openai_call("Remind me what Miso eats")
+    assert restarted.request(retry) is None  # no recall thread: the block comes from the store
+    encode_edit(retry)
+    assert retry.request.raw_content == first.request.raw_content
+    # The conversation's next turn: the first turn's message carries its block again, byte for byte.
+    next_turn = gateway_flow("/v1/chat/completions", {"model": "gpt-alias", "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "Remind me what Miso eats"},
+        {"role": "assistant", "content": "Tuna it is."}, {"role": "user", "content": "thanks"}]},
+        x_memory_user_id="alice")
+    monkeypatch.undo()
+    run(restarted, next_turn)
+    assert sent(next_turn)["messages"][1] == sent(first)["messages"][1]
+    content = sent(first)["messages"][1]["content"]
+    block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
+    # A re-sent block is input the call pays for too: the usage rows price it as memory's cost.
+    assert restarted.calls[next_turn].resent == 1 and restarted.calls[next_turn].block_tokens == -(-len(block) // 4)
+    restarted.done()
+
+
+def test_the_same_turn_sent_twice_at_once_gets_one_block(harness):
+    first, second = openai_call("Remind me what Miso eats"), openai_call("Remind me what Miso eats")
+    searches = [harness.memory.request(first), harness.memory.request(second)]  # both before either searched
+    assert all(pending is not None for pending in searches)
+    asyncio.run(searches[0])
+    encode_edit(first)
+    # A memory written in between would change the second search: the turn keeps the first block.
+    harness.store.add_many([NewMemory("alice", "other", "c", "m", "user", "Miso eats tuna and also chicken", PAST)])
+    asyncio.run(searches[1])
+    encode_edit(second)
+    assert FENCE_OPEN.encode() in first.request.raw_content
+    assert second.request.raw_content == first.request.raw_content

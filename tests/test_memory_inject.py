@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from memory_routing.memory.inject import inject_recall, render_block
+from memory_routing.memory.inject import inject_blocks, inject_recall, render_block
 from memory_routing.memory.records import Memory
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN, strip_recall_block
 from memory_routing.memory.turns import new_human_turn
@@ -125,3 +125,25 @@ def test_injecting_into_an_earlier_message_gives_the_first_requests_bytes() -> N
     assert inject_recall("gemini", gemini, BLOCK, 1) == gemini  # not a user's content
     assert inject_recall("openai", {"messages": [{"role": "user", "content": "q"}]}, BLOCK, 5) == {
         "messages": [{"role": "user", "content": "q"}]}
+
+
+def test_blocks_go_into_their_messages_wherever_the_cache_markers_are() -> None:
+    def turn(text: str, marked: bool) -> dict:
+        block = {"type": "text", "text": text}
+        return {"role": "user", "content": [{"type": "text", "text": "<system-reminder>r</system-reminder>"},
+                                            {**block, "cache_control": {"type": "ephemeral"}} if marked else block]}
+
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "a"}]}
+    first = inject_blocks("anthropic", {"messages": [turn("q1", True)]}, {0: BLOCK})
+    later = inject_blocks("anthropic", {"messages": [turn("q1", False), answer, turn("q2", True)]},
+                          {0: BLOCK, 2: BLOCK + "2"})
+    def unmark(message: dict) -> dict:
+        return {**message, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in message["content"]]}
+
+    assert unmark(later["messages"][0]) == unmark(first["messages"][0])
+    assert later["messages"][0]["content"][0] == {"type": "text", "text": BLOCK}
+    assert later["messages"][2]["content"][0]["text"] == BLOCK + "2" and later["messages"][1] is answer
+    system_last = {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]}
+    assert inject_blocks("openai", system_last, {0: BLOCK, 1: BLOCK})["messages"] == [
+        {"role": "user", "content": f"{BLOCK}\n\nq"}, {"role": "system", "content": "s"}]
+    assert inject_blocks("openai", system_last, {}) is system_last

@@ -142,3 +142,16 @@ def test_no_turn_or_repeated_text_is_shown_twice(tmp_path: Path) -> None:
         assert all(f"line {i} about ferries" in lines for i in range(6))
     finally:
         s.close()
+
+
+def test_a_later_turn_shows_no_memory_an_earlier_block_showed_and_keeps_to_the_budget_left(
+        store: SQLiteMemoryStore) -> None:
+    recaller = Recaller(store)
+    first = recaller.search_block("alice", "new", "Lisbon sister", budget_tokens=1000)
+    assert first is not None and "Lisbon" in first.text and first.lines
+    shown = frozenset(line.memory_id for line in first.lines)
+    again = recaller.search_block("alice", "new", "Lisbon sister", budget_tokens=1000, exclude_ids=shown)
+    assert again is None or not shown & {line.memory_id for line in again.lines}
+    small = recaller.search_block("alice", "new", "Lisbon sister", budget_tokens=60)
+    assert small is not None and len(small.text) <= 60 * 4
+    assert recaller.search_block("alice", "new", "Lisbon sister", budget_tokens=10) is None

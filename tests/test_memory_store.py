@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory_routing.memory.records import Memory, MemoryRecordError, MemoryStoreError, NewMemory
+from memory_routing.memory.records import BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreError, NewMemory
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore, fts_query
 
 
@@ -579,3 +579,53 @@ def test_two_damaged_stretches_are_both_skipped(tmp_path: Path) -> None:
         assert kept == {"memory number 0000", "memory number 0499", "memory number 0999"}
     finally:
         s.close()
+
+
+# --- recall blocks as the provider first saw them -----------------------------------------------
+
+
+
+def kept(user: str, key: bytes, ids: list[int], at: float = 1_700_000_000.0) -> KeptBlock:
+    lines = tuple(BlockLine(i, 0, "2023-11-14", f"user: note {i}") for i in ids)
+    return KeptBlock(user, key, lines, at)
+
+
+def test_recall_blocks_are_kept_per_user_and_turn_and_the_first_stays(store: SQLiteMemoryStore) -> None:
+    a, b, c = store.add_many([turn("u", "alpha"), turn("u", "beta"), turn("v", "gamma")])
+    assert store.save_recall_blocks([kept("u", b"k1", [a, b]), kept("v", b"k1", [c])]) == 2
+    assert store.save_recall_blocks([kept("u", b"k1", [b])]) == 0  # the block the provider saw stays
+    found = store.recall_blocks("u", [b"k1", b"k2"])
+    assert list(found) == [b"k1"] and [line.memory_id for line in found[b"k1"]] == [a, b]
+    assert found[b"k1"][1] == BlockLine(b, 0, "2023-11-14", f"user: note {b}")
+    assert [line.memory_id for line in store.recall_blocks("v", [b"k1"])[b"k1"]] == [c]  # never another user's
+    assert store.recall_blocks("w", [b"k1"]) == {}
+
+
+def test_a_deleted_memory_leaves_every_block_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    s = SQLiteMemoryStore(path)
+    secret = "zanzibarquux"
+    one, two = s.add_many([turn("u", f"{secret} is my wifi name"), turn("u", "the second memory")])
+    lines = (BlockLine(one, 0, "2023-11-14", f"user: {secret} is my wifi name"),
+             BlockLine(two, 0, "2023-11-14", "user: the second memory"))
+    s.save_recall_blocks([KeptBlock("u", b"k1", lines, 1.0), KeptBlock("u", b"k2", lines[:1], 1.0)])
+    assert s.delete(one) is True
+    found = s.recall_blocks("u", [b"k1", b"k2"])
+    assert [line.memory_id for line in found[b"k1"]] == [two] and found[b"k2"] == ()  # k2 now carries no block
+    conn = s.open_connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert secret.encode() not in path.read_bytes() + path.with_name(path.name + "-wal").read_bytes()
+    # A block still waiting in the writer's queue when its memory went: the line is left out.
+    assert s.save_recall_blocks([kept("u", b"k3", [one, two])]) == 1
+    assert [line.memory_id for line in s.recall_blocks("u", [b"k3"])[b"k3"]] == [two]
+    s.forget_user("u")
+    assert s.recall_blocks("u", [b"k1", b"k2", b"k3"]) == {}
+    s.close()
+
+
+def test_the_retention_drops_old_blocks(store: SQLiteMemoryStore) -> None:
+    [memory] = store.add_many([turn("u", "fresh", at=2_000_000_000.0)])
+    store.save_recall_blocks([kept("u", b"old", [memory], at=1_000.0), kept("u", b"new", [memory], at=2_000_000_000.0)])
+    store.delete_older_than(1_500_000_000.0)
+    assert list(store.recall_blocks("u", [b"old", b"new"])) == [b"new"]

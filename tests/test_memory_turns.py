@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
-from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
+from memory_routing.memory.turns import (
+    AnswerTextCollector,
+    HumanTurn,
+    assistant_text,
+    earlier_human_turn,
+    human_turns,
+    new_human_turn,
+)
 
 BLOCK = f"{FENCE_OPEN}\n[2023-05-08] user: remembered\n{FENCE_CLOSE}\n"
 IMAGE_OPENAI = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -159,3 +166,86 @@ def test_a_long_human_turn_is_kept_by_its_start_cut_at_a_space():
     assert turn[: -len(" […]")].split(" ")[-1] in {"alpha", "beta", "gamma", "delta"}  # no word cut in half
     short = new_human_turn("anthropic", {"messages": [{"role": "user", "content": "a short turn"}]})
     assert short == "a short turn"
+
+
+# --- the human turn wherever it stands ----------------------------------------------------------
+
+
+CLAUDE_CODE_SYSTEM = {"role": "system", "content": [{"type": "text", "text": "# Environment ...",
+                                                     "cache_control": {"type": "ephemeral"}}]}
+
+
+@pytest.mark.parametrize("trailing", [
+    [{"role": "system", "content": "You are on a model Claude Code does not know."}],
+    [CLAUDE_CODE_SYSTEM],
+    [{"role": "developer", "content": "be brief"}, {"role": "system", "content": "x"}],
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": []}],
+    [{"role": "user", "content": [{"type": "text", "text": "<system-reminder>todo</system-reminder>"}]}],
+    [{"role": "assistant", "content": "{"}],  # a prefill, as the last message
+    [{"role": "system", "content": "x"}, {"role": "assistant", "content": None}],
+])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_trailing_system_developer_and_empty_messages_do_not_hide_a_new_turn(protocol, trailing) -> None:
+    history = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "an answer"}]
+    human = {"role": "user", "content": [{"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                                         {"type": "text", "text": "my new question"}]}
+    payload = {"messages": [*history, human, *trailing]}
+    found = human_turns(protocol, payload)
+    assert found.turns == (HumanTurn(0, "first question"), HumanTurn(2, "my new question")) and found.new
+    assert new_human_turn(protocol, payload) == "my new question"
+    assert earlier_human_turn(protocol, payload) is None
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_tool_results_after_the_human_turn_make_a_follow_up(protocol) -> None:
+    if protocol == "openai":
+        loop = [{"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    else:
+        loop = [{"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done",
+                                              "cache_control": {"type": "ephemeral"}}]}]
+    payload = {"messages": [{"role": "user", "content": "run it"}, {"role": "system", "content": "sys"}, *loop,
+                            {"role": "system", "content": "sys again"}, {"role": "user", "content": ""}]}
+    found = human_turns(protocol, payload)
+    assert found.turns == (HumanTurn(0, "run it"),) and not found.new
+    assert new_human_turn(protocol, payload) is None
+    assert earlier_human_turn(protocol, payload) == (0, "run it")
+    # The model's text answer after the turn is an answer too: the next human message opens a new turn.
+    answered = {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                             {"role": "system", "content": "s"}]}
+    assert not human_turns(protocol, answered).new
+
+
+def test_gemini_trailing_function_responses_and_empty_contents() -> None:
+    human = {"role": "user", "parts": [{"text": "what time is it?"}]}
+    assert human_turns("gemini", {"contents": [human, {"role": "user", "parts": []}]}).new
+    assert human_turns("gemini", {"contents": [human, {"role": "model", "parts": [{"text": "It"}]}]}).new  # a prefill
+    loop = [{"role": "model", "parts": [{"functionCall": {"name": "clock", "args": {}}}]},
+            {"role": "function", "parts": [{"functionResponse": {"name": "clock", "response": {"t": 1}}}]},
+            {"role": "user", "parts": []}]
+    found = human_turns("gemini", {"contents": [human, *loop]})
+    assert found.turns == (HumanTurn(0, "what time is it?"),) and not found.new
+    assert human_turns("gemini", {"contents": human}).turns == (HumanTurn(0, "what time is it?"),)
+
+
+def test_no_human_text_means_no_turns() -> None:
+    assert human_turns("openai", {"messages": [{"role": "system", "content": "s"}]}).turns == ()
+    assert human_turns("anthropic", {"messages": "nope"}).turns == ()
+    assert human_turns("gemini", None).last is None
+
+
+def test_client_reminders_are_cut_to_their_closing_tag_or_the_end() -> None:
+    import random
+    import re
+
+    from memory_routing.memory.turns import _without_reminders
+
+    reference = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
+    rnd = random.Random(3)
+    pieces = ["<system-reminder>", "</system-reminder>", "abc ", "\n", "x", "<system", "reminder>", " ", "</"]
+    for _ in range(5000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert _without_reminders(text) == reference.sub("", text), repr(text)

@@ -31,12 +31,14 @@ from memory_routing.config.schema import ProxyConfig
 from memory_routing.call_record import MemoryOutcome
 from memory_routing.flow_state import AnswerEvents, FlowContext, context_of, known_context
 from memory_routing.mitm.flows import request_headers, routed_call
-from memory_routing.memory.inject import CHARS_PER_TOKEN, inject_recall
+from memory_routing.memory.blocks import NO_BLOCK, BlockBook, TurnBlock, spent_and_shown, turn_keys
+from memory_routing.memory.inject import CHARS_PER_TOKEN, HEADER, inject_blocks
 from memory_routing.memory.modes import MODE_HEADER, InvalidMemoryMode, MemoryMode, client_default, mode_from_header
-from memory_routing.memory.recall import RecalledBlock, Recaller
-from memory_routing.memory.records import NewMemory
+from memory_routing.memory.recall import Recaller
+from memory_routing.memory.records import KeptBlock, NewMemory
 from memory_routing.memory.store import MemoryStore
-from memory_routing.memory.turns import AnswerTextCollector, assistant_text, earlier_human_turn, new_human_turn
+from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
+from memory_routing.memory.turns import AnswerTextCollector, assistant_text, human_turns, new_human_turn
 from memory_routing.memory.writer import MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.wire.headers import replaced_fields
@@ -47,12 +49,14 @@ from memory_routing.mitm.answer_json import answer_json
 from memory_routing.wire.flow_log import client_name
 from memory_routing.wire.sse import SseDecoder
 from memory_routing.mitm.request_json import edit_request_json, request_json
+from memory_routing.wire.header_values import is_user_id
 from memory_routing.wire.responses import error_response
 
 logger = logging.getLogger(__name__)
 
 # For the benchmark and for curious users: how long the recall took, and what came of it
-# (injected | none | timeout | error; reinjected: a tool loop's follow-up got its turn's cached block).
+# (injected | none | timeout | error | spent: the conversation's block budget is used up;
+# reinjected: a tool loop's follow-up got its turn's kept block).
 RECALL_MS_HEADER = "x-memory-routing-recall-ms"
 RECALL_HEADER = "x-memory-routing-recall"
 _RECALL_MS_NAME, _RECALL_NAME = RECALL_MS_HEADER.encode(), RECALL_HEADER.encode()
@@ -68,6 +72,10 @@ WRITER_CLOSE_TIMEOUT_S = 10.0
 RECALL_THREADS = 2  # each has its own read connection; more threads than cores would only queue
 # An answer that is only tool-call traces says nothing worth remembering.
 _ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")
+# Below this many tokens left of the conversation's budget no block is searched for: the fence
+# and the header alone take most of it.
+MIN_BLOCK_TOKENS = (len(FENCE_OPEN) + len(HEADER) + len(FENCE_CLOSE) + 2) // CHARS_PER_TOKEN + 25
+EXPLICIT_CONVERSATION_HEADER = "x-memory-conversation-id"
 
 
 @dataclass
@@ -86,7 +94,10 @@ class _CallMemory:
     recall: str | None = None  # outcome, when a recall was tried
     recall_ms: float | None = None
     recalled: int = 0  # memories shown in the injected block
-    block_tokens: int = 0  # the injected block's size, estimated as its budget is (4 characters a token)
+    resent: int = 0  # earlier turns' blocks put back into their messages
+    # What the call's recall blocks (its turn's and the earlier turns' it re-sends) add to its
+    # input, estimated as budgets are (4 characters a token): the usage rows price it.
+    block_tokens: int = 0
     collector: AnswerTextCollector | None = None  # a streamed event-stream answer
     buffer: bytearray | None = None  # a streamed answer that is one JSON document
     events: Any = field(default=None, repr=False)  # the SSE decoder of a streamed answer
@@ -94,7 +105,7 @@ class _CallMemory:
     def outcome(self, stored: bool) -> MemoryOutcome:
         """What the memory did for the call, for its record: never what it holds."""
         return MemoryOutcome(self.mode, self.recall or "skipped", self.recalled, stored, self.recall_ms,
-                             block_tokens=self.block_tokens)
+                             block_tokens=self.block_tokens, resent=self.resent)
 
     def memories(self, answer: str) -> list[NewMemory]:
         now = time.time()
@@ -109,6 +120,17 @@ class _CallMemory:
         return rows
 
 
+@dataclass(frozen=True)
+class _NewTurn:
+    """What the search for a new turn's block needs from its request."""
+
+    key: bytes
+    blocks: dict[bytes, TurnBlock]  # the earlier turns' blocks
+    indexes: dict[bytes, int]  # turn key -> index of its message
+    budget: int  # tokens the block may take
+    shown: frozenset[int]  # memories earlier blocks showed
+
+
 class EmbeddedMemory:
     """Request side (before ModelRouter): x-memory-mode, recall and injection; owns the writer."""
 
@@ -118,6 +140,7 @@ class EmbeddedMemory:
         self.stores = stores
         self.answers = MemoryAnswers(self)
         self.recaller: Recaller | None = None
+        self.book = BlockBook()  # each turn's block, to re-send byte for byte (memory/blocks.py)
         self.writer: MemoryWriter | None = None
         self._store: MemoryStore | None = None
         self._recaller_settings: tuple[int, float] | None = None
@@ -175,6 +198,7 @@ class EmbeddedMemory:
             return None
         if store is not self._store:
             self.close_writer()
+            self.book.forget_all()  # another file: its own blocks
             self._store = store
             self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
                                        on_pruned=self._after_prune)
@@ -248,15 +272,12 @@ class EmbeddedMemory:
         protocol = call.protocol.value
         # A large body's long strings are placeholders: memory sees a bounded prefix of them.
         readable = parsed.large.readable if parsed.large is not None else None
-        turn = new_human_turn(protocol, payload)
-        if turn and readable is not None:
-            turn = readable(turn)
-        reads = mode.reads and turn is not None
-        # A tool loop's follow-up: the turn it answers is an earlier message (its block is re-injected).
-        loop_turn = earlier_human_turn(protocol, payload) if mode.reads and turn is None else None
-        if loop_turn is not None and readable is not None:
-            loop_turn = (loop_turn[0], readable(loop_turn[1]))  # keyed as the turn's first request was
-        if not reads and not mode.writes and loop_turn is None:
+        found = human_turns(protocol, payload)
+        texts = [readable(t.text) if readable is not None else t.text for t in found.turns]
+        # The human turn this request opens; None for a tool loop's follow-up (its turn is earlier).
+        turn = texts[-1] if found.new and texts else None
+        reads = mode.reads and bool(texts)
+        if not reads and not mode.writes:
             return None
         engine = self._engine(config)
         if engine is None:
@@ -274,21 +295,44 @@ class EmbeddedMemory:
             mode=mode.value,
         )
         context.memory_call = state
-        if loop_turn is not None:
-            self._reinject(flow, state, parsed, recaller, *loop_turn)
-        elif reads and not recaller.store.has_memories(identity.user_id):
-            state.recall, state.recall_ms = "none", 0.0  # nothing to search: no thread, no wait before the router
-        elif reads:
-            found, recalled = recaller.cached(state.user_id, state.conversation_id, turn)
-            if not found:
-                return self._recall(flow, state, parsed, recaller)
+        if not reads:
+            return None
+        explicit = (headers.get(EXPLICIT_CONVERSATION_HEADER) or "").strip()
+        keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
+        indexes = {key: t.index for key, t in zip(keys, found.turns)}
+        new_key = keys[-1] if turn is not None else None
+        try:
+            blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            logger.error("memory: could not read the conversation's recall blocks (%s)", type(e).__name__)
+            state.recall = "error"
+            return None
+        if new_key is None or new_key in blocks:
+            # A tool loop's follow-up, or the turn's request again (a retry): every block as it was
+            # sent, the turn's own included; no search.
             started = time.perf_counter()
-            self._inject(flow, state, parsed, recalled, "injected" if recalled is not None and recalled.text else "none")
-            state.recall_ms = (time.perf_counter() - started) * 1000
-        return None
+            current = blocks.get(keys[-1], NO_BLOCK)
+            outcome = ("injected" if turn is not None else "reinjected") if current.lines else (
+                "none" if turn is not None else None)
+            self._inject(flow, state, parsed, blocks, indexes, keys[-1], outcome)
+            state.recall_ms = (time.perf_counter() - started) * 1000 if outcome else None
+            return None
+        spent, shown = spent_and_shown(blocks.values())
+        budget = min(config.memory.budget_tokens, config.memory.conversation_budget_tokens - spent)
+        if budget < MIN_BLOCK_TOKENS or not recaller.store.has_memories(state.user_id):
+            # Nothing to search (no memories yet, or the conversation's budget is spent): no
+            # thread, no wait before the router.
+            self.book.remember(state.user_id, new_key, NO_BLOCK)
+            self._inject(flow, state, parsed, blocks, indexes, new_key,
+                         "spent" if budget < MIN_BLOCK_TOKENS else "none")
+            state.recall_ms = 0.0
+            return None
+        return self._recall(flow, state, parsed, recaller, _NewTurn(new_key, blocks, indexes, budget, shown))
 
-    async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller) -> None:
-        assert state.turn is not None
+    async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
+                      new: _NewTurn) -> None:
+        turn = state.turn
+        assert turn is not None
         started = time.perf_counter()
         recalled = None
         try:
@@ -296,7 +340,8 @@ class EmbeddedMemory:
                 self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
             # The search runs in a thread; the request waits for it at most the deadline, queueing included.
             future = asyncio.get_running_loop().run_in_executor(
-                self._pool, recaller.recall, state.user_id, state.conversation_id, state.turn)
+                self._pool, lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
+                                                          budget_tokens=new.budget, exclude_ids=new.shown))
             recalled = await asyncio.wait_for(future, recaller.deadline_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"
         except asyncio.TimeoutError:
@@ -304,42 +349,45 @@ class EmbeddedMemory:
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"
-        self._inject(flow, state, parsed, recalled, outcome)
+        block = TurnBlock(recalled.lines) if recalled is not None else NO_BLOCK
+        kept = self.book.cached(state.user_id, new.key)
+        if kept is not None:
+            # The same turn sent twice at once (a client's retry): the block kept first is the turn's.
+            block, outcome = kept, "injected" if kept.lines else "none"
+        if self._inject(flow, state, parsed, {**new.blocks, new.key: block}, new.indexes, new.key, outcome) \
+                and kept is None:
+            # Kept only once sent: the block is what the provider saw, and later requests repeat it.
+            self.book.remember(state.user_id, new.key, block)
+            if block.lines:
+                state.writer.submit([KeptBlock(state.user_id, new.key, block.lines, time.time())])
         state.recall_ms = (time.perf_counter() - started) * 1000
 
-    def _inject(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recalled: RecalledBlock | None,
-                outcome: str) -> None:
-        """Puts the turn's recalled block (if any) into the request; records the outcome."""
-        if recalled is not None and recalled.text and flow.live and flow.response is None and flow.error is None:
+    def _inject(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, blocks: dict[bytes, TurnBlock],
+                indexes: dict[bytes, int], current: bytes, outcome: str | None) -> bool:
+        """Puts every turn's block into its message (earlier turns' blocks exactly as first sent);
+        records the outcome. False when the request is gone (nothing was sent)."""
+        if not flow.live or flow.response is not None or flow.error is not None:
+            state.recall = outcome
+            return False
+        texts = {indexes[key]: block.text for key, block in blocks.items() if block.lines and key in indexes}
+        if texts:
             try:
                 # Encoded by the router, together with its own changes (see edit_request_json).
-                edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text))
-                state.recalled, state.block_tokens = recalled.memories, _estimated_tokens(recalled.text)
+                edit_request_json(flow, parsed, inject_blocks(state.protocol, parsed.payload, texts))
             except Exception as e:  # noqa: BLE001
-                logger.error("memory: could not inject the recall block (%s)", type(e).__name__)
-                outcome = "error"
+                logger.error("memory: could not inject the recall blocks (%s)", type(e).__name__)
+                state.recall = "error"
+                return False
+        current_block = blocks.get(current, NO_BLOCK)
+        state.block_tokens = sum(-(-len(text) // CHARS_PER_TOKEN) for text in texts.values())
+        state.recalled = len(current_block.lines)
+        state.resent = len(texts) - (1 if current_block.lines and current in indexes else 0)
         state.recall = outcome
-
-    def _reinject(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
-                  index: int, turn_text: str) -> None:
-        """Puts the turn's cached block back into the turn's message of a tool loop's follow-up.
-
-        The client resends the turn's message as it typed it, without the block its first request
-        carried: forwarded so, the history would differ from the first request at that message
-        and the provider's prompt cache would miss from there on. Byte-identical, from the cache
-        only (a tool result is not a new turn: no search, no wait); nothing when it is not cached.
-        """
-        started = time.perf_counter()
-        recalled = recaller.cached_block(state.user_id, state.conversation_id, turn_text)
-        if recalled is None:
-            return
-        edit_request_json(flow, parsed, inject_recall(state.protocol, parsed.payload, recalled.text, index))
-        state.recall, state.recalled = "reinjected", recalled.memories
-        state.block_tokens = _estimated_tokens(recalled.text)
-        state.recall_ms = (time.perf_counter() - started) * 1000
+        return True
 
     def _after_prune(self, deleted: int) -> None:
         """(writer thread) Memories past the retention are gone: no cached block may show them again."""
+        self.book.forget_all()
         recaller = self.recaller
         if recaller is not None:
             recaller.forget_all()
@@ -348,8 +396,11 @@ class EmbeddedMemory:
         """A memory deleted through the management API must not come back from a cached block."""
         request = flow.request
         if (request.method == "DELETE" and request.path.startswith(MEMORY_PATH)
-                and flow.response is not None and flow.response.status_code < 400 and self.recaller is not None):
-            self.recaller.forget_all()
+                and flow.response is not None and flow.response.status_code < 400):
+            # The store dropped the memory from every kept block: they are read from it again.
+            self.book.forget_all()
+            if self.recaller is not None:
+                self.recaller.forget_all()
 
 
 class MemoryAnswers:
@@ -431,9 +482,6 @@ class MemoryAnswers:
             context.memory_call = None
             context.memory = state.outcome(stored=False)
 
-
-def _estimated_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 # The record of a call whose memory the client (x-memory-mode) or the config turned off.

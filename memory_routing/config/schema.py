@@ -50,6 +50,8 @@ MEMORY_BACKENDS = ("local", "supermemory", "off")
 # What a call does with memory: "both" reads (recall) and writes (stores the turn).
 MEMORY_MODES = ("off", "read", "write", "both")
 DEFAULT_MEMORY_BUDGET_TOKENS = 1000
+# All of one conversation's recall blocks together (they are re-sent with every later request).
+DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS = 4000
 DEFAULT_MEMORY_DEADLINE_MS = 50
 
 # RFC 9110 token characters: anything else cannot be a header name.
@@ -178,6 +180,7 @@ class MemorySettings:
     backend: str = "local"
     backend_configured: bool = False  # False: the default (Supermemory when its key resolves, else local)
     budget_tokens: int = DEFAULT_MEMORY_BUDGET_TOKENS
+    conversation_budget_tokens: int = DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS
     deadline_ms: float = DEFAULT_MEMORY_DEADLINE_MS
     clients: tuple[MemoryClientRule, ...] = ()
     retention_days: float | None = None  # None: memories are kept until deleted
@@ -463,6 +466,8 @@ class MemorySection(_Section):
     budget_tokens: Annotated[int, BeforeValidator(_number(50, 100_000, "a whole number from 50 to 100000", whole=True))] = (
         DEFAULT_MEMORY_BUDGET_TOKENS
     )
+    conversation_budget_tokens: Annotated[int, BeforeValidator(_number(
+        0, 1_000_000, "a whole number from 0 to 1000000", whole=True))] = DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS
     deadline_ms: Annotated[float, BeforeValidator(_number(1, 10_000, "a number of milliseconds from 1 to 10000"))] = (
         DEFAULT_MEMORY_DEADLINE_MS
     )
@@ -737,7 +742,7 @@ class _Builder:
         return MemorySettings(
             enabled=enabled, api_key=api_key, base_url=(section.base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
             backend=resolved, backend_configured=backend is not None, budget_tokens=section.budget_tokens,
-            deadline_ms=float(section.deadline_ms), clients=clients,
+            conversation_budget_tokens=section.conversation_budget_tokens, deadline_ms=float(section.deadline_ms), clients=clients,
             retention_days=float(section.retention_days) if section.retention_days is not None else None,
         )
 

@@ -3,8 +3,9 @@
 records  what is stored (NewMemory, Memory) and the one error hierarchy (MemoryStoreError)
 store    the MemoryStore interface and its SQLite/FTS5 implementation
 redact   what is removed before storing (secrets, <private> text, our own recall block)
-turns    the new human turn and the assistant's text, per client protocol
-inject   rendering the recall block and putting it into the last user message
+turns    the human turn wherever it stands and the assistant's text, per client protocol
+inject   rendering the recall block and putting blocks into their turns' user messages
+blocks   each turn's block kept (store + LRU) and re-sent byte for byte; the conversation's budget
 recall   Recaller: query, rank, render within a budget and a deadline, cached per turn
 writer   MemoryWriter: a bounded queue and one writer thread off the event loop
 """

@@ -24,8 +24,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .inject import CHARS_PER_TOKEN, render_block_counted
-from .records import Memory, MemoryStoreError, MemoryTimeoutError
+from .inject import CHARS_PER_TOKEN, block_lines, render_lines
+from .records import BlockLine, Memory, MemoryStoreError, MemoryTimeoutError
 from .store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,12 @@ class RecallTuning:
 
 @dataclass(frozen=True, slots=True)
 class RecalledBlock:
-    """A turn's rendered block and how many memories it shows (for the flow log: never the texts)."""
+    """A turn's rendered block, how many memories it shows (for the flow log: never the texts),
+    and its lines (what the store keeps to re-send it)."""
 
     text: str
     memories: int
+    lines: tuple[BlockLine, ...] = ()
 
 
 class _LRU:
@@ -105,7 +107,8 @@ class Recaller:
         the search ran past the deadline (then the request goes on unchanged).
 
         Cached per (user, conversation, turn text): a repeated request of the turn gets a
-        byte-identical block (or None again), and so do the tool loop's follow-ups (cached_block).
+        byte-identical block (or None again). The proxy keeps its conversations' blocks with
+        memory/blocks.py instead (search_block), which also knows what earlier turns showed.
         """
         key = self._key(user_id, conversation_id, turn_text)
         found, block = self._cache.get(key)
@@ -123,21 +126,18 @@ class Recaller:
         self._cache.put(key, block)
         return block
 
-    def cached_block(self, user_id: str, conversation_id: str, turn_text: str) -> RecalledBlock | None:
-        """The block block_for gave this turn, if it is still cached; never searches.
-
-        For a tool loop's follow-up requests: they re-inject the turn's block byte-identical, and
-        a tool result is not a new turn to search for.
-        """
-        return self.cached(user_id, conversation_id, turn_text)[1]
-
-    def cached(self, user_id: str, conversation_id: str, turn_text: str) -> tuple[bool, RecalledBlock | None]:
-        """(True, what recall gave this turn) when it is cached, (False, None) when not; never searches.
-
-        Cheap enough for the event loop: a repeated request of a turn (a client's retry) needs no
-        thread hop to get its byte-identical block.
-        """
-        return self._cache.get(self._key(user_id, conversation_id, turn_text))
+    def search_block(self, user_id: str, conversation_id: str, turn_text: str, *, budget_tokens: int,
+                     exclude_ids: frozenset[int] = frozenset()) -> RecalledBlock | None:
+        """The block for a new turn of a conversation whose earlier turns already showed
+        `exclude_ids`, within `budget_tokens` (what is left of the conversation's budget); not
+        cached here (memory/blocks.py keeps the blocks); None when nothing is relevant or the
+        search ran past the deadline. Raises MemoryStoreError when the store fails."""
+        try:
+            return self._retrieve(user_id, conversation_id, turn_text, time.monotonic() + self.deadline_s,
+                                  budget_tokens=budget_tokens, exclude_ids=exclude_ids)
+        except MemoryTimeoutError:
+            self.timeouts += 1
+            return None
 
     @staticmethod
     def _key(user_id: str, conversation_id: str, turn_text: str) -> tuple[str, str, bytes]:
@@ -150,26 +150,30 @@ class Recaller:
     def forget_all(self) -> None:
         self._cache = _LRU(self._cache.size)
 
-    def _retrieve(self, user_id: str, conversation_id: str, turn_text: str, deadline: float) -> RecalledBlock | None:
+    def _retrieve(self, user_id: str, conversation_id: str, turn_text: str, deadline: float, *,
+                  budget_tokens: int | None = None, exclude_ids: frozenset[int] = frozenset()) -> RecalledBlock | None:
         t = self.tuning
+        budget = self.budget_tokens if budget_tokens is None else min(budget_tokens, self.budget_tokens)
         exclude = conversation_id if t.exclude_current_conversation else None
         hits = self.store.search(user_id, turn_text, t.candidates, exclude_conversation_id=exclude,
                                  deadline=deadline, common_share=t.common_share)
         if not hits:
             return None
         best = hits[0][1]
-        hits = [(m, s) for m, s in hits if s >= best * t.min_relative_score]
-        windows = self._windows(hits, deadline)
-        text, shown = render_block_counted(windows, self.budget_tokens)
-        return RecalledBlock(text, shown) if text else None
+        hits = [(m, s) for m, s in hits if s >= best * t.min_relative_score and m.id not in exclude_ids]
+        windows = self._windows(hits, deadline, budget, exclude_ids)
+        lines = block_lines(windows, budget)
+        return RecalledBlock(render_lines(lines), len(lines), lines) if lines else None
 
-    def _windows(self, hits: list[tuple[Memory, float]], deadline: float) -> list[list[Memory]]:
-        """Runs of neighbouring turns around the best hits, best-scoring first, overlaps merged."""
+    def _windows(self, hits: list[tuple[Memory, float]], deadline: float, budget_tokens: int,
+                 exclude_ids: frozenset[int]) -> list[list[Memory]]:
+        """Runs of neighbouring turns around the best hits, best-scoring first, overlaps merged;
+        no memory of `exclude_ids` (shown earlier in the conversation)."""
         t = self.tuning
         score_of = {m.id: s for m, s in hits}
         windows: list[tuple[float, list[Memory]]] = []
         covered: dict[int, int] = {}  # memory id -> index of the window holding it
-        budget_chars = self.budget_tokens * CHARS_PER_TOKEN
+        budget_chars = budget_tokens * CHARS_PER_TOKEN
         used = 0
         shown_texts: set[str] = set()
         for rank, (memory, _) in enumerate(hits[: t.expand]):
@@ -180,6 +184,8 @@ class Recaller:
                 run = self.store.neighbours(memory, t.before, t.after, deadline=deadline)
             else:
                 run = self.store.neighbours(memory, 0, t.narrow_after, deadline=deadline)
+            if exclude_ids:
+                run = [m for m in run if m.id not in exclude_ids]
             overlapping = sorted({covered[m.id] for m in run if m.id in covered})
             if overlapping:
                 # Join the window it touches rather than repeating turns.

@@ -91,3 +91,25 @@ def _new_memory_from(fields: dict[str, Any]) -> NewMemory:
     if not isinstance(created_at, (int, float)) or isinstance(created_at, bool):
         raise MemoryRecordError("memory line: 'created_at' must be a number")
     return NewMemory(created_at=float(created_at), **values)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLine:
+    """One line of a recall block: the memory it shows, the run of neighbouring turns it belongs
+    to (runs are set apart by a blank line), the memory's date and the rest of the line
+    (``role: text``, cut with "…" when it was the line that did not fit)."""
+
+    memory_id: int
+    run: int
+    date: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeptBlock:
+    """A turn's recall block to keep: the store puts it back into later requests of the conversation."""
+
+    user_id: str
+    turn_key: bytes
+    lines: tuple[BlockLine, ...]
+    created_at: float

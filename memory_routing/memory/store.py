@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .recover import Recovery, recover_rows
-from .records import (Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError, MemoryTimeoutError,
-                      NewMemory)
+from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError,
+                      MemoryTimeoutError, NewMemory)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,11 @@ class MemoryStore(Protocol):
 
     def has_memories(self, user_id: str) -> bool: ...
 
+    def save_recall_blocks(self, blocks: Sequence[KeptBlock]) -> int: ...
+
+    def recall_blocks(self, user_id: str, turn_keys: Sequence[bytes], *,
+                      deadline: float | None = None) -> dict[bytes, tuple[BlockLine, ...]]: ...
+
     def close(self) -> None: ...
 
 
@@ -158,6 +163,34 @@ END;
 CREATE TRIGGER IF NOT EXISTS memories_fts_delete AFTER DELETE ON memories BEGIN
     INSERT INTO memories_fts (memories_fts, rowid, text, owner, thread)
         VALUES ('delete', old.id, old.text, old.owner, old.thread);
+END;
+-- Each turn's recall block as the provider first saw it, kept as lines (see memory/blocks.py):
+-- the client resends its turns without the block, and the proxy puts it back byte for byte.
+CREATE TABLE IF NOT EXISTS recall_blocks (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    turn_key BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS recall_blocks_by_turn ON recall_blocks (user_id, turn_key);
+CREATE INDEX IF NOT EXISTS recall_blocks_by_age ON recall_blocks (created_at);
+CREATE TABLE IF NOT EXISTS recall_block_lines (
+    block_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    memory_id INTEGER NOT NULL,
+    run INTEGER NOT NULL,
+    date TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (block_id, position)
+);  -- a rowid table: the rows of a damaged file are saved table by table in rowid order
+CREATE INDEX IF NOT EXISTS recall_block_lines_by_memory ON recall_block_lines (memory_id);
+-- A memory deleted (through the API, by forgetting its user, by the retention) leaves every
+-- block that showed it, in the same transaction: its words leave the file with it.
+CREATE TRIGGER IF NOT EXISTS memories_leave_recall_blocks AFTER DELETE ON memories BEGIN
+    DELETE FROM recall_block_lines WHERE memory_id = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS recall_block_lines_go_with_their_block AFTER DELETE ON recall_blocks BEGIN
+    DELETE FROM recall_block_lines WHERE block_id = old.id;
 END;
 -- Only the text counts for ranking; the tokens only filter.
 INSERT INTO memories_fts (memories_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0, 0.0)');
@@ -381,13 +414,17 @@ class SQLiteMemoryStore:
     def forget_user(self, user_id: str) -> int:
         """Deletes every memory of `user_id`; returns how many."""
         self._check_open()
-        return self._delete("user_id = ?", [user_id])
+        deleted = self._delete("user_id = ?", [user_id])
+        self._delete_recall_blocks("user_id = ?", [user_id])
+        return deleted
 
     def delete_older_than(self, cutoff: float) -> int:
         """Deletes every memory created before `cutoff` (epoch seconds), as DELETE does (the words
         leave the file); returns how many. The retention (memory.retention_days) calls it."""
         self._check_open()
-        return self._delete("created_at < ?", [float(cutoff)])
+        deleted = self._delete("created_at < ?", [float(cutoff)])
+        self._delete_recall_blocks("created_at < ?", [float(cutoff)])
+        return deleted
 
     def _delete(self, where: str, args: list) -> int:
         with self._write_lock:
@@ -417,6 +454,43 @@ class SQLiteMemoryStore:
                 # Old page images stay in the WAL until a checkpoint copies them back over.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
+
+    def _delete_recall_blocks(self, where: str, args: list) -> int:
+        with self._write_lock:
+            return self._writer.execute(f"DELETE FROM recall_blocks WHERE {where}", args).rowcount
+
+    def save_recall_blocks(self, blocks: Sequence[KeptBlock]) -> int:
+        """Keeps turns' recall blocks in one transaction; returns how many were new.
+
+        The first block kept for a (user, turn key) stays: it is what the provider saw. A line
+        whose memory has been deleted meanwhile (a block waits in the writer's queue) is left out.
+        """
+        self._check_open()
+        saved = 0
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for block in blocks:
+                    cur = conn.execute("INSERT OR IGNORE INTO recall_blocks (user_id, turn_key, created_at)"
+                                       " VALUES (?, ?, ?)", (block.user_id, block.turn_key, float(block.created_at)))
+                    if cur.rowcount != 1:
+                        continue
+                    saved += 1
+                    block_id = cur.lastrowid
+                    live = {r[0] for r in conn.execute(
+                        f"SELECT id FROM memories WHERE user_id = ? AND id IN ({','.join('?' * len(block.lines))})",
+                        [block.user_id, *(line.memory_id for line in block.lines)])} if block.lines else set()
+                    conn.executemany(
+                        "INSERT INTO recall_block_lines (block_id, position, memory_id, run, date, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [(block_id, position, line.memory_id, line.run, line.date, line.body)
+                         for position, line in enumerate(block.lines) if line.memory_id in live])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return saved
 
     def import_jsonl(self, lines: Iterable[str]) -> int:
         """Adds the memories of exported lines (new ids; repeats are skipped); returns how many were new.
@@ -680,6 +754,25 @@ class SQLiteMemoryStore:
             for row in rows:
                 yield _row_to_memory(row).to_json()
             last_id = int(rows[-1][0])
+
+    def recall_blocks(self, user_id: str, turn_keys: Sequence[bytes], *,
+                      deadline: float | None = None) -> dict[bytes, tuple[BlockLine, ...]]:
+        """The kept blocks of these turns of `user_id`, as lines in order; a turn with no kept block
+        is absent, one whose memories were all deleted maps to ()."""
+        found: dict[bytes, list[BlockLine]] = {}
+        keys = list(dict.fromkeys(turn_keys))
+        for start in range(0, len(keys), _ID_CHUNK):
+            chunk = keys[start:start + _ID_CHUNK]
+            rows = self._read(
+                "SELECT b.turn_key, l.memory_id, l.run, l.date, l.body FROM recall_blocks AS b"
+                " LEFT JOIN recall_block_lines AS l ON l.block_id = b.id"
+                f" WHERE b.user_id = ? AND b.turn_key IN ({','.join('?' * len(chunk))})"
+                " ORDER BY b.id, l.position", [user_id, *chunk], deadline)
+            for key, memory_id, run, date, body in rows:
+                lines = found.setdefault(bytes(key), [])
+                if memory_id is not None:
+                    lines.append(BlockLine(int(memory_id), int(run), date, body))
+        return {key: tuple(lines) for key, lines in found.items()}
 
     def has_memories(self, user_id: str) -> bool:
         """Whether the user has any memory, from the counts this process keeps (no query): a

@@ -6,10 +6,10 @@ assistant's final text with tool calls as a short trace (not raw tool outputs).
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Any
 
-from .redact import strip_recall_block
+from .redact import FENCE_OPEN, strip_recall_block
 
 MAX_ANSWER_CHARS = 16_000
 # A human turn longer than this (a pasted file, a log) is kept and searched by its start only:
@@ -20,7 +20,7 @@ _CUT_MARK = " […]"
 
 # Claude Code puts its own reminders (CLAUDE.md, todo state, hook output) into user messages:
 # they are the client talking, not the human, and would be re-stored in every conversation.
-_CLIENT_REMINDER = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.DOTALL)
+_REMINDER_OPEN, _REMINDER_CLOSE = "<system-reminder>", "</system-reminder>"
 
 
 def protocol_name(protocol: Any) -> str:
@@ -32,7 +32,27 @@ def protocol_name(protocol: Any) -> str:
 
 
 def _clean(text: str) -> str:
-    return strip_recall_block(_CLIENT_REMINDER.sub("", text)).strip()
+    # Every human message of the history is read on every request (a long Claude Code session
+    # resends hundreds of kilobytes of reminders): str.find, and the regular expressions only
+    # where their markers are.
+    if _REMINDER_OPEN in text:
+        text = _without_reminders(text)
+    if FENCE_OPEN in text:
+        text = strip_recall_block(text)
+    return text.strip()
+
+
+def _without_reminders(text: str) -> str:
+    """``text`` without its <system-reminder> elements, each to its closing tag (an unclosed one to the end)."""
+    kept, position = [], 0
+    while (start := text.find(_REMINDER_OPEN, position)) >= 0:
+        kept.append(text[position:start])
+        end = text.find(_REMINDER_CLOSE, start + len(_REMINDER_OPEN))
+        if end < 0:
+            return "".join(kept)
+        position = end + len(_REMINDER_CLOSE)
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 def _join(texts: list[str]) -> str | None:
@@ -51,65 +71,128 @@ def bounded_turn(text: str, limit: int = MAX_TURN_CHARS) -> str:
     return text[:space if space > 0 else limit] + _CUT_MARK
 
 
-def new_human_turn(protocol: Any, payload: dict) -> str | None:
-    """The human's text in the request's last message; None unless it is a user message holding text.
+@dataclass(frozen=True, slots=True)
+class HumanTurn:
+    """A message holding human text: its position in ``messages`` (``contents`` for Gemini) and its text."""
 
-    A last message of tool results only (a tool loop's next request) is not a new human turn.
-    Images and other media are left out, and so is the recall block this proxy injected.
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class HumanTurns:
+    """Every message of a request that holds human text, in order, and whether the last one is new.
+
+    ``new``: nothing follows the last human message but what a client appends to a turn it
+    opens (system or developer messages, empty messages, an assistant prefill as the very last
+    message). A tool call or a tool result after it means the model has answered it already:
+    the request is a tool loop's follow-up of that turn.
+    """
+
+    turns: tuple[HumanTurn, ...]
+    new: bool
+
+    @property
+    def last(self) -> HumanTurn | None:
+        return self.turns[-1] if self.turns else None
+
+
+_NO_TURNS = HumanTurns((), False)
+# Roles that never hold the human's words; a client may append them after the human's message
+# (Claude Code appends a system message on a model it does not know).
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+_TOOL_RESULT_ROLES = frozenset({"tool", "function"})
+
+
+def human_turns(protocol: Any, payload: Any) -> HumanTurns:
+    """The request's human turns (see HumanTurns); none for anything that is not a conversation.
+
+    The human turn is the last message holding user text, wherever it stands: trailing
+    system/developer messages, tool results and empty messages do not hide it. Images and other
+    media are left out of the text, and so are client reminders and the recall block this proxy
+    injected.
     """
     name = protocol_name(protocol)
     if not isinstance(payload, dict):
-        return None
+        return _NO_TURNS
+    items = payload.get("contents" if name == "gemini" else "messages")
+    if name == "gemini" and isinstance(items, dict):  # a single Content is accepted by the API too
+        items = [items]
+    if not isinstance(items, list):
+        return _NO_TURNS
+    turns: list[HumanTurn] = []
+    answered = False  # a tool call, a tool result or an answer follows the last human turn
+    for index, item in enumerate(items):
+        kind, text = _message_kind(name, item, last=index == len(items) - 1)
+        if text is not None:
+            turns.append(HumanTurn(index, text))
+            answered = False
+        elif kind == "answer":
+            answered = True
+    return HumanTurns(tuple(turns), bool(turns) and not answered)
+
+
+def _message_kind(name: str, item: Any, last: bool) -> tuple[str, str | None]:
+    """("human" and its text) | ("answer", None): a tool call/result or the model's answer |
+    ("aside", None): what a client appends to a turn (instructions, empty messages, a prefill)."""
+    if not isinstance(item, dict):
+        return "aside", None
     if name == "gemini":
-        contents = payload.get("contents")
-        if isinstance(contents, dict):  # a single Content is accepted by the API too
-            contents = [contents]
-        if not isinstance(contents, list) or not contents or not isinstance(contents[-1], dict):
-            return None
-        last = contents[-1]
-        if last.get("role", "user") != "user":
-            return None
-        parts = last.get("parts")
+        role = item.get("role", "user")
+        parts = item.get("parts")
         if isinstance(parts, dict):
             parts = [parts]
-        if not isinstance(parts, list):
-            return None
-        return _join([p["text"] for p in parts
-                      if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")])
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-        return None
-    last = messages[-1]
-    if last.get("role") != "user":  # OpenAI tool results come as role "tool"
-        return None
-    content = last.get("content")
+        parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+        if role in _TOOL_RESULT_ROLES or any("functionResponse" in p or "functionCall" in p for p in parts):
+            text = _join([p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought")]) \
+                if role == "user" else None
+            return ("human", text) if text is not None else ("answer", None)
+        if role == "user":
+            text = _join([p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought")])
+            return ("human", text) if text is not None else ("aside", None)
+        return ("aside", None) if last or not parts else ("answer", None)  # the model's turn (a prefill when last)
+    role = item.get("role")
+    content = item.get("content")
+    if role in _INSTRUCTION_ROLES:
+        return "aside", None
+    if role in _TOOL_RESULT_ROLES:
+        return "answer", None
+    if role == "assistant":
+        if item.get("tool_calls") or item.get("function_call") or (isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") in ("tool_use", "server_tool_use") for b in content)):
+            return "answer", None
+        return ("aside", None) if last or not content else ("answer", None)
+    if role != "user":
+        return "aside", None
     if isinstance(content, str):
-        return _join([content])
+        text = _join([content])
+        return ("human", text) if text is not None else ("aside", None)
     if not isinstance(content, list):
-        return None
+        return "aside", None
     # OpenAI parts are {"type": "text", "text": ...}; Anthropic text blocks have the same shape,
     # and tool_result / image / document blocks are left out.
-    return _join([block["text"] for block in content
+    text = _join([block["text"] for block in content
                   if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)])
+    if text is not None:
+        return "human", text
+    tool_result = any(isinstance(block, dict) and block.get("type") == "tool_result" for block in content)
+    return ("answer", None) if tool_result else ("aside", None)
+
+
+def new_human_turn(protocol: Any, payload: dict) -> str | None:
+    """The text of the human turn this request opens (see human_turns); None when it opens none
+    (a tool loop's follow-up, or no human text at all)."""
+    found = human_turns(protocol, payload)
+    return found.last.text if found.new and found.last is not None else None
 
 
 def earlier_human_turn(protocol: Any, payload: dict) -> tuple[int, str] | None:
-    """(index in messages / contents, text) of the last message holding human text, for a tool
-    loop's follow-up request (whose last message holds only tool results); None when there is none.
-
-    That message is the turn the loop answers: the one the recall block went into on the turn's
-    first request.
-    """
-    name = protocol_name(protocol)
-    key = "contents" if name == "gemini" else "messages"
-    items = payload.get(key) if isinstance(payload, dict) else None
-    if not isinstance(items, list):
+    """(index, text) of the human turn a tool loop's follow-up request answers; None when the
+    request opens a new turn or holds no human text."""
+    found = human_turns(protocol, payload)
+    if found.new or found.last is None:
         return None
-    for index in range(len(items) - 1, -1, -1):
-        text = new_human_turn(name, {key: [items[index]]})
-        if text is not None:
-            return index, text
-    return None
+    return found.last.index, found.last.text
 
 
 def _tool_trace(name: Any) -> str:

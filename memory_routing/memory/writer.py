@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from .records import NewMemory
+from .records import KeptBlock, NewMemory
 from .redact import prepare_text
 from .store import MemoryStore
 
@@ -84,8 +84,9 @@ class MemoryWriter:
             self._retention_days = days
             self._next_prune = None
 
-    def submit(self, memories: Sequence[NewMemory]) -> bool:
-        """Queues the turns for writing; False (and counted) when they were dropped. Never blocks."""
+    def submit(self, memories: Sequence[NewMemory | KeptBlock]) -> bool:
+        """Queues the turns (and recall blocks to keep) for writing; False (and counted) when they
+        were dropped. Never blocks."""
         if not memories:
             return True
         batch = list(memories)
@@ -177,13 +178,18 @@ class MemoryWriter:
             if self.on_pruned is not None:
                 self.on_pruned(deleted)
 
-    def _write(self, batches: list[list[NewMemory]]) -> None:
-        turns = [m for batch in batches for m in batch]
+    def _write(self, batches: list[list[NewMemory | KeptBlock]]) -> None:
+        turns = [m for batch in batches for m in batch if isinstance(m, NewMemory)]
+        blocks = [b for batch in batches for b in batch if isinstance(b, KeptBlock)]
         try:
             prepared = prepare(turns)
             if prepared:
                 self.store.add_many(prepared)
             self.written += len(prepared)
+            if blocks:
+                # After the turns: a block never shows what it was recalled alongside, but a
+                # block's lines are checked against the memories still there (see the store).
+                self.store.save_recall_blocks(blocks)
         except Exception as e:  # noqa: BLE001 - the writer thread must outlive a bad batch
             self.failed += len(turns)
             log.error("memory writer: could not store %d turn(s): %s", len(turns), type(e).__name__)
