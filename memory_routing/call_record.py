@@ -5,12 +5,15 @@ replaced (Cloudflare) or failed, and after the memory stored the turn or decided
 flow-log line (``log_line``), the dashboard's usage row (dashboard.recorder.usage_row) and
 mitmweb's flow comment (``comment``) are views of it, so they cannot disagree with each other
 or with what happened. Pure: no mitmproxy, no LiteLLM.
+
+Typed, immutable records as ``NamedTuple``s: one is made per call, and a frozen dataclass of this
+many fields costs four times as much to make (each field set through ``object.__setattr__``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # A refused call's record where the proxy could not tell who asked or for what (usage rows show
 # these instead of blanks).
@@ -20,8 +23,7 @@ NO_MODEL = "(no model)"
 INJECTED_RECALLS = frozenset({"injected", "reinjected"})
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryOutcome:
+class MemoryOutcome(NamedTuple):
     """What the embedded (local) memory did for one call; never what it holds.
 
     ``mode``: the x-memory-mode in force (both | read | write | off). ``recall``: injected |
@@ -64,8 +66,7 @@ class MemoryOutcome:
                 f"{'stored' if self.stored else 'not stored'})")
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
+class CallRecord(NamedTuple):
     """One model call, routed or refused by the proxy.
 
     ``route``: routed | translated | refused | failed. ``status``: the status the client got

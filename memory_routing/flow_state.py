@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from memory_routing.errors import InvalidUserId
 from memory_routing.wire.protocol import ClientProtocol
@@ -90,8 +90,7 @@ class AnswerJson:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What the router saw of the call, for its record (call_log): set when the answer is over,
     or when the router refused the call (``refused``: the message the client got)."""
 

@@ -538,7 +538,7 @@ def test_after_a_restart_a_turns_request_again_gets_its_kept_block_without_a_sea
     content = sent(first)["messages"][1]["content"]
     block = content[:content.index(FENCE_CLOSE) + len(FENCE_CLOSE)]
     # A re-sent block is input the call pays for too: the usage rows price it as memory's cost.
-    assert restarted.calls[next_turn].resent == 1 and restarted.calls[next_turn].block_tokens == -(-len(block) // 4)
+    assert memory_call(next_turn).resent == 1 and memory_call(next_turn).block_tokens == -(-len(block) // 4)
     restarted.done()
 
 

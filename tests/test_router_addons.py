@@ -263,13 +263,15 @@ def test_read_timeout_mid_stream_is_logged_as_a_read_timeout(caplog: pytest.LogC
 
     from memory_routing.flow_state import Route, set_route
     from memory_routing.wire.protocol import ClientProtocol
-    from memory_routing.addons.upstream_failures import TIMEOUT_MARK, UpstreamFailures
+    from memory_routing.addons.upstream_failures import UpstreamFailures
+    from memory_routing.flow_state import context_of
 
     failures = UpstreamFailures()
     flow = tflow.tflow(resp=True)
     flow.response.stream = True
     set_route(flow, Route(decision=None, client_protocol=ClientProtocol.OPENAI, user_id="u", record=None))
-    flow.metadata[TIMEOUT_MARK] = "read"
+    # What the watchdog notes when it cancels a read that timed out.
+    context_of(flow).failure = "read timeout: example.com sent nothing for 60 s (memory_routing_read_timeout)"
     flow.error = mflow.Error("server closed connection")  # what mitmproxy reports for the cancelled read
     with caplog.at_level(logging.WARNING):
         failures.error(flow)

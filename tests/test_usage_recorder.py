@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,7 @@ def fixed_price(provider, model, tokens_in, tokens_out, cached, cache_write=None
 
 
 def test_a_routed_record_becomes_a_row():
-    row = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "injected", 2, stored=True)), 0.25, now=5.0)
+    row = usage_row(ROUTED._replace(memory=MemoryOutcome("both", "injected", 2, stored=True)), 0.25, now=5.0)
     assert (row.at, row.user_id, row.client, row.alias, row.provider_model, row.protocol) == (
         1_700_000_000.0, "alice", "OpenAI/Python", "fast", "gpt-4o-mini", "openai")
     assert (row.status, row.error, row.input_tokens, row.output_tokens, row.cost_usd) == (200, None, 1000, 200, 0.25)
@@ -63,13 +62,13 @@ def test_a_routed_record_becomes_a_row():
 
 
 def test_the_embedded_memorys_outcome_marks_the_row():
-    record = replace(ROUTED, memory=MemoryOutcome("both", "reinjected", 3, stored=False))
+    record = ROUTED._replace(memory=MemoryOutcome("both", "reinjected", 3, stored=False))
     row = usage_row(record, 0.25, now=5.0)
     assert (row.memory_injected, row.memory_stored) == (True, False)
-    row = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "none", stored=True)), 0.25, now=5.0)
+    row = usage_row(ROUTED._replace(memory=MemoryOutcome("both", "none", stored=True)), 0.25, now=5.0)
     assert (row.memory_injected, row.memory_stored) == (False, True)
     # Supermemory's routing is not the embedded memory's recall.
-    assert usage_row(replace(ROUTED, supermemory_routing=True), 0.25, now=5.0).memory_injected is False
+    assert usage_row(ROUTED._replace(supermemory_routing=True), 0.25, now=5.0).memory_injected is False
 
 
 def test_only_a_call_with_a_recall_block_has_memory_tokens():
@@ -95,7 +94,7 @@ def test_writes_in_a_thread_prices_and_drains(store):
     original = store.insert
     store.insert = lambda rows: (writer_threads.append(threading.current_thread().name), original(rows))[1]
     for n in range(5):
-        recorder.submit(replace(ROUTED, at=ROUTED.at + n))
+        recorder.submit(ROUTED._replace(at=ROUTED.at + n))
     assert recorder.close(WAIT_S)
     assert recorder.written == 5 and recorder.dropped == 0
     assert set(writer_threads) == {"usage-recorder"}
@@ -124,18 +123,18 @@ def test_a_closed_store_counts_rows_as_dropped():
 
 def test_prunes_at_start_and_then_daily(store):
     clock = Clock(100 * DAY_S)
-    store.insert([usage_row(replace(ROUTED, at=at), None, 0) for at in (1 * DAY_S, 50 * DAY_S, 99 * DAY_S)])
+    store.insert([usage_row(ROUTED._replace(at=at), None, 0) for at in (1 * DAY_S, 50 * DAY_S, 99 * DAY_S)])
     recorder = UsageRecorder(lambda: store, retention_days=30, clock=clock, price=fixed_price)
     recorder.start()
-    recorder.submit(replace(ROUTED, at=clock.now))
+    recorder.submit(ROUTED._replace(at=clock.now))
     assert recorder.flush(WAIT_S)
     assert recorder.pruned == 2 and store.count() == 2  # day 99 and the new call
     clock.now += DAY_S / 2  # not a day yet: the next batch prunes nothing
     recorder.retention_days = 0.1
-    recorder.submit(replace(ROUTED, at=clock.now))
+    recorder.submit(ROUTED._replace(at=clock.now))
     assert recorder.flush(WAIT_S) and recorder.pruned == 2
     clock.now += DAY_S  # a day later: rows older than 0.1 day go
-    recorder.submit(replace(ROUTED, at=clock.now))
+    recorder.submit(ROUTED._replace(at=clock.now))
     assert recorder.flush(WAIT_S) and recorder.close(WAIT_S)
     assert recorder.pruned == 5 and store.count() == 1
 

@@ -79,7 +79,9 @@ class CallLog:
         flow.comment = record.comment()
         if context.route is not None:
             # mitmweb's summary: the route (which headers were set, never their values) and the line.
-            flow.metadata[DISPLAY_KEY] = {**context.route.decision.summary(), **line}
+            display = context.route.decision.summary()  # a copy: this flow's own
+            display.update(line)
+            flow.metadata[DISPLAY_KEY] = display
             try:
                 self.flow_log.write(line)
             except OSError as e:  # a full disk must not take the proxy down

@@ -38,7 +38,6 @@ from memory_routing.wire.responses import error_response
 logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 0.25
-TIMEOUT_MARK = "memory_routing.timeout"
 # The text of a cancelled connect attempt starts with this (mitmproxy passes the cancel message
 # on as the connection error).
 CONNECT_TIMEOUT_TEXT = "memory-routing: connect timeout"
@@ -175,11 +174,8 @@ class UpstreamFailures:
             # The answer had started reaching the client: all that can be done is not to pass
             # it off as complete.
             received = "" if watched is None or watched.last_chunk_at is None else " after its first bytes"
-            if flow.metadata.get(TIMEOUT_MARK) == "read":
-                # mitmproxy reports the cancelled read as "server closed connection": it did not.
-                why = f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout)"
-            else:
-                why = flow.error.msg
+            # mitmproxy reports a read cancelled for its timeout as "server closed connection": it did not.
+            why = context_of(flow).failure or flow.error.msg
             logger.warning(
                 f"memory-routing: the answer from {host} was cut short{received} ({why}); "
                 f"the client gets a broken stream"
@@ -197,11 +193,9 @@ class UpstreamFailures:
     def _describe(self, flow: http.HTTPFlow, host: str) -> tuple[int, str, bool]:
         """(status, message, retryable) for a failure before the answer started."""
         text = flow.error.msg if flow.error else ""
-        timed_out = flow.metadata.get(TIMEOUT_MARK)
-        if timed_out == "read":
-            return 504, (
-                f"read timeout: {host} sent nothing for {self.read_timeout:g} s (memory_routing_read_timeout); gave up"
-            ), True
+        read_timeout = context_of(flow).failure  # set only when the watchdog cancelled the read
+        if read_timeout is not None:
+            return 504, f"{read_timeout}; gave up", True
         recent = self._connect_timeouts.get((flow.request.host, flow.request.port))
         if CONNECT_TIMEOUT_TEXT in text or (recent is not None and time.time() - recent < _RECENT_SECONDS):
             return 504, (
@@ -258,7 +252,6 @@ class UpstreamFailures:
             last = watched.last_chunk_at or max(watched.sent_at, connected_at)
             if now - last > self.read_timeout:
                 del self._flows[flow_id]
-                flow.metadata[TIMEOUT_MARK] = "read"
                 context_of(flow).failure = (
                     f"read timeout: {flow.request.pretty_host} sent nothing for {self.read_timeout:g} s "
                     "(memory_routing_read_timeout)"
