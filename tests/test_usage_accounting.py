@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from dataclasses import replace
 
 from test_usage_recorder import ROUTED, WAIT_S, gateway_flow, usage_row, wired  # noqa: F401  (fixture)
 from test_usage_rows import T0, conn, row  # noqa: F401  (fixture)
@@ -83,7 +82,7 @@ def test_an_older_usage_table_gets_the_new_columns(tmp_path):
 
 
 def test_rows_and_totals_carry_the_cache_reasoning_and_memory(conn):
-    record = replace(ROUTED, input_tokens=52_100, output_tokens=300, cache_read_tokens=50_000,
+    record = ROUTED._replace(input_tokens=52_100, output_tokens=300, cache_read_tokens=50_000,
                      cache_write_tokens=2000, reasoning_tokens=120,
                      memory=MemoryOutcome("both", "injected", recalled=2, block_tokens=80))
     first = usage_row(record, None, now=0)

@@ -72,10 +72,10 @@ def test_the_embedded_memorys_outcome_marks_the_row():
 
 
 def test_only_a_call_with_a_recall_block_has_memory_tokens():
-    with_block = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "injected", 1, block_tokens=80)), None, 0)
+    with_block = usage_row(ROUTED._replace(memory=MemoryOutcome("both", "injected", 1, block_tokens=80)), None, 0)
     assert with_block.memory_tokens == 80
     # The memory was on but put no block into the call: not a memory call in the totals.
-    without = usage_row(replace(ROUTED, memory=MemoryOutcome("both", "none", stored=True)), None, 0)
+    without = usage_row(ROUTED._replace(memory=MemoryOutcome("both", "none", stored=True)), None, 0)
     assert without.memory_tokens is None
     assert usage_row(ROUTED, None, 0).memory_tokens is None
 
