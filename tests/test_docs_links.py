@@ -19,11 +19,6 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 README_LIMIT_BYTES = 12 * 1024
 
-# Pages the README's index names that other branches write (the `config` and `arch` helpers of
-# issue 20). Until they are merged a link to them may dangle; once a page exists, links into it
-# are checked like any other. Remove an entry once its page has landed.
-WRITTEN_ELSEWHERE = frozenset({"docs/configuration.md", "docs/architecture.md"})
-
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 # [text](target) and ![alt](target); the target ends at whitespace (an optional "title" follows).
@@ -87,12 +82,7 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
         destination = (page.parent / unquote(path_part)).resolve() if path_part else page
         shown = f"{page.relative_to(root)}: {target}"
         if not destination.exists():
-            try:
-                elsewhere = destination.relative_to(root).as_posix() in WRITTEN_ELSEWHERE
-            except ValueError:
-                elsewhere = False
-            if not elsewhere:
-                broken.append(f"{shown} (no such file)")
+            broken.append(f"{shown} (no such file)")
             continue
         if anchor and (destination.suffix != ".md" or unquote(anchor).lower() not in anchors(destination)):
             broken.append(f"{shown} (no such heading in {destination.name})")
@@ -134,8 +124,8 @@ def test_broken_links_are_found(tmp_path: Path):
     page.write_text(
         "# Title\n\n## Part one\n\n[ok](#part-one) [bad](#part-two) `[code](#nope)`\n"
         "```\n[fenced](#nope)\n```\n[file](missing.md) [web](https://example.com/x.md)\n"
-        "[there](docs/other.md#usage-1) [not there](docs/other.md#usage-2) ![img](docs/none.png)\n"
-        "[later](docs/configuration.md)\n", encoding="utf-8")
+        "[there](docs/other.md#usage-1) [not there](docs/other.md#usage-2) ![img](docs/none.png)\n",
+        encoding="utf-8")
     assert anchors(tmp_path / "docs" / "other.md") == {"other", "usage", "usage-1"}
     assert broken_links(page, root=tmp_path) == [
         "README.md: #part-two (no such heading in README.md)",
