@@ -24,13 +24,8 @@ from memory_routing.memory.records import NewMemory
 from memory_routing.mitm.pipeline import AddonPipeline
 from memory_routing.wire import usage as usage_module
 
-CONFIG = """
-model_list:
-  - model_name: gpt-alias
-    litellm_params: {model: openai/gpt-4o-mini, api_base: 'http://llm.internal:8000/v1', api_key: sk-config}
-memory:
-  backend: local
-"""
+from test_large_bodies import CONFIG  # one alias with the proxy's own key, local memory
+
 WAIT_S = 10.0
 ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Tuna it is."}}],
           "usage": {"prompt_tokens": 30, "completion_tokens": 4}}
