@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ VARIANTS: dict[str, tuple[RecallTuning, int]] = {
 
 
 def session_time(text: str) -> float:
-    return datetime.strptime(text, "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%I:%M %p on %d %B, %Y").replace(tzinfo=UTC).timestamp()
 
 
 def load(path: Path) -> list[dict]:
@@ -180,9 +180,7 @@ def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
     """`count` memories worded like bench/memory_replay.py's filler (a small chat vocabulary, so
     every filler word is in a large share of the rows), owned by `owner`."""
     rng = random.Random(13)
-    words = ("trip garden concert recipe painting museum puppy marathon camping guitar novel workshop beach "
-             "festival pottery hiking school volunteer yoga bakery family photo sunset lake mountain city "
-             "friend sister brother weekend summer winter class project adoption support group career").split()
+    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel", "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo", "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class", "project", "adoption", "support", "group", "career"]
     batch: list[NewMemory] = []
     for i in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))

@@ -344,7 +344,7 @@ class EmbeddedMemory:
                                                           budget_tokens=new.budget, exclude_ids=new.shown))
             recalled = await asyncio.wait_for(future, recaller.deadline_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "timeout"
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)

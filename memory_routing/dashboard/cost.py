@@ -61,7 +61,7 @@ class LinearPrice:
                cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> bool:
         # No prompt at all is left to LiteLLM: tier tables treat it as a case of its own.
         return (1 <= input_tokens <= self.token_limit and 0 <= output_tokens <= self.token_limit
-                and 0 <= cached_tokens and 0 <= cache_write_tokens
+                and cached_tokens >= 0 and cache_write_tokens >= 0
                 and cached_tokens + cache_write_tokens <= input_tokens and 0 <= reasoning_tokens <= output_tokens)
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int,

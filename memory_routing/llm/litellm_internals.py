@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 # The resolver sets LiteLLM's offline environment before the first import.
-from memory_routing.llm import litellm  # noqa: F401  # isort: skip
+from memory_routing.llm import litellm  # isort: skip
 
 from litellm.llms.anthropic.chat.handler import ModelResponseIterator as _AnthropicChunkParser
 from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
