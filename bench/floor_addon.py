@@ -23,7 +23,7 @@ _PROVIDER_KEY = b"Bearer sk-bench-config"
 class FloorRouting:
     def __init__(self) -> None:
         directory = Path(os.environ.get("BENCH_FLOOR_DIR") or tempfile.gettempdir())
-        self.log = open(directory / f"floor-{os.getpid()}.jsonl", "w")
+        self.log = open(directory / f"floor-{os.getpid()}.jsonl", "w")  # noqa: SIM115 - open for the addon's lifetime, closed in done()
 
     def request(self, flow) -> None:
         request = flow.request
@@ -32,9 +32,11 @@ class FloorRouting:
         alias = document.get("model")
         document["model"] = _PROVIDER_MODEL
         body = json.dumps(document).encode()
-        request.headers.fields = tuple(
-            field for field in request.headers.fields if field[0].lower() not in (b"authorization", b"content-length")
-        ) + ((b"authorization", _PROVIDER_KEY), (b"content-length", str(len(body)).encode()))
+        request.headers.fields = (
+            *(field for field in request.headers.fields if field[0].lower() not in (b"authorization", b"content-length")),
+            (b"authorization", _PROVIDER_KEY),
+            (b"content-length", str(len(body)).encode()),
+        )
         request.raw_content = body
         flow.metadata["bench_floor"] = (user_id, alias, time.time())
 

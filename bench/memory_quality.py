@@ -113,7 +113,7 @@ def evidence_ids(qa: dict) -> list[str]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTuning, budget: int) -> dict:

@@ -473,9 +473,8 @@ def model_call(gateway: Gateway, upstream: Upstream, messages: list[dict[str, st
             content = json.loads(data)["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             content = None
-    if status == 200:
-        if content != answer:
-            error = "the client did not receive the scripted answer"
+    if status == 200 and content != answer:
+        error = "the client did not receive the scripted answer"
     return Call(status, response_headers, seconds, received, error)
 
 

@@ -180,7 +180,7 @@ def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
             callers.append(threading.Thread(target=chat, args=(proxy, "slow"), kwargs={"headers": {"x-seq": str(index)}}))
             callers[-1].start()
             # The next one starts only once this one holds the slot (the first) or waits in the queue.
-            assert wait_until(lambda: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
+            assert wait_until(lambda index=index: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
         fake.release()
         for caller in callers:
             caller.join(WAIT)

@@ -75,14 +75,14 @@ def check_anthropic_order(events: list[dict]) -> None:
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
     assert events[-2]["type"] == "message_delta"
     open_block = None
-    for event in events[1:-2]:
-        if event["type"] == "content_block_start":
+    for streamed in events[1:-2]:
+        if streamed["type"] == "content_block_start":
             assert open_block is None
-            open_block = event["index"]
-        elif event["type"] == "content_block_delta":
-            assert event["index"] == open_block
-        elif event["type"] == "content_block_stop":
-            assert event["index"] == open_block
+            open_block = streamed["index"]
+        elif streamed["type"] == "content_block_delta":
+            assert streamed["index"] == open_block
+        elif streamed["type"] == "content_block_stop":
+            assert streamed["index"] == open_block
             open_block = None
     assert open_block is None
 
@@ -150,15 +150,15 @@ def test_openai_client_stream_of_a_tool_call_from_anthropic():
 
 def test_an_error_event_mid_stream_reaches_the_client_in_its_shape():
     translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", dict(OPENAI_REQUEST))
-    events = _anthropic_events("claude-x")[:3] + [
-        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    events = [*_anthropic_events("claude-x")[:3],
+              ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
     translator = translated.answer.stream_translator()
     chunks = openai_chunks(run_stream(translator, sse(events), 100_000))
     assert chunks[-1] == {"error": {"message": "anthropic: Overloaded", "type": "server_error", "param": None, "code": None}}
     assert translator(b"more") == []  # nothing after the error
 
     anthropic_side = translate_request(ClientProtocol.ANTHROPIC, "openai", "gpt-4o", dict(ANTHROPIC_REQUEST))
-    raw = sse(_openai_chat_events("gpt-4o")[:1] + [(None, {"error": {"message": "boom", "type": "server_error"}})])
+    raw = sse([*_openai_chat_events("gpt-4o")[:1], (None, {"error": {"message": "boom", "type": "server_error"}})])
     out = anthropic_events(run_stream(anthropic_side.answer.stream_translator(), raw, 100_000))
     assert out[-1] == {"type": "error", "error": {"type": "api_error", "message": "openai: boom"}}
 

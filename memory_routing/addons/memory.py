@@ -299,7 +299,7 @@ class EmbeddedMemory:
             return None
         explicit = (headers.get(EXPLICIT_CONVERSATION_HEADER) or "").strip()
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
-        indexes = {key: t.index for key, t in zip(keys, found.turns)}
+        indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
         try:
             blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)

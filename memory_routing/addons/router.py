@@ -271,7 +271,7 @@ class ModelRouter:
         plain_http1 = not (request.is_http2 or request.is_http3)
         if plain_http1:
             dropped = dropped | {b"host"}
-            added = added + ((b"host", target.host_header.encode()),)
+            added = (*added, (b"host", target.host_header.encode()))
         body = None
         answer = None
         fit_notes: dict[str, object] = {}
@@ -293,11 +293,10 @@ class ModelRouter:
                 body, decoded = encode_json(large, document, self._encode_body)
                 if large is not None:
                     fit_notes["large_body"] = "decoded" if decoded else "spliced"
-        if body is not None:
-            if "content-encoding" not in request_headers(flow) or answer is not None:
-                # The whole body is in hand: send it with a plain content-length, chunked or not.
-                dropped = dropped | {b"content-length", b"transfer-encoding"}
-                added = added + ((b"content-length", str(len(body)).encode()),)
+        if body is not None and ("content-encoding" not in request_headers(flow) or answer is not None):
+            # The whole body is in hand: send it with a plain content-length, chunked or not.
+            dropped = dropped | {b"content-length", b"transfer-encoding"}
+            added = (*added, (b"content-length", str(len(body)).encode()))
         # One pass over the raw fields rather than a setter call per header. x-sm-* headers are
         # the memory router's: only the proxy's own values may reach it.
         request.headers.fields = replaced_fields(request.headers.fields, dropped, added, drop_prefix=b"x-sm-")

@@ -604,7 +604,7 @@ def _openai_completion(response: ModelResponse) -> dict[str, Any]:
         message = choice.get("message", {})
         message.pop("provider_specific_fields", None)
         message.setdefault("content", None)  # required by the API, null beside tool calls
-        for position, call in enumerate(message.get("tool_calls") or ()):
+        for call in message.get("tool_calls") or ():
             call.pop("index", None)
             call.setdefault("type", "function")
         choice.setdefault("logprobs", None)

@@ -140,7 +140,7 @@ def inject_blocks(protocol: Any, payload: dict, blocks: Mapping[int, str]) -> di
     for index, block in blocks.items():
         if block and 0 <= index < len(items) and isinstance(items[index], dict):
             changed[index] = _with_block(name, items[index], block)
-    if all(new is old for new, old in zip(changed, items)):
+    if all(new is old for new, old in zip(changed, items, strict=True)):
         return payload
     return {**payload, key: changed}
 
