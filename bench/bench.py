@@ -230,7 +230,8 @@ def spawn_mitmdump(
     """Start mitmdump without waiting for it; returns (process, listening port, log file)."""
     port = free_port()
     log = workdir / f"{name}.log"
-    args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host", "127.0.0.1",
+    args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host",
+            "127.0.0.1",
             "--set", "connection_strategy=lazy", *extra_args]
     for script in scripts:
         args += ["-s", str(script)]
@@ -543,7 +544,8 @@ def main() -> int:
                         translated = float("nan")
                         if name == "addon":
                             path, body = TRANSLATED_STREAM
-                            translated = asyncio.run(measure_ttfb(port, args.ttfb_rounds, fresh=False, body=body, path=path)) * 1000
+                            translated = asyncio.run(measure_ttfb(port, args.ttfb_rounds, fresh=False, body=body,
+                                                                  path=path)) * 1000
                         row.setdefault("ttfb_translated_ms", []).append(translated)
             finally:
                 for _, running, _ in targets:
@@ -563,7 +565,8 @@ def main() -> int:
         results[name]["instructions_k"] = instructions.get(name, float("nan")) / 1000
     # Capacity within each round (the addon and bare ran back to back), then the median.
     ratios = {
-        kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"] for a, b in zip(rounds["addon"], rounds["mitmdump"], strict=True)]
+        kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"]
+               for a, b in zip(rounds["addon"], rounds["mitmdump"], strict=True)]
         for kind in ("plain", "stream", "plain_loop", "stream_loop")
     }
     # Streams against mitmdump streaming too: bare mitmdump buffers a whole answer and sends it

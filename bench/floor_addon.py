@@ -5,7 +5,8 @@ the same rounds as the addon. Per call it does only what no routing addon can sk
 memory user id from the User-Agent, parse the JSON body, put the provider's model name and key
 in, encode the body again, read the answer's token usage and write one JSON line of it. No
 memory, no usage rows, no cookies, caps, limits or error shapes (and a stream's usage is not
-read). Its capacity against bare mitmdump for plain calls is the ceiling that Python code run per call inside mitmproxy's process can reach.
+read). Its capacity against bare mitmdump for plain calls is the ceiling that Python code run per
+call inside mitmproxy's process can reach.
 """
 
 import json

@@ -47,7 +47,8 @@ def bare_mitmdump(workdir: Path, upstream: TickingUpstream) -> RunningProxy:
     log_path = workdir / "bare.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(harness.MITMDUMP), "-s", str(workdir / "stream_answers.py"), "--listen-host", "127.0.0.1", "--mode", f"reverse:{upstream.url}@{port}",
+            [str(harness.MITMDUMP), "-s", str(workdir / "stream_answers.py"), "--listen-host", "127.0.0.1", "--mode",
+             f"reverse:{upstream.url}@{port}",
              "--set", f"confdir={workdir / 'confdir'}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=proxy_env(), cwd=workdir,
         )

@@ -180,7 +180,10 @@ def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
     """`count` memories worded like bench/memory_replay.py's filler (a small chat vocabulary, so
     every filler word is in a large share of the rows), owned by `owner`."""
     rng = random.Random(13)
-    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel", "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo", "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class", "project", "adoption", "support", "group", "career"]
+    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel",
+             "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo",
+             "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class",
+             "project", "adoption", "support", "group", "career"]
     batch: list[NewMemory] = []
     for i in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))
@@ -258,7 +261,8 @@ def main() -> None:
             texts = fill(store, samples)
             print(f"stored {store.counts()} in {time.perf_counter() - started:.1f}s; {len(qas)} questions", flush=True)
             tuning = RecallTuning()
-            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score", "window_score", "wide", "common_share",
+            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score",
+                                                       "window_score", "wide", "common_share",
                                                       "narrow_after")
                          if getattr(args, k) is not None}
             tuning = replace(tuning, **overrides, exclude_current_conversation=not args.include_current)

@@ -283,7 +283,10 @@ def recall_summary(results: list[QuestionResult]) -> dict[str, Any]:
 def filler_memories(count: int, seed: int = 13) -> Iterator[dict[str, Any]]:
     """Synthetic memories of another user, worded like chat turns, each carrying FILLER_MARK."""
     rng = random.Random(seed)
-    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel", "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo", "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class", "project", "adoption", "support", "group", "career"]
+    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel",
+             "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo",
+             "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class",
+             "project", "adoption", "support", "group", "career"]
     start = 1_700_000_000.0  # fixed, so that every run imports the same store
     for i in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))

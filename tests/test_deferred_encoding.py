@@ -105,7 +105,8 @@ out["built_after_counting"] = registered.built
 # The same text through an eagerly built cl100k (read from LiteLLM's bundled copy, as before).
 from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
 eager = tiktoken.Encoding(**ENCODING_CONSTRUCTORS["cl100k_base"]())
-out["same_tokens"] = registered.encode("What is the weather in Paris today?") == eager.encode("What is the weather in Paris today?")
+sentence = "What is the weather in Paris today?"
+out["same_tokens"] = registered.encode(sentence) == eager.encode(sentence)
 print(json.dumps(out))
 """
 

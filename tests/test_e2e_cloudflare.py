@@ -26,7 +26,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 def write_config(path: Path, fakes: dict[str, FakeUpstream]) -> Path:
     path.write_text(yaml.safe_dump({
         "model_list": [
-            {"model_name": alias, "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-cf"}}
+            {"model_name": alias,
+             "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-cf"}}
             for alias, fake in fakes.items()
         ],
     }))
@@ -61,7 +62,8 @@ def start_fake() -> Iterator:
         fake.stop()
 
 
-def chat(proxy: RunningProxy, model: str, user_agent: str = "curl/8.5.0", headers: dict[str, str] | None = None) -> httpx.Response:
+def chat(proxy: RunningProxy, model: str, user_agent: str = "curl/8.5.0",
+         headers: dict[str, str] | None = None) -> httpx.Response:
     # A new client connection per call, as the issue asks.
     with httpx.Client(timeout=WAIT) as client:
         return client.post(f"{proxy.gateway_url}/v1/chat/completions", json={"model": model, **CHAT},

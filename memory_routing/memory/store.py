@@ -46,7 +46,20 @@ _CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight before inter
 
 # Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
 # posting lists an OR query walks short (latency at 100k memories).
-STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "few", "for", "from", "further", "get", "got", "had", "hadn", "has", "hasn", "have", "haven", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "must", "mustn", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "re", "really", "s", "same", "shall", "she", "should", "shouldn", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "us", "ve", "very", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "won", "would", "wouldn", "you", "your", "yours", "yourself", "yourselves", "hey", "hi", "hello", "oh", "yeah", "yes", "ok", "okay", "thanks", "thank", "wow", "cool", "great", "good", "awesome", "lol", "gonna", "wanna", "like", "d", "m", "y"])
+STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are",
+                       "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by",
+                       "can", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each",
+                       "few", "for", "from", "further", "get", "got", "had", "hadn", "has", "hasn", "have", "haven", "having",
+                       "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is",
+                       "isn", "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "must", "mustn", "my",
+                       "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "ought", "our",
+                       "ours", "ourselves", "out", "over", "own", "re", "really", "s", "same", "shall", "she", "should",
+                       "shouldn", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves",
+                       "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "us",
+                       "ve", "very", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who",
+                       "whom", "why", "will", "with", "won", "would", "wouldn", "you", "your", "yours", "yourself", "yourselves",
+                       "hey", "hi", "hello", "oh", "yeah", "yes", "ok", "okay", "thanks", "thank", "wow", "cool", "great",
+                       "good", "awesome", "lol", "gonna", "wanna", "like", "d", "m", "y"])
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

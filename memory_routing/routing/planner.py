@@ -327,7 +327,8 @@ class RoutePlanner:
         provider_model = route.provider_model if route else facts.requested_model
         body_model = None
         # A translated body names the provider model itself.
-        if translation is None and route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
+        if (translation is None and route is not None and facts.call.path_model is None
+                and provider_model != facts.requested_model):
             body_model = provider_model
         return RoutingDecision(
             user_id=identity.user_id,
