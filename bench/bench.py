@@ -181,22 +181,21 @@ async def measure_ttfb(
     otherwise one kept-alive connection, as SDK connection pools do, after a warm-up request.
     """
     samples = []
-    conn = None if fresh else await Connection.open(port)
+    kept = None if fresh else await Connection.open(port)
     try:
         for _ in range(rounds + 1):
-            if fresh:
-                conn = await Connection.open(port)
+            conn = kept if kept is not None else await Connection.open(port)
             try:
                 status, ttfb = await conn.post(path, body)
             finally:
-                if fresh:
+                if kept is None:
                     conn.close()
             if status != 200:
                 raise RuntimeError(f"status {status}")
             samples.append(ttfb)
     finally:
-        if conn is not None and not fresh:
-            conn.close()
+        if kept is not None:
+            kept.close()
     return statistics.median(samples[1:])
 
 

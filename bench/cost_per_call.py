@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cost.warm_up()
-    results = {}
+    results: dict[str, dict[str, object]] = {}
     for provider, model in MODELS:
         mixes = token_mixes(args.calls, seed=len(results))
         # Outside the batches: the model's first call, LiteLLM's answer and learning the rates

@@ -43,7 +43,7 @@ class FloorRouting:
 
     def response(self, flow) -> None:
         user_id, alias, started = flow.metadata["bench_floor"]
-        usage = {}
+        usage: dict[str, int] = {}
         if flow.response.headers.get("content-type", "").startswith("application/json"):
             usage = json.loads(flow.response.raw_content).get("usage") or {}
         self.log.write(json.dumps({

@@ -129,7 +129,7 @@ def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTun
         wanted = [texts[user][d] for d in evidence_ids(qa) if d in texts[user] and texts[user][d]]
         found = [w in block for w in wanted]
         per_cat[qa["category"]].append((any(found), bool(found) and all(found)))
-    result = {"questions": len(qas), "timeouts": recaller.timeouts}
+    result: dict[str, object] = {"questions": len(qas), "timeouts": recaller.timeouts}
     everything = [x for v in per_cat.values() for x in v]
     result["recall_any"] = sum(a for a, _ in everything) / len(everything)
     result["recall_all"] = sum(b for _, b in everything) / len(everything)

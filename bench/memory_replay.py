@@ -223,7 +223,9 @@ def normalise(text: str) -> str:
 
 def evidence_found(block: str | None, turn_text: str) -> bool:
     wanted = normalise(turn_text)
-    return bool(block) and bool(wanted) and wanted in normalise(block)
+    if not block or not wanted:
+        return False
+    return wanted in normalise(block)
 
 
 @dataclass
@@ -591,7 +593,7 @@ def ask(gateway: Gateway, upstream: Upstream, conversations: list[Conversation])
                 [evidence_found(block, turn.text) for turn in question.evidence],
                 sum(turn.dia_id in unstorable for turn in question.evidence),
                 len(block) if block is not None else None, recall_ms_value,
-                leaked_filler=bool(block) and FILLER_MARK in block,
+                leaked_filler=block is not None and FILLER_MARK in block,
             ))
     return results, failed
 

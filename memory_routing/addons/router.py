@@ -107,9 +107,9 @@ class ModelRouter:
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             self._count_earlier_refusal(flow)
-            return
+            return None
         if flow.error or not flow.live:
-            return
+            return None
         call = routed_call(flow, self.routing.llm_hosts)
         context = context_of(flow)
         if call is None:
@@ -117,7 +117,7 @@ class ModelRouter:
                 flow.response = self._answer_non_model_call(flow)
             elif "key=" in flow.request.path and KNOWN_LLM_HOSTS.get(flow.request.host.lower()) == "gemini":
                 _move_gemini_key_to_header(flow.request)
-            return
+            return None
         try:
             decision, payload = self._decide(flow, context, call)
             if decision.translation is not None and call.endpoint is Endpoint.COUNT_TOKENS and payload is not None:
@@ -233,6 +233,7 @@ class ModelRouter:
         headers = request_headers(flow)
         identity = context.classify(classifier.classify, headers)
         payload: dict[str, Any] | None = None
+        model: object  # the body's "model" is checked below
         if call.path_model is not None:
             model = call.path_model
         else:

@@ -37,7 +37,7 @@ def load_litellm() -> ModuleType:
     return litellm
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> ModuleType:
     # ``from memory_routing.llm import litellm`` (the translation modules) loads it configured.
     if name == "litellm":
         return load_litellm()

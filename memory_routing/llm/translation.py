@@ -499,7 +499,7 @@ class _OpenAIChunks:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self._role_sent = False
-        self._usage: dict[str, int] | None = None
+        self._usage: dict[str, int | dict[str, int]] | None = None
         self.observer: Callable[[dict[str, Any]], None] | None = None
 
     def push(self, chunk: ModelResponseStream) -> bytes:

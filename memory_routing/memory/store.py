@@ -7,6 +7,7 @@ and a long write never stalls them (WAL lets readers and the writer run at once)
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import math
@@ -123,7 +124,7 @@ class MemoryStore(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
-    def users(self) -> list[tuple[str, int]]: ...
+    def users(self) -> builtins.list[tuple[str, int]]: ...
 
     def has_memories(self, user_id: str) -> bool: ...
 
@@ -387,8 +388,8 @@ class SQLiteMemoryStore:
                         (m.user_id, m.conversation_id, m.client, m.model, m.role, m.text,
                          float(m.created_at), sha, owner_token(m.user_id),
                          thread_token(m.user_id, m.conversation_id)))
-                    if cur.rowcount == 1:
-                        ids.append(int(cur.lastrowid))
+                    if cur.rowcount == 1 and cur.lastrowid is not None:
+                        ids.append(cur.lastrowid)
                         added[m.user_id] = added.get(m.user_id, 0) + 1
                     else:
                         row = conn.execute(
@@ -408,7 +409,8 @@ class SQLiteMemoryStore:
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
         """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
         self._check_open()
-        where, args = "id = ?", [memory_id]
+        where = "id = ?"
+        args: list[int | str] = [memory_id]
         if user_id is not None:
             where += " AND user_id = ?"
             args.append(user_id)
@@ -637,9 +639,9 @@ class SQLiteMemoryStore:
             return matched[rowid] * (_BM25_K1 + 1) / (1 + _BM25_K1 * norm)
 
         best = sorted(matched, key=lambda rowid: (-score(rowid), rowid))[:limit]
-        rows = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})"
-                                            " AND user_id = ?", [*best, user_id], deadline)}
-        return [(_row_to_memory(rows[rowid]), score(rowid)) for rowid in best if rowid in rows]
+        found = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})"
+                                             " AND user_id = ?", [*best, user_id], deadline)}
+        return [(_row_to_memory(found[rowid]), score(rowid)) for rowid in best if rowid in found]
 
     def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
                 exclude_conversation_id: str | None, deadline: float | None) -> list:
@@ -680,7 +682,8 @@ class SQLiteMemoryStore:
             if count:
                 counted.append((count, term))
         counted.sort()
-        kept, total = [], 0
+        kept: list[str] = []
+        total = 0
         for count, term in counted:
             if kept and total + count > MAX_RANKED:
                 break
@@ -786,7 +789,7 @@ class SQLiteMemoryStore:
         row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories")[0]
         return {"memories": int(row[0]), "users": int(row[1])}
 
-    def users(self) -> list[tuple[str, int]]:
+    def users(self) -> builtins.list[tuple[str, int]]:
         rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
         return [(r[0], int(r[1])) for r in rows]
 
