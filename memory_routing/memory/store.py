@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .recover import Recovery, recover_rows
 from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError,
@@ -214,7 +214,7 @@ def _text_sha(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _row_to_memory(row: Sequence) -> Memory:
+def _row_to_memory(row: Sequence[Any]) -> Memory:
     return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
 
 
@@ -431,7 +431,7 @@ class SQLiteMemoryStore:
         self._delete_recall_blocks("created_at < ?", [float(cutoff)])
         return deleted
 
-    def _delete(self, where: str, args: list) -> int:
+    def _delete(self, where: str, args: builtins.list[Any]) -> int:
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -460,7 +460,7 @@ class SQLiteMemoryStore:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
-    def _delete_recall_blocks(self, where: str, args: list) -> int:
+    def _delete_recall_blocks(self, where: str, args: builtins.list[Any]) -> int:
         with self._write_lock:
             return self._writer.execute(f"DELETE FROM recall_blocks WHERE {where}", args).rowcount
 
@@ -515,7 +515,7 @@ class SQLiteMemoryStore:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def _read(self, sql: str, args: Sequence = (), deadline: float | None = None) -> list:
+    def _read(self, sql: str, args: Sequence[Any] = (), deadline: float | None = None) -> builtins.list[Any]:
         """Runs a read; with a deadline (time.monotonic() seconds) it is interrupted when late."""
         self._check_open()
         if deadline is not None and time.monotonic() >= deadline:
@@ -644,7 +644,7 @@ class SQLiteMemoryStore:
         return [(_row_to_memory(found[rowid]), score(rowid)) for rowid in best if rowid in found]
 
     def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
-                exclude_conversation_id: str | None, deadline: float | None) -> list:
+                exclude_conversation_id: str | None, deadline: float | None) -> builtins.list[Any]:
         if not terms:
             return []
         expression = f'text : ({" OR ".join(_quoted(term) for term in terms)})'

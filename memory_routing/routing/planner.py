@@ -7,6 +7,7 @@ applies it to the flow.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -357,7 +358,7 @@ def llm_hosts(config: ProxyConfig) -> frozenset[str]:
     return frozenset(KNOWN_LLM_HOSTS) | {host.lower() for host in configured if host}
 
 
-def conversation_id_from(get_header) -> str | None:
+def conversation_id_from(get_header: Callable[[str], str | None]) -> str | None:
     """The client's conversation id, if it sent a usable one (an unusable one is ignored)."""
     for name in CONVERSATION_SOURCE_HEADERS:
         value = get_header(name)
