@@ -45,12 +45,12 @@ PROXY_ARGS = -s addon.py \
 	$(if $(PROXYAUTH_FILE),--set memory_routing_proxyauth_file=$(PROXYAUTH_FILE)) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test chromium node-clients bench bench-memory venv ca-bundle lock clean
+.PHONY: help run web test lint chromium node-clients bench bench-memory venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
 	@echo "make web     the same under mitmweb (flows in the browser at 127.0.0.1:$(WEB_PORT), WEB_PORT=...)"
-	@echo "make test    run the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
+	@echo "make test    ruff, mypy and the test suite (installs the pinned Claude Code CLI with npm when npm is there)"
 	@echo "make bench   CPU time/request, start-up, RSS and latency of the addon vs bare mitmdump (about ten"
 	@echo "             minutes; BENCH_ARGS='--quick' about four, BENCH_ARGS='--json out.json' for the figures)"
 	@echo "make bench-memory  replay LoCoMo (../shared/data/locomo-dev.json) through the proxy: memory recall,"
@@ -77,8 +77,13 @@ run: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/mitmweb --set web_port=$(WEB_PORT) $(PROXY_ARGS)
 
-test: $(STAMP) chromium node-clients
+test: $(STAMP) chromium node-clients lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy (settings in pyproject.toml); part of `make test`, so CI runs them on every Python.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The browser tests drive Debian's chromium through Playwright (never Playwright's own download).
 # As root (CI) it is installed when missing; otherwise those tests skip and say why.

@@ -121,7 +121,7 @@ class Connection:
         )
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
         status = int(head.split(b" ", 2)[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(b":") for l in head.split(b"\r\n")[1:] if l)}
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)}
         first_byte = None
         if b"content-length" in headers:
             await asyncio.wait_for(self.reader.readexactly(int(headers[b"content-length"])), IO_TIMEOUT)
@@ -181,22 +181,21 @@ async def measure_ttfb(
     otherwise one kept-alive connection, as SDK connection pools do, after a warm-up request.
     """
     samples = []
-    conn = None if fresh else await Connection.open(port)
+    kept = None if fresh else await Connection.open(port)
     try:
         for _ in range(rounds + 1):
-            if fresh:
-                conn = await Connection.open(port)
+            conn = kept if kept is not None else await Connection.open(port)
             try:
                 status, ttfb = await conn.post(path, body)
             finally:
-                if fresh:
+                if kept is None:
                     conn.close()
             if status != 200:
                 raise RuntimeError(f"status {status}")
             samples.append(ttfb)
     finally:
-        if conn is not None and not fresh:
-            conn.close()
+        if kept is not None:
+            kept.close()
     return statistics.median(samples[1:])
 
 
@@ -230,7 +229,8 @@ def spawn_mitmdump(
     """Start mitmdump without waiting for it; returns (process, listening port, log file)."""
     port = free_port()
     log = workdir / f"{name}.log"
-    args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host", "127.0.0.1",
+    args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host",
+            "127.0.0.1",
             "--set", "connection_strategy=lazy", *extra_args]
     for script in scripts:
         args += ["-s", str(script)]
@@ -527,7 +527,7 @@ def main() -> int:
                 for _, _, port in targets:  # first-use costs (imports, caches, allocator) out of the way
                     asyncio.run(run_batch(port, CHAT_BODY, 10, args.requests))
                 for _ in range(args.rounds):
-                    for name, process, port in targets:
+                    for name, _, port in targets:
                         row = samples.setdefault(name, {})
                         for concurrency in (1, 10):
                             result = asyncio.run(measure_throughput(port, concurrency, args.requests))
@@ -543,12 +543,13 @@ def main() -> int:
                         translated = float("nan")
                         if name == "addon":
                             path, body = TRANSLATED_STREAM
-                            translated = asyncio.run(measure_ttfb(port, args.ttfb_rounds, fresh=False, body=body, path=path)) * 1000
+                            translated = asyncio.run(measure_ttfb(port, args.ttfb_rounds, fresh=False, body=body,
+                                                                  path=path)) * 1000
                         row.setdefault("ttfb_translated_ms", []).append(translated)
             finally:
-                for _, process, _ in targets:
-                    if process:
-                        stop(process)
+                for _, running, _ in targets:
+                    if running:
+                        stop(running)
             if args.instruction_requests and shutil.which("valgrind"):
                 for name, with_addon in (("mitmdump", False), ("addon", True)):
                     instructions[name] = instructions_per_request(workdir, upstream_port, with_addon, args.instruction_requests)
@@ -563,16 +564,17 @@ def main() -> int:
         results[name]["instructions_k"] = instructions.get(name, float("nan")) / 1000
     # Capacity within each round (the addon and bare ran back to back), then the median.
     ratios = {
-        kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"] for a, b in zip(rounds["addon"], rounds["mitmdump"])]
+        kind: [b.__dict__[f"cpu_us_{kind}"] / a.__dict__[f"cpu_us_{kind}"]
+               for a, b in zip(rounds["addon"], rounds["mitmdump"], strict=True)]
         for kind in ("plain", "stream", "plain_loop", "stream_loop")
     }
     # Streams against mitmdump streaming too: bare mitmdump buffers a whole answer and sends it
     # once, the addon streams it event by event (as it must); with stream_large_bodies=1 mitmdump
     # pays its own per-chunk path, so the ratio shows the addon's cost over streaming itself.
     ratios["stream_vs_streaming"] = [b.cpu_us_stream / a.cpu_us_stream
-                                     for a, b in zip(rounds["addon"], rounds["mitmdump-streaming"])]
+                                     for a, b in zip(rounds["addon"], rounds["mitmdump-streaming"], strict=True)]
     # The floor: bare mitmdump against itself running the least a routing addon does per call.
-    ratios["floor_plain"] = [b.cpu_us_plain / f.cpu_us_plain for f, b in zip(rounds["floor"], rounds["mitmdump"])]
+    ratios["floor_plain"] = [b.cpu_us_plain / f.cpu_us_plain for f, b in zip(rounds["floor"], rounds["mitmdump"], strict=True)]
     summary = {f"capacity_{kind}": median(values) for kind, values in ratios.items()}
     summary["stream_streaming_us"] = median([r.cpu_us_stream for r in rounds["mitmdump-streaming"]])
     print_report(results, summary, census, args.process_rounds)

@@ -23,17 +23,17 @@ from types import SimpleNamespace
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from mitmproxy.http import Headers  # noqa: E402
-from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
-from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
+from mitmproxy.http import Headers
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
 
-from memory_routing.addons.routing_config import RoutingConfig  # noqa: E402
-from memory_routing.addons.memory import EmbeddedMemory  # noqa: E402
-from memory_routing.memory.records import NewMemory  # noqa: E402
-from memory_routing.memory.store import SQLiteMemoryStore  # noqa: E402
-from memory_routing.routing.planner import RoutePlanner  # noqa: E402
-from memory_routing.llm.providers import ProviderResolver  # noqa: E402
-from memory_routing.addons.router import ModelRouter  # noqa: E402
+from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.memory import EmbeddedMemory
+from memory_routing.memory.records import NewMemory
+from memory_routing.memory.store import SQLiteMemoryStore
+from memory_routing.routing.planner import RoutePlanner
+from memory_routing.llm.providers import ProviderResolver
+from memory_routing.addons.router import ModelRouter
 
 REQUESTS = int(os.environ.get("REQUESTS", "200"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))

@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memory_routing.dashboard import cost  # noqa: E402
+from memory_routing.dashboard import cost
 
 # A model whose price is linear everywhere, and one with a tier above 200k prompt tokens.
 MODELS = (("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"))
@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cost.warm_up()
-    results = {}
+    results: dict[str, dict[str, object]] = {}
     for provider, model in MODELS:
         mixes = token_mixes(args.calls, seed=len(results))
         # Outside the batches: the model's first call, LiteLLM's answer and learning the rates

@@ -21,9 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import harness  # noqa: E402
+import harness  # type: ignore[import-not-found]  # noqa: E402 - tests/ is put on sys.path above
 from harness import RunningProxy, free_port, proxy_env  # noqa: E402
-from test_e2e_large_bodies import BODY_BYTES, TickingUpstream, proxy_for, upload_beside_a_stream  # noqa: E402
+from test_e2e_large_bodies import (  # type: ignore[import-not-found]  # noqa: E402
+    BODY_BYTES, TickingUpstream, proxy_for, upload_beside_a_stream,
+)
 
 
 def big_body(path: Path) -> Path:
@@ -47,7 +49,8 @@ def bare_mitmdump(workdir: Path, upstream: TickingUpstream) -> RunningProxy:
     log_path = workdir / "bare.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(harness.MITMDUMP), "-s", str(workdir / "stream_answers.py"), "--listen-host", "127.0.0.1", "--mode", f"reverse:{upstream.url}@{port}",
+            [str(harness.MITMDUMP), "-s", str(workdir / "stream_answers.py"), "--listen-host", "127.0.0.1", "--mode",
+             f"reverse:{upstream.url}@{port}",
              "--set", f"confdir={workdir / 'confdir'}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=proxy_env(), cwd=workdir,
         )

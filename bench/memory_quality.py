@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ VARIANTS: dict[str, tuple[RecallTuning, int]] = {
 
 
 def session_time(text: str) -> float:
-    return datetime.strptime(text, "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%I:%M %p on %d %B, %Y").replace(tzinfo=UTC).timestamp()
 
 
 def load(path: Path) -> list[dict]:
@@ -113,7 +113,7 @@ def evidence_ids(qa: dict) -> list[str]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTuning, budget: int) -> dict:
@@ -129,7 +129,7 @@ def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTun
         wanted = [texts[user][d] for d in evidence_ids(qa) if d in texts[user] and texts[user][d]]
         found = [w in block for w in wanted]
         per_cat[qa["category"]].append((any(found), bool(found) and all(found)))
-    result = {"questions": len(qas), "timeouts": recaller.timeouts}
+    result: dict[str, object] = {"questions": len(qas), "timeouts": recaller.timeouts}
     everything = [x for v in per_cat.values() for x in v]
     result["recall_any"] = sum(a for a, _ in everything) / len(everything)
     result["recall_all"] = sum(b for _, b in everything) / len(everything)
@@ -180,9 +180,10 @@ def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
     """`count` memories worded like bench/memory_replay.py's filler (a small chat vocabulary, so
     every filler word is in a large share of the rows), owned by `owner`."""
     rng = random.Random(13)
-    words = ("trip garden concert recipe painting museum puppy marathon camping guitar novel workshop beach "
-             "festival pottery hiking school volunteer yoga bakery family photo sunset lake mountain city "
-             "friend sister brother weekend summer winter class project adoption support group career").split()
+    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel",
+             "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo",
+             "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class",
+             "project", "adoption", "support", "group", "career"]
     batch: list[NewMemory] = []
     for i in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))
@@ -260,7 +261,8 @@ def main() -> None:
             texts = fill(store, samples)
             print(f"stored {store.counts()} in {time.perf_counter() - started:.1f}s; {len(qas)} questions", flush=True)
             tuning = RecallTuning()
-            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score", "window_score", "wide", "common_share",
+            overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score",
+                                                       "window_score", "wide", "common_share",
                                                       "narrow_after")
                          if getattr(args, k) is not None}
             tuning = replace(tuning, **overrides, exclude_current_conversation=not args.include_current)

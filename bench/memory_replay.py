@@ -223,7 +223,9 @@ def normalise(text: str) -> str:
 
 def evidence_found(block: str | None, turn_text: str) -> bool:
     wanted = normalise(turn_text)
-    return bool(block) and bool(wanted) and wanted in normalise(block)
+    if not block or not wanted:
+        return False
+    return wanted in normalise(block)
 
 
 @dataclass
@@ -283,9 +285,10 @@ def recall_summary(results: list[QuestionResult]) -> dict[str, Any]:
 def filler_memories(count: int, seed: int = 13) -> Iterator[dict[str, Any]]:
     """Synthetic memories of another user, worded like chat turns, each carrying FILLER_MARK."""
     rng = random.Random(seed)
-    words = ("trip garden concert recipe painting museum puppy marathon camping guitar novel workshop beach "
-             "festival pottery hiking school volunteer yoga bakery family photo sunset lake mountain city "
-             "friend sister brother weekend summer winter class project adoption support group career").split()
+    words = ["trip", "garden", "concert", "recipe", "painting", "museum", "puppy", "marathon", "camping", "guitar", "novel",
+             "workshop", "beach", "festival", "pottery", "hiking", "school", "volunteer", "yoga", "bakery", "family", "photo",
+             "sunset", "lake", "mountain", "city", "friend", "sister", "brother", "weekend", "summer", "winter", "class",
+             "project", "adoption", "support", "group", "career"]
     start = 1_700_000_000.0  # fixed, so that every run imports the same store
     for i in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))
@@ -475,9 +478,8 @@ def model_call(gateway: Gateway, upstream: Upstream, messages: list[dict[str, st
             content = json.loads(data)["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             content = None
-    if status == 200:
-        if content != answer:
-            error = "the client did not receive the scripted answer"
+    if status == 200 and content != answer:
+        error = "the client did not receive the scripted answer"
     return Call(status, response_headers, seconds, received, error)
 
 
@@ -591,7 +593,7 @@ def ask(gateway: Gateway, upstream: Upstream, conversations: list[Conversation])
                 [evidence_found(block, turn.text) for turn in question.evidence],
                 sum(turn.dia_id in unstorable for turn in question.evidence),
                 len(block) if block is not None else None, recall_ms_value,
-                leaked_filler=bool(block) and FILLER_MARK in block,
+                leaked_filler=block is not None and FILLER_MARK in block,
             ))
     return results, failed
 

@@ -127,7 +127,7 @@ class FlowContext:
     decoded, for a reader that would otherwise decode the stream it writes again.
     """
 
-    call: ModelCall | None | Literal[_Unknown.UNKNOWN] = UNKNOWN
+    call: ModelCall | Literal[_Unknown.UNKNOWN] | None = UNKNOWN
     on_gateway: bool = False
     headers: HeaderIndex | None = None
     body: RequestJson | None = None

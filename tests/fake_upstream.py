@@ -269,7 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"id": "resp_1", "object": "response", "model": model, "output": [],
                              "usage": {"input_tokens": USAGE_IN, "output_tokens": USAGE_OUT, "total_tokens": 18}}, extra)
         elif route.endswith("/embeddings"):
-            self._json(200, {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+            self._json(200,
+                       {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
                              "usage": {"prompt_tokens": USAGE_IN, "total_tokens": USAGE_IN}}, extra)
         elif route.endswith("/completions"):
             self._json(200, {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
@@ -481,7 +482,8 @@ def _anthropic_message(model: str, text: str = "Hello from Claude") -> dict[str,
 
 
 def _anthropic_events(model: str, text: str = "Hello from Claude") -> list[tuple[str | None, Any]]:
-    start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None,
+                                         "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
     return [
         ("message_start", {"type": "message_start", "message": start}),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -566,12 +568,14 @@ def _anthropic_tool_events(
 ) -> list[tuple[str | None, Any]]:
     arguments = json.dumps(tool_arguments)
     half = len(arguments) // 2
-    start = _anthropic_message(model) | {"content": [], "stop_reason": None, "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None,
+                                         "usage": {"input_tokens": USAGE_IN, "output_tokens": 1}}
     tool = {"type": "tool_use", "id": "toolu_fake", "name": _tool_name(tools), "input": {}}
     return [
         ("message_start", {"type": "message_start", "message": start}),
         ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+        ("content_block_delta",
+         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": tool}),
         ("content_block_delta", {"type": "content_block_delta", "index": 1,
@@ -704,7 +708,8 @@ def _openai_chat_problem(payload: dict[str, Any]) -> str | None:
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool"):
             return f"messages[{i}].role: invalid value {role!r}"
-        if unknown := set(message) - {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}:
+        if unknown := set(message) - {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio",
+                                      "function_call"}:
             return f"messages[{i}]: unknown parameter {sorted(unknown)[0]}"
         if role == "tool" and not message.get("tool_call_id"):
             return f"messages[{i}].tool_call_id: required for tool messages"

@@ -141,9 +141,9 @@ def start_proxy(
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline and process.poll() is None:
             log = proxy.log()
-            if f"127.0.0.1:{forward_port}" in log and f"127.0.0.1:{gateway_port}" in log and _accepts(gateway_port):
-                if not wait_for_litellm or proxy.wait_for_log(LITELLM_LOADED, max(deadline - time.monotonic(), 0)):
-                    return proxy
+            listening = f"127.0.0.1:{forward_port}" in log and f"127.0.0.1:{gateway_port}" in log and _accepts(gateway_port)
+            if listening and (not wait_for_litellm or proxy.wait_for_log(LITELLM_LOADED, max(deadline - time.monotonic(), 0))):
+                return proxy
             time.sleep(0.1)
         proxy.stop()
         last_log = proxy.log()

@@ -308,7 +308,7 @@ def test_listen_guard_refuses_non_loopback_without_auth(listen_host: str, mode: 
         assert capsys.readouterr().err.startswith("memory-routing: refusing to listen on ")
         # Once running, the option change is refused and the proxy goes on.
         guard.running()
-        with pytest.raises(exceptions.OptionsError, match="refusing to listen on .* without proxy authentication"):
+        with pytest.raises(exceptions.OptionsError, match=r"refusing to listen on .* without proxy authentication"):
             tctx.configure(guard, listen_host=listen_host, mode=[mode])
 
 

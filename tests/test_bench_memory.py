@@ -107,7 +107,8 @@ def user_message(text: str) -> list[dict]:
 
 
 def test_recall_block_is_read_from_the_last_user_message_between_the_fence_lines():
-    injected = "What did I paint?\n\n<memory-routing-recall>\n[2026-11-23] user: I painted a  sunrise\nlast year.\n</memory-routing-recall>"
+    injected = ("What did I paint?\n\n<memory-routing-recall>\n[2026-11-23] user: I painted a  sunrise\nlast year.\n"
+                "</memory-routing-recall>")
     assert replay.recall_block(user_message(injected)) == "[2026-11-23] user: I painted a  sunrise\nlast year."
     # Parts-shaped content (as Anthropic-style or multimodal clients send it) is read too.
     parts = [{"role": "user", "content": [{"type": "text", "text": injected}, {"type": "image_url", "image_url": {}}]}]

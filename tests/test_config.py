@@ -345,8 +345,8 @@ BAD_CONFIGS = [
     ),
     pytest.param(
         "memory: {apikey: x}",
-        "cfg.yaml: memory.apikey: unknown key, did you mean `api_key`? (expected one of: api_key, backend, base_url, budget_tokens, "
-        "clients, conversation_budget_tokens, deadline_ms, enabled, retention_days)",
+        "cfg.yaml: memory.apikey: unknown key, did you mean `api_key`? (expected one of: api_key, backend, base_url, "
+        "budget_tokens, clients, conversation_budget_tokens, deadline_ms, enabled, retention_days)",
         id="misspelt-memory-key",
     ),
     pytest.param("memory: {backend: sqlite}", "cfg.yaml: memory.backend: must be one of local, supermemory, off, got 'sqlite'",
@@ -575,7 +575,8 @@ def test_misspelt_key_on_reload_keeps_the_last_good_config(tmp_path: Path, caplo
         with caplog.at_level(logging.ERROR):
             routing.reload_if_changed()
     assert routing.config is good and good.model("a").api_base == "http://llm.internal/v1"
-    expected = f"{path}: model_list[0].litellm_params.api_bsae: unknown key: LiteLLM takes no such parameter, did you mean `api_base`?"
+    expected = (f"{path}: model_list[0].litellm_params.api_bsae: unknown key: LiteLLM takes no such parameter, "
+                "did you mean `api_base`?")
     assert routing.last_error == expected
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
         f"{expected} (keeping the last good config)"

@@ -22,7 +22,6 @@ import weakref
 from pathlib import Path
 
 import httpx
-import pytest
 import tiktoken
 import tiktoken.registry
 from tiktoken_ext import openai_public

@@ -167,8 +167,10 @@ CF = {"server": "cloudflare", "cf-ray": "8f-FRA"}
     "status, headers, body, expected",
     [
         (429, CF | {"content-type": "text/plain"}, b"error code: 1200", (429, "1200", False, 10)),
-        (503, CF | {"content-type": "text/html", "retry-after": "30"}, b"<html>error code: 1015</html>", (503, "1015", False, 30)),
-        (403, CF | {"content-type": "text/html", "cf-mitigated": "challenge"}, b"<html>Just a moment...</html>", (403, None, True, 10)),
+        (503, CF | {"content-type": "text/html", "retry-after": "30"}, b"<html>error code: 1015</html>",
+         (503, "1015", False, 30)),
+        (403, CF | {"content-type": "text/html", "cf-mitigated": "challenge"}, b"<html>Just a moment...</html>",
+         (403, None, True, 10)),
     ],
 )
 def test_cloudflare_pages_are_recognised(status, headers, body, expected):

@@ -219,7 +219,7 @@ def test_shutdown_flushes_and_a_restart_reads_everything(tmp_path: Path):
         tctx.configure(restarted, memory_routing_cookie_file=str(path), memory_routing_cookie_scope="user",
                        memory_routing_cookie_jar_limit=1)
         flows = {user: routed(user) for user in ("alice", "bob", "carol")}
-        for user, flow in flows.items():
+        for flow in flows.values():
             pending = restarted.request(flow)
             if pending is not None:
                 asyncio.run(pending)

@@ -250,7 +250,7 @@ def test_page_escapes_every_string_and_shows_no_secret(sources, stores):
 
 
 def test_page_loads_only_its_own_assets(sources):
-    answer, page = call(sources, "GET", "/memory-routing/")
+    _, page = call(sources, "GET", "/memory-routing/")
     html = page.decode()
     for reference in ("/memory-routing/static/dashboard.css", "/memory-routing/static/dashboard.js"):
         assert reference in html

@@ -98,7 +98,7 @@ def data(tmp_path: Path) -> Iterator[Data]:
     usage = SQLiteUsageStore(memory.open_connection())
     rng = random.Random(14)
     rows = []
-    for i in range(160):
+    for _ in range(160):
         user = USERS[min(int(rng.expovariate(1.1)), len(USERS) - 1)]
         provider, model, protocol = MODELS[min(int(rng.expovariate(1.3)), len(MODELS) - 1)]
         failed = rng.random() < 0.08

@@ -34,7 +34,7 @@ def test_a_deferred_encoding_builds_on_first_use_and_encodes_like_an_eager_one()
     deferred = DeferredEncoding("bytes-only", constructor)
     assert repr(deferred) == "<Encoding 'bytes-only'>" and not deferred.built and calls == []
     eager = tiktoken.Encoding(**small_encoding_arguments())
-    assert deferred.encode("hi there") == eager.encode("hi there") == [256, 32] + list(b"there")
+    assert deferred.encode("hi there") == eager.encode("hi there") == [256, 32, *b"there"]
     assert deferred.built and calls == [1]
     assert deferred.decode([256, 33]) == "hi!"
     assert deferred.encode("<|end|>", allowed_special="all") == [257]
@@ -71,7 +71,7 @@ def test_threads_that_use_it_first_at_once_build_it_once():
 def test_unknown_attributes_still_raise_attribute_error():
     deferred = DeferredEncoding("bytes-only", small_encoding_arguments)
     try:
-        deferred.no_such_attribute
+        _ = deferred.no_such_attribute
     except AttributeError:
         pass
     else:
@@ -105,7 +105,8 @@ out["built_after_counting"] = registered.built
 # The same text through an eagerly built cl100k (read from LiteLLM's bundled copy, as before).
 from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
 eager = tiktoken.Encoding(**ENCODING_CONSTRUCTORS["cl100k_base"]())
-out["same_tokens"] = registered.encode("What is the weather in Paris today?") == eager.encode("What is the weather in Paris today?")
+sentence = "What is the weather in Paris today?"
+out["same_tokens"] = registered.encode(sentence) == eager.encode(sentence)
 print(json.dumps(out))
 """
 

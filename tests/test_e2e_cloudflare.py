@@ -26,7 +26,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 def write_config(path: Path, fakes: dict[str, FakeUpstream]) -> Path:
     path.write_text(yaml.safe_dump({
         "model_list": [
-            {"model_name": alias, "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-cf"}}
+            {"model_name": alias,
+             "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": f"{fake.url}/v1", "api_key": "sk-cf"}}
             for alias, fake in fakes.items()
         ],
     }))
@@ -61,7 +62,8 @@ def start_fake() -> Iterator:
         fake.stop()
 
 
-def chat(proxy: RunningProxy, model: str, user_agent: str = "curl/8.5.0", headers: dict[str, str] | None = None) -> httpx.Response:
+def chat(proxy: RunningProxy, model: str, user_agent: str = "curl/8.5.0",
+         headers: dict[str, str] | None = None) -> httpx.Response:
     # A new client connection per call, as the issue asks.
     with httpx.Client(timeout=WAIT) as client:
         return client.post(f"{proxy.gateway_url}/v1/chat/completions", json={"model": model, **CHAT},
@@ -180,7 +182,7 @@ def test_queued_requests_go_in_arrival_order(tmp_path: Path, start_fake):
             callers.append(threading.Thread(target=chat, args=(proxy, "slow"), kwargs={"headers": {"x-seq": str(index)}}))
             callers[-1].start()
             # The next one starts only once this one holds the slot (the first) or waits in the queue.
-            assert wait_until(lambda: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
+            assert wait_until(lambda index=index: fake.in_flight == 1 if index == 0 else queued(proxy) == index)
         fake.release()
         for caller in callers:
             caller.join(WAIT)

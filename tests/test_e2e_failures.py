@@ -71,12 +71,14 @@ def failures_config(fake_url: str, refused_port: int, blackhole_port: int) -> di
             {"model_name": "claude-alias", "litellm_params": {
                 "model": "anthropic/claude-sonnet-4-5", "api_base": fake_url, "api_key": "os.environ/MR_FAIL_ANTHROPIC_KEY"}},
             {"model_name": "refused-alias", "litellm_params": {
-                "model": "openai/gpt-4o", "api_base": f"http://127.0.0.1:{refused_port}/v1", "api_key": "os.environ/MR_FAIL_OPENAI_KEY"}},
+                "model": "openai/gpt-4o", "api_base": f"http://127.0.0.1:{refused_port}/v1",
+                "api_key": "os.environ/MR_FAIL_OPENAI_KEY"}},
             {"model_name": "refused-claude", "litellm_params": {
                 "model": "anthropic/claude-haiku-4-5", "api_base": f"http://127.0.0.1:{refused_port}",
                 "api_key": "os.environ/MR_FAIL_ANTHROPIC_KEY"}},
             {"model_name": "dns-alias", "litellm_params": {
-                "model": "openai/gpt-4o", "api_base": "http://no-such-host.invalid/v1", "api_key": "os.environ/MR_FAIL_OPENAI_KEY"}},
+                "model": "openai/gpt-4o", "api_base": "http://no-such-host.invalid/v1",
+                "api_key": "os.environ/MR_FAIL_OPENAI_KEY"}},
             {"model_name": "blackhole-alias", "litellm_params": {
                 "model": "openai/gpt-4o", "api_base": f"http://127.0.0.1:{blackhole_port}/v1",
                 "api_key": "os.environ/MR_FAIL_OPENAI_KEY"}},
@@ -321,7 +323,8 @@ def test_over_long_user_agent_is_classified_on_its_prefix(proxy: RunningProxy, u
 def test_connection_refused_is_502_in_openai_and_anthropic_shape(proxy: RunningProxy, upstream: FakeUpstream):
     error = assert_openai_error(status_error(lambda: chat(proxy, "refused-alias")), 502)
     assert "127.0.0.1" in error["message"]
-    call = lambda: claude(proxy).messages.create(model="refused-claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])  # noqa: E731
+    call = lambda: claude(proxy).messages.create(  # noqa: E731
+        model="refused-claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert_anthropic_error(status_error(call), 502)
     assert "could not get an answer from 127.0.0.1" in proxy.log()
 

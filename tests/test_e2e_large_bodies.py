@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -210,8 +211,8 @@ def upload_beside_a_stream(
         reader.join(WAIT_S)
     assert reader.failure is None, reader.failure
     times = reader.arrivals
-    during = [b - a for a, b in zip(times, times[1:]) if b >= began and a <= ended + TICK_S]
-    before = [b - a for a, b in zip(times, times[1:]) if b < began]
+    during = [b - a for a, b in pairwise(times) if b >= began and a <= ended + TICK_S]
+    before = [b - a for a, b in pairwise(times) if b < began]
     return UploadRun(max(during), max(before, default=0.0), ended - began, json.loads(upload.stdout))
 
 

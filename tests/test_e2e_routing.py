@@ -354,7 +354,8 @@ def test_sdks_with_https_proxy_and_a_combined_ca_bundle(proxy: RunningProxy, ups
         """
         import anthropic, openai
         o = openai.OpenAI(api_key="sk-client", max_retries=0, timeout=20)
-        print(o.chat.completions.create(model="gpt-alias", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)
+        print(o.chat.completions.create(model="gpt-alias",
+                                        messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)
         a = anthropic.Anthropic(api_key="sk-ant-client", max_retries=0, timeout=20)
         print(a.messages.create(model="claude-alias", max_tokens=5, messages=[{"role": "user", "content": "hi"}]).content[0].text)
         """

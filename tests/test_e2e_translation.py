@@ -308,7 +308,8 @@ def test_openai_sdk_on_claude_tool_use(proxy: RunningProxy, upstream: FakeUpstre
     arguments = "".join(
         call.function.arguments or "" for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or ())
     )
-    names = [call.function.name for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or ()) if call.function.name]
+    names = [call.function.name for c in chunks if c.choices
+             for call in (c.choices[0].delta.tool_calls or ()) if call.function.name]
     assert names == ["get_weather"] and json.loads(arguments) == TOOL_ARGUMENTS
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 

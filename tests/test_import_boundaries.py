@@ -98,8 +98,8 @@ def imports_between_units() -> list[tuple[str, str]]:
         module = ".".join(parts)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
-                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]) if node.level else node.module
-                names = [base or ""] + [f"{base}.{alias.name}" for alias in node.names]
+                base = ".".join([*package[:len(package) - node.level + 1], node.module or ""]) if node.level else node.module
+                names = [base or "", *(f"{base}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             else:

@@ -104,7 +104,7 @@ def test_dashboard_paths_are_answered_in_a_thread(endpoints):
 
 
 def test_the_reserved_host_serves_the_page_and_deletes(endpoints):
-    handler, stores = endpoints
+    handler, _ = endpoints
     page = tflow.tflow(req=tutils.treq(host=RESERVED_HOST, port=80, path=b"/memory-routing/",
                                        headers=Headers(host=RESERVED_HOST)))
     _run(handler, page)

@@ -505,10 +505,12 @@ def test_the_answer_is_read_from_the_parse_the_router_made_and_a_translation_is_
     # A translated answer is new content: read in full, never from the upstream's parse.
     flow = openai_call("Miso caught a fly", x_memory_conversation_id="p2")
     run(harness.memory, flow)
-    flow.response = Response.make(200, b'{"content": [{"type": "text", "text": "upstream format"}]}', {"content-type": "application/json"})
+    flow.response = Response.make(200, b'{"content": [{"type": "text", "text": "upstream format"}]}',
+                                  {"content-type": "application/json"})
     harness.memory.answers.responseheaders(flow)
     answer_json_module.answer_json(flow)
-    flow.response.content = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Quick cat."}}]}).encode()
+    flow.response.content = json.dumps({"choices": [{"index": 0,
+                                                     "message": {"role": "assistant", "content": "Quick cat."}}]}).encode()
     harness.memory.answers.response(flow)
     assert decodes == [1, 1, 1]
     assert ("assistant", "Quick cat.") in stored(harness, "alice")

@@ -53,7 +53,8 @@ def test_openai_string_and_list() -> None:
     assert out["messages"][0] == {"role": "system", "content": "sys"}
     assert out["messages"][-1]["content"] == BLOCK + "\n\nq?"
     assert new_human_turn("openai", out) == "q?"
-    parts = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "q"}]}]}
+    parts = {"messages": [{"role": "user",
+                           "content": [{"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "q"}]}]}
     out = inject_recall("openai", parts, BLOCK)
     assert [p.get("text") for p in out["messages"][0]["content"]] == [None, BLOCK, "q"]
     assert parts["messages"][0]["content"][1] == {"type": "text", "text": "q"} and len(parts["messages"][0]["content"]) == 2
@@ -96,7 +97,8 @@ def test_gemini_last_content() -> None:
 def test_nothing_to_inject_into() -> None:
     tool_turn = {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "x", "content": "r"}]}
     assert inject_recall("openai", tool_turn, BLOCK) == tool_turn
-    assert inject_recall("openai", {"messages": [{"role": "user", "content": "q"}]}, "") == {"messages": [{"role": "user", "content": "q"}]}
+    assert inject_recall("openai", {"messages": [{"role": "user", "content": "q"}]}, "") == {
+        "messages": [{"role": "user", "content": "q"}]}
     model_last = {"contents": [{"role": "model", "parts": [{"text": "x"}]}]}
     assert inject_recall("gemini", model_last, BLOCK) == model_last
 
@@ -107,7 +109,8 @@ def test_injection_is_deterministic() -> None:
 
 
 def test_render_block_repeats_the_date_when_it_changes() -> None:
-    block = render_block([[mem(1, "monday"), mem(2, "tuesday", at=MAY_8_2023 + 86400), mem(3, "again", at=MAY_8_2023 + 86401)]], 1000)
+    block = render_block([[mem(1, "monday"), mem(2, "tuesday", at=MAY_8_2023 + 86400), mem(3, "again", at=MAY_8_2023 + 86401)]],
+                         1000)
     assert block.split("\n")[2:-1] == ["[2023-05-08] user: monday", "[2023-05-09] user: tuesday", "user: again"]
 
 

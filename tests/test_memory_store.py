@@ -64,7 +64,7 @@ def test_search_ranks_and_is_isolated_per_user(store: SQLiteMemoryStore) -> None
     store.add_many([turn("alice", "My cat Miso loves tuna"), turn("alice", "I went hiking in the Alps"),
                     turn("bob", "My cat Miso is secret bob stuff")])
     hits = store.search("alice", "what does my cat eat? Miso", 5)
-    assert [m.text for m, _ in hits][0] == "My cat Miso loves tuna"
+    assert hits[0][0].text == "My cat Miso loves tuna"
     assert all(m.user_id == "alice" for m, _ in hits)
     assert hits[0][1] > 0
     assert store.search("carol", "cat Miso", 5) == []

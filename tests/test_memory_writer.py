@@ -81,7 +81,8 @@ def test_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture)
         assert not writer.flush(0.05)
         blocked.release.set()
         assert writer.flush(WAIT)
-        assert sorted(m.text for m in blocked.rows) == sorted(["first"] + [f"t{i}" for i in range(3)] + [f"a{i}" for i in range(3)])
+        assert sorted(m.text for m in blocked.rows) == sorted(
+            ["first"] + [f"t{i}" for i in range(3)] + [f"a{i}" for i in range(3)])
     finally:
         blocked.release.set()
         writer.close(WAIT)

@@ -155,7 +155,8 @@ def test_a_whole_answers_usage_comes_from_the_parse_the_memory_reads_next(config
         flow = gateway_flow("/v1/chat/completions", b'{"model": "gpt-alias"}')
         router.request(flow)
         body = json.dumps(answer).encode()
-        flow.response = tutils.tresp(headers=Headers(content_type="application/json", content_length=str(len(body))), content=body)
+        flow.response = tutils.tresp(headers=Headers(content_type="application/json", content_length=str(len(body))),
+                                     content=body)
         router.responseheaders(flow)
         router.response(flow)
         calls.response(flow)
@@ -297,7 +298,8 @@ def test_a_memory_edit_is_encoded_once_with_the_routers_own_changes(tmp_path: Pa
         parsed = request_json(flow)
         edit_request_json(flow, parsed, {**parsed.payload, "messages": [{"role": "user", "content": "[block] hi"}]})
         router.request(flow)
-        assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "[block] hi"}]}
+        assert json.loads(flow.request.content) == {"model": "gpt-4o-mini",
+                                                    "messages": [{"role": "user", "content": "[block] hi"}]}
         assert encodes == [1] and flow.request.headers["content-length"] == str(len(flow.request.content))
         # Gemini names the model in the path: the router reads no body, but still writes the edit.
         gemini = gateway_flow("/v1beta/models/gemini-2.5-flash:generateContent", b'{"contents": [{"parts": [{"text": "hi"}]}]}')
@@ -326,7 +328,8 @@ def test_tokens_are_counted_off_the_event_loop(config_file: Path, monkeypatch: p
     with taddons.context(routing, router) as tctx:
         tctx.configure(routing, memory_routing_config=str(config_file))
         # An Anthropic client counting tokens for a GPT alias: LiteLLM's tokenizer answers.
-        flow = gateway_flow("/v1/messages/count_tokens", b'{"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}')
+        flow = gateway_flow("/v1/messages/count_tokens",
+                            b'{"model": "gpt-alias", "messages": [{"role": "user", "content": "hi"}]}')
         pending = router.request(flow)
         assert pending is not None and flow.response is None  # nothing counted on the loop
         asyncio.run(pending)

@@ -75,14 +75,14 @@ def check_anthropic_order(events: list[dict]) -> None:
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
     assert events[-2]["type"] == "message_delta"
     open_block = None
-    for event in events[1:-2]:
-        if event["type"] == "content_block_start":
+    for streamed in events[1:-2]:
+        if streamed["type"] == "content_block_start":
             assert open_block is None
-            open_block = event["index"]
-        elif event["type"] == "content_block_delta":
-            assert event["index"] == open_block
-        elif event["type"] == "content_block_stop":
-            assert event["index"] == open_block
+            open_block = streamed["index"]
+        elif streamed["type"] == "content_block_delta":
+            assert streamed["index"] == open_block
+        elif streamed["type"] == "content_block_stop":
+            assert streamed["index"] == open_block
             open_block = None
     assert open_block is None
 
@@ -119,7 +119,8 @@ def test_anthropic_client_stream_of_a_tool_call(provider, events):
     translated = translate_request(ClientProtocol.ANTHROPIC, provider, "m", request)
     out = anthropic_events(run_stream(translated.answer.stream_translator(), sse(events), 5))
     check_anthropic_order(out)
-    tool = next(e["content_block"] for e in out if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use")
+    tool = next(e["content_block"] for e in out
+                if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use")
     arguments = "".join(e["delta"].get("partial_json", "") for e in out if e["type"] == "content_block_delta")
     assert tool["name"] == "get_weather" and json.loads(arguments) == {"city": "Paris"}
     assert out[-2]["delta"]["stop_reason"] == "tool_use"
@@ -150,15 +151,15 @@ def test_openai_client_stream_of_a_tool_call_from_anthropic():
 
 def test_an_error_event_mid_stream_reaches_the_client_in_its_shape():
     translated = translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", dict(OPENAI_REQUEST))
-    events = _anthropic_events("claude-x")[:3] + [
-        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    events = [*_anthropic_events("claude-x")[:3],
+              ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
     translator = translated.answer.stream_translator()
     chunks = openai_chunks(run_stream(translator, sse(events), 100_000))
     assert chunks[-1] == {"error": {"message": "anthropic: Overloaded", "type": "server_error", "param": None, "code": None}}
     assert translator(b"more") == []  # nothing after the error
 
     anthropic_side = translate_request(ClientProtocol.ANTHROPIC, "openai", "gpt-4o", dict(ANTHROPIC_REQUEST))
-    raw = sse(_openai_chat_events("gpt-4o")[:1] + [(None, {"error": {"message": "boom", "type": "server_error"}})])
+    raw = sse([*_openai_chat_events("gpt-4o")[:1], (None, {"error": {"message": "boom", "type": "server_error"}})])
     out = anthropic_events(run_stream(anthropic_side.answer.stream_translator(), raw, 100_000))
     assert out[-1] == {"type": "error", "error": {"type": "api_error", "message": "openai: boom"}}
 
@@ -172,7 +173,8 @@ def test_whole_answers_and_errors():
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "cut"}
     assert (answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"]) == (3, 4)
-    error = json.loads(translated.answer.body(529, "application/json", b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'))
+    error = json.loads(translated.answer.body(529, "application/json",
+                                              b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'))
     assert error == {"error": {"message": "anthropic: busy", "type": "server_error", "param": None, "code": None}}
     html = json.loads(translated.answer.body(502, "text/html", b"<html>Bad gateway</html>"))
     assert html["error"]["message"] == "anthropic: HTTP 502: <html>Bad gateway</html>"
@@ -187,7 +189,8 @@ def test_request_mapping_refuses_what_cannot_be_sent():
         ClientProtocol.OPENAI, "anthropic", "claude-x", {**OPENAI_REQUEST, "logit_bias": {"1": 1}}, drop_params=True)
     assert "logit_bias" not in json.loads(dropped.body)
     with pytest.raises(TranslationRefused, match="does not download images"):
-        translate_request(ClientProtocol.ANTHROPIC, "gemini", "g", {**ANTHROPIC_REQUEST, "messages": [{"role": "user", "content": [
+        translate_request(ClientProtocol.ANTHROPIC, "gemini", "g",
+                          {**ANTHROPIC_REQUEST, "messages": [{"role": "user", "content": [
             {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.png"}}]}]})
     with pytest.raises(TranslationRefused, match="messages"):
         translate_request(ClientProtocol.OPENAI, "anthropic", "claude-x", {"model": "x", "messages": []})
@@ -212,7 +215,8 @@ def test_a_conversation_translation_leaves_empty_or_assistant_first_is_refused_i
     assert refused.value.status == 400
     with pytest.raises(TranslationRefused, match="start with a user message; this one starts with 'assistant'"):
         translate_request(ClientProtocol.OPENAI, "anthropic", "claude-sonnet-4-5",
-                          {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "hi"}]})
+                          {"model": "m",
+                           "messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "hi"}]})
 
 
 # --- translations the strict fake (the real APIs' rules) accepts ------------------------------
@@ -318,7 +322,8 @@ near_miss_bodies = st.fixed_dictionaries({"messages": near_miss_messages, "conte
 
 @settings(max_examples=300, deadline=None)
 @given(route=st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1beta/models/g:generateContent"]),
-       payload=json_values | near_miss_bodies | near_miss_bodies.map(lambda body: {k: v for k, v in body.items() if k != "contents"})
+       payload=json_values | near_miss_bodies | near_miss_bodies.map(
+           lambda body: {k: v for k, v in body.items() if k != "contents"})
        | near_miss_bodies.map(lambda body: {k: v for k, v in body.items() if k not in ("messages", "model", "max_tokens")}))
 def test_the_judge_answers_any_json_without_raising(route, payload):
     # The strict fake calls it on whatever arrives: a crash would drop the connection instead of

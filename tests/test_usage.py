@@ -18,7 +18,8 @@ OPENAI_SSE = (
     b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\r\n\r\n'
     b"data: [DONE]\r\n\r\n"
 )
-RESPONSES_SSE = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":2}}}\n\n'
+RESPONSES_SSE = (b'event: response.completed\n'
+                 b'data: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":2}}}\n\n')
 GEMINI_SSE = (
     b'data: {"candidates":[],"usageMetadata":{"promptTokenCount":5}}\n\n'
     b'data: {"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":8}}\n\n'
@@ -47,7 +48,8 @@ def test_last_event_without_trailing_newline():
 
 def test_json_documents():
     anthropic = json.dumps({"type": "message", "usage": {"input_tokens": 4, "output_tokens": 6}}).encode()
-    gemini_array = json.dumps([{"usageMetadata": {"promptTokenCount": 1}}, {"usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 3}}]).encode()
+    gemini_array = json.dumps([{"usageMetadata": {"promptTokenCount": 1}},
+                               {"usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 3}}]).encode()
     assert meter_over(anthropic, 3, event_stream=False) == Usage(4, 6)
     assert meter_over(gemini_array, 3, event_stream=False) == Usage(1, 3)
 
@@ -62,7 +64,8 @@ def test_garbage_and_oversized_bodies_give_no_usage():
 def test_large_answers_read_only_the_usage_object():
     big = json.dumps({"choices": [{"message": {"content": "x" * 100_000, "usage": "not this one"}}],
                       "usage": {"prompt_tokens": 12, "completion_tokens": 34, "details": {"cached": 1}}}).encode()
-    gemini = json.dumps({"candidates": [{"text": "y" * 5000}], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}).encode()
+    gemini = json.dumps({"candidates": [{"text": "y" * 5000}],
+                         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}).encode()
     anthropic = json.dumps({"content": [{"text": "z" * 5000}], "usage": {"input_tokens": 5, "output_tokens": 6}}).encode()
     assert meter_over(big, 4096, event_stream=False) == Usage(12, 34)
     assert meter_over(gemini, 4096, event_stream=False) == Usage(3, 4)

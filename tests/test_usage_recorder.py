@@ -201,7 +201,7 @@ def test_routed_and_refused_calls_reach_the_store(wired):
 
 
 def test_rows_queued_at_shutdown_are_written_before_the_file_closes(wired, tmp_path: Path):
-    _, router, stores, usage_log = wired
+    _, _, stores, usage_log = wired
     for _ in range(20):
         usage_log.recorder.submit(ROUTED)
     stores.done()  # drains first, then closes

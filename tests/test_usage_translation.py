@@ -32,7 +32,8 @@ def openai_answer(stream: bool) -> Any:
         return base | {"object": "chat.completion", "usage": OPENAI_USAGE, "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}]}
     chunk = base | {"object": "chat.completion.chunk"}
-    return [(None, chunk | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}]}),
+    return [(None,
+             chunk | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}]}),
             (None, chunk | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
             (None, chunk | {"choices": [], "usage": OPENAI_USAGE}), (None, "[DONE]")]
 
@@ -46,7 +47,8 @@ def anthropic_answer(stream: bool) -> Any:
     start = message | {"content": [], "stop_reason": None, "usage": ANTHROPIC_USAGE | {"output_tokens": 1}}
     return [("message_start", {"type": "message_start", "message": start}),
             ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+            ("content_block_delta",
+             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                "usage": {"output_tokens": 300}}),

@@ -76,7 +76,7 @@ class InFlightLimiter:
         slots.waiting.append(waiter)
         try:
             await asyncio.wait_for(waiter, self.queue_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             flow.response = error_response(
                 flow, 503,
                 f"{slots.in_flight} requests to {flow.request.host} are in flight (the proxy's cap) and this one "

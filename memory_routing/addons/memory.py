@@ -299,7 +299,7 @@ class EmbeddedMemory:
             return None
         explicit = (headers.get(EXPLICIT_CONVERSATION_HEADER) or "").strip()
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
-        indexes = {key: t.index for key, t in zip(keys, found.turns)}
+        indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
         try:
             blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)
@@ -344,7 +344,7 @@ class EmbeddedMemory:
                                                           budget_tokens=new.budget, exclude_ids=new.shown))
             recalled = await asyncio.wait_for(future, recaller.deadline_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "timeout"
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)

@@ -66,7 +66,7 @@ class RequestLimits:
         )
 
     def configure(self, updated) -> None:
-        if "keep_host_header" in updated and "keep_host_header" in ctx.options.keys():
+        if "keep_host_header" in updated and "keep_host_header" in ctx.options:
             self._take_gateway_host_rewrite()
         for option in ("memory_routing_max_body_size", "memory_routing_max_header_size"):
             if option in updated:
@@ -89,7 +89,7 @@ class RequestLimits:
         ctx.options.update(keep_host_header=True)
 
     def _apply_body_size_limit(self) -> None:
-        if "body_size_limit" not in ctx.options.keys():
+        if "body_size_limit" not in ctx.options:
             return  # mitmproxy's core addons are not loaded (a test harness)
         current = ctx.options.body_size_limit
         if current and current != self._set_body_size_limit:
@@ -155,10 +155,7 @@ class RequestLimits:
             return
         length = flow.request.headers.get("content-length", "")
         limit = self.max_body or human.parse_size(ctx.options.body_size_limit or "0") or 0
-        if length.isdigit():
-            size = f"{human.pretty_size(int(length))}, announced"
-        else:
-            size = f"more than {human.pretty_size(limit)}"
+        size = f"{human.pretty_size(int(length))}, announced" if length.isdigit() else f"more than {human.pretty_size(limit)}"
         # Every flow gets a parseable answer here, model call or not: the alternative is
         # mitmproxy's HTML page.
         answer = error_response(

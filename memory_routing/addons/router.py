@@ -107,9 +107,9 @@ class ModelRouter:
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
             self._count_earlier_refusal(flow)
-            return
+            return None
         if flow.error or not flow.live:
-            return
+            return None
         call = routed_call(flow, self.routing.llm_hosts)
         context = context_of(flow)
         if call is None:
@@ -117,7 +117,7 @@ class ModelRouter:
                 flow.response = self._answer_non_model_call(flow)
             elif "key=" in flow.request.path and KNOWN_LLM_HOSTS.get(flow.request.host.lower()) == "gemini":
                 _move_gemini_key_to_header(flow.request)
-            return
+            return None
         try:
             decision, payload = self._decide(flow, context, call)
             if decision.translation is not None and call.endpoint is Endpoint.COUNT_TOKENS and payload is not None:
@@ -233,6 +233,7 @@ class ModelRouter:
         headers = request_headers(flow)
         identity = context.classify(classifier.classify, headers)
         payload: dict[str, Any] | None = None
+        model: object  # the body's "model" is checked below
         if call.path_model is not None:
             model = call.path_model
         else:
@@ -271,7 +272,7 @@ class ModelRouter:
         plain_http1 = not (request.is_http2 or request.is_http3)
         if plain_http1:
             dropped = dropped | {b"host"}
-            added = added + ((b"host", target.host_header.encode()),)
+            added = (*added, (b"host", target.host_header.encode()))
         body = None
         answer = None
         fit_notes: dict[str, object] = {}
@@ -293,11 +294,10 @@ class ModelRouter:
                 body, decoded = encode_json(large, document, self._encode_body)
                 if large is not None:
                     fit_notes["large_body"] = "decoded" if decoded else "spliced"
-        if body is not None:
-            if "content-encoding" not in request_headers(flow) or answer is not None:
-                # The whole body is in hand: send it with a plain content-length, chunked or not.
-                dropped = dropped | {b"content-length", b"transfer-encoding"}
-                added = added + ((b"content-length", str(len(body)).encode()),)
+        if body is not None and ("content-encoding" not in request_headers(flow) or answer is not None):
+            # The whole body is in hand: send it with a plain content-length, chunked or not.
+            dropped = dropped | {b"content-length", b"transfer-encoding"}
+            added = (*added, (b"content-length", str(len(body)).encode()))
         # One pass over the raw fields rather than a setter call per header. x-sm-* headers are
         # the memory router's: only the proxy's own values may reach it.
         request.headers.fields = replaced_fields(request.headers.fields, dropped, added, drop_prefix=b"x-sm-")

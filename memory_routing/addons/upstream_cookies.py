@@ -273,7 +273,8 @@ class UpstreamCookies:
             try:
                 path.replace(aside)
             except OSError as move_error:
-                raise exceptions.OptionsError(f"{path}: unreadable cookie jar ({e}) that cannot be moved aside: {move_error}") from None
+                raise exceptions.OptionsError(
+                    f"{path}: unreadable cookie jar ({e}) that cannot be moved aside: {move_error}") from None
             logger.warning(f"memory-routing: {path} is not a usable cookie jar ({e}); moved it to {aside.name}, starting empty")
             self.jar = UpstreamCookieJar(self.jar.policy.names, self.jar.limit)
             return

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mitmproxy import connection
@@ -155,7 +156,7 @@ class UpstreamFailures:
             return  # a buffered answer: the read timeout keeps counting until it is complete
         pass_on = inner if callable(inner) else None
 
-        def note_chunk(chunk: bytes) -> bytes:
+        def note_chunk(chunk: bytes) -> Iterable[bytes] | bytes:
             watched.last_chunk_at = time.time()
             return pass_on(chunk) if pass_on is not None else chunk
 

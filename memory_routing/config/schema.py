@@ -742,7 +742,8 @@ class _Builder:
         return MemorySettings(
             enabled=enabled, api_key=api_key, base_url=(section.base_url or DEFAULT_SUPERMEMORY_BASE_URL).rstrip("/"),
             backend=resolved, backend_configured=backend is not None, budget_tokens=section.budget_tokens,
-            conversation_budget_tokens=section.conversation_budget_tokens, deadline_ms=float(section.deadline_ms), clients=clients,
+            conversation_budget_tokens=section.conversation_budget_tokens, deadline_ms=float(section.deadline_ms),
+            clients=clients,
             retention_days=float(section.retention_days) if section.retention_days is not None else None,
         )
 

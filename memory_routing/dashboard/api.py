@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, UTC
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -332,14 +332,14 @@ def parse_time(value: str, name: str, *, end_of_day: bool) -> float:
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
-            start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
             return start + 86400 if end_of_day else start
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise DashboardRequestError(
             400, f"{name} must be epoch seconds or an ISO 8601 date or date-time, not {value!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -465,7 +465,7 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
 
 
 def iso_time(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _iso_or_none(epoch_seconds: float | None) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from memory_routing.routing.classify import ClientIdentity
@@ -21,7 +21,7 @@ _MAX_ECHOED_VALUE = 256
 
 
 def iso_time(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -80,7 +80,7 @@ def config_summary(config: ProxyConfig, loaded_at: float, last_error: str | None
 def health_body(version: str, started_at: float, config_loaded_at: float, last_error: str | None) -> dict[str, Any]:
     return {
         "status": "healthy",
-        "timestamp": iso_time(datetime.now(timezone.utc).timestamp()),
+        "timestamp": iso_time(datetime.now(UTC).timestamp()),
         "version": version,
         "started_at": iso_time(started_at),
         "config_loaded_at": iso_time(config_loaded_at),

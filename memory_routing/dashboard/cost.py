@@ -19,13 +19,14 @@ No pricing rule but that linear form is written here: a rule it misses shows up 
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 _import_lock = threading.Lock()
 _litellm: Any = None
@@ -61,7 +62,7 @@ class LinearPrice:
                cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> bool:
         # No prompt at all is left to LiteLLM: tier tables treat it as a case of its own.
         return (1 <= input_tokens <= self.token_limit and 0 <= output_tokens <= self.token_limit
-                and 0 <= cached_tokens and 0 <= cache_write_tokens
+                and cached_tokens >= 0 and cache_write_tokens >= 0
                 and cached_tokens + cache_write_tokens <= input_tokens and 0 <= reasoning_tokens <= output_tokens)
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int,
@@ -72,7 +73,13 @@ class LinearPrice:
                 + reasoning_tokens * self.per_reasoning_token)
 
 
-_UNLEARNED = object()
+class _Unlearned(enum.Enum):
+    """The memo's answer for a model it has not learned yet (None is a learned answer)."""
+
+    UNLEARNED = enum.auto()
+
+
+_UNLEARNED: Final = _Unlearned.UNLEARNED
 _prices_lock = threading.Lock()
 # (provider, model) -> its LinearPrice, or None: always LiteLLM. Reset when LiteLLM's table changes.
 _prices: dict[tuple[str, str], LinearPrice | None] = {}
@@ -187,11 +194,14 @@ def _known_prices() -> dict[tuple[str, str], LinearPrice | None]:
 
 
 def _learn(litellm: Any, key: tuple[str, str]) -> LinearPrice | None:
-    version = _price_table_version()
+    table_version = _price_table_version
+    if table_version is None:
+        raise RuntimeError("LiteLLM is not loaded: _load_litellm() comes first")
+    version = table_version()
     price = _learn_linear_price(litellm, *key)
     with _prices_lock:
         # Learned from a table that has changed since: not kept, the next call learns again.
-        if version != _prices_version or version != _price_table_version():
+        if version != _prices_version or version != table_version():
             return price
         if len(_prices) >= _PRICES_LIMIT:
             del _prices[next(iter(_prices))]  # the oldest learned

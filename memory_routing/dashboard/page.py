@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import cache
 from typing import Any
 from urllib.parse import urlencode
@@ -213,11 +213,11 @@ def _query(**params: str | None) -> str:
 
 
 def clock(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _bucket_label(start: int, bucket: str) -> str:
-    moment = datetime.fromtimestamp(start, timezone.utc)
+    moment = datetime.fromtimestamp(start, UTC)
     return moment.strftime("%H:00") if bucket == "hour" else moment.strftime("%b %d")
 
 

@@ -330,7 +330,7 @@ def _range(since: float | None, until: float | None) -> tuple[str, tuple[float, 
 
 
 def _row(values: tuple[Any, ...]) -> UsageRow:
-    record = dict(zip(USAGE_COLUMNS, values))
+    record = dict(zip(USAGE_COLUMNS, values, strict=True))
     record["memory_injected"] = bool(record["memory_injected"])
     record["memory_stored"] = bool(record["memory_stored"])
     return UsageRow(**record)

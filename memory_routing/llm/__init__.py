@@ -16,9 +16,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # LiteLLM's own log handler defaults to DEBUG; the proxy only uses its lookups.
 os.environ.setdefault("LITELLM_LOG", "WARNING")
 
-import functools  # noqa: E402
-import logging  # noqa: E402
-from types import ModuleType  # noqa: E402
+import functools
+import logging
+from types import ModuleType
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def load_litellm() -> ModuleType:
     return litellm
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> ModuleType:
     # ``from memory_routing.llm import litellm`` (the translation modules) loads it configured.
     if name == "litellm":
         return load_litellm()

@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 # The resolver sets LiteLLM's offline environment before the first import.
-from memory_routing.llm import litellm  # noqa: F401  # isort: skip
+from memory_routing.llm import litellm  # isort: skip
 
 from litellm.llms.anthropic.chat.handler import ModelResponseIterator as _AnthropicChunkParser
 from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
@@ -72,7 +72,7 @@ def gemini_model_response(document: dict, model: str, optional_params: dict, raw
     )
 
 
-def anthropic_chunk_parser(tool_name_reverse_map: dict[str, str]):
+def anthropic_chunk_parser(tool_name_reverse_map: dict[str, str] | None):
     """Anthropic stream event (parsed JSON) -> ModelResponseStream. The handler's iterator is
     internal to LiteLLM's HTTP path; its chunk_parser is the per-event step we need."""
     return _AnthropicChunkParser(None, sync_stream=True, tool_name_reverse_map=tool_name_reverse_map).chunk_parser

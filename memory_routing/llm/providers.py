@@ -44,6 +44,12 @@ class ProviderRoute:
         return None
 
 
+def _known_base(provider: str, base: str | None) -> str:
+    if not base:
+        raise UnsupportedProvider(f"{provider}: no API base known; set litellm_params.api_base for this model")
+    return base
+
+
 def _strip_suffix(url: str, *suffixes: str) -> str:
     url = url.rstrip("/")
     for suffix in suffixes:
@@ -87,21 +93,19 @@ class ProviderResolver:
         # sends only keys the config names, or the client's own.
         if provider == "anthropic":
             base = _strip_suffix(
-                api_base or _model_info_base(provider, provider_model), "/v1/messages", "/v1"
+                _known_base(provider, api_base or _model_info_base(provider, provider_model)), "/v1/messages", "/v1"
             )
             return ProviderRoute(provider, provider_model, ClientProtocol.ANTHROPIC, base, base + "/v1")
         if provider == "gemini":
-            base = _strip_suffix(api_base or _model_info_base(provider, provider_model), "/v1beta", "/v1")
+            base = _strip_suffix(_known_base(provider, api_base or _model_info_base(provider, provider_model)), "/v1beta", "/v1")
             return ProviderRoute(
                 provider, provider_model, ClientProtocol.GEMINI, base, base + _OPENAI_COMPAT_SUFFIX["gemini"]
             )
         if _speaks_openai(provider):
-            base = api_base or dynamic_base or _model_info_base(provider, provider_model)
-            if not base:
-                raise UnsupportedProvider(
-                    f"{provider}: no API base known; set litellm_params.api_base for this model"
-                )
-            base = _strip_suffix(base, "/chat/completions")
+            base = _strip_suffix(
+                _known_base(provider, api_base or dynamic_base or _model_info_base(provider, provider_model)),
+                "/chat/completions",
+            )
             return ProviderRoute(provider, provider_model, ClientProtocol.OPENAI, base, base)
         raise UnsupportedProvider(
             f"{provider} is not supported by the proxy (supported: openai, anthropic, gemini and "

@@ -499,7 +499,7 @@ class _OpenAIChunks:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self._role_sent = False
-        self._usage: dict[str, int] | None = None
+        self._usage: dict[str, int | dict[str, int]] | None = None
         self.observer: Callable[[dict[str, Any]], None] | None = None
 
     def push(self, chunk: ModelResponseStream) -> bytes:
@@ -604,7 +604,7 @@ def _openai_completion(response: ModelResponse) -> dict[str, Any]:
         message = choice.get("message", {})
         message.pop("provider_specific_fields", None)
         message.setdefault("content", None)  # required by the API, null beside tool calls
-        for position, call in enumerate(message.get("tool_calls") or ()):
+        for call in message.get("tool_calls") or ():
             call.pop("index", None)
             call.setdefault("type", "function")
         choice.setdefault("logprobs", None)

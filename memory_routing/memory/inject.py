@@ -9,7 +9,7 @@ never added, removed or moved.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .records import BlockLine, Memory
@@ -110,7 +110,7 @@ def render_lines(lines: Sequence[BlockLine]) -> str:
     return "\n".join(out)
 
 
-def inject_recall(protocol: Any, payload: dict, block: str, index: int = -1) -> dict:
+def inject_recall(protocol: Any, payload: dict[str, Any], block: str, index: int = -1) -> dict[str, Any]:
     """A copy of `payload` with `block` at the start of the user message's text at `index` (the
     last by default); `payload` is not changed. See inject_blocks."""
     items = payload.get("contents" if protocol_name(protocol) == "gemini" else "messages") \
@@ -120,7 +120,7 @@ def inject_recall(protocol: Any, payload: dict, block: str, index: int = -1) -> 
     return inject_blocks(protocol, payload, {index % len(items): block})
 
 
-def inject_blocks(protocol: Any, payload: dict, blocks: Mapping[int, str]) -> dict:
+def inject_blocks(protocol: Any, payload: dict[str, Any], blocks: Mapping[int, str]) -> dict[str, Any]:
     """A copy of `payload` with each block at the start of the text of the user message at its
     index (of messages / contents); `payload` is not changed, nor is any other message.
 
@@ -140,12 +140,12 @@ def inject_blocks(protocol: Any, payload: dict, blocks: Mapping[int, str]) -> di
     for index, block in blocks.items():
         if block and 0 <= index < len(items) and isinstance(items[index], dict):
             changed[index] = _with_block(name, items[index], block)
-    if all(new is old for new, old in zip(changed, items)):
+    if all(new is old for new, old in zip(changed, items, strict=True)):
         return payload
     return {**payload, key: changed}
 
 
-def _with_block(name: str, message: dict, block: str) -> dict:
+def _with_block(name: str, message: dict[str, Any], block: str) -> dict[str, Any]:
     if name == "gemini":
         parts = message.get("parts")
         if message.get("role", "user") != "user" or not isinstance(parts, list):
@@ -163,7 +163,8 @@ def _with_block(name: str, message: dict, block: str) -> dict:
     return message
 
 
-def _insert_before_first_text(items: list, new_item: dict, is_text) -> list:
+def _insert_before_first_text(items: list[Any], new_item: dict[str, Any],
+                              is_text: Callable[[dict[str, Any]], bool]) -> list[Any]:
     for i, item in enumerate(items):
         if isinstance(item, dict) and is_text(item):
             return [*items[:i], new_item, *items[i:]]

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from memory_routing.errors import MemoryStoreError
+from memory_routing.errors import MemoryStoreError as MemoryStoreError  # re-exported
 
 
 class MemoryRecordError(MemoryStoreError):

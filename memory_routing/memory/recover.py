@@ -18,6 +18,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: s
     return copied
 
 
-def _rows_up_to_damage(source: sqlite3.Connection, select: str, after: int) -> list[tuple]:
+def _rows_up_to_damage(source: sqlite3.Connection, select: str, after: int) -> list[tuple[Any, ...]]:
     """The rows of a batch that failed, one by one up to the first damaged one."""
     single = select.replace(f"LIMIT {_BATCH}", "LIMIT 1")
-    rows: list[tuple] = []
+    rows: list[tuple[Any, ...]] = []
     while len(rows) < _BATCH:
         try:
             row = source.execute(single, (after,)).fetchone()

@@ -19,7 +19,8 @@ _PRIVATE = re.compile(r"<private\b[^>]*>.*?(?:</private\s*>|\Z)", re.IGNORECASE 
 # Whole tokens whose shape is a credential. Each pattern matches the secret only.
 _TOKEN_SHAPES = [
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
-    r"-----BEGIN (?:CERTIFICATE|PGP PRIVATE KEY BLOCK|OPENSSH PRIVATE KEY|ENCRYPTED PRIVATE KEY)-----.*?(?:-----END [A-Z ]+-----|\Z)",
+    r"-----BEGIN (?:CERTIFICATE|PGP PRIVATE KEY BLOCK|OPENSSH PRIVATE KEY|ENCRYPTED PRIVATE KEY)-----"
+    r".*?(?:-----END [A-Z ]+-----|\Z)",
     r"\bsk-ant-[A-Za-z0-9_\-]{16,}",
     r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}",
     r"\bAIza[0-9A-Za-z_\-]{30,}",

@@ -7,6 +7,7 @@ and a long write never stalls them (WAL lets readers and the writer run at once)
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .recover import Recovery, recover_rows
 from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError,
@@ -46,17 +47,20 @@ _CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight before inter
 
 # Words that carry no topic: dropping them keeps BM25 on the words that do, and keeps the
 # posting lists an OR query walks short (latency at 100k memories).
-STOPWORDS = frozenset("""
-a about above after again against all also am an and any are aren as at be because been before
-being below between both but by can could couldn did didn do does doesn doing don down during each
-few for from further get got had hadn has hasn have haven having he her here hers herself him himself
-his how i if in into is isn it its itself just let ll me might more most must mustn my myself no nor
-not now of off on once only or other ought our ours ourselves out over own re really s same shall
-she should shouldn so some such t than that the their theirs them themselves then there these they
-this those through to too under until up us ve very was wasn we were weren what when where which
-while who whom why will with won would wouldn you your yours yourself yourselves hey hi hello oh
-yeah yes ok okay thanks thank wow cool great good awesome lol gonna wanna like d m y
-""".split())
+STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are",
+                       "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by",
+                       "can", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each",
+                       "few", "for", "from", "further", "get", "got", "had", "hadn", "has", "hasn", "have", "haven", "having",
+                       "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is",
+                       "isn", "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "must", "mustn", "my",
+                       "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "ought", "our",
+                       "ours", "ourselves", "out", "over", "own", "re", "really", "s", "same", "shall", "she", "should",
+                       "shouldn", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves",
+                       "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "us",
+                       "ve", "very", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who",
+                       "whom", "why", "will", "with", "won", "would", "wouldn", "you", "your", "yours", "yourself", "yourselves",
+                       "hey", "hi", "hello", "oh", "yeah", "yes", "ok", "okay", "thanks", "thank", "wow", "cool", "great",
+                       "good", "awesome", "lol", "gonna", "wanna", "like", "d", "m", "y"])
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -120,7 +124,7 @@ class MemoryStore(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
-    def users(self) -> list[tuple[str, int]]: ...
+    def users(self) -> builtins.list[tuple[str, int]]: ...
 
     def has_memories(self, user_id: str) -> bool: ...
 
@@ -210,7 +214,7 @@ def _text_sha(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _row_to_memory(row: Sequence) -> Memory:
+def _row_to_memory(row: Sequence[Any]) -> Memory:
     return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
 
 
@@ -384,8 +388,8 @@ class SQLiteMemoryStore:
                         (m.user_id, m.conversation_id, m.client, m.model, m.role, m.text,
                          float(m.created_at), sha, owner_token(m.user_id),
                          thread_token(m.user_id, m.conversation_id)))
-                    if cur.rowcount == 1:
-                        ids.append(int(cur.lastrowid))
+                    if cur.rowcount == 1 and cur.lastrowid is not None:
+                        ids.append(cur.lastrowid)
                         added[m.user_id] = added.get(m.user_id, 0) + 1
                     else:
                         row = conn.execute(
@@ -405,7 +409,8 @@ class SQLiteMemoryStore:
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
         """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
         self._check_open()
-        where, args = "id = ?", [memory_id]
+        where = "id = ?"
+        args: list[int | str] = [memory_id]
         if user_id is not None:
             where += " AND user_id = ?"
             args.append(user_id)
@@ -426,7 +431,7 @@ class SQLiteMemoryStore:
         self._delete_recall_blocks("created_at < ?", [float(cutoff)])
         return deleted
 
-    def _delete(self, where: str, args: list) -> int:
+    def _delete(self, where: str, args: builtins.list[Any]) -> int:
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -455,7 +460,7 @@ class SQLiteMemoryStore:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
-    def _delete_recall_blocks(self, where: str, args: list) -> int:
+    def _delete_recall_blocks(self, where: str, args: builtins.list[Any]) -> int:
         with self._write_lock:
             return self._writer.execute(f"DELETE FROM recall_blocks WHERE {where}", args).rowcount
 
@@ -510,7 +515,7 @@ class SQLiteMemoryStore:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def _read(self, sql: str, args: Sequence = (), deadline: float | None = None) -> list:
+    def _read(self, sql: str, args: Sequence[Any] = (), deadline: float | None = None) -> builtins.list[Any]:
         """Runs a read; with a deadline (time.monotonic() seconds) it is interrupted when late."""
         self._check_open()
         if deadline is not None and time.monotonic() >= deadline:
@@ -634,12 +639,12 @@ class SQLiteMemoryStore:
             return matched[rowid] * (_BM25_K1 + 1) / (1 + _BM25_K1 * norm)
 
         best = sorted(matched, key=lambda rowid: (-score(rowid), rowid))[:limit]
-        rows = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})"
-                                            " AND user_id = ?", [*best, user_id], deadline)}
-        return [(_row_to_memory(rows[rowid]), score(rowid)) for rowid in best if rowid in rows]
+        found = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})"
+                                             " AND user_id = ?", [*best, user_id], deadline)}
+        return [(_row_to_memory(found[rowid]), score(rowid)) for rowid in best if rowid in found]
 
     def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
-                exclude_conversation_id: str | None, deadline: float | None) -> list:
+                exclude_conversation_id: str | None, deadline: float | None) -> builtins.list[Any]:
         if not terms:
             return []
         expression = f'text : ({" OR ".join(_quoted(term) for term in terms)})'
@@ -677,7 +682,8 @@ class SQLiteMemoryStore:
             if count:
                 counted.append((count, term))
         counted.sort()
-        kept, total = [], 0
+        kept: list[str] = []
+        total = 0
         for count, term in counted:
             if kept and total + count > MAX_RANKED:
                 break
@@ -783,7 +789,7 @@ class SQLiteMemoryStore:
         row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories")[0]
         return {"memories": int(row[0]), "users": int(row[1])}
 
-    def users(self) -> list[tuple[str, int]]:
+    def users(self) -> builtins.list[tuple[str, int]]:
         rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
         return [(r[0], int(r[1])) for r in rows]
 
@@ -874,4 +880,4 @@ def _is_corruption(error: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text
 
 
-__all__ = ["MemoryStore", "MemoryStoreError", "SQLiteMemoryStore", "fts_query", "query_terms", "STOPWORDS"]
+__all__ = ["STOPWORDS", "MemoryStore", "MemoryStoreError", "SQLiteMemoryStore", "fts_query", "query_terms"]

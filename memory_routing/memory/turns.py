@@ -28,7 +28,7 @@ def protocol_name(protocol: Any) -> str:
     name = getattr(protocol, "value", protocol)  # the ClientProtocol enum or its value
     if name not in ("openai", "anthropic", "gemini"):
         raise ValueError(f"unknown client protocol {protocol!r} (expected openai, anthropic or gemini)")
-    return name
+    return str(name)
 
 
 def _clean(text: str) -> str:
@@ -179,14 +179,14 @@ def _message_kind(name: str, item: Any, last: bool) -> tuple[str, str | None]:
     return ("answer", None) if tool_result else ("aside", None)
 
 
-def new_human_turn(protocol: Any, payload: dict) -> str | None:
+def new_human_turn(protocol: Any, payload: dict[str, Any]) -> str | None:
     """The text of the human turn this request opens (see human_turns); None when it opens none
     (a tool loop's follow-up, or no human text at all)."""
     found = human_turns(protocol, payload)
     return found.last.text if found.new and found.last is not None else None
 
 
-def earlier_human_turn(protocol: Any, payload: dict) -> tuple[int, str] | None:
+def earlier_human_turn(protocol: Any, payload: dict[str, Any]) -> tuple[int, str] | None:
     """(index, text) of the human turn a tool loop's follow-up request answers; None when the
     request opens a new turn or holds no human text."""
     found = human_turns(protocol, payload)
@@ -199,7 +199,7 @@ def _tool_trace(name: Any) -> str:
     return f"[tool: {name}]" if isinstance(name, str) and name else "[tool]"
 
 
-def assistant_text(protocol: Any, answer: dict) -> str:
+def assistant_text(protocol: Any, answer: dict[str, Any]) -> str:
     """The text of a whole (not streamed) answer, tool calls as `[tool: name]`; "" when there is none."""
     name = protocol_name(protocol)
     collector = AnswerTextCollector(name)
@@ -273,7 +273,7 @@ class AnswerTextCollector:
         self._size += len(trace)
         self._text_open = False
 
-    def feed(self, event: dict) -> None:
+    def feed(self, event: dict[str, Any]) -> None:
         """Takes one parsed event; anything it does not recognise is ignored."""
         if not isinstance(event, dict):
             return

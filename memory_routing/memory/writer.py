@@ -15,12 +15,14 @@ proxy's process, which the calls pay for); ``flush()`` and ``close()`` cut the l
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Final
 
 from .records import KeptBlock, NewMemory
 from .redact import prepare_text
@@ -31,7 +33,15 @@ log = logging.getLogger(__name__)
 _BATCH_MAX = 256  # submits written in one transaction
 LINGER_S = 0.05  # how long the first turn of a burst waits for the others
 _DROP_LOG_INTERVAL_S = 60.0
-_STOP = object()
+
+
+class _Stop(enum.Enum):
+    """Queued by close(): the writer thread ends after the batches before it."""
+
+    STOP = enum.auto()
+
+
+_STOP: Final = _Stop.STOP
 DAY_S = 86_400.0
 
 
@@ -65,7 +75,7 @@ class MemoryWriter:
         self.dropped = 0  # turns dropped because the queue was full (or the writer closed)
         self.failed = 0  # turns the store refused (logged, without their text)
         self.written = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[list[NewMemory | KeptBlock] | _Stop] = queue.Queue(maxsize=max_queue)
         self._pending = 0  # submits not yet written (or failed)
         self._done = threading.Condition()
         self._closed = False
@@ -155,9 +165,9 @@ class MemoryWriter:
                 except queue.Empty:
                     break
             stop = any(b is _STOP for b in batches)
-            batches = [b for b in batches if b is not _STOP]
-            if batches:
-                self._write(batches)
+            written = [b for b in batches if not isinstance(b, _Stop)]
+            if written:
+                self._write(written)
             if stop:
                 return
 

@@ -24,8 +24,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import mitmproxy.addonmanager  # noqa: F401  (defines the load hook)
-import mitmproxy.proxy.layers  # noqa: F401  (defines the flow and connection hooks)
+import mitmproxy.addonmanager
+import mitmproxy.proxy.layers
 import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import exceptions, hooks
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from memory_routing.errors import InvalidUserId  # noqa: F401 (raised here; importable from here)
+from memory_routing.errors import InvalidUserId as InvalidUserId  # re-exported
 from memory_routing.config.schema import HeaderPattern, UserIdMappings
 from memory_routing.wire.header_values import USER_ID_RULE, is_user_id
 

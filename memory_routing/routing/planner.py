@@ -7,6 +7,7 @@ applies it to the flow.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -327,7 +328,8 @@ class RoutePlanner:
         provider_model = route.provider_model if route else facts.requested_model
         body_model = None
         # A translated body names the provider model itself.
-        if translation is None and route is not None and facts.call.path_model is None and provider_model != facts.requested_model:
+        if (translation is None and route is not None and facts.call.path_model is None
+                and provider_model != facts.requested_model):
             body_model = provider_model
         return RoutingDecision(
             user_id=identity.user_id,
@@ -356,7 +358,7 @@ def llm_hosts(config: ProxyConfig) -> frozenset[str]:
     return frozenset(KNOWN_LLM_HOSTS) | {host.lower() for host in configured if host}
 
 
-def conversation_id_from(get_header) -> str | None:
+def conversation_id_from(get_header: Callable[[str], str | None]) -> str | None:
     """The client's conversation id, if it sent a usable one (an unusable one is ignored)."""
     for name in CONVERSATION_SOURCE_HEADERS:
         value = get_header(name)

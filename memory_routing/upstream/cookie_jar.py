@@ -147,7 +147,7 @@ class UpstreamCookieJar:
     def restore(self, scope: str, entries: Iterable[Entry]) -> None:
         """Bring a scope's jar back into memory from entries read from the file or a snapshot."""
         jar = self._jar(scope)
-        now = time.time()
+        now = int(time.time())
         for cookie in map(_cookie, entries):
             if cookie.name in self.policy.names and not cookie.is_expired(now):
                 jar.set_cookie(cookie)
@@ -246,7 +246,7 @@ class UpstreamCookieJar:
             if self.limit is not None and len(self._jars) >= self.limit:
                 self._in_file.add(scope)
                 continue
-            now = time.time()
+            now = int(time.time())
             jar = self._jar(scope)
             for cookie in cookies:
                 if cookie.name in self.policy.names and not cookie.is_expired(now):
@@ -261,7 +261,8 @@ class UpstreamCookieJar:
 
 def _entries(scope: str, jar: http.cookiejar.CookieJar) -> tuple[Entry, ...]:
     return tuple(
-        {"scope": scope, **{name: getattr(cookie, name) for name in _COOKIE_FIELDS}, "rest": dict(cookie._rest)}
+        # typeshed omits Cookie._rest, the only way to list a cookie's nonstandard attributes.
+        {"scope": scope, **{name: getattr(cookie, name) for name in _COOKIE_FIELDS}, "rest": dict(cookie._rest)}  # type: ignore[attr-defined]
         for cookie in jar
     )
 

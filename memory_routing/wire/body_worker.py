@@ -23,6 +23,7 @@ import re
 import secrets
 import struct
 import sys
+from typing import Any, BinaryIO
 
 REQUEST = struct.Struct("!QQ")
 ANSWER = struct.Struct("!QQ")
@@ -51,7 +52,7 @@ def new_nonce(source: bytes) -> str:
             return nonce
 
 
-def skeletonize(source: bytes, min_literal: int) -> tuple[dict, bytes]:
+def skeletonize(source: bytes, min_literal: int) -> tuple[dict[str, Any], bytes]:
     """(meta, skeleton) for one body; see the module docstring."""
     if source[:4].count(0) or source[:3] == b"\xef\xbb\xbf" or source[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return {"unsupported": "not plain UTF-8 JSON"}, b""  # json.loads guesses UTF-16/32: the loop does
@@ -101,7 +102,7 @@ def _error_of(source: bytes) -> str | None:
     return None
 
 
-def _read_exact(stream, size: int) -> bytes | None:
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     data = stream.read(size)
     return data if len(data) == size else None
 

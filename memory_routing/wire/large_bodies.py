@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import ANSWER, REQUEST, placeholder
@@ -71,7 +71,11 @@ class LargeBody:
     def _has_escapes(self, index: int) -> bool:
         return self.source.find(b"\\", self.spans[2 * index] + 1, self.spans[2 * index + 1] - 1) != -1
 
-    def _pattern(self, text: bool) -> re.Pattern:
+    @overload
+    def _pattern(self, text: Literal[True]) -> re.Pattern[str]: ...
+    @overload
+    def _pattern(self, text: Literal[False]) -> re.Pattern[bytes]: ...
+    def _pattern(self, text: bool) -> re.Pattern[str] | re.Pattern[bytes]:
         core = re.escape(placeholder(self.nonce, 0)[:-8]) + r"(\d{8})"
         return re.compile(core if text else core.encode())
 
@@ -124,7 +128,7 @@ class LargeBody:
         # shorten until the piece decodes.
         for cut in range(len(raw), max(len(raw) - 13, -1), -1):
             try:
-                text = json.loads(b'"' + raw[:cut] + b'"')
+                text: str = json.loads(b'"' + raw[:cut] + b'"')
             except ValueError:
                 continue
             if cut < len(inner) and text and "\ud800" <= text[-1] <= "\udbff":

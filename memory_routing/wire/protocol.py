@@ -19,7 +19,7 @@ class ClientProtocol(enum.Enum):
 
 
 class HeaderGet(Protocol):
-    def get(self, name: str, default: str | None = None) -> str | None: ...
+    def get(self, name: str, /) -> str | None: ...
 
 
 def detect_protocol(path: str, headers: HeaderGet) -> ClientProtocol:

@@ -85,14 +85,14 @@ def fail_closed(status: int, message: str) -> Callable[[Hook], Hook]:
     return decorate
 
 
-async def _guard_awaitable(result: Any, flow: http.HTTPFlow, hook: Callable, status: int, message: str) -> None:
+async def _guard_awaitable(result: Any, flow: http.HTTPFlow, hook: Callable[..., Any], status: int, message: str) -> None:
     try:
         await result
     except Exception:
         _refuse_after_failure(flow, hook, status, message)
 
 
-def _refuse_after_failure(flow: http.HTTPFlow, hook: Callable, status: int, message: str) -> None:
+def _refuse_after_failure(flow: http.HTTPFlow, hook: Callable[..., Any], status: int, message: str) -> None:
     logger.exception(f"memory-routing: {hook.__qualname__} failed; the request is answered {status}, not forwarded")
     try:
         flow.response = error_response(flow, status, message, retryable=status >= 500)

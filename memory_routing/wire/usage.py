@@ -60,9 +60,9 @@ class UsageMeter:
         if not self._pending and b'"usage' not in chunk:
             # No line of this chunk can mention usage (none began in an earlier chunk): only
             # its unfinished last line is kept. Most events of a stream take this path.
-            rest = chunk[chunk.rfind(b"\n") + 1:]
-            if rest and len(rest) <= SSE_LINE_LIMIT:
-                self._pending += rest
+            unfinished = chunk[chunk.rfind(b"\n") + 1:]
+            if unfinished and len(unfinished) <= SSE_LINE_LIMIT:
+                self._pending += unfinished
             return
         self._pending += chunk
         *lines, rest = self._pending.split(b"\n")
@@ -96,12 +96,12 @@ class UsageMeter:
         return Usage(input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens,
                      self.reasoning_tokens)
 
-    def _read_event(self, data: bytes) -> None:
+    def _read_event(self, data: bytes | bytearray) -> None:
         # Most events are content deltas without usage: only those that mention it are parsed.
         if b'"usage' in data:
             self._read_document(data)
 
-    def _read_document(self, data: bytes) -> None:
+    def _read_document(self, data: bytes | bytearray) -> None:
         if b'"usage' not in data:
             return
         if self.event_stream or len(data) < _PARTIAL_PARSE_FROM:
@@ -201,7 +201,7 @@ class UsageMeter:
             self.reasoning_tokens = reasoning
 
 
-def _get(obj: dict[str, Any], *keys: str) -> Any:
+def _get(obj: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(obj, dict):
             return None
