@@ -5,7 +5,14 @@ In the style of httpx's exceptions: one root, a branch per kind of failure.
     MemoryRoutingError
     ├── ConfigError            a config file that cannot be used (config.schema: names the file and
     │                          key path; a misspelt key also the closest known one)
-    ├── MemoryStoreError       the embedded memory (its subclasses live in memory.records)
+    ├── MemoryStoreError       the embedded memory
+    │   ├── MemoryRecordError      a record (a line of an import) that is no valid memory
+    │   ├── MemoryTimeoutError     a read past its deadline
+    │   └── MemoryStoreClosedError the store or writer used after close()
+    ├── InvalidMemoryMode      memory.modes: an unusable x-memory-mode header (answered 400)
+    ├── WorkerUnavailable      wire.large_bodies: the body worker failed; parsed on the loop instead
+    ├── UsageQueryError        dashboard.usage_rows: a usage query the store cannot answer
+    ├── DashboardRequestError  dashboard.api: a refused dashboard API request (a JSON error answer)
     └── ProxyRefusal           a request the proxy answers itself: status, message, param, retryable
         ├── RouteRefused           routing.planner / addons.router
         │   ├── UnresolvableModel      llm.providers: neither an alias nor a model LiteLLM places
@@ -103,3 +110,40 @@ class UnsupportedParams(TranslationRefused, ValueError):
     def __init__(self, names: tuple[str, ...]) -> None:
         super().__init__(None, ", ".join(names))
         self.names = names
+
+
+class MemoryRecordError(MemoryStoreError):
+    """A record (for example a line of an import) is not a valid memory."""
+
+
+class MemoryTimeoutError(MemoryStoreError):
+    """A read ran past its deadline and was interrupted."""
+
+
+class MemoryStoreClosedError(MemoryStoreError):
+    """The store or the writer was used after close()."""
+
+
+class InvalidMemoryMode(MemoryRoutingError, ValueError):
+    """The client's x-memory-mode header is unusable: answer 400, never guess."""
+
+
+class WorkerUnavailable(MemoryRoutingError):
+    """The body worker could not read this body (it failed, timed out or would not start): the
+    proxy parses it on the event loop instead."""
+
+
+class UsageQueryError(MemoryRoutingError, ValueError):
+    """A usage query the store cannot answer (unknown grouping or bucket, bad range)."""
+
+
+class DashboardRequestError(MemoryRoutingError):
+    """A request the dashboard API refuses; becomes a JSON error answer."""
+
+    def __init__(self, status: int, message: str, error_type: str = "invalid_request_error",
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.headers = headers

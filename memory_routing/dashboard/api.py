@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from ..memory.records import Memory, MemoryRecordError, MemoryStoreError
 from ..memory.store import MemoryStore
 from . import page
+from memory_routing.errors import DashboardRequestError as DashboardRequestError  # re-exported
 from .usage_rows import GROUP_BY, UsageQueryError, UsageRow
 
 PREFIX = "/memory-routing"
@@ -89,16 +90,6 @@ class LocalAnswer:
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
-class DashboardRequestError(Exception):
-    """A request the dashboard API refuses; becomes a JSON error answer."""
-
-    def __init__(self, status: int, message: str, error_type: str = "invalid_request_error",
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
-        self.headers = headers
 
 
 def handle(

@@ -28,9 +28,9 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any
 
+from memory_routing.errors import UsageQueryError as UsageQueryError  # re-exported
 
-class UsageQueryError(ValueError):
-    """A usage query the store cannot answer (unknown grouping or bucket, bad range)."""
+
 
 
 @dataclass(frozen=True)

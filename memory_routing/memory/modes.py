@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from memory_routing.config.schema import MemoryClientRule
+from memory_routing.errors import InvalidMemoryMode as InvalidMemoryMode  # re-exported
 from memory_routing.routing.classify import MATCH_PREFIX_LENGTH
 
 MODE_HEADER = "x-memory-mode"
@@ -31,8 +32,6 @@ class MemoryMode(enum.Enum):
         return self in (MemoryMode.WRITE, MemoryMode.BOTH)
 
 
-class InvalidMemoryMode(ValueError):
-    """The client's x-memory-mode header is unusable: answer 400, never guess."""
 
 
 class HeaderLookup(Protocol):

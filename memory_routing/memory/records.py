@@ -1,4 +1,4 @@
-"""What the memory stores, and the memory's one error hierarchy."""
+"""What the memory stores."""
 
 from __future__ import annotations
 
@@ -6,19 +6,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from memory_routing.errors import MemoryStoreError as MemoryStoreError  # re-exported
-
-
-class MemoryRecordError(MemoryStoreError):
-    """A record (for example a line of an import) is not a valid memory."""
-
-
-class MemoryTimeoutError(MemoryStoreError):
-    """A read ran past its deadline and was interrupted."""
-
-
-class MemoryStoreClosedError(MemoryStoreError):
-    """The store or the writer was used after close()."""
+# The memory's errors live in the one hierarchy (memory_routing.errors); re-exported here.
+from memory_routing.errors import MemoryRecordError as MemoryRecordError
+from memory_routing.errors import MemoryStoreClosedError as MemoryStoreClosedError
+from memory_routing.errors import MemoryStoreError as MemoryStoreError
+from memory_routing.errors import MemoryTimeoutError as MemoryTimeoutError
 
 
 _TEXT_FIELDS = ("user_id", "conversation_id", "client", "model", "role", "text")

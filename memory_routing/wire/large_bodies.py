@@ -20,6 +20,7 @@ from typing import Any, Literal, overload
 
 from memory_routing.wire import body_worker
 from memory_routing.wire.body_worker import ANSWER, REQUEST, placeholder
+from memory_routing.errors import WorkerUnavailable as WorkerUnavailable  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ _WORKER_SCRIPT = Path(body_worker.__file__)
 _ELLIPSIS = " […]"
 
 
-class WorkerUnavailable(Exception):
-    """The worker could not read this body (it failed, timed out or would not start)."""
 
 
 @dataclass(frozen=True, slots=True)
