@@ -90,10 +90,9 @@ class UpstreamAnswerCheck:
         if response is None:
             return
         context = known_context(flow)
-        body = context.replaced_answer if context is not None else None
-        if body is not None:
-            context.replaced_answer = None  # type: ignore[union-attr]
-            response.content = body  # the upstream's page, read by mitmproxy into it, goes
+        if context is not None and context.replaced_answer is not None:
+            # The upstream's page, read by mitmproxy into the response, goes: the error body returns.
+            response.content, context.replaced_answer = context.replaced_answer, None
             return
         if (route_of(flow) is None or response.stream or flow.request.method == "HEAD"
                 or response.status_code in (204, 304)):
