@@ -45,7 +45,7 @@ PROXY_ARGS = -s addon.py \
 	$(if $(PROXYAUTH_FILE),--set memory_routing_proxyauth_file=$(PROXYAUTH_FILE)) \
 	$(MITM_ARGS)
 
-.PHONY: help run web test lint chromium node-clients bench bench-memory venv ca-bundle lock clean
+.PHONY: help run web test lint chromium node-clients fleet-servers bench bench-memory bench-fleet venv ca-bundle lock clean
 
 help:
 	@echo "make run     start the proxy: forward proxy $(LISTEN_HOST):$(PROXY_PORT), gateway $(LISTEN_HOST):$(GATEWAY_PORT)"
@@ -77,7 +77,7 @@ run: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/mitmweb --set web_port=$(WEB_PORT) $(PROXY_ARGS)
 
-test: $(STAMP) chromium node-clients lint
+test: $(STAMP) chromium node-clients fleet-servers lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # ruff and mypy (settings in pyproject.toml); part of `make test`, so CI runs them on every Python.
@@ -95,6 +95,17 @@ chromium:
 		else \
 			echo "chromium not found: the browser tests will be skipped (sudo apt-get install chromium)" >&2; \
 		fi; }
+
+# The fleet tests start throwaway PostgreSQL and Redis servers (Debian's packages) on free ports.
+# As root (CI) they are installed when missing; otherwise those tests skip and say why.
+fleet-servers:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's postgresql and redis-server for the fleet tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server; \
+		else \
+			echo "postgresql or redis-server not found: the fleet tests will be skipped (sudo apt-get install postgresql redis-server)" >&2; \
+		fi; fi
 
 # The real Claude Code CLI the end-to-end tests drive, pinned with integrity hashes in
 # tests/node/package-lock.json. --ignore-scripts: its native binary comes as an npm package of its

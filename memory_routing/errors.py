@@ -147,3 +147,17 @@ class DashboardRequestError(MemoryRoutingError):
         self.message = message
         self.error_type = error_type
         self.headers = headers
+
+
+class FleetError(MemoryRoutingError):
+    """Base of the errors of the fleet's shared servers (PostgreSQL, Redis)."""
+
+
+class SharedServerUnavailable(FleetError):
+    """PostgreSQL or Redis cannot be reached now (down, slow past the deadline, or not yet
+    migrated): the caller degrades to its local fallback or queues, and the call goes on."""
+
+
+class MigrationError(FleetError):
+    """The database's schema cannot be brought to this proxy's version (a failed migration, or a
+    database migrated by a newer proxy)."""

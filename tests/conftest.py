@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake upstream."""
+"""Shared fixtures: the fake upstream, and the fleet's servers (tests/fleet_servers.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from fake_upstream import FakeUpstream
+
+# Throwaway PostgreSQL and Redis servers (postgres_server, redis_server, database_url, redis_url).
+pytest_plugins = ["fleet_servers"]
 
 
 @pytest.fixture(scope="module")

@@ -461,7 +461,7 @@ def test_config_without_models_names_the_file(tmp_path: Path, text: str, state: 
         pytest.param(
             "model_list: [{model_name: a, litellm_params: {model: gpt-4o}}]\nmemroy: {backend: local}\n",
             "cfg.yaml: memroy: unknown section, did you mean `memory`? "
-            "(expected one of: general_settings, memory, model_list, user_id_mappings)",
+            "(expected one of: general_settings, memory, model_list, storage, user_id_mappings)",
             id="top-level-section",
         ),
         pytest.param(

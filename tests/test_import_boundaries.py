@@ -42,7 +42,7 @@ PURE_MODULES = {
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
     frozenset({"wire", "call_record"}),  # protocols, headers, bodies, usage, the call's record
-    frozenset({"config", "llm"}),  # config.yaml; LiteLLM (the one loader, model table, translation)
+    frozenset({"config", "llm", "fleet"}),  # config.yaml; LiteLLM (the one loader, model table, translation); the shared servers
     frozenset({"routing", "memory", "upstream", "dashboard"}),  # the domains
     frozenset({"flow_state"}),  # the per-flow context: holds the domains' results
     frozenset({"mitm"}),  # what leans on mitmproxy: flows, the pipeline, internals

@@ -20,6 +20,7 @@ from memory_routing.addons.error_pages import ErrorPageOverrides
 from memory_routing.addons.proxyauth_secret import ProxyAuthSecret
 from memory_routing.addons.local_endpoints import LocalEndpoints
 from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.addons.usage_log import UsageLog
 from memory_routing.addons.memory import EmbeddedMemory
 from memory_routing.addons.litellm_loading import LiteLLMLoading
@@ -40,6 +41,7 @@ def create_addons() -> list[object]:
 
 def create_stages() -> list[object]:
     routing = RoutingConfig()
+    shared = SharedServers(routing)
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
     stores = LocalStores()
@@ -61,6 +63,7 @@ def create_stages() -> list[object]:
         ProxyAuthSecret(),  # before ListenGuard: proxyauth from a file/env counts as authentication
         ListenGuard(),
         routing,
+        shared,  # opened when the config first loads (RoutingConfig tells it)
         InterceptScope(routing),
         GatewayAuth(),
         RequestLimits(routing, pages),
@@ -68,7 +71,7 @@ def create_stages() -> list[object]:
         UsageLog(stores, calls),
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
-            memory_status=memory.status, litellm_status=litellm_loading.status,
+            memory_status=memory.status, litellm_status=litellm_loading.status, shared=shared,
         ),
         litellm_loading,
         LargeBodyOffload(routing),  # a large body is read off the loop before anyone parses it

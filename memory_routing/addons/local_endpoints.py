@@ -25,6 +25,7 @@ from memory_routing.dashboard.bodies import (
 from memory_routing.wire.protocol import ClientProtocol, detect_protocol
 from memory_routing.wire.responses import error_response, json_response, refusal_response
 from memory_routing.addons.routing_config import RoutingConfig
+from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.mitm.flows import is_gateway
 from memory_routing.mitm.modes import gateway_urls, loopback_alias, own_listeners
 
@@ -65,8 +66,11 @@ class LocalEndpoints:
         stores: LocalStores | None = None,
         memory_status: Callable[[], dict[str, object]] | None = None,
         litellm_status: Callable[[], dict[str, object]] | None = None,
+        shared: SharedServers | None = None,
     ) -> None:
         self.routing = routing
+        # The fleet's servers: /health names a degraded one, /memory-routing/info shows them.
+        self.shared = shared
         # /health says whether LiteLLM's model table is loaded yet, and how many model calls
         # wait for it meanwhile.
         self.litellm_status = litellm_status
@@ -142,6 +146,10 @@ class LocalEndpoints:
             body.update(self.litellm_status())
         if self.stores is not None and (recovered := self.stores.recovery()) is not None:
             body["store_recovered"] = recovered  # the store file was damaged at start: what was saved
+        if self.shared is not None and (degraded := self.shared.health_status()):
+            # Still 200: every call is answered; a shared part works locally until it is back.
+            body["status"] = "degraded"
+            body["degraded"] = degraded
         return json_response(200, body)
 
     def routing_info(self, flow: http.HTTPFlow) -> http.Response:
@@ -157,6 +165,8 @@ class LocalEndpoints:
         listener = "gateway" if is_gateway(flow) else "forward"
         body = routing_info_body(identity, flow.request.headers.items(multi=True), listener, self.routing.summary)
         body["upstreams"] = {name: source() for name, source in self.status_sources.items()}
+        if self.shared is not None:
+            body["fleet"] = self.shared.status()
         return body
 
     async def _off_loop(self, work: Callable[[], Any]) -> Any:

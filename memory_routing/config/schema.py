@@ -53,6 +53,12 @@ DEFAULT_MEMORY_BUDGET_TOKENS = 1000
 # All of one conversation's recall blocks together (they are re-sent with every later request).
 DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS = 4000
 DEFAULT_MEMORY_DEADLINE_MS = 50
+# The fleet (storage.*): how long a proxy's slot at an upstream host outlives the proxy, and how
+# many rows wait in memory for a database that is down.
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_OUTAGE_QUEUE_ROWS = 10_000
+DATABASE_URL_SCHEMES = ("postgresql", "postgres")
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 
 # RFC 9110 token characters: anything else cannot be a header name.
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -198,6 +204,30 @@ class MemorySettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """``storage``: the shared servers of a fleet of proxies; None: the local default (one file).
+
+    ``database_url`` holds memories, recall blocks and usage rows in PostgreSQL; ``redis_url``
+    the cookie jars and the per-host in-flight cap. Either may be set alone. Both are Secrets
+    (a URL carries a password): printable only as where they came from.
+    """
+
+    database_url: Secret | None = None
+    redis_url: Secret | None = None
+    proxy_name: str | None = None  # None: the machine's host name (see fleet.identity)
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    outage_queue_rows: int = DEFAULT_OUTAGE_QUEUE_ROWS
+
+    @property
+    def uses_database(self) -> bool:
+        return self.database_url is not None and self.database_url.is_set
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None and self.redis_url.is_set
+
+
+@dataclass(frozen=True)
 class GeneralSettings:
     master_key: Secret | None
     other: Mapping[str, Any]
@@ -213,6 +243,7 @@ class ProxyConfig:
     # Things worth telling the user at load time that do not stop the config from working.
     warnings: tuple[str, ...]
     _models_by_name: Mapping[str, ModelAlias] = field(repr=False, compare=False)
+    storage: StorageSettings = StorageSettings()
 
     def model(self, name: str) -> ModelAlias | None:
         return self._models_by_name.get(name)
@@ -282,6 +313,23 @@ def _http_url(value: object) -> str:
     return value
 
 
+def _server_url(schemes: tuple[str, ...], example: str) -> Callable[[object, ValidationInfo], Secret]:
+    """A server's URL as a Secret (it may carry a password): the scheme is checked on the resolved
+    value, and no error message repeats the value."""
+
+    def validate(value: object, info: ValidationInfo) -> Secret:
+        secret = _secret(value, info)
+        if secret.value is not None:
+            scheme, sep, rest = secret.value.partition("://")
+            if not sep or scheme.lower() not in schemes or not rest:
+                shown = "the value of " + ENV_PREFIX + secret.env_var if secret.env_var else "the value"
+                raise _invalid(f"must be a URL like {example} ({shown} is not; it is not shown here, "
+                               "as it may hold a password)")
+        return secret
+
+    return validate
+
+
 def _env_var_name(text: str) -> str | None:
     """The variable an ``os.environ/VAR`` string names; None for any other string."""
     if not text.startswith(ENV_PREFIX):
@@ -349,6 +397,8 @@ NonEmptyStr = Annotated[str, BeforeValidator(_non_empty_str)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 SecretValue = Annotated[Secret, PlainValidator(_secret)]
 HeaderValue = Annotated[Secret, PlainValidator(_header_value)]
+DatabaseUrl = Annotated[Secret, PlainValidator(_server_url(DATABASE_URL_SCHEMES, "postgresql://user@host:5432/db"))]
+RedisUrl = Annotated[Secret, PlainValidator(_server_url(REDIS_URL_SCHEMES, "redis://host:6379/0"))]
 MemoryMode = Annotated[str, BeforeValidator(_choice(MEMORY_MODES, yaml_false="off", yaml_true="both"))]
 MemoryBackend = Annotated[str, BeforeValidator(_choice(MEMORY_BACKENDS, yaml_false="off", yaml_true=None))]
 TranslateMode = Annotated[str, BeforeValidator(_choice(TRANSLATE_MODES, yaml_false="never", yaml_true=None))]
@@ -476,6 +526,16 @@ class MemorySection(_Section):
         1, 36_500, "a number of days from 1 to 36500 (or null: keep memories until deleted)"))] | None = None
 
 
+class StorageSection(_Section):
+    database_url: DatabaseUrl | None = None
+    redis_url: RedisUrl | None = None
+    proxy_name: UserId | None = None  # same characters as a user id: it is shown and stored
+    lease_seconds: Annotated[float, BeforeValidator(_number(
+        2, 3600, "a number of seconds from 2 to 3600"))] = DEFAULT_LEASE_SECONDS
+    outage_queue_rows: Annotated[int, BeforeValidator(_number(
+        0, 10_000_000, "a whole number from 0 to 10000000", whole=True))] = DEFAULT_OUTAGE_QUEUE_ROWS
+
+
 class GeneralSettingsSection(BaseModel):
     """LiteLLM's ``general_settings``: its other keys are LiteLLM's proxy's, kept and not read."""
 
@@ -492,6 +552,7 @@ class ConfigFile(_Section):
     general_settings: GeneralSettingsSection | None = None
     user_id_mappings: UserIdMappingsSection | None = None
     memory: MemorySection | None = None
+    storage: StorageSection | None = None
     litellm_settings: Any = None
     router_settings: Any = None
     environment_variables: Any = None
@@ -501,7 +562,7 @@ class ConfigFile(_Section):
 IGNORED_SECTIONS = frozenset({"litellm_settings", "router_settings", "environment_variables", "litellm_backend_url"})
 # A top-level key this close to one of these is a typo (an error); any other unknown one is
 # some other LiteLLM proxy section, warned about and ignored.
-_OWN_SECTIONS = ("model_list", "general_settings", "user_id_mappings", "memory")
+_OWN_SECTIONS = ("model_list", "general_settings", "user_id_mappings", "memory", "storage")
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -580,6 +641,7 @@ class _Builder:
         general = self._general(parsed.general_settings)
         user_id_mappings = self._user_id_mappings(parsed.user_id_mappings or UserIdMappingsSection())
         memory = self._memory(parsed.memory or MemorySection())
+        storage = self._storage(parsed.storage or StorageSection())
         return ProxyConfig(
             source=self.source,
             models=models,
@@ -588,6 +650,7 @@ class _Builder:
             memory=memory,
             warnings=tuple(self.warnings),
             _models_by_name=MappingProxyType(models_by_name),
+            storage=storage,
         )
 
     def _known_sections(self, raw: Mapping[Any, Any]) -> dict[str, Any]:
@@ -745,6 +808,19 @@ class _Builder:
             conversation_budget_tokens=section.conversation_budget_tokens, deadline_ms=float(section.deadline_ms),
             clients=clients,
             retention_days=float(section.retention_days) if section.retention_days is not None else None,
+        )
+
+
+    def _storage(self, section: StorageSection) -> StorageSettings:
+        # An unset variable leaves that part local: said loudly, since a fleet whose members
+        # fall back to their own files no longer shares anything.
+        self._unset_secret(section.database_url, "storage.database_url",
+                           ": memories and usage stay in this proxy's local file")
+        self._unset_secret(section.redis_url, "storage.redis_url",
+                           ": cookies and the in-flight cap stay in this proxy")
+        return StorageSettings(
+            database_url=section.database_url, redis_url=section.redis_url, proxy_name=section.proxy_name,
+            lease_seconds=float(section.lease_seconds), outage_queue_rows=section.outage_queue_rows,
         )
 
 
