@@ -44,7 +44,7 @@ def create_stages() -> list[object]:
     shared = SharedServers(routing)
     cookies = UpstreamCookies()
     limiter = InFlightLimiter()
-    stores = LocalStores()
+    stores = LocalStores(shared)
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     memory = EmbeddedMemory(routing, stores)
     pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape

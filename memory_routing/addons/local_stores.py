@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
+from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 from memory_routing.memory.records import MemoryStoreError
 from memory_routing.memory.store import SQLiteMemoryStore
@@ -36,7 +37,10 @@ def store_path(option_value: str, confdir: str) -> Path:
 class LocalStores:
     """Opens the store file at start-up (mode 0600) and closes it when mitmproxy stops."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedServers | None = None) -> None:
+        # The fleet's servers (storage.*): when a database is configured, the memory and the
+        # usage rows go there instead of the local file's tables.
+        self.shared = shared
         self.path: Path | None = None
         # The file's memory store is always opened with it (it sets the file up); the memory
         # addon decides whether to use it.
