@@ -143,12 +143,18 @@ def test_readme_config_loads(tmp_path: Path):
     """The README's minimal config.yaml is one a user can start with: it loads without error."""
     from memory_routing.config.schema import load_config
 
-    (block,) = _yaml_blocks(README)
+    minimal, fleet = _yaml_blocks(README)
     path = tmp_path / "config.yaml"
-    path.write_text(block, encoding="utf-8")
+    path.write_text(minimal, encoding="utf-8")
     config = load_config(path, environ={"OPENAI_API_KEY": "sk-test-readme"})
     assert config.aliases == ("claude-sonnet-4.5", "gpt-4.1")
     assert config.memory.backend == "local"
+    assert config.warnings == ()
+    # The fleet's storage section, added to the minimal config, loads too.
+    path.write_text(minimal + "\n" + fleet, encoding="utf-8")
+    config = load_config(path, environ={"OPENAI_API_KEY": "sk-test-readme", "DATABASE_URL": "postgresql://db/mr",
+                                        "REDIS_URL": "redis://cache:6379/0"})
+    assert config.storage.uses_database and config.storage.uses_redis
     assert config.warnings == ()
 
 
