@@ -55,6 +55,8 @@ help:
 	@echo "             minutes; BENCH_ARGS='--quick' about four, BENCH_ARGS='--json out.json' for the figures)"
 	@echo "make bench-memory  replay LoCoMo (../shared/data/locomo-dev.json) through the proxy: memory recall,"
 	@echo "             injected size, latency (BENCH_MEMORY_ARGS='--conversations conv-26 --store-size 100000')"
+	@echo "make bench-fleet  the fleet's backends (throwaway PostgreSQL + Redis) against the default: CPU per call,"
+	@echo "             throughput of 1 and 2 proxies, recall on PostgreSQL, added latency (BENCH_FLEET_ARGS='--quick')"
 	@echo "make ca-bundle  write ~/.mitmproxy/ca-bundle.pem (usual roots + mitmproxy CA) for SSL_CERT_FILE"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (needs the network)"
 	@echo "Python: $(PYTHON) ($(PY_VERSION)); venv: $(VENV)"
@@ -124,6 +126,11 @@ bench: $(STAMP)
 # skipped with a message when absent).
 bench-memory: $(STAMP)
 	$(VENV)/bin/python bench/memory_replay.py $(BENCH_MEMORY_ARGS)
+
+# The fleet's backends against the single-machine default; starts its own throwaway PostgreSQL
+# and Redis (Debian's packages, installed by fleet-servers when run as root).
+bench-fleet: $(STAMP) fleet-servers
+	$(VENV)/bin/python bench/fleet.py $(BENCH_FLEET_ARGS)
 
 ca-bundle: $(STAMP)
 	$(VENV)/bin/python -m memory_routing.mitm.ca_bundle $(if $(CONFDIR),--confdir $(CONFDIR))

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,6 +99,16 @@ async def _serve_upstream(port_out) -> None:
 
 def _upstream_main(port_out) -> None:
     asyncio.run(_serve_upstream(port_out))
+
+
+def start_upstream() -> tuple[multiprocessing.Process, int]:
+    """The local upstream in a process of its own (terminate it when done); returns it and its port."""
+    receive, send = multiprocessing.Pipe(duplex=False)
+    upstream = multiprocessing.Process(target=_upstream_main, args=(send,), daemon=True)
+    upstream.start()
+    if not receive.poll(30):
+        raise RuntimeError("upstream did not start")
+    return upstream, receive.recv()
 
 
 # --- client ----------------------------------------------------------------------------------
@@ -224,9 +235,10 @@ def wait_listening(port: int, process: subprocess.Popen, log: Path, timeout: flo
 def spawn_mitmdump(
     workdir: Path, name: str, upstream_port: int, with_addon: bool,
     wrapper: list[str] | None = None, scripts: tuple[Path, ...] = (), env: dict[str, str] | None = None,
-    extra_args: tuple[str, ...] = (),
+    extra_args: tuple[str, ...] = (), config_extra: str = "",
 ) -> tuple[subprocess.Popen, int, Path]:
-    """Start mitmdump without waiting for it; returns (process, listening port, log file)."""
+    """Start mitmdump without waiting for it; returns (process, listening port, log file).
+    ``config_extra``: more top-level sections of the addon's config (YAML), e.g. ``storage``."""
     port = free_port()
     log = workdir / f"{name}.log"
     args = [*(wrapper or []), sys.executable, str(MITMDUMP), "--set", f"confdir={workdir / 'confdir'}", "--listen-host",
@@ -241,6 +253,7 @@ def spawn_mitmdump(
             f"      model: openai/gpt-4o-mini\n      api_base: http://127.0.0.1:{upstream_port}/v1\n"
             "      api_key: sk-bench-config\n"
             "user_id_mappings:\n  header_patterns:\n    - {pattern: '^(Async)?OpenAI/Python ', user_id: openai-python}\n"
+            + config_extra
         )
         args += ["-s", str(ROOT / "addon.py"), "--set", f"memory_routing_config={config}",
                  "--mode", f"reverse:http://memory-routing.localhost@{port}"]
@@ -417,15 +430,22 @@ PROCESS_KINDS: tuple[tuple[str, bool, tuple[str, ...], tuple[Path, ...]], ...] =
 
 def process_round(workdir: Path, upstream_port: int, with_addon: bool, index: int, concurrency: int,
                   plain_requests: int, stream_requests: int, extra_args: tuple[str, ...] = (),
-                  kind: str = "", scripts: tuple[Path, ...] = ()) -> ProcessRound:
+                  kind: str = "", scripts: tuple[Path, ...] = (), config_extra: str = "",
+                  env: dict[str, str] | None = None, until_ready: Callable[[int], None] | None = None) -> ProcessRound:
+    """One fresh process: start-up, idle RSS, CPU per request. ``until_ready(port)``, when given,
+    waits (bounded) after the first call until the process is ready to be measured (its shared
+    servers connected, say); the start-up figures do not include that wait."""
     name = f"{kind or ('addon' if with_addon else 'mitmdump')}-round{index}"
     spawned = time.monotonic()
     process, port, log = spawn_mitmdump(workdir, name, upstream_port, with_addon, extra_args=extra_args,
-                                        scripts=scripts, env={"BENCH_FLOOR_DIR": str(workdir)})
+                                        scripts=scripts, env={"BENCH_FLOOR_DIR": str(workdir), **(env or {})},
+                                        config_extra=config_extra)
     try:
         deadline = spawned + START_TIMEOUT
         health = wait_answered(port, process, log, "GET", "/health", b"", deadline) if with_addon else None
         first_call = wait_answered(port, process, log, "POST", "/v1/chat/completions", CHAT_BODY, deadline)
+        if until_ready is not None:
+            until_ready(port)
         rss_started = idle_rss_mib(process.pid)
         plain, plain_loop = cpu_us_per_request(process.pid, port, CHAT_BODY, concurrency, plain_requests)
         stream, stream_loop = cpu_us_per_request(process.pid, port, STREAM_BODY, concurrency, stream_requests)
@@ -494,12 +514,7 @@ def main() -> int:
         args.instruction_requests = 0
     started = time.monotonic()
 
-    receive, send = multiprocessing.Pipe(duplex=False)
-    upstream = multiprocessing.Process(target=_upstream_main, args=(send,), daemon=True)
-    upstream.start()
-    if not receive.poll(30):
-        raise RuntimeError("upstream did not start")
-    upstream_port = receive.recv()
+    upstream, upstream_port = start_upstream()
 
     rounds: dict[str, list[ProcessRound]] = {name: [] for name, _, _, _ in PROCESS_KINDS}
     samples: dict[str, dict[str, list[float]]] = {}
