@@ -195,18 +195,20 @@ def latency_round(port: int, calls: int, ttfb_rounds: int) -> dict[str, float]:
 # --- (c) recall on PostgreSQL ------------------------------------------------------------------
 
 
-def pg_recall(servers: Servers, postgres: Any, quick: bool) -> dict[str, Any]:
-    """bench/pg_recall.py's figures against a fresh database of this bench's server, or why not."""
+def pg_recall(postgres: Any, sizes: list[int], questions: int, data: Path | None) -> dict[str, Any]:
+    """bench/pg_recall.py's figures at each size, each in a fresh database of this bench's server, or why not."""
     if not PG_RECALL.exists():
         return {"skipped": "bench/pg_recall.py is not in this checkout (the PostgreSQL memory's own bench)"}
-    database_url = postgres.create_database()
-    args = [sys.executable, str(PG_RECALL), "--database-url", database_url]
-    if quick:
-        args.append("--quick")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=PG_RECALL_TIMEOUT_S,
-                            env=os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
-    return {"command": " ".join(["bench/pg_recall.py", *args[3:4], "<url>", *args[5:]]),
-            "returncode": result.returncode, "output": result.stdout.strip(), "stderr": result.stderr.strip()[-2000:]}
+    runs = []
+    for size in sizes:
+        args = ["--memories", str(size), "--questions", str(questions), *(["--data", str(data)] if data else [])]
+        result = subprocess.run([sys.executable, str(PG_RECALL), "--database-url", postgres.create_database(), *args],
+                                capture_output=True, text=True, timeout=PG_RECALL_TIMEOUT_S,
+                                env=os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        runs.append({"memories": size, "command": " ".join(["bench/pg_recall.py --database-url <url>", *args]),
+                     "returncode": result.returncode, "output": result.stdout.strip(),
+                     "stderr": result.stderr.strip()[-2000:]})
+    return {"runs": runs}
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -238,13 +240,21 @@ def main() -> int:
     parser.add_argument("--throughput-requests", type=int, default=3000, help="requests per proxy in a throughput batch")
     parser.add_argument("--latency-rounds", type=int, default=4, help="alternating latency rounds per kind")
     parser.add_argument("--latency-calls", type=int, default=300, help="calls (one client) per latency round")
+    parser.add_argument("--recall-sizes", type=lambda s: [int(n) for n in s.split(",")], default=None,
+                        help="memories in PostgreSQL for bench/pg_recall.py, comma-separated "
+                             "(default 100000,1000000; --quick: 100000)")
+    parser.add_argument("--recall-questions", type=int, default=300, help="LoCoMo questions asked per user and size")
+    parser.add_argument("--locomo", type=Path, help="locomo-dev.json, when not at ../shared/data/ (bench/pg_recall.py --data)")
     parser.add_argument("--json", type=Path, help="also write every sample and figure here")
     args = parser.parse_args()
+    if args.recall_sizes is None:
+        args.recall_sizes = [100_000] if args.quick else [100_000, 1_000_000]
     if args.quick:
         args.process_rounds = min(args.process_rounds, 3)
         args.cpu_requests, args.stream_requests = min(args.cpu_requests, 600), min(args.stream_requests, 120)
         args.throughput_requests = min(args.throughput_requests, 800)
         args.latency_rounds, args.latency_calls = min(args.latency_rounds, 2), min(args.latency_calls, 150)
+        args.recall_questions = min(args.recall_questions, 100)
     started = time.monotonic()
     upstream, upstream_port = core.start_upstream()
     assert upstream.pid is not None
@@ -296,7 +306,7 @@ def main() -> int:
                 core.stop(process)
 
         # (c) Last: it fills the database with up to a million rows.
-        recall = pg_recall(servers, postgres, args.quick)
+        recall = pg_recall(postgres, args.recall_sizes, args.recall_questions, args.locomo)
     finally:
         upstream.terminate()
         upstream.join(15)
@@ -379,13 +389,14 @@ def print_report(args: argparse.Namespace, cpu: dict[str, dict[str, float]], rat
     if len(throughput) == 2:
         print(f"  2 proxies / 1 proxy: {throughput[1].rps / throughput[0].rps:.2f}x")
 
-    print("\n(c) recall on PostgreSQL (bench/pg_recall.py):")
+    print("\n(c) recall on PostgreSQL (bench/pg_recall.py; p50/p95 in ms of a store search and of a whole recall block):")
     if "skipped" in recall:
         print(f"  not measured: {recall['skipped']}")
-    else:
-        print("  " + (recall["output"] or "(no output)").replace("\n", "\n  "))
-        if recall["returncode"]:
-            print(f"  exited {recall['returncode']}: {recall['stderr']}")
+    for run in recall.get("runs", []):
+        print(f"  {run['memories']:,} memories: {run['command']}")
+        print("    " + (run["output"] or "(no output)").replace("\n", "\n    "))
+        if run["returncode"]:
+            print(f"    exited {run['returncode']}: {run['stderr']}")
 
     print(f"\n(d) latency of a model call, one client on a kept connection, medians over {args.latency_rounds} "
           "alternating rounds:")
