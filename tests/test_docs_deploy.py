@@ -30,7 +30,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode, ReverseMode
 from mitmproxy.test import taddons
 from mitmproxy.tools import cmdline
 
-from harness import ADDON, MITMDUMP, ROOT, START_TIMEOUT_SECONDS, free_port, proxy_env, wait_until
+from harness import ADDON, MITMDUMP, ROOT, START_TIMEOUT_SECONDS, RunningProxy, free_port, proxy_env, wait_until
 from memory_routing.addons import create_addons
 from memory_routing.addons.local_endpoints import HEALTH_PATH, INFO_PATH
 from memory_routing.addons.proxyauth_secret import ENV_VAR as PROXYAUTH_ENV
@@ -239,12 +239,7 @@ def documented_pod(tmp_path: Path, database_url: str, redis_url: str
     try:
         yield replacements, env, log, ca_file
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
+        RunningProxy(process, forward, gateway, confdir, log).stop()
 
 
 @pytest.mark.e2e
