@@ -16,25 +16,20 @@ import pytest
 
 from fleet_servers import PostgresServer
 from harness import wait_until
+from test_usage_recorder import ROUTED
 from memory_routing.addons.local_stores import LocalStores
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.call_record import CallRecord
 from memory_routing.dashboard.api import DashboardSources, handle
-from memory_routing.dashboard.recorder import UsageRecorder
-from memory_routing.dashboard.usage_rows import UsageRow
+from memory_routing.dashboard.recorder import UsageRecorder, usage_row
 from memory_routing.dashboard.usage_rows_pg import PostgresUsageStore
 from memory_routing.errors import SharedServerUnavailable
 from memory_routing.fleet.health import DATABASE, FleetHealth
 from memory_routing.fleet.postgres import FleetDatabase
 
 WAIT_S = 40.0
-CALL = CallRecord(
-    user_id="alice", rule="custom header", requested_model="fast", alias="fast", route="routed",
-    provider="openai", provider_model="gpt-4o-mini", client_protocol="openai",
-    translated_to=None, at=1_763_900_000.0, client="curl", status=200, stream=False,
-    latency_ms=120.5, ttfb_ms=80.0, input_tokens=1000, output_tokens=200,
-)
+CALL = ROUTED
 
 
 @contextmanager
@@ -87,13 +82,10 @@ def stored(store: PostgresUsageStore, count: int) -> bool:
 
 
 def test_a_row_written_twice_is_stored_once(store: PostgresUsageStore) -> None:
-    rows = [UsageRow(CALL.at + n, "alice", "curl", "fast", "openai", "gpt-4o-mini", "openai", 200, None,
-                     10, 1, 0, 0.001, 10.0, 5.0, False, False, "routed", None, proxy="proxy-a") for n in range(3)]
-    assert store.insert(rows) == 3
+    rows = [usage_row(line, 0.001, now=0.0, proxy="proxy-a") for line in calls(4)]
+    assert store.insert(rows[:3]) == 3
     # The same batch again (its first answer lost with the connection), with one new row.
-    again = UsageRow(CALL.at + 9, "alice", "curl", "fast", "openai", "gpt-4o-mini", "openai", 200, None,
-                     10, 1, 0, 0.001, 10.0, 5.0, False, False, "routed", None, proxy="proxy-a")
-    assert store.insert([*rows[1:], again]) == 1
+    assert store.insert(rows[1:]) == 1
     assert store.count() == 4
 
 
