@@ -16,13 +16,13 @@ import pytest
 
 from fleet_servers import PostgresServer
 from harness import wait_until
-from test_usage_recorder import ROUTED
+from test_usage_recorder import ROUTED, Clock
 from memory_routing.addons.local_stores import LocalStores
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.call_record import CallRecord
 from memory_routing.dashboard.api import DashboardSources, handle
-from memory_routing.dashboard.recorder import UsageRecorder, usage_row
+from memory_routing.dashboard.recorder import DAY_S, UsageRecorder, usage_row
 from memory_routing.dashboard.usage_rows_pg import PostgresUsageStore
 from memory_routing.errors import SharedServerUnavailable
 from memory_routing.fleet.health import DATABASE, FleetHealth
@@ -178,3 +178,25 @@ def test_local_stores_give_the_fleet_database_to_the_usage_writer_and_dashboard(
         local.close()
     finally:
         stores.close()
+
+
+def test_the_daily_prune_waits_for_a_database_that_is_not_ready_yet(
+        store: PostgresUsageStore, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store.insert([usage_row(line, None, now=0.0) for line in calls(2)])  # 2 old rows
+    late = FleetDatabase(database_url, health=FleetHealth())  # started below: not migrated at first
+    clock = Clock(CALL.at + 3 * DAY_S)
+    recorder = UsageRecorder(lambda: PostgresUsageStore(late), retention_days=1, clock=clock, linger_s=0.0,
+                             price=lambda *args: None)
+    try:
+        recorder.start()
+        recorder.submit(CALL._replace(at=clock.now))
+        assert recorder.flush(WAIT_S)
+        late.start()
+        assert late.wait_ready(30)
+        clock.now += 61  # not a day: the prune is tried again soon after a database that was not there
+        recorder.submit(CALL._replace(at=clock.now))
+        assert wait_until(lambda: recorder.status()["pruned"] == 2, WAIT_S), recorder.status()
+        assert not [r for r in caplog.records if "could not delete" in r.getMessage()]
+    finally:
+        recorder.close(WAIT_S)
+        late.close()

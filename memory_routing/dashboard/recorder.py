@@ -41,6 +41,7 @@ DAY_S = 86400.0
 ERROR_TEXT_LIMIT = 300
 # The delay before writing the outage queue again: doubled after each failed try, up to the most.
 RETRY_FIRST_S, RETRY_MOST_S = 0.5, 5.0
+PRUNE_RETRY_S = 60.0
 
 
 class UsageWriter(Protocol):
@@ -203,7 +204,7 @@ class UsageRecorder:
             with self._cond:
                 if not self._lines and not self._stopping:
                     self._cond.wait(self._idle_wait())
-                retry = not self._lines and self._outage and time.monotonic() >= self._retry_at
+                retry = not self._lines and bool(self._outage) and time.monotonic() >= self._retry_at
                 if not self._lines and not retry:
                     if self._stopping:
                         break
@@ -351,5 +352,9 @@ class UsageRecorder:
             return
         try:
             self.pruned += store.prune(now - self.retention_days * DAY_S)
+        except SharedServerUnavailable:
+            # The fleet's database is down or not migrated yet (a proxy's start): its outage is told
+            # once by FleetHealth; the prune is tried again soon rather than a day later.
+            self._next_prune = now + PRUNE_RETRY_S
         except Exception as e:
             log.warning("usage: could not delete old calls: %s", type(e).__name__)
