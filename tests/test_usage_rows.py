@@ -133,6 +133,15 @@ def test_latency_percentiles_interpolate_like_numpy(store):
     assert (totals["latency_ms_p50"], totals["latency_ms_p95"]) == (250.0, 895.0)
 
 
+def test_every_store_interpolates_the_percentiles_alike(store):
+    # PostgreSQL computes them itself (percentile_cont); they must equal the SQLite store's.
+    latencies = [round(random.Random(n).uniform(1, 5000), 3) for n in range(37)]
+    store.insert([row(at=T0 + n, latency_ms=ms) for n, ms in enumerate(latencies)] + [row(user_id="solo", latency_ms=7.5)])
+    totals = {t["key"]: t for t in store.totals("user")}
+    assert (totals["alice"]["latency_ms_p50"], totals["alice"]["latency_ms_p95"]) == percentiles(latencies, (50, 95))
+    assert (totals["solo"]["latency_ms_p50"], totals["solo"]["latency_ms_p95"]) == (7.5, 7.5)
+
+
 def test_percentiles_edge_cases():
     assert percentiles([], (50, 95)) == (None, None)
     assert percentiles([42.0], (50, 95)) == (42.0, 42.0)

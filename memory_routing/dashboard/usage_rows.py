@@ -122,12 +122,15 @@ _ERRORS = "SUM(CASE WHEN error IS NOT NULL OR status IS NULL OR status >= 400 TH
 
 @dataclass(frozen=True, slots=True)
 class UsageDialect:
-    """What differs between the stores' SQL: the parameter marker, a row's UTC day, and the first
-    second (epoch) of its bucket of ``{width}`` seconds. The rest of every query is shared."""
+    """What differs between the stores' SQL: the parameter marker, a row's UTC day, the first
+    second (epoch) of its bucket of ``{width}`` seconds, and whether the database computes the
+    latency percentiles. The rest of every query is shared."""
 
     placeholder: str
     day: str
     bucket: str
+    # percentile_cont (PostgreSQL) interpolates as ``percentiles`` does.
+    percentiles_in_sql: bool = False
 
     def group_key(self, group_by: str) -> str:
         """The SQL of each ``group_by`` value's key; "day" is the UTC calendar day."""
@@ -200,16 +203,11 @@ def usage_totals(
             FROM usage_calls {where} GROUP BY 1""",
         params,
     ).fetchall()
-    latencies: dict[str, list[float]] = {}
-    for group, latency in conn.execute(
-        f"SELECT {key}, latency_ms FROM usage_calls {where} {'AND' if where else 'WHERE'} latency_ms IS NOT NULL",
-        params,
-    ):
-        latencies.setdefault(group, []).append(latency)
+    latency = _latency_percentiles(conn, dialect, key, where, params)
     result = []
     for (group, calls, errors, tokens_in, tokens_out, cached, cost, unpriced, first, last, cache_write, reasoning,
          memory_tokens, memory_cost, cache_saved, memory_calls, name) in totals:
-        p50, p95 = percentiles(latencies.get(group, []), (50, 95))
+        p50, p95 = latency.get(group, (None, None))
         result.append({
             "key": name,
             "calls": calls,
@@ -239,6 +237,26 @@ def usage_totals(
     else:
         result.sort(key=lambda row: (-row["calls"], row["key"]))
     return result
+
+
+def _latency_percentiles(conn: SQLConnection, dialect: UsageDialect, key: str, where: str,
+                         params: tuple[float | str, ...]) -> dict[Any, tuple[float | None, ...]]:
+    """p50 and p95 of the latency per group: computed by the database when it can (a fleet's
+    PostgreSQL: no row leaves it), else here over the group's latencies."""
+    with_latency = f"{where} {'AND' if where else 'WHERE'} latency_ms IS NOT NULL"
+    if dialect.percentiles_in_sql:
+        return {group: (_rounded(p50), _rounded(p95)) for group, p50, p95 in conn.execute(
+            f"""SELECT {key}, percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+                FROM usage_calls {with_latency} GROUP BY 1""", params)}
+    latencies: dict[Any, list[float]] = {}
+    for group, latency in conn.execute(f"SELECT {key}, latency_ms FROM usage_calls {with_latency}", params):
+        latencies.setdefault(group, []).append(latency)
+    return {group: percentiles(values, (50, 95)) for group, values in latencies.items()}
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
 
 
 def usage_series(

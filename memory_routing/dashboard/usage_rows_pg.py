@@ -30,7 +30,8 @@ from .usage_rows import (
 )
 
 POSTGRES = UsageDialect(
-    "%s", "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "(floor(at / {width}) * {width})::bigint")
+    "%s", "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "(floor(at / {width}) * {width})::bigint",
+    percentiles_in_sql=True)
 # A row written again (its batch's answer was lost with the connection) is stored once.
 _INSERT = insert_statement(POSTGRES) + " ON CONFLICT (call_id) DO NOTHING"
 # How long a use waits for a pooled connection: the writer can wait (its rows queue meanwhile);
