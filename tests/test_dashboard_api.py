@@ -83,7 +83,7 @@ def test_until_as_a_date_includes_that_day(sources, stores):
 
 
 @pytest.mark.parametrize(("query", "message"), [
-    ({"group_by": "provider"}, "group_by must be one of user, model, client, day, all, not 'provider'"),
+    ({"group_by": "provider"}, "group_by must be one of user, model, client, proxy, day, all, not 'provider'"),
     ({"since": "yesterday"}, "since must be epoch seconds or an ISO 8601 date or date-time"),
     ({"since": "nan"}, "since must be a finite number"),
     ({"since": "2025-11-20", "until": "2025-11-01"}, "since must not be after until"),
@@ -104,6 +104,23 @@ def test_series_and_recent(sources, stores):
         ("bob", "anthropic", "2025-11-23T12:13:15Z")]
     answer, body = call(sources, "GET", "/memory-routing/usage/recent", {"limit": "-1"})
     assert answer.status == 400 and "limit must be between 0 and 1000" in body["error"]["message"]
+
+
+def test_usage_groups_and_filters_by_the_proxy_that_served_each_call(sources, stores):
+    stores[1].insert([usage(proxy="gw-1"), usage(proxy="gw-2", user_id="bob", at=NOW - 5),
+                      usage(proxy="gw-2", at=NOW - 4)])
+    _, body = call(sources, "GET", "/memory-routing/usage", {"group_by": "proxy"})
+    assert [(d["key"], d["calls"]) for d in body["data"]] == [("gw-2", 2), ("gw-1", 1)]
+    _, body = call(sources, "GET", "/memory-routing/usage", {"group_by": "user", "proxy": "gw-2"})
+    assert body["proxy"] == "gw-2" and [(d["key"], d["calls"]) for d in body["data"]] == [("alice", 1), ("bob", 1)]
+    _, body = call(sources, "GET", "/memory-routing/usage/series", {"proxy": "gw-1"})
+    assert [(d["user_id"], d["calls"]) for d in body["data"]] == [("alice", 1)]
+    _, body = call(sources, "GET", "/memory-routing/usage/recent", {"proxy": "gw-2"})
+    assert [(d["proxy"], d["user_id"]) for d in body["data"]] == [("gw-2", "alice"), ("gw-2", "bob")]
+    answer, page = call(sources, "GET", "/memory-routing/")
+    calls_table = page.decode().split('id="recent-calls"', 1)[1].split("</table>", 1)[0]
+    assert "<th>Proxy</th>" in calls_table
+    assert calls_table.count('<td class="proxy">gw-2</td>') == 2 and '<td class="proxy">gw-1</td>' in calls_table
 
 
 def test_memories_list_search_and_users(sources, stores):

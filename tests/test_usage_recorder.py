@@ -19,6 +19,7 @@ from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.dashboard.recorder import DAY_S, UsageRecorder, usage_row
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 from memory_routing.addons.local_stores import LocalStores
+from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.addons.usage_log import UsageLog
 from memory_routing.routing.planner import RoutePlanner
 from memory_routing.llm.providers import ProviderResolver
@@ -216,3 +217,24 @@ def test_retention_must_be_positive(wired):
         tctx.configure(usage_log, memory_routing_usage_retention_days=0)
     tctx.configure(usage_log, memory_routing_usage_retention_days=7)
     assert usage_log.recorder.retention_days == 7
+
+
+def test_rows_name_the_proxy_and_the_outage_queue_takes_its_size_from_storage(tmp_path: Path):
+    (tmp_path / "config.yaml").write_text(CONFIG + "storage: {proxy_name: gw-7, outage_queue_rows: 7}\n")
+    routing = RoutingConfig()
+    shared = SharedServers(routing)
+    stores = LocalStores(shared)
+    usage_log = UsageLog(stores, CallLog())
+    with taddons.context(routing, shared, stores, usage_log) as tctx:
+        tctx.configure(routing, memory_routing_config=str(tmp_path / "config.yaml"))
+        tctx.configure(stores, memory_routing_store=str(tmp_path / "store.sqlite3"))
+        usage_log.running()
+        try:
+            assert usage_log.recorder.outage_capacity == 7
+            usage_log.recorder.submit(ROUTED)
+            assert usage_log.recorder.flush(WAIT_S)
+            assert stores.usage is not None and [row.proxy for row in stores.usage.recent()] == ["gw-7"]
+            assert usage_log.status()["written"] == 1 and usage_log.status()["outage_queued"] == 0
+        finally:
+            stores.done()
+            usage_log.done()

@@ -50,6 +50,7 @@ def create_stages() -> list[object]:
     pages = ErrorPageOverrides()  # mitmproxy's HTML error pages, replaced in the client's shape
     litellm_loading = LiteLLMLoading(routing)
     calls = CallLog()
+    usage = UsageLog(stores, calls)
     # Order matters: options are checked and the config loaded before anything answers; the
     # gateway's credentials and the size limits are checked before anything is read from a
     # request; the local endpoints answer before the router rewrites; cookies are added and a
@@ -68,10 +69,11 @@ def create_stages() -> list[object]:
         GatewayAuth(),
         RequestLimits(routing, pages),
         stores,
-        UsageLog(stores, calls),
+        usage,
         LocalEndpoints(
             routing, status_sources={"cookies": cookies.status, "in_flight": limiter.status}, stores=stores,
             memory_status=memory.status, litellm_status=litellm_loading.status, shared=shared,
+            usage_status=usage.status,
         ),
         litellm_loading,
         LargeBodyOffload(routing),  # a large body is read off the loop before anyone parses it

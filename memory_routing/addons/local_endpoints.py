@@ -15,7 +15,7 @@ from mitmproxy import http
 from memory_routing import __version__
 from memory_routing.dashboard import api as dashboard
 from memory_routing.addons.local_stores import LocalStores
-from memory_routing.errors import InvalidUserId
+from memory_routing.errors import InvalidUserId, SharedServerUnavailable
 from memory_routing.dashboard.bodies import (
     anthropic_models_body,
     health_body,
@@ -67,8 +67,11 @@ class LocalEndpoints:
         memory_status: Callable[[], dict[str, object]] | None = None,
         litellm_status: Callable[[], dict[str, object]] | None = None,
         shared: SharedServers | None = None,
+        usage_status: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.routing = routing
+        # The usage writer's counts (rows queued, written, dropped; waiting for the fleet's database).
+        self.usage_status = usage_status
         # The fleet's servers: /health names a degraded one, /memory-routing/info shows them.
         self.shared = shared
         # /health says whether LiteLLM's model table is loaded yet, and how many model calls
@@ -225,7 +228,13 @@ class LocalEndpoints:
         status: dict[str, object] = self.stores.status()
         usage, memory = self.stores.usage, self.stores.memory
         if usage is not None:
-            status["usage_calls"] = usage.count()
+            try:
+                status["usage_calls"] = usage.count()
+            except SharedServerUnavailable as e:  # the fleet's database is down: the rest still answers
+                status["usage_calls"] = None
+                status["usage_unavailable"] = str(e)
+        if self.usage_status is not None:
+            status["usage_writer"] = self.usage_status()
         if self.memory_status is not None:
             status["memory"] = self.memory_status()
         elif memory is not None:

@@ -18,6 +18,7 @@ from mitmproxy import ctx, exceptions
 
 from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
+from memory_routing.dashboard.usage_rows_pg import PostgresUsageStore
 from memory_routing.memory.records import MemoryStoreError
 from memory_routing.memory.store import SQLiteMemoryStore
 
@@ -45,7 +46,8 @@ class LocalStores:
         # The file's memory store is always opened with it (it sets the file up); the memory
         # addon decides whether to use it.
         self.memory: SQLiteMemoryStore | None = None
-        self.usage: SQLiteUsageStore | None = None
+        # The fleet's database when `storage.database_url` is set, else the file's table.
+        self.usage: SQLiteUsageStore | PostgresUsageStore | None = None
         self.before_close: list[Callable[[], None]] = []
         self._usage_conn: sqlite3.Connection | None = None
 
@@ -86,9 +88,14 @@ class LocalStores:
             memory = SQLiteMemoryStore(path)
         except (OSError, sqlite3.Error, MemoryStoreError) as e:
             raise exceptions.OptionsError(f"{STORE_OPTION}: cannot open {path}: {e}") from None
+        usage_conn: sqlite3.Connection | None = None
+        usage: SQLiteUsageStore | PostgresUsageStore
         try:
-            usage_conn = memory.open_connection()
-            usage = SQLiteUsageStore(usage_conn)
+            if self.shared is not None and self.shared.database is not None:
+                usage = PostgresUsageStore(self.shared.database)
+            else:
+                usage_conn = memory.open_connection()
+                usage = SQLiteUsageStore(usage_conn)
         except (OSError, sqlite3.Error) as e:
             memory.close()
             raise exceptions.OptionsError(f"{STORE_OPTION}: cannot open {path}: {e}") from None

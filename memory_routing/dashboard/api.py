@@ -8,9 +8,10 @@ Routes, the table ``_route_table()`` holds (every answer is JSON unless noted; e
 
   GET    /memory-routing/                      the page (text/html)
   GET    /memory-routing/static/<file>         the page's script and style sheet
-  GET    /memory-routing/usage                 totals: ?group_by=user|model|client|day&since=&until=
+  GET    /memory-routing/usage                 totals: ?group_by=user|model|client|proxy|day&since=&until=
   GET    /memory-routing/usage/series          tokens and cost per user: ?bucket=hour|day&since=&until=
   GET    /memory-routing/usage/recent          the last calls: ?limit=N
+  (each usage route also takes ?proxy=NAME: only the calls that proxy of the fleet served)
   GET    /memory-routing/memories              ?user_id=U[&q=][&conversation_id=][&limit=N][&offset=N]
   GET    /memory-routing/memories/users        memory users with their counts
   GET    /memory-routing/memories/export       JSON Lines (application/x-ndjson) [?user_id=U]
@@ -36,6 +37,7 @@ from ..memory.records import Memory, MemoryRecordError, MemoryStoreError
 from ..memory.store import MemoryStore
 from . import page
 from memory_routing.errors import DashboardRequestError as DashboardRequestError  # re-exported
+from memory_routing.errors import SharedServerUnavailable
 from .usage_rows import GROUP_BY, UsageQueryError, UsageRow
 
 PREFIX = "/memory-routing"
@@ -47,6 +49,8 @@ JSONL = "application/x-ndjson"
 _SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _STATIC_NAME = re.compile(r"[a-z][a-z0-9_-]*\.(js|css)")
+# When the fleet's database is down: how soon to ask again (the proxy retries it meanwhile).
+UNAVAILABLE_RETRY_AFTER_S = 10
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "memory-routing.localhost"})
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -55,13 +59,15 @@ PAGE_POLICY = (
 
 
 class UsageStore(Protocol):
-    """What dashboard.usage_rows.SQLiteUsageStore offers (and a Postgres backend will)."""
+    """What dashboard.usage_rows.SQLiteUsageStore and usage_rows_pg.PostgresUsageStore offer."""
 
-    def totals(self, group_by: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]: ...
+    def totals(self, group_by: str, since: float | None = None, until: float | None = None,
+               proxy: str | None = None) -> list[dict[str, Any]]: ...
 
-    def series(self, since: float | None = None, until: float | None = None, bucket: str = "day") -> list[dict[str, Any]]: ...
+    def series(self, since: float | None = None, until: float | None = None, bucket: str = "day",
+               proxy: str | None = None) -> list[dict[str, Any]]: ...
 
-    def recent(self, limit: int = 50) -> list[UsageRow]: ...
+    def recent(self, limit: int = 50, proxy: str | None = None) -> list[UsageRow]: ...
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,11 @@ def handle(
         answer = error_answer(e.status, e.message, e.error_type, e.headers)
     except MemoryRecordError as e:
         answer = error_answer(400, str(e))
+    except SharedServerUnavailable as e:
+        # The fleet's database is down or slow: said in the dashboard's own shape, never a traceback.
+        answer = error_answer(503, f"the fleet's database is unavailable, try again shortly ({e}); calls are"
+                              " still answered and their usage rows wait in the proxy until it is back",
+                              "service_unavailable", (("retry-after", str(UNAVAILABLE_RETRY_AFTER_S)),))
     except (UsageQueryError, MemoryStoreError) as e:
         answer = error_answer(400 if isinstance(e, UsageQueryError) else 503, str(e),
                               "invalid_request_error" if isinstance(e, UsageQueryError) else "store_error")
@@ -276,21 +287,25 @@ def _usage_totals(request: DashboardRequest) -> LocalAnswer:
     if group_by not in GROUP_BY:
         raise DashboardRequestError(400, f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
     since, until = time_range(query, sources.clock())
-    data = _usage_store(sources).totals(group_by, since, until)
-    return _json(200, {"group_by": group_by, "since": iso_time(since), "until": _iso_or_none(until), "data": data})
+    proxy = query.get("proxy") or None
+    data = _usage_store(sources).totals(group_by, since, until, proxy)
+    return _json(200, {"group_by": group_by, "since": iso_time(since), "until": _iso_or_none(until),
+                       "proxy": proxy, "data": data})
 
 
 def _usage_series(request: DashboardRequest) -> LocalAnswer:
     query, sources = request.query, request.sources
     bucket = query.get("bucket", "day")
     since, until = time_range(query, sources.clock())
-    data = _usage_store(sources).series(since, until, bucket)
-    return _json(200, {"bucket": bucket, "since": iso_time(since), "until": _iso_or_none(until), "data": data})
+    proxy = query.get("proxy") or None
+    data = _usage_store(sources).series(since, until, bucket, proxy)
+    return _json(200, {"bucket": bucket, "since": iso_time(since), "until": _iso_or_none(until),
+                       "proxy": proxy, "data": data})
 
 
 def _usage_recent(request: DashboardRequest) -> LocalAnswer:
     limit = _int_param(request.query, "limit", 50, 0, MAX_RECENT_LIMIT)
-    rows = _usage_store(request.sources).recent(limit)
+    rows = _usage_store(request.sources).recent(limit, request.query.get("proxy") or None)
     return _json(200, {"data": [usage_row_json(row) for row in rows]})
 
 

@@ -11,6 +11,12 @@ start and then once a day of the injected clock.
 
 Pure logic: no mitmproxy. The usage store is asked for at each write (``usage()``), so a store
 reopened on another file is followed, and a closed one (None) counts the rows as dropped.
+
+A shared store (the fleet's PostgreSQL) may be unavailable for a while: the rows it refuses with
+SharedServerUnavailable wait in a second bounded queue (``outage_capacity`` rows, the config's
+storage.outage_queue_rows) and are written again, oldest first, with a growing delay between
+tries, until the database takes them. The rows of a full queue are dropped, counted, and logged
+once per outage. Each row carries its own id, so a batch written twice is stored once.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from memory_routing.call_record import CallRecord
+from memory_routing.errors import SharedServerUnavailable
 
 from .cost import call_cost_usd
 from .usage_rows import UsageRow
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
 ERROR_TEXT_LIMIT = 300
+# The delay before writing the outage queue again: doubled after each failed try, up to the most.
+RETRY_FIRST_S, RETRY_MOST_S = 0.5, 5.0
+PRUNE_RETRY_S = 60.0
 
 
 class UsageWriter(Protocol):
@@ -55,8 +65,8 @@ class CallPrices:
     cache_saved_usd: float | None = None
 
 
-def usage_row(record: CallRecord, prices: CallPrices | float | None, now: float) -> UsageRow:
-    """The usage row of one call: a view of its record (call_record.CallRecord)."""
+def usage_row(record: CallRecord, prices: CallPrices | float | None, now: float, proxy: str = "") -> UsageRow:
+    """The usage row of one call, served by ``proxy``: a view of its record (call_record.CallRecord)."""
     if not isinstance(prices, CallPrices):
         prices = CallPrices(prices)
     return UsageRow(
@@ -84,6 +94,7 @@ def usage_row(record: CallRecord, prices: CallPrices | float | None, now: float)
         memory_tokens=memory_tokens(record),
         memory_cost_usd=prices.memory_cost_usd,
         cache_saved_usd=prices.cache_saved_usd,
+        proxy=proxy,
     )
 
 
@@ -105,6 +116,8 @@ class UsageRecorder:
         price: Pricer = call_cost_usd,
         idle_wake_s: float = 60.0,
         linger_s: float = 0.1,
+        outage_capacity: int = 10_000,
+        proxy_name: Callable[[], str] = str,
     ) -> None:
         self.usage = usage
         self.retention_days = retention_days  # None: keep everything
@@ -115,7 +128,15 @@ class UsageRecorder:
         # How often an idle writer looks at the clock for the daily prune.
         self.idle_wake_s = idle_wake_s
         self.linger_s = linger_s
+        self.outage_capacity = outage_capacity
+        self.proxy_name = proxy_name  # the proxy of the fleet each row names ('' alone)
         self.written = self.dropped = self.failed = self.pruned = 0
+        # Rows the shared store refused while unavailable, waiting for it (the writer's alone).
+        self._outage: deque[UsageRow] = deque()
+        self.outage_dropped = 0
+        self._outage_full_told = False
+        self._retry_delay = RETRY_FIRST_S
+        self._retry_at = 0.0  # time.monotonic() of the next try
         self._lines: deque[CallRecord] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -172,7 +193,8 @@ class UsageRecorder:
         with self._cond:
             queued = len(self._lines)
         return {"queued": queued, "written": self.written, "dropped": self.dropped, "failed": self.failed,
-                "pruned": self.pruned, "retention_days": self.retention_days}
+                "pruned": self.pruned, "retention_days": self.retention_days,
+                "outage_queued": len(self._outage), "outage_dropped": self.outage_dropped}
 
     # --- writer thread --------------------------------------------------------------------
 
@@ -181,38 +203,114 @@ class UsageRecorder:
             self._prune_if_due()
             with self._cond:
                 if not self._lines and not self._stopping:
-                    self._cond.wait(self.idle_wake_s)
-                if not self._lines:
+                    self._cond.wait(self._idle_wait())
+                retry = not self._lines and bool(self._outage) and time.monotonic() >= self._retry_at
+                if not self._lines and not retry:
                     if self._stopping:
-                        return
+                        break
                     continue
-                self._cond.wait_for(self._write_now, self.linger_s)
-                batch = [self._lines.popleft() for _ in range(min(self.batch_size, len(self._lines)))]
-                if not self._lines:
-                    self._hurry = False
+                batch: list[CallRecord] = []
+                if not retry:
+                    self._cond.wait_for(self._write_now, self.linger_s)
+                    batch = [self._lines.popleft() for _ in range(min(self.batch_size, len(self._lines)))]
+                    if not self._lines:
+                        self._hurry = False
                 self._busy = True
             try:
-                self._write(batch)
+                # Off the lock: a call's submit() never waits for the database.
+                if batch:
+                    self._write(batch)
+                else:
+                    self._write_outage()
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+        self._last_try()
+
+    def _idle_wait(self) -> float:
+        if not self._outage:
+            return self.idle_wake_s
+        return min(self.idle_wake_s, max(0.0, self._retry_at - time.monotonic()))
 
     def _write_now(self) -> bool:
         return self._stopping or self._hurry or len(self._lines) >= self.batch_size
 
     def _write(self, lines: list[CallRecord]) -> None:
         now = self.clock()
-        rows = [usage_row(line, self._prices(line), now) for line in lines]
+        proxy = self.proxy_name()
+        rows = [usage_row(line, self._prices(line), now, proxy) for line in lines]
         store = self.usage()
         if store is None:
             self.dropped += len(rows)
             return
+        if self._outage:  # behind the rows already waiting: written in order when it is back
+            self._queue_for_outage(rows)
+            if time.monotonic() >= self._retry_at:
+                self._write_outage()
+            return
         try:
             self.written += store.insert(rows)
+        except SharedServerUnavailable:
+            self._queue_for_outage(rows)
+            self._retry_at = time.monotonic() + self._retry_delay
         except Exception as e:  # a full disk or a locked file: counted, the proxy goes on
             self.failed += len(rows)
             log.warning("usage: could not store %d call(s): %s", len(rows), type(e).__name__)
+
+    # --- the outage queue (writer thread) --------------------------------------------------
+
+    def _queue_for_outage(self, rows: list[UsageRow]) -> None:
+        room = max(0, self.outage_capacity - len(self._outage))
+        if not self._outage and rows:
+            log.info("usage: the shared database is unavailable; usage rows wait in memory (up to %d)",
+                     self.outage_capacity)
+        self._outage.extend(rows[:room])
+        overflow = len(rows) - min(room, len(rows))
+        if overflow:
+            self.outage_dropped += overflow
+            if not self._outage_full_told:
+                self._outage_full_told = True
+                log.warning("usage: %d rows wait for the unavailable database (storage.outage_queue_rows);"
+                            " the calls' rows beyond them are dropped and counted (outage_dropped in"
+                            " /memory-routing/info) until it is back", len(self._outage))
+
+    def _write_outage(self) -> None:
+        """Writes the waiting rows, oldest first, until the queue is empty or the store fails again."""
+        store = self.usage()
+        if store is None:
+            self.dropped += len(self._outage)
+            self._outage.clear()
+            return
+        written = 0
+        while self._outage:
+            batch = [self._outage[i] for i in range(min(self.batch_size, len(self._outage)))]
+            try:
+                written += store.insert(batch)
+            except SharedServerUnavailable:
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MOST_S)
+                self._retry_at = time.monotonic() + self._retry_delay
+                self.written += written
+                return
+            except Exception as e:  # refused for good (not unavailable): counted, never retried
+                self.failed += len(batch)
+                log.warning("usage: could not store %d queued call(s): %s", len(batch), type(e).__name__)
+            for _ in batch:
+                self._outage.popleft()
+        self.written += written
+        log.info("usage: the database is back; %d queued row(s) written", written)
+        self._retry_delay, self._outage_full_told = RETRY_FIRST_S, False
+
+    def _last_try(self) -> None:
+        """At shutdown: one more try for the waiting rows; what is still refused is lost, and said."""
+        if not self._outage:
+            return
+        self._write_outage()
+        if self._outage:
+            lost = len(self._outage)
+            self.outage_dropped += lost
+            self._outage.clear()
+            log.warning("usage: %d row(s) waiting for the unavailable database are lost at shutdown", lost)
 
     def _prices(self, record: CallRecord) -> CallPrices:
         provider, model = record.provider, record.provider_model
@@ -254,5 +352,9 @@ class UsageRecorder:
             return
         try:
             self.pruned += store.prune(now - self.retention_days * DAY_S)
+        except SharedServerUnavailable:
+            # The fleet's database is down or not migrated yet (a proxy's start): its outage is told
+            # once by FleetHealth; the prune is tried again soon rather than a day later.
+            self._next_prune = now + PRUNE_RETRY_S
         except Exception as e:
             log.warning("usage: could not delete old calls: %s", type(e).__name__)

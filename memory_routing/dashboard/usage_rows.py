@@ -1,7 +1,9 @@
-"""Usage rows: one per model call, kept in the memory's SQLite file in a table of their own.
+"""Usage rows: one per model call, kept in the memory's SQLite file in a table of their own
+(or, for a fleet of proxies, in PostgreSQL: usage_rows_pg.py, which shares the queries here).
 
-Pure logic over a ``sqlite3.Connection``; no mitmproxy, no LiteLLM. The caller owns the
-connection (the memory store's file) and runs the writes off the event loop.
+Pure logic over a DB-API connection (``sqlite3`` here; psycopg's has the same ``execute``); no
+mitmproxy, no LiteLLM. The caller owns the connection and runs the writes off the event loop.
+Each store's own SQL spelling is its ``UsageDialect``.
 
 Token convention (LiteLLM's ``Usage``, see wire.usage): ``input_tokens`` counts every input
 token, cache reads and writes included (OpenAI's ``prompt_tokens``); ``cached_tokens`` is the
@@ -13,6 +15,10 @@ the call would have cost more with no prompt cache (negative when writing the ca
 than reading it saved). A call is an error when the proxy or the upstream did not answer it with
 a 1xx-3xx status.
 
+``proxy`` is the proxy that served the call (fleet.identity.proxy_name; '' for rows written
+before the column existed); ``call_id`` a unique id the proxy gives the row, so a row written
+again after a lost answer from the database is stored once.
+
 The "model" grouping takes one model's spellings as one (``claude-sonnet-4.5`` refused,
 ``claude-sonnet-4-5`` routed; a provider prefix): see ``model_key``.
 """
@@ -22,11 +28,12 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import threading
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 from memory_routing.errors import UsageQueryError as UsageQueryError  # re-exported
 
@@ -59,13 +66,15 @@ class UsageRow:
     memory_tokens: int | None = None  # None: no recall block in this call
     memory_cost_usd: float | None = None
     cache_saved_usd: float | None = None
+    proxy: str = ""  # the proxy of the fleet that served the call
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(field.name for field in fields(UsageRow))
 # A row's values in column order. Not dataclasses.astuple: it deep-copies every value (its
 # generality costs about 20 µs of the writer's CPU per row; every field here is a scalar).
 _row_values = attrgetter(*USAGE_COLUMNS)
-GROUP_BY = ("user", "model", "client", "day", "all")
+GROUP_BY = ("user", "model", "client", "proxy", "day", "all")
 BUCKETS = {"hour": 3600, "day": 86400}
 
 _SCHEMA = """
@@ -94,7 +103,9 @@ CREATE TABLE IF NOT EXISTS usage_calls (
     reasoning_tokens INTEGER,
     memory_tokens INTEGER,
     memory_cost_usd REAL,
-    cache_saved_usd REAL
+    cache_saved_usd REAL,
+    proxy TEXT NOT NULL DEFAULT '',
+    call_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_calls_at ON usage_calls (at);
 """
@@ -102,17 +113,40 @@ CREATE INDEX IF NOT EXISTS usage_calls_at ON usage_calls (at);
 _ADDED_COLUMNS = (
     ("cache_write_tokens", "INTEGER"), ("reasoning_tokens", "INTEGER"), ("memory_tokens", "INTEGER"),
     ("memory_cost_usd", "REAL"), ("cache_saved_usd", "REAL"),
+    # Rows of a file written before the fleet have no proxy name ('') and no id.
+    ("proxy", "TEXT NOT NULL DEFAULT ''"), ("call_id", "TEXT NOT NULL DEFAULT ''"),
 )
 
-_IS_ERROR = "(error IS NOT NULL OR status IS NULL OR status >= 400)"
-# The grouping key of each ``group_by`` value; "day" is the UTC calendar day.
-_GROUP_KEY = {
-    "user": "user_id",
-    "model": "model_key(provider_model)",
-    "client": "client",
-    "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
-    "all": "'all'",  # one row over every call
-}
+_ERRORS = "SUM(CASE WHEN error IS NOT NULL OR status IS NULL OR status >= 400 THEN 1 ELSE 0 END)"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDialect:
+    """What differs between the stores' SQL: the parameter marker, a row's UTC day, the first
+    second (epoch) of its bucket of ``{width}`` seconds, and whether the database computes the
+    latency percentiles. The rest of every query is shared."""
+
+    placeholder: str
+    day: str
+    bucket: str
+    # percentile_cont (PostgreSQL) interpolates as ``percentiles`` does.
+    percentiles_in_sql: bool = False
+
+    def group_key(self, group_by: str) -> str:
+        """The SQL of each ``group_by`` value's key; "day" is the UTC calendar day."""
+        if group_by not in GROUP_BY:
+            raise UsageQueryError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
+        return {"user": "user_id", "model": "model_key(provider_model)", "client": "client", "proxy": "proxy",
+                "day": self.day, "all": "'all'"}[group_by]  # "all": one row over every call
+
+
+SQLITE = UsageDialect("?", "strftime('%Y-%m-%d', at, 'unixepoch')", "CAST(at / {width} AS INTEGER) * {width}")
+
+
+class SQLConnection(Protocol):
+    """A DB-API connection's ``execute`` (sqlite3's, psycopg's): the queries below run on either."""
+
+    def execute(self, sql: str, params: Sequence[Any], /) -> Any: ...
 
 
 def model_key(name: str) -> str:
@@ -130,47 +164,50 @@ def create_usage_schema(conn: sqlite3.Connection) -> None:
     conn.create_function("model_key", 1, model_key, deterministic=True)
 
 
+def insert_statement(dialect: UsageDialect) -> str:
+    """One row's INSERT, its values in ``row_values`` order."""
+    placeholders = ", ".join(dialect.placeholder for _ in USAGE_COLUMNS)
+    return f"INSERT INTO usage_calls ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})"
+
+
+def row_values(rows: Iterable[UsageRow]) -> list[tuple[Any, ...]]:
+    return [_row_values(row) for row in rows]
+
+
 def insert_usage(conn: sqlite3.Connection, rows: Iterable[UsageRow]) -> int:
-    values = [_row_values(row) for row in rows]
-    placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
+    values = row_values(rows)
     with _transaction(conn):
-        conn.executemany(f"INSERT INTO usage_calls ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})", values)
+        conn.executemany(insert_statement(SQLITE), values)
     return len(values)
 
 
 def usage_totals(
-    conn: sqlite3.Connection, group_by: str, since: float | None = None, until: float | None = None
+    conn: SQLConnection, group_by: str, since: float | None = None, until: float | None = None,
+    *, proxy: str | None = None, dialect: UsageDialect = SQLITE,
 ) -> list[dict[str, Any]]:
     """Per group: calls, errors, token sums, cost and latency percentiles; busiest group first.
 
     ``cost_usd`` sums the calls whose price is known; ``unpriced_calls`` counts the others.
     Latency percentiles interpolate linearly between ranks (numpy's default).
     """
-    if group_by not in _GROUP_KEY:
-        raise UsageQueryError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
-    where, params = _range(since, until)
-    key = _GROUP_KEY[group_by]
+    key = dialect.group_key(group_by)
+    where, params = _where(dialect, since, until, proxy)
     # A model is shown by the name its routed calls used (its refusals' spelling otherwise).
     shown = ("COALESCE(MAX(CASE WHEN route NOT IN ('refused', 'failed') THEN provider_model END), MAX(provider_model))"
              if group_by == "model" else key)
     totals = conn.execute(
-        f"""SELECT {key}, COUNT(*), SUM({_IS_ERROR}), SUM(input_tokens), SUM(output_tokens),
-                   SUM(cached_tokens), SUM(cost_usd), SUM(cost_usd IS NULL), MIN(at), MAX(at),
+        f"""SELECT {key}, COUNT(*), {_ERRORS}, SUM(input_tokens), SUM(output_tokens),
+                   SUM(cached_tokens), SUM(cost_usd), COUNT(*) - COUNT(cost_usd), MIN(at), MAX(at),
                    SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(memory_tokens), SUM(memory_cost_usd),
-                   SUM(cache_saved_usd), SUM(memory_tokens IS NOT NULL), {shown}
+                   SUM(cache_saved_usd), COUNT(memory_tokens), {shown}
             FROM usage_calls {where} GROUP BY 1""",
         params,
     ).fetchall()
-    latencies: dict[str, list[float]] = {}
-    for group, latency in conn.execute(
-        f"SELECT {key}, latency_ms FROM usage_calls {where} {'AND' if where else 'WHERE'} latency_ms IS NOT NULL",
-        params,
-    ):
-        latencies.setdefault(group, []).append(latency)
+    latency = _latency_percentiles(conn, dialect, key, where, params)
     result = []
     for (group, calls, errors, tokens_in, tokens_out, cached, cost, unpriced, first, last, cache_write, reasoning,
          memory_tokens, memory_cost, cache_saved, memory_calls, name) in totals:
-        p50, p95 = percentiles(latencies.get(group, []), (50, 95))
+        p50, p95 = latency.get(group, (None, None))
         result.append({
             "key": name,
             "calls": calls,
@@ -202,8 +239,29 @@ def usage_totals(
     return result
 
 
+def _latency_percentiles(conn: SQLConnection, dialect: UsageDialect, key: str, where: str,
+                         params: tuple[float | str, ...]) -> dict[Any, tuple[float | None, ...]]:
+    """p50 and p95 of the latency per group: computed by the database when it can (a fleet's
+    PostgreSQL: no row leaves it), else here over the group's latencies."""
+    with_latency = f"{where} {'AND' if where else 'WHERE'} latency_ms IS NOT NULL"
+    if dialect.percentiles_in_sql:
+        return {group: (_rounded(p50), _rounded(p95)) for group, p50, p95 in conn.execute(
+            f"""SELECT {key}, percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+                FROM usage_calls {with_latency} GROUP BY 1""", params)}
+    latencies: dict[Any, list[float]] = {}
+    for group, latency in conn.execute(f"SELECT {key}, latency_ms FROM usage_calls {with_latency}", params):
+        latencies.setdefault(group, []).append(latency)
+    return {group: percentiles(values, (50, 95)) for group, values in latencies.items()}
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
 def usage_series(
-    conn: sqlite3.Connection, since: float | None = None, until: float | None = None, bucket: str = "day"
+    conn: SQLConnection, since: float | None = None, until: float | None = None, bucket: str = "day",
+    *, proxy: str | None = None, dialect: UsageDialect = SQLITE,
 ) -> list[dict[str, Any]]:
     """Tokens and cost per memory user per UTC hour or day, oldest bucket first.
 
@@ -211,10 +269,10 @@ def usage_series(
     """
     if bucket not in BUCKETS:
         raise UsageQueryError(f"bucket must be one of {', '.join(BUCKETS)}, not {bucket!r}")
-    width = BUCKETS[bucket]
-    where, params = _range(since, until)
+    start = dialect.bucket.format(width=BUCKETS[bucket])
+    where, params = _where(dialect, since, until, proxy)
     rows = conn.execute(
-        f"""SELECT CAST(at / {width} AS INTEGER) * {width}, user_id, COUNT(*), SUM({_IS_ERROR}),
+        f"""SELECT {start}, user_id, COUNT(*), {_ERRORS},
                    SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
             FROM usage_calls {where} GROUP BY 1, 2 ORDER BY 1, 2""",
         params,
@@ -233,14 +291,21 @@ def usage_series(
     ]
 
 
-def recent_calls(conn: sqlite3.Connection, limit: int = 50) -> list[UsageRow]:
+def recent_calls(conn: SQLConnection, limit: int = 50, *, proxy: str | None = None,
+                 dialect: UsageDialect = SQLITE) -> list[UsageRow]:
     """The newest calls first."""
     if limit < 0:
         raise UsageQueryError("limit must not be negative")
+    where, params = _where(dialect, None, None, proxy)
     rows = conn.execute(
-        f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_calls ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+        f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_calls {where} ORDER BY at DESC, id DESC"
+        f" LIMIT {dialect.placeholder}", (*params, limit),
     ).fetchall()
     return [_row(values) for values in rows]
+
+
+def count_calls(conn: SQLConnection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM usage_calls", ()).fetchone()[0])
 
 
 def prune_usage(conn: sqlite3.Connection, older_than: float) -> int:
@@ -263,7 +328,8 @@ def percentiles(values: list[float], ranks: Iterable[int]) -> tuple[float | None
 class SQLiteUsageStore:
     """The usage store over one SQLite connection, shared by the writer thread and the API.
 
-    The interface a Postgres backend implements: insert, totals, series, recent, prune, count.
+    The interface usage_rows_pg.PostgresUsageStore implements too: insert, totals, series,
+    recent, prune, count.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -277,17 +343,19 @@ class SQLiteUsageStore:
         with self._lock:
             return insert_usage(self.conn, rows)
 
-    def totals(self, group_by: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    def totals(self, group_by: str, since: float | None = None, until: float | None = None,
+               proxy: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return usage_totals(self.conn, group_by, since, until)
+            return usage_totals(self.conn, group_by, since, until, proxy=proxy)
 
-    def series(self, since: float | None = None, until: float | None = None, bucket: str = "day") -> list[dict[str, Any]]:
+    def series(self, since: float | None = None, until: float | None = None, bucket: str = "day",
+               proxy: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return usage_series(self.conn, since, until, bucket)
+            return usage_series(self.conn, since, until, bucket, proxy=proxy)
 
-    def recent(self, limit: int = 50) -> list[UsageRow]:
+    def recent(self, limit: int = 50, proxy: str | None = None) -> list[UsageRow]:
         with self._lock:
-            return recent_calls(self.conn, limit)
+            return recent_calls(self.conn, limit, proxy=proxy)
 
     def prune(self, older_than: float) -> int:
         with self._lock:
@@ -296,7 +364,7 @@ class SQLiteUsageStore:
     def count(self) -> int:
         """How many calls are kept (for /memory-routing/info)."""
         with self._lock:
-            return self.conn.execute("SELECT COUNT(*) FROM usage_calls").fetchone()[0]
+            return count_calls(self.conn)
 
 
 @contextmanager
@@ -315,17 +383,17 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.commit()
 
 
-def _range(since: float | None, until: float | None) -> tuple[str, tuple[float, ...]]:
-    """``since`` inclusive, ``until`` exclusive; either may be open."""
+def _where(dialect: UsageDialect, since: float | None, until: float | None,
+           proxy: str | None) -> tuple[str, tuple[float | str, ...]]:
+    """``since`` inclusive, ``until`` exclusive, either may be open; ``proxy``: only its calls."""
     if since is not None and until is not None and since > until:
         raise UsageQueryError("since must not be after until")
-    clauses, params = [], []
-    if since is not None:
-        clauses.append("at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("at < ?")
-        params.append(until)
+    clauses: list[str] = []
+    params: list[float | str] = []
+    for clause, value in (("at >=", since), ("at <", until), ("proxy =", proxy)):
+        if value is not None:
+            clauses.append(f"{clause} {dialect.placeholder}")
+            params.append(value)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
