@@ -2,49 +2,149 @@
 
 Real `mitmdump -s addon.py` processes (tests/fleet_harness.py), each with its own HOME and
 confdir, in front of the fake upstreams, driven by real clients (the openai and anthropic SDKs,
-httpx, headless Chromium). The servers are real too (tests/fleet_servers.py): the outage test
-stops and starts them under running proxies.
+httpx). The servers are real too (tests/fleet_servers.py): the last tests kill a proxy, and stop
+and start the servers under the running proxies.
+
+The module's fleet has a cap of 3 calls in flight per upstream host and a short lease, so that a
+killed proxy's slots come back within seconds. Each upstream host has a job: 127.0.0.1 answers
+the memory and usage calls, 127.0.0.2 is behind "Cloudflare", 127.0.0.3 holds every call until
+the test releases it.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
+import anthropic
+import httpx
+import openai
 import pytest
 
 from fake_upstream import FakeUpstream
 from fleet_harness import Fleet, fleet_config, health, info, running_fleet
 from fleet_servers import PostgresServer, RedisServer
+from harness import RunningProxy, wait_until
+from memory_routing.wire.flow_log import PREFIX as FLOW_LOG_PREFIX
 
 pytestmark = pytest.mark.e2e
 
 NAMES = ("A", "B", "C")
 WAIT = 30.0
+CAP = 3
+LEASE_SECONDS = 3
 KEYS = {"MR_FLEET_OPENAI_KEY": "sk-fleet-openai-2201", "MR_FLEET_ANTHROPIC_KEY": "sk-ant-fleet-2202"}
 
 
-def model_list(fake: FakeUpstream) -> list[dict]:
+def model_list(fake: FakeUpstream, cloudflare: FakeUpstream, held: FakeUpstream) -> list[dict]:
+    openai_key, anthropic_key = "os.environ/MR_FLEET_OPENAI_KEY", "os.environ/MR_FLEET_ANTHROPIC_KEY"
     return [
-        {"model_name": "gpt-4o", "litellm_params": {
-            "model": "openai/gpt-4o", "api_base": f"{fake.url}/v1", "api_key": "os.environ/MR_FLEET_OPENAI_KEY"}},
-        {"model_name": "claude-sonnet-4-5", "litellm_params": {
-            "model": "anthropic/claude-sonnet-4-5", "api_base": fake.url, "api_key": "os.environ/MR_FLEET_ANTHROPIC_KEY"}},
+        {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_base": f"{fake.url}/v1",
+                                                    "api_key": openai_key}},
+        {"model_name": "claude-sonnet-4-5", "litellm_params": {"model": "anthropic/claude-sonnet-4-5",
+                                                               "api_base": fake.url, "api_key": anthropic_key}},
+        {"model_name": "behind-cloudflare", "litellm_params": {"model": "openai/gpt-4o-mini",
+                                                               "api_base": f"{cloudflare.url}/v1", "api_key": openai_key}},
+        {"model_name": "held", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": f"{held.url}/v1",
+                                                  "api_key": openai_key}},
     ]
 
 
 @pytest.fixture(scope="module")
-def fleet(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer,
-          redis_server: RedisServer) -> Iterator[Fleet]:
-    # One database and one Redis for the module's proxies (the per-test fixtures are per test).
-    if postgres_server.process is None:
-        postgres_server.start()
-    if redis_server.process is None:
-        redis_server.start()
+def cloudflare() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(host="127.0.0.2", cloudflare=True).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def held() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(host="127.0.0.3").start()
+    yield fake
+    fake.release()
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(fake: FakeUpstream, cloudflare: FakeUpstream, held: FakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+          postgres_server: PostgresServer, redis_server: RedisServer) -> Iterator[Fleet]:
+    # One database and one Redis for the module's proxies (the database_url and redis_url
+    # fixtures are per test).
+    for server in (postgres_server, redis_server):
+        if server.process is None:
+            server.start()
     redis_server.flush()
-    config = fleet_config(model_list(fake), user_id_mappings={"default_user_id": "fleet-dev"})
+    config = fleet_config(model_list(fake, cloudflare, held), lease_seconds=LEASE_SECONDS,
+                          user_id_mappings={"default_user_id": "fleet-dev"})
     with running_fleet(tmp_path_factory.mktemp("fleet"), NAMES, config, database_url=postgres_server.create_database(),
-                       redis_url=redis_server.url(), env=KEYS) as running:
+                       redis_url=redis_server.url(), env=KEYS,
+                       extra_args=("--set", f"memory_routing_max_in_flight={CAP}")) as running:
         yield running
+
+
+@pytest.fixture
+def held_calls(held: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The holding upstream, emptied, holding every call until the test releases them."""
+    held.reset()
+    held.hold_requests = True
+    yield held
+    held.release()
+
+
+def openai_client(proxy: RunningProxy, user: str, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.gateway_url}/v1", api_key="sk-client-unused", max_retries=0, timeout=WAIT,
+                         default_headers={"x-memory-user-id": user, **headers})
+
+
+def anthropic_client(proxy: RunningProxy, user: str, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.gateway_url, api_key="sk-ant-client-unused", max_retries=0,
+                               timeout=WAIT, default_headers={"x-memory-user-id": user, **headers})
+
+
+def tell(proxy: RunningProxy, user: str, text: str, conversation: str) -> str:
+    answer = openai_client(proxy, user).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": text}],
+        extra_headers={"x-memory-conversation-id": conversation})
+    return answer.choices[0].message.content or ""
+
+
+def ask_claude(proxy: RunningProxy, user: str, text: str, conversation: str) -> str:
+    answer = anthropic_client(proxy, user).messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": text}],
+        extra_headers={"x-memory-conversation-id": conversation})
+    return "".join(block.text for block in answer.content if block.type == "text")
+
+
+def memories(proxy: RunningProxy, user: str) -> list[str]:
+    answer = httpx.get(f"{proxy.gateway_url}/memory-routing/memories", params={"user_id": user}, timeout=WAIT)
+    return [row["text"] for row in answer.json()["data"]] if answer.status_code == 200 else []
+
+
+def remembered(proxy: RunningProxy, user: str, *facts: str) -> bool:
+    texts = "\n".join(memories(proxy, user))
+    return all(fact in texts for fact in facts)
+
+
+def last_user_text(upstream: FakeUpstream) -> str:
+    content = upstream.last().json["messages"][-1]["content"]
+    return content if isinstance(content, str) else "\n".join(block.get("text", "") for block in content)
+
+
+def calls_by_proxy(proxy: RunningProxy, since: float) -> dict[str, int] | None:
+    answer = httpx.get(f"{proxy.gateway_url}/memory-routing/usage", params={"group_by": "proxy", "since": since},
+                       timeout=WAIT)
+    return {row["key"]: row["calls"] for row in answer.json()["data"]} if answer.status_code == 200 else None
+
+
+def queued(proxy: RunningProxy) -> int:
+    return sum(host["queued"] for host in info(proxy)["upstreams"]["in_flight"].values())
+
+
+def held_call(proxy: RunningProxy) -> str:
+    answer = openai_client(proxy, "cap-user", **{"x-memory-mode": "off"}).chat.completions.create(
+        model="held", messages=[{"role": "user", "content": "hold me"}])
+    return answer.choices[0].message.content or ""
 
 
 def test_the_proxies_start_together_on_one_migrated_database(fleet: Fleet):
@@ -58,3 +158,23 @@ def test_the_proxies_start_together_on_one_migrated_database(fleet: Fleet):
     assert logs.count("fleet database: applied migrations") == 1  # one proxy migrated, under the lock
     for secret in KEYS.values():
         assert secret not in logs
+
+
+def test_bs_usage_api_and_dashboard_show_the_calls_made_through_a_and_c(fleet: Fleet, upstream: FakeUpstream):
+    since = time.time() - 1
+    for n in range(2):
+        tell(fleet["A"], "fleet-usage", f"usage through A, {n}", "usage-a")
+    with anthropic_client(fleet["C"], "fleet-usage").messages.stream(
+            model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "usage through C"}]) as stream:
+        assert stream.get_final_message().content
+    expected = {"A": 2, "C": 1}
+    assert wait_until(lambda: calls_by_proxy(fleet["B"], since) == expected, WAIT), calls_by_proxy(fleet["B"], since)
+    recent = httpx.get(f"{fleet['B'].gateway_url}/memory-routing/usage/recent", params={"proxy": "C"}, timeout=WAIT)
+    assert [row["proxy"] for row in recent.json()["data"]] == ["C"]
+    page = httpx.get(f"{fleet['B'].gateway_url}/memory-routing/", timeout=WAIT)
+    assert page.status_code == 200
+    assert '<td class="proxy">A</td>' in page.text and '<td class="proxy">C</td>' in page.text
+
+
+def flow_log(proxy: RunningProxy) -> list[dict]:
+    return [json.loads(line.split(FLOW_LOG_PREFIX, 1)[1]) for line in proxy.log().splitlines() if FLOW_LOG_PREFIX in line]
