@@ -117,7 +117,7 @@ def test_usage_groups_and_filters_by_the_proxy_that_served_each_call(sources, st
     assert [(d["user_id"], d["calls"]) for d in body["data"]] == [("alice", 1)]
     _, body = call(sources, "GET", "/memory-routing/usage/recent", {"proxy": "gw-2"})
     assert [(d["proxy"], d["user_id"]) for d in body["data"]] == [("gw-2", "alice"), ("gw-2", "bob")]
-    answer, page = call(sources, "GET", "/memory-routing/")
+    _answer, page = call(sources, "GET", "/memory-routing/")
     calls_table = page.decode().split('id="recent-calls"', 1)[1].split("</table>", 1)[0]
     assert "<th>Proxy</th>" in calls_table
     assert calls_table.count('<td class="proxy">gw-2</td>') == 2 and '<td class="proxy">gw-1</td>' in calls_table

@@ -39,7 +39,7 @@ def fleet_config(fake_url: str, proxy_name: str | None) -> str:
 
 
 @pytest.fixture
-def proxies(tmp_path: Path, fake: FakeUpstream, database_url: str) -> Iterator[dict[str, RunningProxy]]:  # noqa: F811
+def proxies(tmp_path: Path, fake: FakeUpstream, database_url: str) -> Iterator[dict[str, RunningProxy]]:
     """proxy-a names itself in the config; proxy-b through MEMORY_ROUTING_PROXY_NAME."""
     fake_url = f"http://127.0.0.1:{fake.server.server_address[1]}"
     with ExitStack() as stack:
