@@ -243,8 +243,10 @@ def main() -> None:
                              "LoCoMo user owns it, and only that user's questions are timed")
     parser.add_argument("--threads", type=int, default=1, help="recall calls at once (the proxy runs 2)")
     parser.add_argument("--rounds", type=int, default=1, help="ask every question this many times")
-    for name in ("candidates", "expand", "before", "after", "wide", "narrow_after"):
+    for name in ("candidates", "expand", "before", "after", "wide", "narrow_after", "windows", "strong_full", "floor_tokens"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
+    for name in ("window_weight", "period_weight", "min_best_score", "strong_score"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float)
     parser.add_argument("--min-relative-score", type=float)
     parser.add_argument("--window-score", choices=("sum", "max"))
     parser.add_argument("--common-share", type=float)
@@ -263,7 +265,9 @@ def main() -> None:
             tuning = RecallTuning()
             overrides = {k: getattr(args, k) for k in ("candidates", "expand", "before", "after", "min_relative_score",
                                                        "window_score", "wide", "common_share",
-                                                      "narrow_after")
+                                                       "narrow_after", "windows", "strong_full", "window_weight",
+                                                       "period_weight", "min_best_score", "floor_tokens",
+                                                       "strong_score")
                          if getattr(args, k) is not None}
             tuning = replace(tuning, **overrides, exclude_current_conversation=not args.include_current)
             if args.store_size:
