@@ -168,7 +168,7 @@ class Recaller:
         exclude = conversation_id if t.exclude_current_conversation else None
         hits = self.store.search(user_id, turn_text, t.candidates, exclude_conversation_id=exclude,
                                  deadline=deadline, common_share=t.common_share)
-        if not hits or hits[0][1] < t.min_best_score:
+        if hits and hits[0][1] < t.min_best_score:
             return None  # nothing relevant enough to pay for
         candidates = [Candidate(score / hits[0][1], memory=memory, rank=rank)
                       for rank, (memory, score) in enumerate(hits)
@@ -181,7 +181,9 @@ class Recaller:
             if period is not None:
                 dated = self.store.search_windows(user_id, turn_text, t.windows, exclude_conversation_id=exclude,
                                                   deadline=deadline, common_share=t.common_share, period=period.keys)
-                candidates += window_candidates(dated, t.period_weight)
+                candidates += window_candidates(dated, t.period_weight, in_period=True)
+        if not candidates:
+            return None
         candidates.sort(key=lambda c: -c.score)
         budget = adaptive_budget(candidates, budget, t)
         runs = self._runs(candidates, deadline, budget, exclude_ids)
@@ -210,7 +212,7 @@ class Recaller:
                 hit_ids = frozenset(m.id for m in run)
             if exclude_ids:
                 run = [m for m in run if m.id not in exclude_ids]
-            if run and packer.add(run, candidate.score, hit_ids):
+            if run and packer.add(run, candidate.score, hit_ids, candidate.in_period):
                 break
         return packer.runs()
 
@@ -224,25 +226,29 @@ class Candidate:
     memory: Memory | None = None
     rank: int = 0  # a turn hit's place in its search
     turns: tuple[Memory, ...] = ()
+    in_period: bool = False  # a window of the period the question names
 
 
-def window_candidates(windows: list[tuple[tuple[Memory, ...], float]], weight: float) -> list[Candidate]:
+def window_candidates(windows: list[tuple[tuple[Memory, ...], float]], weight: float, *,
+                      in_period: bool = False) -> list[Candidate]:
     if not windows:
         return []
     best = max(windows[0][1], 1e-9)
-    return [Candidate(weight * score / best, turns=turns) for turns, score in windows]
+    return [Candidate(weight * score / best, turns=turns, in_period=in_period) for turns, score in windows]
 
 
 class RunPacker:
     """Runs of turns gathered for a block: a run that shares turns with one already gathered joins
     it (its new turns only), so no turn is shown twice; the same words typed in several
-    conversations are shown once. Each run is ranked by the scores of the hits it holds."""
+    conversations are shown once. Each run is ranked by the scores of the hits it holds, a run
+    holding a window of the period the question names before every run that holds none."""
 
     def __init__(self, enough_chars: float, score: str = "sum") -> None:
         self.enough_chars = enough_chars
         self.score = score
         self._runs: list[list[Memory]] = []
         self._scores: list[float] = []
+        self._in_period: list[bool] = []
         self._covered: dict[int, int] = {}  # memory id -> index of the run holding it
         self._texts: set[str] = set()
         self._used = 0
@@ -250,7 +256,7 @@ class RunPacker:
     def holds(self, memory: Memory) -> bool:
         return memory.id in self._covered or memory.text in self._texts
 
-    def add(self, run: list[Memory], score: float, hit_ids: frozenset[int]) -> bool:
+    def add(self, run: list[Memory], score: float, hit_ids: frozenset[int], in_period: bool = False) -> bool:
         """Adds the run (a hit of `score`); True once there is enough to fill the budget."""
         new = [m for m in run if m.id not in self._covered and (m.id in hit_ids or m.text not in self._texts)]
         if not new:
@@ -262,10 +268,12 @@ class RunPacker:
             self._runs[target] = [merged[i] for i in sorted(merged)]
             self._scores[target] = (self._scores[target] + score if self.score == "sum"
                                     else max(self._scores[target], score))
+            self._in_period[target] |= in_period
         else:
             target = len(self._runs)
             self._runs.append(new)
             self._scores.append(score)
+            self._in_period.append(in_period)
         for m in new:
             self._covered[m.id] = target
         self._texts.update(m.text for m in new)
@@ -273,7 +281,7 @@ class RunPacker:
         return self._used > self.enough_chars
 
     def runs(self) -> list[list[Memory]]:
-        order = sorted(range(len(self._runs)), key=lambda i: -self._scores[i])
+        order = sorted(range(len(self._runs)), key=lambda i: (not self._in_period[i], -self._scores[i]))
         return [self._runs[i] for i in order]
 
 
