@@ -212,7 +212,7 @@ def test_the_block_budget_grows_with_strong_hits_and_shrinks_with_few(memory_sto
     for n in range(20):
         memory_store.add_many([say("u", f"v{n}", "user", f"violin practice {n}"),
                                say("u", f"v{n}", "assistant", filler)])
-    tuning = RecallTuning(floor_tokens=200, strong_full=8)
+    tuning = RecallTuning(floor_tokens=200, tokens_per_strong_hit=100)
     recaller = Recaller(memory_store, budget_tokens=1000, tuning=tuning)
     narrow = recaller.block_for("u", "q1", "saxophone music")
     broad = recaller.block_for("u", "q2", "violin practice")

@@ -13,6 +13,16 @@ spent. The current conversation is left out: the client sends it already.
     + narrower runs past the 5 best hits ........ 0.815
     + common words (over 10 % of rows) left out . 0.846  (median block 3,978 chars, max 4,000)
     the same with a 500 / 2,000-token budget .... 0.77 / 0.87
+
+Recall 2 (issue 23) adds windows (memory/windows.py: up to 3 consecutive turns, indexed with
+their first turn's date) searched beside the turns, each hit's score taken relative to the best
+of its own search; a question naming a period (memory/dates.py) searches that period's windows
+again, and runs holding one come first; the block's budget adapts (adaptive_budget):
+
+    turns only, as above (this packing) ......... 0.840  (budget 2,000: 0.871)
+    + windows with their date label ............. 0.857
+    + the named period's windows first .......... 0.864  (median 3,976; budget 2,000: 0.909 at 7,962)
+    + adaptive budget (800 tokens up to all) .... 0.852  (median 3,308; budget 2,000: 0.883 at 3,840)
 """
 
 from __future__ import annotations
@@ -51,9 +61,9 @@ class RecallTuning:
     window_weight: float = 1.0  # a window hit's score (relative to the best window) against a turn hit's
     period_weight: float = 1.5  # windows of the period a question names: searched again and boosted (0: off)
     min_best_score: float = 0.0  # the best turn hit's BM25 score under which nothing is shown
-    floor_tokens: int = 800  # the block's budget when a single hit is strong (see adaptive_budget)
+    floor_tokens: int = 600  # the block's budget when a single hit is strong (see adaptive_budget)...
+    tokens_per_strong_hit: int = 150  # ...and what each further strong hit adds, up to the budget
     strong_score: float = 0.6
-    strong_full: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,13 +296,9 @@ class RunPacker:
 
 
 def adaptive_budget(candidates: list[Candidate], budget_tokens: int, tuning: RecallTuning) -> int:
-    """How much of `budget_tokens` the block may use: `floor_tokens` (all of a smaller budget),
-    plus an equal share of the rest for each strong turn hit (scoring at least `strong_score` of
-    the best one) past the first, the whole budget from `strong_full` strong hits on. Few strong
-    hits: the question is narrow, or the memory barely knows it, and a long block would be tokens
-    the user pays for to show weaker matches."""
-    if tuning.floor_tokens >= budget_tokens:
-        return budget_tokens
+    """How much of `budget_tokens` the block may use: `floor_tokens`, plus `tokens_per_strong_hit`
+    for each strong turn hit (scoring at least `strong_score` of the best one) past the first, at
+    most the whole budget. Few strong hits: the question is narrow, or the memory barely knows
+    it, and a long block would be tokens the user pays for to show weaker matches."""
     strong = sum(1 for c in candidates if c.memory is not None and c.score >= tuning.strong_score)
-    grown = min(1.0, max(0, strong - 1) / max(1, tuning.strong_full - 1))
-    return round(tuning.floor_tokens + (budget_tokens - tuning.floor_tokens) * grown)
+    return min(budget_tokens, tuning.floor_tokens + tuning.tokens_per_strong_hit * max(0, strong - 1))
