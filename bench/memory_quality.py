@@ -23,6 +23,11 @@ users, 17-21 ms for 20 users of 5,000 random-word memories each, 9 ms for one us
 100k (store.search alone: p95 6, 17 and 8 ms); deleting one
 memory ~400 ms (the FTS index is rewritten so the words leave the file).
 
+Recall 2 (windows, dates, adaptive budget; 2 December 2026), 762 questions, budget 1,000:
+recall_any 0.861, recall_all 0.730, block median 3,600 chars, max 4,000 (budget 2,000: 0.886,
+median 3,600, max 8,000); with --wall-clock 0.846. Turns only (--windows 0 --period-weight 0
+--floor-tokens 100000): 0.840. block_for p50 3 ms, p95 6-8 ms (turns only: 1.7 / 2.5 ms).
+
 Padded as make bench-memory pads it (100k memories of another user in a small chat vocabulary
 that LoCoMo shares, --store-size 100000), same session, machine busy: with FTS5's bm25()
 recall_any 0.812 and 6.1 ms CPU per recall; ranked with the user's own statistics (the store

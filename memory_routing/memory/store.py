@@ -679,19 +679,16 @@ class SQLiteMemoryStore:
         if not ranked:
             return []
         ids = [rowid for rowid, _ in ranked]
-        spans = {int(r[0]): (r[1], int(r[2]), int(r[3])) for r in self._read(
-            f"SELECT id, conversation_id, first_id, last_id FROM memory_windows WHERE id IN ({','.join('?' * len(ids))})"
-            " AND user_id = ?", [*ids, user_id], deadline)}
-        windows: list[tuple[tuple[Memory, ...], float]] = []
-        for rowid, score in ranked:
-            if rowid not in spans:
-                continue
-            conversation_id, first_id, last_id = spans[rowid]
-            turns = tuple(_row_to_memory(r) for r in self._read(
-                f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id BETWEEN ? AND ?"
-                " ORDER BY id", (user_id, conversation_id, first_id, last_id), deadline))
-            if turns:
-                windows.append((turns, score))
+        # One read for every window's turns: each window's own conversation, its id range.
+        columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
+        turns: dict[int, list[Memory]] = {}
+        for row in self._read(
+                f"SELECT w.id, {columns} FROM memory_windows AS w JOIN memories AS m ON m.user_id = w.user_id"
+                " AND m.conversation_id = w.conversation_id AND m.id BETWEEN w.first_id AND w.last_id"
+                f" WHERE w.id IN ({','.join('?' * len(ids))}) AND w.user_id = ? ORDER BY w.id, m.id",
+                [*ids, user_id], deadline):
+            turns.setdefault(int(row[0]), []).append(_row_to_memory(row[1:]))
+        windows = [(tuple(turns[rowid]), score) for rowid, score in ranked if rowid in turns]
         return windows
 
     def _search_index(self, fts: str, user_id: str, query: str, limit: int, exclude_conversation_id: str | None,
