@@ -125,7 +125,7 @@ class MemoryStore(Protocol):
         matching `query`, as (the window's turns in order, score), best first; never another
         user's. Ranked as `search` ranks turns (BM25 over the window texts, the same stopwords,
         common_share and deadline). With `period` (dates.period_keys values, e.g. "m202305"),
-        only windows whose first turn's period_keys hold one of them."""
+        only windows whose first turn's period_keys hold one of them (an empty `period`: none)."""
         ...
 
     def neighbours(self, memory: Memory, before: int, after: int, *,
