@@ -43,7 +43,7 @@ def create_stages() -> list[object]:
     routing = RoutingConfig()
     shared = SharedServers(routing)
     cookies = UpstreamCookies()
-    limiter = InFlightLimiter()
+    limiter = InFlightLimiter(shared)
     stores = LocalStores(shared)
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     memory = EmbeddedMemory(routing, stores)
