@@ -151,3 +151,20 @@ def test_redis_down_falls_back_to_the_local_cap_and_recovers(tmp_path: Path, red
             held_fake.release()
             assert [call.result(WAIT).status_code for call in calls] == [200] * 6
         assert held_fake.max_in_flight == 2
+
+
+def test_a_cloudflare_cookie_set_through_one_proxy_is_sent_by_the_others(tmp_path: Path, redis_url: str):
+    fake = FakeUpstream(cloudflare=True).start()  # refuses (error 1200) a request without its cookie
+    try:
+        with fleet(tmp_path, fake, redis_url) as (a, b, c):
+            assert chat(a).status_code == 200  # the first caller gets the cookie
+            assert fake.cf_token is not None
+            for proxy in (b, c):
+                # Learned in the background (the hook never waits on Redis): bounded wait, then use.
+                assert wait_until(lambda proxy=proxy: [cookie["name"] for cookie in info(proxy)["upstreams"]["cookies"]]
+                                  == ["__cf_bm"], timeout=WAIT)
+                assert chat(proxy).status_code == 200
+                assert fake.requests[-1].headers.get("cookie") == f"__cf_bm={fake.cf_token}"
+            assert fake.cf_token not in a.log() + b.log() + c.log()
+    finally:
+        fake.stop()

@@ -14,8 +14,8 @@ import redis.asyncio
 
 from fleet_servers import RedisServer
 from memory_routing.fleet.health import REDIS, FleetHealth
-from memory_routing.fleet.leases import (FREED_CHANNEL, FleetCap, FleetCount, FleetLeases, lease_keys,
-                                         open_client)
+from memory_routing.fleet.leases import FREED_CHANNEL, FleetCap, FleetCount, FleetLeases, lease_keys
+from memory_routing.fleet.redis_client import open_client
 
 HOST = "api.example:443"
 BOUND_S = 10.0  # every wait below is bounded by this

@@ -42,7 +42,7 @@ def create_addons() -> list[object]:
 def create_stages() -> list[object]:
     routing = RoutingConfig()
     shared = SharedServers(routing)
-    cookies = UpstreamCookies()
+    cookies = UpstreamCookies(shared=shared)
     limiter = InFlightLimiter(shared)
     stores = LocalStores(shared)
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))

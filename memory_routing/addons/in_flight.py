@@ -20,7 +20,8 @@ from mitmproxy import ctx
 from mitmproxy import http
 
 from memory_routing.addons.shared_servers import SharedServers
-from memory_routing.fleet.leases import FleetCap, FleetSlot, open_client
+from memory_routing.fleet.leases import FleetCap, FleetSlot
+from memory_routing.fleet.redis_client import open_client
 from memory_routing.flow_state import Route, context_of, known_context, route_of
 from memory_routing.wire.responses import error_response, fail_closed
 

@@ -26,21 +26,16 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from memory_routing.fleet.health import REDIS, FleetHealth
-from memory_routing.fleet.postgres import outage_reason  # class and first line: no URL, no password
+from memory_routing.fleet.postgres import outage_reason
+from memory_routing.fleet.redis_client import listen_forever  # class and first line: no URL, no password
 
 KEY_PREFIX = "memory-routing:cap"
 FREED_CHANNEL = f"{KEY_PREFIX}:freed"
 REDIS_FALLBACK = "the in-flight cap is counted by each proxy alone (its local queue)"
 POLL_MAX_S = 0.5  # a waiter asks again at least this often, announcement or not
-LISTEN_TIMEOUT_S = 1.0
-# Seconds before a Redis command counts as failed: the cap falls back at once, not after a
-# client library's long default.
-COMMAND_TIMEOUT_S = 1.0
 
 LEASE_SCRIPT = """
 local leases, queue, tickets, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -123,15 +118,6 @@ class LeaseIds:
 
     def __call__(self) -> str:
         return f"{self.prefix}:{next(self._counter)}"
-
-
-def open_client(url: str) -> redis.asyncio.Redis:
-    """An asyncio client for the cap: short timeouts and one immediate retry (a connection
-    broken by a Redis restart is replaced once, not waited on)."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=COMMAND_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 1),
-    )
 
 
 class FleetLeases:
@@ -328,14 +314,5 @@ class FleetCap:
 
     async def _listen_forever(self) -> None:
         # Only for promptness: a waiter polls anyway, so a lost announcement costs one poll.
-        while True:
-            try:
-                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(FREED_CHANNEL)
-                    while True:
-                        message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
-                        if message is not None:
-                            data = message.get("data")
-                            self._wake(data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data))
-            except (redis.RedisError, OSError):
-                await asyncio.sleep(self.tick_s)  # the renewal tick reports and probes the outage
+        await listen_forever(self.client, FREED_CHANNEL, lambda host: self._wake(host.decode("utf-8", "replace")),
+                             self.tick_s)
