@@ -182,7 +182,8 @@ def test_redis_down_each_jar_goes_on_alone_and_catches_up(redis_server: RedisSer
     with_proxies(redis_url, test, health=health)
 
 
-@pytest.mark.parametrize("value", [b"not json", b"[1, 2]", b'{"name": "__cf_bm"}'])
+@pytest.mark.parametrize("value", [b"not json", b"[1, 2]", b'{"name": "__cf_bm"}',
+                                   b'{"name": "__cf_bm", "domain": "api.example.com", "path": "/"}'])
 def test_a_malformed_entry_in_redis_is_skipped(redis_url: str, value: bytes) -> None:
     async def test(a: Proxy, b: Proxy) -> None:
         await subscribed(a, b)

@@ -30,11 +30,10 @@ from redis.commands.core import AsyncScript
 
 from memory_routing.fleet.health import REDIS, FleetHealth
 from memory_routing.fleet.postgres import outage_reason
-from memory_routing.fleet.redis_client import listen_forever  # class and first line: no URL, no password
+from memory_routing.fleet.redis_client import REDIS_FALLBACK, listen_forever  # class and first line: no URL, no password
 
 KEY_PREFIX = "memory-routing:cap"
 FREED_CHANNEL = f"{KEY_PREFIX}:freed"
-REDIS_FALLBACK = "the in-flight cap is counted by each proxy alone (its local queue)"
 POLL_MAX_S = 0.5  # a waiter asks again at least this often, announcement or not
 
 LEASE_SCRIPT = """
@@ -315,4 +314,8 @@ class FleetCap:
     async def _listen_forever(self) -> None:
         # Only for promptness: a waiter polls anyway, so a lost announcement costs one poll.
         await listen_forever(self.client, FREED_CHANNEL, lambda host: self._wake(host.decode("utf-8", "replace")),
-                             self.tick_s)
+                             self.tick_s, self._wake_all)
+
+    def _wake_all(self) -> None:
+        for host in list(self._freed):
+            self._wake(host)

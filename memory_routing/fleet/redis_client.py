@@ -17,6 +17,9 @@ from redis.backoff import NoBackoff
 # Seconds before a Redis command counts as failed: a part falls back at once, not after a
 # client library's long default.
 COMMAND_TIMEOUT_S = 1.0
+# What a proxy does while Redis is down (FleetHealth adds "until it is back"): one text for the
+# cap and the cookie jars, since whichever notices first tells the outage for both.
+REDIS_FALLBACK = "each proxy counts the in-flight cap alone and keeps its cookie jar alone, holding its changes"
 LISTEN_TIMEOUT_S = 1.0
 
 
@@ -30,18 +33,24 @@ def open_client(url: str) -> redis.asyncio.Redis:
 
 
 async def listen_forever(client: redis.asyncio.Redis, channel: str, on_message: Callable[[bytes], None],
-                         retry_s: float) -> None:
+                         retry_s: float, on_resubscribed: Callable[[], None] = lambda: None) -> None:
     """Call ``on_message`` with each message published on ``channel``, resubscribing after an
     outage (every ``retry_s`` until Redis answers). Messages published while this proxy was
-    cut off are lost: every user of a channel has a periodic backstop."""
+    cut off are lost: ``on_resubscribed`` is called when the subscription is back after a loss,
+    for the listener to catch up."""
+    lost = False
     while True:
         try:
             async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel)
+                if lost:
+                    lost = False
+                    on_resubscribed()
                 while True:
                     message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
                     if message is not None:
                         data = message.get("data")
                         on_message(data if isinstance(data, bytes) else str(data).encode())
         except (redis.RedisError, OSError):
+            lost = True
             await asyncio.sleep(retry_s)

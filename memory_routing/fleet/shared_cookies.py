@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,11 +28,10 @@ import redis.asyncio
 
 from memory_routing.fleet.health import REDIS, FleetHealth
 from memory_routing.fleet.postgres import outage_reason
-from memory_routing.fleet.redis_client import listen_forever
+from memory_routing.fleet.redis_client import REDIS_FALLBACK, listen_forever
 
 KEY_PREFIX = "memory-routing:cookies"
 CHANGED_CHANNEL = f"{KEY_PREFIX}:changed"
-REDIS_FALLBACK = "cookie jars are kept by each proxy alone; changes are written when it is back"
 RESYNC_S = 30.0  # the backstop: every resident jar is read again this often
 RETRY_S = 1.0  # while Redis is down, how often it is tried again
 JAR_IDLE_TTL_S = 7 * 24 * 3600  # a jar nobody changes for this long leaves Redis
@@ -72,16 +70,15 @@ def jar_diff(scope: str, before: Iterable[Entry], after: Iterable[Entry]) -> Jar
     return JarDiff(scope, {f: e for f, e in new.items() if old.get(f) != e}, frozenset(old.keys() - new.keys()))
 
 
-def live_entries(values: Iterable[bytes | str], now: float) -> list[Entry]:
-    """The hash's cookies that are well-formed and not expired."""
+def well_formed_entries(values: Iterable[bytes | str]) -> list[Entry]:
+    """The hash's cookies, skipping what is not one (the jar drops the expired ones itself)."""
     entries: list[Entry] = []
     for value in values:
         try:
             entry = json.loads(value)
         except ValueError:
             continue
-        if isinstance(entry, dict) and {"domain", "path", "name"} <= entry.keys() and (
-                entry.get("expires") is None or entry["expires"] > now):
+        if isinstance(entry, dict) and {"domain", "path", "name"} <= entry.keys():
             entries.append(entry)
     return entries
 
@@ -133,7 +130,8 @@ class SharedCookies:
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [asyncio.ensure_future(self._write_forever()),
-                           asyncio.ensure_future(listen_forever(self.client, CHANGED_CHANNEL, self._announced, RETRY_S)),
+                           asyncio.ensure_future(listen_forever(self.client, CHANGED_CHANNEL, self._announced, RETRY_S,
+                                                               self._resync_in_background)),
                            asyncio.ensure_future(self._resync_forever())]
 
     def stop(self) -> None:
@@ -196,7 +194,7 @@ class SharedCookies:
                 self.changed(jar_diff(scope, (), self.local(scope)))
                 self.synced.add(scope)
                 return
-            remote = live_entries(values, time.time())
+            remote = well_formed_entries(values)
             unwritten = self._unwritten.get(scope)
             if self.apply(scope, unwritten.over(remote) if unwritten is not None else remote):
                 self.synced.add(scope)
@@ -259,6 +257,9 @@ class SharedCookies:
             self._down = False
             self.health.recovered(REDIS)
             self._wake_writer.set()
-            task = asyncio.ensure_future(self.resync())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._resync_in_background()
+
+    def _resync_in_background(self) -> None:
+        task = asyncio.ensure_future(self.resync())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -212,7 +212,7 @@ class UpstreamCookieJar:
         jar = self._jar(scope)
         before = self._fingerprint(jar)
         jar.clear()
-        self._keep(jar, entries)
+        self._keep(jar, [entry for entry in entries if _is_cookie(entry)])  # another proxy's bad entry is skipped
         if self._fingerprint(jar) == before:
             return False
         if self.persistent:
@@ -296,6 +296,14 @@ def _cookie(entry: Entry) -> http.cookiejar.Cookie:
         return http.cookiejar.Cookie(**{name: entry[name] for name in _COOKIE_FIELDS}, rest=dict(entry.get("rest") or {}))
     except (KeyError, TypeError) as e:
         raise ValueError(f"malformed cookie entry: {e}") from None
+
+
+def _is_cookie(entry: Entry) -> bool:
+    try:
+        _cookie(entry)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_entries(path: Path) -> list[Entry]:
