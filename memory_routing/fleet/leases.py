@@ -80,14 +80,17 @@ elseif op == 'release' then
     redis.call('ZREM', tickets, ARGV[i])
   end
 end
--- A quiet host's keys go away on their own.
-for _, key in ipairs({leases, queue, tickets, seq}) do
-  redis.call('PEXPIRE', key, lease_ms + ticket_ms + 60000)
+if op == 'acquire' then
+  -- A quiet host's keys go away on their own (set where they are created: acquire).
+  for _, key in ipairs({leases, queue, tickets, seq}) do
+    redis.call('PEXPIRE', key, lease_ms + ticket_ms + 60000)
+  end
 end
-if freed > 0 or #dead > 0 then
-  redis.call('PUBLISH', channel, host)
+local waiting = redis.call('ZCARD', queue)
+if (freed > 0 or #dead > 0) and waiting > 0 then
+  redis.call('PUBLISH', channel, host)  -- only when someone waits: no cost to an uncontended call
 end
-return {granted, redis.call('ZCARD', leases), redis.call('ZCARD', queue), now}
+return {granted, redis.call('ZCARD', leases), waiting, now}
 """
 
 
