@@ -34,6 +34,7 @@ from memory_routing.fleet.redis_client import REDIS_FALLBACK, listen_forever  # 
 
 KEY_PREFIX = "memory-routing:cap"
 FREED_CHANNEL = f"{KEY_PREFIX}:freed"
+PROBE_S = 1.0  # while Redis is down, how often it is tried again
 POLL_MAX_S = 0.5  # a waiter asks again at least this often, announcement or not
 
 LEASE_SCRIPT = """
@@ -293,7 +294,7 @@ class FleetCap:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_s)
+            await asyncio.sleep(self.tick_s if self.usable else min(self.tick_s, PROBE_S))
             try:
                 await self.renew_now()
             except redis.RedisError:
