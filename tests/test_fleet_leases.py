@@ -210,3 +210,32 @@ def test_fleet_cap_reports_an_outage_once_and_recovers(redis_server: RedisServer
     assert usable == [True, False, True]
     assert outages == 1
     assert taken_after
+
+
+def test_fleet_cap_renews_a_held_slot_past_its_lease(redis_url: str) -> None:
+    # A long call (a streaming answer): its proxy's renewal tick keeps the slot well past the
+    # lease time, on Redis's clock; another proxy never gets it meanwhile.
+    async def test(client: redis.asyncio.Redis) -> list[bool]:
+        holder = FleetCap(open_client(redis_url), FleetHealth(), lease_seconds=2, proxy_name="holder")
+        other = FleetCap(open_client(redis_url), FleetHealth(), lease_seconds=2, proxy_name="other")
+        holder.start()
+        try:
+            held = await holder.take(HOST, 1, timeout=BOUND_S)
+            assert held is not None
+            since = holder.counts[HOST].redis_ms
+            refused = []
+            for _ in range(100):  # bounded; ends on Redis's clock, three lease times later
+                refused.append(await other.take(HOST, 1, timeout=0.2) is None)
+                if other.counts[HOST].redis_ms > since + 3 * 2000:
+                    break
+            else:
+                raise AssertionError("Redis's clock did not pass three lease times")
+            held.release()
+            assert await other.take(HOST, 1, timeout=BOUND_S) is not None  # given back: the other's turn
+            return refused
+        finally:
+            await holder.close()
+            await other.close()
+
+    refused = run(test, redis_url)
+    assert refused and all(refused)
