@@ -168,3 +168,26 @@ def test_a_cloudflare_cookie_set_through_one_proxy_is_sent_by_the_others(tmp_pat
             assert fake.cf_token not in a.log() + b.log() + c.log()
     finally:
         fake.stop()
+
+
+def test_redis_down_the_jars_go_on_alone_and_catch_up(tmp_path: Path, redis_server: RedisServer, redis_url: str):
+    fake = FakeUpstream().start()
+    try:
+        with fleet(tmp_path, fake, redis_url, names="ab") as (a, b):
+            redis_server.stop()
+            try:
+                set_cookie = {"x-fake-set-cookie": "__cf_bm=set-while-redis-was-down; Path=/"}
+                assert chat(a, headers=set_cookie).status_code == 200
+                assert chat(a).status_code == 200
+                assert fake.requests[-1].headers.get("cookie") == "__cf_bm=set-while-redis-was-down"  # A's own jar
+                assert wait_until(lambda: health(a)["status"] == "degraded", timeout=WAIT)
+            finally:
+                redis_server.start()
+            # Written once Redis is back, and B reads it: announced, or B's resync after the outage.
+            assert wait_until(lambda: [c["name"] for c in info(b)["upstreams"]["cookies"]] == ["__cf_bm"], timeout=WAIT)
+            assert chat(b).status_code == 200
+            assert fake.requests[-1].headers.get("cookie") == "__cf_bm=set-while-redis-was-down"
+            assert wait_until(lambda: health(a)["status"] == "healthy", timeout=WAIT)
+            assert a.log().count("fleet: redis unavailable") == 1
+    finally:
+        fake.stop()
