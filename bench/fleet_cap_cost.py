@@ -29,7 +29,6 @@ from fleet_servers import RedisServer  # type: ignore[import-not-found]  # noqa:
 from memory_routing.addons.in_flight import _HostSlots  # noqa: E402
 from memory_routing.fleet.health import FleetHealth  # noqa: E402
 from memory_routing.fleet.leases import FleetCap  # noqa: E402
-from memory_routing.fleet.redis_client import open_client  # noqa: E402
 
 HOST = "api.example:443"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -70,7 +69,7 @@ async def main(calls: int, concurrency: int, redis_server: RedisServer) -> None:
         await asyncio.sleep(0)  # the call itself yields once, in both variants
         slots.release()
 
-    cap = FleetCap(open_client(redis_server.url()), FleetHealth(), lease_seconds=30, proxy_name="bench")
+    cap = FleetCap(redis_server.url(), FleetHealth(), lease_seconds=30, proxy_name="bench")
     cap.start()
 
     async def fleet_call() -> None:

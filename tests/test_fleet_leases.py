@@ -162,8 +162,8 @@ def test_fleet_cap_wakes_a_waiter_when_another_proxy_releases(redis_url: str) ->
     async def test(client: redis.asyncio.Redis) -> tuple[bool, bool]:
         health = FleetHealth()
         # Two proxies' sides of the cap, each with its own connection, as in two processes.
-        a = FleetCap(open_client(redis_url), health, lease_seconds=30, proxy_name="a")
-        b = FleetCap(open_client(redis_url), health, lease_seconds=30, proxy_name="b")
+        a = FleetCap(redis_url, health, lease_seconds=30, proxy_name="a")
+        b = FleetCap(redis_url, health, lease_seconds=30, proxy_name="b")
         a.start()
         b.start()
         try:
@@ -188,7 +188,7 @@ def test_fleet_cap_wakes_a_waiter_when_another_proxy_releases(redis_url: str) ->
 def test_fleet_cap_reports_an_outage_once_and_recovers(redis_server: RedisServer, redis_url: str) -> None:
     async def test(client: redis.asyncio.Redis) -> tuple[list[bool], int, bool]:
         health = FleetHealth()
-        cap = FleetCap(open_client(redis_url), health, lease_seconds=30, proxy_name="a")
+        cap = FleetCap(redis_url, health, lease_seconds=30, proxy_name="a")
         try:
             held = await cap.take(HOST, 2, timeout=BOUND_S)
             assert held is not None and health.status() == {}
@@ -216,8 +216,8 @@ def test_fleet_cap_renews_a_held_slot_past_its_lease(redis_url: str) -> None:
     # A long call (a streaming answer): its proxy's renewal tick keeps the slot well past the
     # lease time, on Redis's clock; another proxy never gets it meanwhile.
     async def test(client: redis.asyncio.Redis) -> list[bool]:
-        holder = FleetCap(open_client(redis_url), FleetHealth(), lease_seconds=2, proxy_name="holder")
-        other = FleetCap(open_client(redis_url), FleetHealth(), lease_seconds=2, proxy_name="other")
+        holder = FleetCap(redis_url, FleetHealth(), lease_seconds=2, proxy_name="holder")
+        other = FleetCap(redis_url, FleetHealth(), lease_seconds=2, proxy_name="other")
         holder.start()
         try:
             held = await holder.take(HOST, 1, timeout=BOUND_S)
@@ -239,3 +239,19 @@ def test_fleet_cap_renews_a_held_slot_past_its_lease(redis_url: str) -> None:
 
     refused = run(test, redis_url)
     assert refused and all(refused)
+
+
+def test_a_stopping_proxy_gives_its_slots_back_at_once(redis_url: str) -> None:
+    # mitmproxy's done(), synchronous: the leases go now, not a lease time (30 s here) later.
+    async def test(client: redis.asyncio.Redis) -> tuple[int, int]:
+        cap = FleetCap(redis_url, FleetHealth(), lease_seconds=30, proxy_name="stopping")
+        try:
+            for _ in range(2):
+                assert await cap.take(HOST, 2, timeout=BOUND_S) is not None
+            before = await client.zcard(lease_keys(HOST)[0])
+            cap.give_back_all()
+            return before, await client.zcard(lease_keys(HOST)[0])
+        finally:
+            await cap.close()
+
+    assert run(test, redis_url) == (2, 0)

@@ -21,7 +21,6 @@ from mitmproxy import http
 
 from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.fleet.leases import FleetCap, FleetSlot
-from memory_routing.fleet.redis_client import open_client
 from memory_routing.flow_state import Route, context_of, known_context, route_of
 from memory_routing.wire.responses import error_response, fail_closed
 
@@ -68,13 +67,13 @@ class InFlightLimiter:
     def running(self) -> None:
         shared = self.shared
         if self.fleet is None and shared is not None and shared.redis_url and shared.settings is not None:
-            self.fleet = FleetCap(open_client(shared.redis_url), shared.health,
+            self.fleet = FleetCap(shared.redis_url, shared.health,
                                   lease_seconds=shared.settings.lease_seconds, proxy_name=shared.proxy_name)
             self.fleet.start()
 
     def done(self) -> None:
         if self.fleet is not None:
-            self.fleet.stop()  # its leases run out within the lease time if not released by then
+            self.fleet.give_back_all()  # the calls cut short by the stop: the fleet gets their slots now
             self.fleet = None
 
     @fail_closed(500, "the proxy failed to queue this request; its log has the details")

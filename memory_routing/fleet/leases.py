@@ -29,8 +29,8 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 
 from memory_routing.fleet.health import REDIS, FleetHealth
-from memory_routing.fleet.postgres import outage_reason
-from memory_routing.fleet.redis_client import REDIS_FALLBACK, listen_forever  # class and first line: no URL, no password
+from memory_routing.fleet.postgres import outage_reason  # class and first line: no URL, no password
+from memory_routing.fleet.redis_client import COMMAND_TIMEOUT_S, REDIS_FALLBACK, listen_forever, open_client
 
 KEY_PREFIX = "memory-routing:cap"
 FREED_CHANNEL = f"{KEY_PREFIX}:freed"
@@ -139,10 +139,12 @@ class FleetLeases:
 
     async def _run(self, op: str, host: str, cap: int, tickets: Sequence[str]) -> FleetCount:
         granted, in_flight, waiting, redis_ms = await self._script(
-            keys=lease_keys(host),
-            args=[op, FREED_CHANNEL, host, cap, self.lease_ms, self.ticket_ms, *tickets],
-        )
+            keys=lease_keys(host), args=self.arguments(op, host, cap, tickets))
         return FleetCount(bool(granted), int(in_flight), int(waiting), int(redis_ms))
+
+    def arguments(self, op: str, host: str, cap: int, tickets: Sequence[str]) -> list[str | int]:
+        """The script's ARGV for one operation."""
+        return [op, FREED_CHANNEL, host, cap, self.lease_ms, self.ticket_ms, *tickets]
 
     async def acquire(self, host: str, ticket: str, cap: int) -> FleetCount:
         """Take a slot for ``ticket`` if its turn has come (else it keeps its place in the queue)."""
@@ -180,8 +182,9 @@ class FleetCap:
     False and a probe on the renewal tick notices when Redis is back.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, health: FleetHealth, *, lease_seconds: float,
-                 proxy_name: str) -> None:
+    def __init__(self, url: str, health: FleetHealth, *, lease_seconds: float, proxy_name: str) -> None:
+        self.url = url
+        client = open_client(url)
         # A waiter asks again at least every POLL, and its place outlives that several times
         # over; renewals come three times per lease, so one lost renewal costs no slot.
         self.poll_s = min(POLL_MAX_S, lease_seconds / 3)
@@ -212,6 +215,26 @@ class FleetCap:
         for task in self._tasks:
             task.cancel()
         self._tasks = []
+
+    def give_back_all(self) -> None:
+        """At shutdown (mitmproxy's ``done``, synchronous): stop, and release every lease still
+        held, one blocking script call per host bounded by the command timeout, so a restarted
+        proxy does not keep the fleet's slots for a lease time. What fails runs out on its own."""
+        self.stop()
+        held = {host: sorted(tickets) for host, tickets in self.held.items() if tickets}
+        self.held.clear()
+        if not held:
+            return
+        client = redis.Redis.from_url(self.url, socket_timeout=COMMAND_TIMEOUT_S,
+                                      socket_connect_timeout=COMMAND_TIMEOUT_S)
+        try:
+            release = client.register_script(LEASE_SCRIPT)
+            for host, tickets in held.items():
+                release(keys=lease_keys(host), args=self.leases.arguments("release", host, 0, tickets))
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
 
     async def close(self) -> None:
         self.stop()
