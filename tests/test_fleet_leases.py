@@ -255,3 +255,23 @@ def test_a_stopping_proxy_gives_its_slots_back_at_once(redis_url: str) -> None:
             await cap.close()
 
     assert run(test, redis_url) == (2, 0)
+
+
+def test_a_waiter_giving_up_announces_for_those_behind_it(redis_url: str) -> None:
+    async def test(client: redis.asyncio.Redis) -> tuple[bool, list[object]]:
+        leases = FleetLeases(client, lease_seconds=30, ticket_seconds=30)
+        async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(FREED_CHANNEL)
+            await leases.acquire(HOST, "holder", 1)
+            await leases.acquire(HOST, "first", 1)
+            await leases.acquire(HOST, "second", 1)
+            await leases.release(HOST, ["holder"])
+            blocked = (await leases.acquire(HOST, "second", 1)).granted  # "first" is ahead of it
+            await leases.release(HOST, ["first"])  # gives up (its queue timeout, its client gone)
+            messages: list[object] = []
+            for _ in range(6):  # the subscription's confirmation is read first, as None
+                if len(messages) < 2 and (message := await pubsub.get_message(timeout=BOUND_S)) is not None:
+                    messages.append(message["data"])
+        return blocked, messages
+
+    assert run(test, redis_url) == (False, [HOST.encode(), HOST.encode()])

@@ -75,9 +75,9 @@ elseif op == 'renew' then
     redis.call('ZADD', leases, 'XX', now + lease_ms, ARGV[i])
   end
 elseif op == 'release' then
+  -- A waiter that gives up counts as freeing too: those behind it move up.
   for i = 7, #ARGV do
-    freed = freed + redis.call('ZREM', leases, ARGV[i])
-    redis.call('ZREM', queue, ARGV[i])
+    freed = freed + redis.call('ZREM', leases, ARGV[i]) + redis.call('ZREM', queue, ARGV[i])
     redis.call('ZREM', tickets, ARGV[i])
   end
 end
