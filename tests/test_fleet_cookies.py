@@ -12,7 +12,6 @@ import pytest
 
 from fleet_servers import RedisServer
 from memory_routing.fleet.health import REDIS, FleetHealth
-from memory_routing.fleet.redis_client import open_client
 from memory_routing.fleet.shared_cookies import SharedCookies, jar_diff, scope_key
 from memory_routing.upstream.cookie_jar import MACHINE_SCOPE, Entry, UpstreamCookieJar
 
@@ -27,7 +26,7 @@ class Proxy:
     def __init__(self, url: str, health: FleetHealth | None = None, jar: UpstreamCookieJar | None = None) -> None:
         self.jar = jar or UpstreamCookieJar()
         self.health = health or FleetHealth()
-        self.fleet = SharedCookies(open_client(url), self.health, apply=self.apply, local=self.jar.scope_entries,
+        self.fleet = SharedCookies(url, self.health, apply=self.apply, local=self.jar.scope_entries,
                                    scopes=self.jar.resident_scopes)
 
     def apply(self, scope: str, entries: list[Entry]) -> bool:
@@ -195,3 +194,21 @@ def test_a_malformed_entry_in_redis_is_skipped(redis_url: str, value: bytes) -> 
         assert b.sent() == "__cf_bm=good"
 
     with_proxies(redis_url, test)
+
+
+def test_a_stopping_proxy_writes_what_it_had_not_written_yet(redis_url: str) -> None:
+    async def run() -> None:
+        a = Proxy(redis_url)  # its writer never runs: the change is still unwritten at the stop
+        a.upstream_set("__cf_bm=last-change; Path=/")
+        assert a.fleet.unwritten == 1
+        a.fleet.write_rest()  # mitmproxy's done()
+        later = Proxy(redis_url)
+        later.fleet.start()
+        later.fleet.need(MACHINE_SCOPE)
+        try:
+            await until(lambda: later.sent() == "__cf_bm=last-change")
+        finally:
+            await a.fleet.close()
+            await later.fleet.close()
+
+    asyncio.run(run())

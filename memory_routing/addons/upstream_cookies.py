@@ -28,7 +28,6 @@ from mitmproxy import exceptions
 from mitmproxy import http
 
 from memory_routing.addons.shared_servers import SharedServers
-from memory_routing.fleet.redis_client import open_client
 from memory_routing.fleet.shared_cookies import SharedCookies, jar_diff
 from memory_routing.upstream.cookie_jar import (
     CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, Entry, JarChanges, UpstreamCookieJar, read_scope, write_changes,
@@ -107,7 +106,7 @@ class UpstreamCookies:
     def running(self) -> None:
         shared = self.shared
         if self.fleet is None and shared is not None and shared.redis_url:
-            self.fleet = SharedCookies(open_client(shared.redis_url), shared.health, apply=self._apply_fleet_copy,
+            self.fleet = SharedCookies(shared.redis_url, shared.health, apply=self._apply_fleet_copy,
                                        local=lambda scope: self.jar.scope_entries(scope),
                                        scopes=self._scopes_to_resync)
             self.fleet.start()
@@ -152,7 +151,7 @@ class UpstreamCookies:
         cookies. Blocks the loop for the last write (a small file, once): mitmproxy may call this
         from synchronous code, where a save left to the loop would never be awaited."""
         if self.fleet is not None:
-            self.fleet.stop()  # what it had not written yet is in the file, written below
+            self.fleet.write_rest()  # and the file, below
             self.fleet = None
         self._closing = True  # a settled save schedules no other: this writes what is left
         self._cancel_timer()

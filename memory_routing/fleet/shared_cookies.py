@@ -24,11 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import redis.asyncio
+import redis.client
 
 from memory_routing.fleet.health import REDIS, FleetHealth
 from memory_routing.fleet.postgres import outage_reason
-from memory_routing.fleet.redis_client import REDIS_FALLBACK, listen_forever
+from memory_routing.fleet.redis_client import COMMAND_TIMEOUT_S, REDIS_FALLBACK, listen_forever, open_client
 
 KEY_PREFIX = "memory-routing:cookies"
 CHANGED_CHANNEL = f"{KEY_PREFIX}:changed"
@@ -109,10 +111,11 @@ class SharedCookies:
     seed a scope the fleet has never seen; ``scopes()`` names the scopes to resync.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, health: FleetHealth, *,
+    def __init__(self, url: str, health: FleetHealth, *,
                  apply: Callable[[str, list[Entry]], bool], local: Callable[[str], Iterable[Entry]],
                  scopes: Callable[[], Iterable[str]]) -> None:
-        self.client = client
+        self.url = url
+        self.client = open_client(url)
         self.health = health
         self.apply = apply
         self.local = local
@@ -201,18 +204,41 @@ class SharedCookies:
             return
 
     async def write(self, scope: str, unwritten: _Unwritten) -> None:
-        sets = {f: json.dumps(e) for f, e in unwritten.fields.items() if e is not None}
-        deleted = [f for f, e in unwritten.fields.items() if e is None]
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(scope_key(scope), KNOWN_FIELD, "1")
-            if sets:
-                pipe.hset(scope_key(scope), mapping=sets)
-            if deleted:
-                pipe.hdel(scope_key(scope), *deleted)
-            pipe.expire(scope_key(scope), int(JAR_IDLE_TTL_S))
-            pipe.publish(CHANGED_CHANNEL, json.dumps({"scope": scope, "origin": self.origin}))
+            self._queue_write(pipe, scope, unwritten)
             await pipe.execute()
         self._written[scope] = self._written.get(scope, 0) + 1
+
+    def _queue_write(self, pipe: redis.asyncio.client.Pipeline | redis.client.Pipeline, scope: str,
+                     unwritten: _Unwritten) -> None:
+        """The commands of one scope's write, in a transaction: its cookies, then the announcement."""
+        key = scope_key(scope)
+        pipe.hset(key, KNOWN_FIELD, "1")
+        if sets := {f: json.dumps(e) for f, e in unwritten.fields.items() if e is not None}:
+            pipe.hset(key, mapping=sets)
+        if deleted := [f for f, e in unwritten.fields.items() if e is None]:
+            pipe.hdel(key, *deleted)
+        pipe.expire(key, int(JAR_IDLE_TTL_S))
+        pipe.publish(CHANGED_CHANNEL, json.dumps({"scope": scope, "origin": self.origin}))
+
+    def write_rest(self) -> None:
+        """At shutdown (mitmproxy's ``done``, synchronous): stop, and write what is still
+        unwritten in one blocking transaction bounded by the command timeout, so the next start
+        does not read an older copy from Redis over the file's newer one."""
+        self.stop()
+        unwritten, self._unwritten = self._unwritten, {}
+        if not unwritten or self._down:
+            return
+        client = redis.Redis.from_url(self.url, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=COMMAND_TIMEOUT_S)
+        try:
+            with client.pipeline(transaction=True) as pipe:
+                for scope, changes in unwritten.items():
+                    self._queue_write(pipe, scope, changes)
+                pipe.execute()
+        except redis.RedisError:
+            pass  # the file has them; Redis's copy is older until this jar changes again
+        finally:
+            client.close()
 
     async def _write_forever(self) -> None:
         while True:
