@@ -128,6 +128,18 @@ def test_user_scopes_stay_apart(redis_url: str) -> None:
     with_proxies(redis_url, test)
 
 
+async def a_later_proxy_sends(redis_url: str, cookies: str, earlier: Proxy) -> None:
+    """A proxy started now reads the machine jar on its first use (as the addon does) and sends ``cookies``."""
+    later = Proxy(redis_url)
+    later.fleet.start()
+    later.fleet.need(MACHINE_SCOPE)
+    try:
+        await until(lambda: later.sent() == cookies)
+    finally:
+        await earlier.fleet.close()
+        await later.fleet.close()
+
+
 def test_a_proxy_started_later_reads_the_fleets_jar_and_seeds_an_empty_one(redis_url: str) -> None:
     async def run() -> None:
         # A has a cookie in its file from before the fleet; Redis has never heard of its jar.
@@ -138,14 +150,7 @@ def test_a_proxy_started_later_reads_the_fleets_jar_and_seeds_an_empty_one(redis
         a.fleet.need(MACHINE_SCOPE)
         await until(lambda: MACHINE_SCOPE in a.fleet.synced)
         await until_written(a)
-        later = Proxy(redis_url)
-        later.fleet.start()
-        later.fleet.need(MACHINE_SCOPE)  # what the addon does on a jar's first use
-        try:
-            await until(lambda: later.sent() == "__cf_bm=from-a-file")
-        finally:
-            await a.fleet.close()
-            await later.fleet.close()
+        await a_later_proxy_sends(redis_url, "__cf_bm=from-a-file", a)
 
     asyncio.run(run())
 
@@ -202,13 +207,6 @@ def test_a_stopping_proxy_writes_what_it_had_not_written_yet(redis_url: str) -> 
         a.upstream_set("__cf_bm=last-change; Path=/")
         assert a.fleet.unwritten == 1
         a.fleet.write_rest()  # mitmproxy's done()
-        later = Proxy(redis_url)
-        later.fleet.start()
-        later.fleet.need(MACHINE_SCOPE)
-        try:
-            await until(lambda: later.sent() == "__cf_bm=last-change")
-        finally:
-            await a.fleet.close()
-            await later.fleet.close()
+        await a_later_proxy_sends(redis_url, "__cf_bm=last-change", a)
 
     asyncio.run(run())
