@@ -191,3 +191,21 @@ def test_redis_down_the_jars_go_on_alone_and_catch_up(tmp_path: Path, redis_serv
             assert a.log().count("fleet: redis unavailable") == 1
     finally:
         fake.stop()
+
+
+def test_the_fleets_queue_timeout_answers_503_with_retry_after(tmp_path: Path, redis_url: str,
+                                                               held_fake: FakeUpstream):
+    args = ("--set", "memory_routing_max_in_flight=1", "--set", "memory_routing_queue_timeout=1")
+    with fleet(tmp_path, held_fake, redis_url, names="ab", extra_args=args) as (a, b):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(chat, a)
+            assert wait_until(lambda: held_fake.in_flight == 1, timeout=WAIT)  # A holds the fleet's one slot
+            try:
+                refused = chat(b)
+            finally:
+                held_fake.release()
+            assert first.result(WAIT).status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "in flight (the fleet's cap) and this one waited 1 s for a slot" in refused.json()["error"]["message"]
+    assert len(held_fake.requests) == 1
