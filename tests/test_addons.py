@@ -221,7 +221,7 @@ def test_info_on_gateway_classifies_own_headers_and_hides_secrets(loaded):
     assert body["listener"] == "gateway"
     assert body["request_headers"]["authorization"] == "[redacted]"
     assert body["config"]["memory"] == {
-        "backend": "supermemory", "budget_tokens": 1000, "deadline_ms": 50.0, "retention_days": None, "clients": [],
+        "backend": "supermemory", "budget_tokens": 2000, "deadline_ms": 50.0, "retention_days": None, "clients": [],
         "active": True, "enabled": None, "base_url": "https://api.supermemory.ai/v3",
         "api_key": "set inline in the config",
     }

@@ -141,20 +141,25 @@ def test_evidence_matching_normalises_whitespace_only():
 
 def test_sessions_become_calls_with_the_history_so_far():
     turns = [
-        {"speaker": "Mel", "dia_id": "D1:1", "text": "Hi! (opening by B)"},
+        {"speaker": "Mel", "dia_id": "D1:1", "text": "Hey Caro! (opening by B)"},
         {"speaker": "Caro", "dia_id": "D1:2", "text": "a1"},
         {"speaker": "Mel", "dia_id": "D1:3", "text": "b1"},
         {"speaker": "Caro", "dia_id": "D1:4", "text": "a2"},
     ]
     session = replay.build_session(1, "8 May, 2023", turns, "Caro")
     assert [t.dia_id for t in session.opening] == ["D1:1"]
-    first, second = session.exchanges
-    assert first.history == ({"role": "assistant", "content": "Hi! (opening by B)"},)
+    opening, first, second = session.exchanges
+    # B's opening turn is sent as the answer to a short opening user turn, so the proxy stores it.
+    assert opening.history == () and opening.user.text == replay.OPENING_USER_TEXT
+    assert opening.answer is not None and opening.answer.dia_id == "D1:1"
+    assert first.history == ({"role": "user", "content": replay.OPENING_USER_TEXT},
+                             {"role": "assistant", "content": "Hey Caro! (opening by B)"})
     assert (first.user.text, first.answer.text) == ("a1", "b1")
     assert second.answer is None  # the session ends with A: an empty answer is scripted
     assert replay.chat_messages(session.date, second.history, second.user.text) == [
         {"role": "system", "content": "Current date: 8 May, 2023"},
-        {"role": "assistant", "content": "Hi! (opening by B)"},
+        {"role": "user", "content": replay.OPENING_USER_TEXT},
+        {"role": "assistant", "content": "Hey Caro! (opening by B)"},
         {"role": "user", "content": "a1"}, {"role": "assistant", "content": "b1"},
         {"role": "user", "content": "a2"},
     ]
@@ -163,7 +168,7 @@ def test_sessions_become_calls_with_the_history_so_far():
 def test_conversation_keeps_questions_of_categories_1_to_4_with_their_evidence():
     sample = {
         "sample_id": "conv-x",
-        "conversation": {"speaker_a": "A", "speaker_b": "B", "session_1_date_time": "d1",
+        "conversation": {"speaker_a": "A", "speaker_b": "B", "session_1_date_time": "1:56 pm on 8 May, 2023",
                          "session_1": [{"speaker": "B", "dia_id": "D1:1", "text": "hello"},
                                        {"speaker": "A", "dia_id": "D1:2", "text": "I adopted a dog"},
                                        {"speaker": "B", "dia_id": "D1:3", "text": "nice"}]},
@@ -176,7 +181,13 @@ def test_conversation_keeps_questions_of_categories_1_to_4_with_their_evidence()
     assert [(q.index, q.category, [t.dia_id for t in q.evidence]) for q in conversation.questions] == [
         (0, 4, ["D1:2"]), (1, 2, ["D1:1"])]
     assert conversation.missing_evidence == 1
-    assert conversation.unstorable == {"D1:1"}
+    assert conversation.unstorable == frozenset()  # the opening B turn is sent as an answer
+    dated = list(conversation.dated_memories())
+    # Imported with the session's own date, every turn (the opening one included), a second apart.
+    assert [(m["user_id"], m["role"], m["text"]) for m in dated] == [
+        ("locomo-conv-x-dated", "assistant", "hello"), ("locomo-conv-x-dated", "user", "I adopted a dog"),
+        ("locomo-conv-x-dated", "assistant", "nice")]
+    assert [m["created_at"] for m in dated] == [1683554160.0, 1683554161.0, 1683554162.0]  # 2023-05-08 13:56 UTC
 
 
 def test_recall_summary_per_category_and_block_sizes():

@@ -164,7 +164,7 @@ def test_memory_backend_defaults_to_supermemory_with_a_key_else_local():
 
 def test_shipped_config_gives_local_memory_without_keys():
     memory = load_config(ROOT / "config.yaml", environ={}).memory
-    assert (memory.backend, memory.budget_tokens, memory.deadline_ms, memory.retention_days) == ("local", 1000, 50.0, None)
+    assert (memory.backend, memory.budget_tokens, memory.deadline_ms, memory.retention_days) == ("local", 2000, 50.0, None)
     assert load_config(ROOT / "config.yaml", environ={"SUPERMEMORY_API_KEY": "k"}).memory.backend == "supermemory"
 
 

@@ -7,6 +7,7 @@ key without a row on the page fails here, and so does a row whose type or defaul
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from collections.abc import Iterator
@@ -36,10 +37,18 @@ def rows() -> dict[str, list[str]]:
 
 def registered_options() -> dict[str, dict[str, object]]:
     """The options the addons add to mitmproxy's own, as ``mitmdump --options`` describes them."""
-    with taddons.context() as bare:
-        mitmproxy_own = set(bare.options.keys())
-    with taddons.context(*create_addons()) as tctx:
-        return dict(optmanager.dump_dicts(tctx.options, sorted(set(tctx.options.keys()) - mitmproxy_own)))
+    # mitmproxy's test context leaves its log handler on the root logger; this runs while the
+    # tests are collected, so a later test logging a warning would reach that handler, whose
+    # event loop is closed by then.
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        with taddons.context() as bare:
+            mitmproxy_own = set(bare.options.keys())
+        with taddons.context(*create_addons()) as tctx:
+            return dict(optmanager.dump_dicts(tctx.options, sorted(set(tctx.options.keys()) - mitmproxy_own)))
+    finally:
+        root.handlers[:] = handlers
 
 
 def nested_models(annotation: object, path: str) -> Iterator[tuple[type[BaseModel], str]]:

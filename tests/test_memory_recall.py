@@ -33,7 +33,9 @@ def store(tmp_path: Path):
 
 
 def test_block_holds_the_relevant_memory_and_its_neighbours(store: SQLiteMemoryStore) -> None:
-    block = Recaller(store).block_for("alice", "new", "Where does my sister live now? Lisbon?")
+    # Turn hits alone (no windows): a hit grows into a run of its neighbours.
+    block = Recaller(store, tuning=RecallTuning(windows=0)).block_for("alice", "new",
+                                                                      "Where does my sister live now? Lisbon?")
     assert block is not None
     assert block.startswith(FENCE_OPEN + "\n") and block.endswith("\n" + FENCE_CLOSE)
     lines = block.split("\n")
@@ -110,6 +112,11 @@ class _BrokenStore:
         if self.broken:
             raise MemoryStoreError("disk went away")
         return self.store.search(*args, **kwargs)
+
+    def search_windows(self, *args, **kwargs):
+        if self.broken:
+            raise MemoryStoreError("disk went away")
+        return self.store.search_windows(*args, **kwargs)
 
     def neighbours(self, *args, **kwargs):
         return self.store.neighbours(*args, **kwargs)

@@ -511,10 +511,13 @@ def test_user_ranking_leaves_out_words_common_for_the_user(store: SQLiteMemorySt
 
 
 def corrupt_page_holding(path: Path, marker: bytes) -> int:
-    """Overwrites the one page of the file that holds ``marker`` with random bytes; its number."""
+    """Overwrites the one page of the file that holds ``marker`` in a turn's own row with random
+    bytes; its number. (A window's text holds the turn's text too, always after a newline.)"""
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
     offset = data.find(marker)
+    while offset > 0 and data[offset - 1:offset] == b"\n":
+        offset = data.find(marker, offset + 1)
     assert offset > 0, marker
     page = offset // page_size
     data[page * page_size:(page + 1) * page_size] = os.urandom(page_size)

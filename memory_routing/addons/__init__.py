@@ -42,8 +42,8 @@ def create_addons() -> list[object]:
 def create_stages() -> list[object]:
     routing = RoutingConfig()
     shared = SharedServers(routing)
-    cookies = UpstreamCookies()
-    limiter = InFlightLimiter()
+    cookies = UpstreamCookies(shared=shared)
+    limiter = InFlightLimiter(shared)
     stores = LocalStores(shared)
     router = ModelRouter(routing, RoutePlanner(ProviderResolver()))
     memory = EmbeddedMemory(routing, stores)

@@ -6,6 +6,10 @@ the file, its fsync and rename run on one writer thread (one thread, so writes a
 evicted jars happen in order). ``done`` waits for a running save, then has what is left written
 and waits for that too, blocking: mitmproxy calls it from synchronous code when addon.py is
 reloaded, where nothing could await a save.
+
+With ``storage.redis_url`` the jars are the fleet's too (fleet.shared_cookies): the local jar
+answers every hook, a change is written to Redis in the background, and other proxies' changes
+replace the local copy when announced. Redis down: the local jar and its file go on alone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 
+from memory_routing.addons.shared_servers import SharedServers
+from memory_routing.fleet.shared_cookies import SharedCookies, jar_diff
 from memory_routing.upstream.cookie_jar import (
     CLOUDFLARE_COOKIE_NAMES, MACHINE_SCOPE, Entry, JarChanges, UpstreamCookieJar, read_scope, write_changes,
 )
@@ -43,6 +49,7 @@ class UpstreamCookies:
         clock: Callable[[], float] = time.monotonic,
         writer: Callable[[Path, JarChanges], None] = write_changes,
         reader: Callable[[Path, str], list[Entry]] = read_scope,
+        shared: SharedServers | None = None,
     ) -> None:
         self.jar = UpstreamCookieJar()
         self.path: Path | None = None
@@ -57,6 +64,8 @@ class UpstreamCookies:
         self._saving: tuple[Future[None], JarChanges] | None = None
         self._closing = False
         self._reading: dict[str, asyncio.Future[None]] = {}
+        self.shared = shared
+        self.fleet: SharedCookies | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -94,6 +103,27 @@ class UpstreamCookies:
             self.jar.set_limit(getattr(ctx.options, LIMIT_OPTION))
             self._schedule_save()
 
+    def running(self) -> None:
+        shared = self.shared
+        if self.fleet is None and shared is not None and shared.redis_url:
+            self.fleet = SharedCookies(shared.redis_url, shared.health, apply=self._apply_fleet_copy,
+                                       local=lambda scope: self.jar.scope_entries(scope),
+                                       scopes=self._scopes_to_resync)
+            self.fleet.start()
+            for scope in self._scopes_to_resync():
+                self.fleet.need(scope)
+
+    def _apply_fleet_copy(self, scope: str, entries: list[Entry]) -> bool:
+        if not self.jar.resident(scope):
+            return False  # in the file only: read back, then from Redis, when it is used
+        if self.jar.replace_scope(scope, entries):
+            self._schedule_save()
+        return True
+
+    def _scopes_to_resync(self) -> list[str]:
+        resident = self.jar.resident_scopes()
+        return resident if self.per_user or MACHINE_SCOPE in resident else [MACHINE_SCOPE, *resident]
+
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         route = route_of(flow)
         if route is None or flow.response is not None:
@@ -120,6 +150,9 @@ class UpstreamCookies:
         """Write what is not saved yet: shutdown, or a reload of addon.py, must not lose the last
         cookies. Blocks the loop for the last write (a small file, once): mitmproxy may call this
         from synchronous code, where a save left to the loop would never be awaited."""
+        if self.fleet is not None:
+            self.fleet.write_rest()  # and the file, below
+            self.fleet = None
         self._closing = True  # a settled save schedules no other: this writes what is left
         self._cancel_timer()
         self._wait_for_save()
@@ -150,6 +183,8 @@ class UpstreamCookies:
         ]
 
     def _send_cookies(self, flow: http.HTTPFlow, scope: str) -> None:
+        if self.fleet is not None:
+            self.fleet.need(scope)  # the first use of a jar since the start reads the fleet's copy
         if not self.jar.holds(scope):
             return
         client_cookies = "; ".join(flow.request.headers.get_all("cookie")) or None
@@ -161,7 +196,9 @@ class UpstreamCookies:
         assert flow.response is not None
         set_cookies = [value.decode("utf-8", "surrogateescape") for name, value in flow.response.headers.fields
                        if name.lower() == b"set-cookie"]
-        self.jar.store(flow.request.url, scope, set_cookies)
+        before = self.jar.scope_entries(scope) if self.fleet is not None else ()
+        if self.jar.store(flow.request.url, scope, set_cookies) and self.fleet is not None:
+            self.fleet.changed(jar_diff(scope, before, self.jar.scope_entries(scope)))
         if self.jar.has_changes:  # stored something, or pushed a changed jar out of memory
             self._schedule_save()
 

@@ -49,7 +49,9 @@ TRANSLATE_MODES = ("auto", "always", "never")
 MEMORY_BACKENDS = ("local", "supermemory", "off")
 # What a call does with memory: "both" reads (recall) and writes (stores the turn).
 MEMORY_MODES = ("off", "read", "write", "both")
-DEFAULT_MEMORY_BUDGET_TOKENS = 1000
+# A ceiling: the adaptive budget (memory/recall.py) gives a narrow question 600 tokens and uses
+# the rest only for questions with many strong matches (LoCoMo: median block 3,600 characters).
+DEFAULT_MEMORY_BUDGET_TOKENS = 2000
 # All of one conversation's recall blocks together (they are re-sent with every later request).
 DEFAULT_MEMORY_CONVERSATION_BUDGET_TOKENS = 4000
 DEFAULT_MEMORY_DEADLINE_MS = 50

@@ -13,6 +13,19 @@ spent. The current conversation is left out: the client sends it already.
     + narrower runs past the 5 best hits ........ 0.815
     + common words (over 10 % of rows) left out . 0.846  (median block 3,978 chars, max 4,000)
     the same with a 500 / 2,000-token budget .... 0.77 / 0.87
+
+Recall 2 (issue 23) adds windows (memory/windows.py: up to 3 consecutive turns, indexed with
+their first turn's date) searched beside the turns, each hit's score taken relative to the best
+of its own search; a question naming a period (memory/dates.py) searches that period's windows
+again, and runs holding one come first; the block's budget adapts (adaptive_budget):
+
+    turns only, as above (this packing) ......... 0.840  (budget 2,000: 0.871)
+    + windows with their date label ............. 0.857
+    + the named period's windows first .......... 0.864  (median 3,976; budget 2,000: 0.909 at 7,962)
+    + adaptive budget (600 tokens, +150 a strong hit) 0.861 (median 3,600; budget 2,000: 0.886 at 3,600)
+
+With every turn dated now (as the replay through the proxy stores them): 0.846 with or without
+the adaptive budget, 0.840 with turns only.
 """
 
 from __future__ import annotations
@@ -22,8 +35,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .dates import question_period
 from .inject import CHARS_PER_TOKEN, block_lines, render_lines
 from .records import BlockLine, Memory, MemoryStoreError, MemoryTimeoutError
 from .store import MemoryStore
@@ -45,6 +60,13 @@ class RecallTuning:
     min_relative_score: float = 0.0  # drop hits scoring under this fraction of the best one
     window_score: str = "sum"  # a run's rank: "sum" or "max" of its hits' scores
     common_share: float | None = 0.1  # leave out words found in more than this share of the user's memories
+    windows: int = 20  # window hits considered beside the turn hits (0: turns only)
+    window_weight: float = 1.0  # a window hit's score (relative to the best window) against a turn hit's
+    period_weight: float = 1.5  # windows of the period a question names: searched again and boosted (0: off)
+    min_best_score: float = 0.0  # the best turn hit's BM25 score under which nothing is shown
+    floor_tokens: int = 600  # the block's budget when a single hit is strong (see adaptive_budget)...
+    tokens_per_strong_hit: int = 150  # ...and what each further strong hit adds, up to the budget
+    strong_score: float = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +109,15 @@ class Recaller:
     """The recall block for a new human turn, or None; the same turn always gets the same answer."""
 
     def __init__(self, store: MemoryStore, budget_tokens: int = 1000, deadline_s: float = 0.05,
-                 cache_size: int = 1024, tuning: RecallTuning = RecallTuning()) -> None:
+                 cache_size: int = 1024, tuning: RecallTuning = RecallTuning(),
+                 clock: Callable[[], float] = time.time) -> None:
         if budget_tokens <= 0:
             raise ValueError("budget_tokens must be positive")
         self.store = store
         self.budget_tokens = budget_tokens
         self.deadline_s = deadline_s
         self.tuning = tuning
+        self.clock = clock  # "now" for questions naming a relative period ("last week")
         self._cache = _LRU(cache_size)
         self.timeouts = 0
 
@@ -157,56 +181,127 @@ class Recaller:
         exclude = conversation_id if t.exclude_current_conversation else None
         hits = self.store.search(user_id, turn_text, t.candidates, exclude_conversation_id=exclude,
                                  deadline=deadline, common_share=t.common_share)
-        if not hits:
+        if hits and hits[0][1] < t.min_best_score:
+            return None  # nothing relevant enough to pay for
+        candidates = [Candidate(score / hits[0][1], memory=memory, rank=rank)
+                      for rank, (memory, score) in enumerate(hits)
+                      if score >= hits[0][1] * t.min_relative_score and memory.id not in exclude_ids]
+        if t.windows:
+            windows = self.store.search_windows(user_id, turn_text, t.windows, exclude_conversation_id=exclude,
+                                                deadline=deadline, common_share=t.common_share)
+            candidates += window_candidates(windows, t.window_weight)
+            period = question_period(turn_text, self.clock()) if t.period_weight else None
+            if period is not None:
+                dated = self.store.search_windows(user_id, turn_text, t.windows, exclude_conversation_id=exclude,
+                                                  deadline=deadline, common_share=t.common_share, period=period.keys)
+                candidates += window_candidates(dated, t.period_weight, in_period=True)
+        if not candidates:
             return None
-        best = hits[0][1]
-        hits = [(m, s) for m, s in hits if s >= best * t.min_relative_score and m.id not in exclude_ids]
-        windows = self._windows(hits, deadline, budget, exclude_ids)
-        lines = block_lines(windows, budget)
+        candidates.sort(key=lambda c: -c.score)
+        budget = adaptive_budget(candidates, budget, t)
+        runs = self._runs(candidates, deadline, budget, exclude_ids)
+        lines = block_lines(runs, budget)
         return RecalledBlock(render_lines(lines), len(lines), lines) if lines else None
 
-    def _windows(self, hits: list[tuple[Memory, float]], deadline: float, budget_tokens: int,
-                 exclude_ids: frozenset[int]) -> list[list[Memory]]:
-        """Runs of neighbouring turns around the best hits, best-scoring first, overlaps merged;
-        no memory of `exclude_ids` (shown earlier in the conversation)."""
+    def _runs(self, candidates: list[Candidate], deadline: float, budget_tokens: int,
+              exclude_ids: frozenset[int]) -> list[list[Memory]]:
+        """The candidates, best first, as runs of turns (a turn hit grown by its neighbours, a window
+        as it is), overlapping runs merged so that no turn is shown twice, until there is about
+        enough to fill the budget; best-scoring runs first. No memory of `exclude_ids`."""
         t = self.tuning
-        score_of = {m.id: s for m, s in hits}
-        windows: list[tuple[float, list[Memory]]] = []
-        covered: dict[int, int] = {}  # memory id -> index of the window holding it
-        budget_chars = budget_tokens * CHARS_PER_TOKEN
-        used = 0
-        shown_texts: set[str] = set()
-        for rank, (memory, _) in enumerate(hits[: t.expand]):
-            # The same words typed in several conversations ("continue", a pasted prompt) are shown once.
-            if memory.id in covered or memory.text in shown_texts:
-                continue
-            if rank < t.wide:
-                run = self.store.neighbours(memory, t.before, t.after, deadline=deadline)
+        packer = RunPacker(budget_tokens * CHARS_PER_TOKEN * 1.5, t.window_score)
+        for candidate in candidates:
+            if candidate.memory is not None:
+                memory, rank = candidate.memory, candidate.rank
+                if rank >= t.expand or packer.holds(memory):
+                    continue
+                if rank < t.wide:
+                    run = self.store.neighbours(memory, t.before, t.after, deadline=deadline)
+                else:
+                    run = self.store.neighbours(memory, 0, t.narrow_after, deadline=deadline)
+                hit_ids = frozenset([memory.id])
             else:
-                run = self.store.neighbours(memory, 0, t.narrow_after, deadline=deadline)
+                run = list(candidate.turns)
+                hit_ids = frozenset(m.id for m in run)
             if exclude_ids:
                 run = [m for m in run if m.id not in exclude_ids]
-            overlapping = sorted({covered[m.id] for m in run if m.id in covered})
-            if overlapping:
-                # Join the window it touches rather than repeating turns.
-                target = overlapping[0]
-                score, turns = windows[target]
-                new = [m for m in run if m.id not in covered]
-                # Turns already in another window stay there: no turn is shown twice.
-                merged = {m.id: m for m in turns} | {m.id: m for m in new}
-                turns = [merged[i] for i in sorted(merged)]
-                windows[target] = (score + sum(score_of.get(m.id, 0.0) for m in new), turns)
-                for m in new:
-                    covered[m.id] = target
-            else:
-                windows.append((sum(score_of.get(m.id, 0.0) for m in run), run))
-                for m in run:
-                    covered[m.id] = len(windows) - 1
-            shown_texts.update(m.text for m in run)
-            used += sum(len(m.text) + 24 for m in run)
-            if used > budget_chars * 1.5:
-                break  # enough to fill the budget; later hits would not be shown
-        if t.window_score == "max":
-            windows = [(max(score_of.get(m.id, 0.0) for m in turns), turns) for _, turns in windows]
-        order = sorted(range(len(windows)), key=lambda i: -windows[i][0])
-        return [windows[i][1] for i in order]
+            if run and packer.add(run, candidate.score, hit_ids, candidate.in_period):
+                break
+        return packer.runs()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """Something to show: a turn hit (grown into a run by its neighbours) or a window hit, with its
+    score relative to the best hit of its own search (times the search's weight)."""
+
+    score: float
+    memory: Memory | None = None
+    rank: int = 0  # a turn hit's place in its search
+    turns: tuple[Memory, ...] = ()
+    in_period: bool = False  # a window of the period the question names
+
+
+def window_candidates(windows: list[tuple[tuple[Memory, ...], float]], weight: float, *,
+                      in_period: bool = False) -> list[Candidate]:
+    if not windows:
+        return []
+    best = max(windows[0][1], 1e-9)
+    return [Candidate(weight * score / best, turns=turns, in_period=in_period) for turns, score in windows]
+
+
+class RunPacker:
+    """Runs of turns gathered for a block: a run that shares turns with one already gathered joins
+    it (its new turns only), so no turn is shown twice; the same words typed in several
+    conversations are shown once. Each run is ranked by the scores of the hits it holds, a run
+    holding a window of the period the question names before every run that holds none."""
+
+    def __init__(self, enough_chars: float, score: str = "sum") -> None:
+        self.enough_chars = enough_chars
+        self.score = score
+        self._runs: list[list[Memory]] = []
+        self._scores: list[float] = []
+        self._in_period: list[bool] = []
+        self._covered: dict[int, int] = {}  # memory id -> index of the run holding it
+        self._texts: set[str] = set()
+        self._used = 0
+
+    def holds(self, memory: Memory) -> bool:
+        return memory.id in self._covered or memory.text in self._texts
+
+    def add(self, run: list[Memory], score: float, hit_ids: frozenset[int], in_period: bool = False) -> bool:
+        """Adds the run (a hit of `score`); True once there is enough to fill the budget."""
+        new = [m for m in run if m.id not in self._covered and (m.id in hit_ids or m.text not in self._texts)]
+        if not new:
+            return False
+        overlapping = sorted({self._covered[m.id] for m in run if m.id in self._covered})
+        if overlapping:
+            target = overlapping[0]
+            merged = {m.id: m for m in self._runs[target]} | {m.id: m for m in new}
+            self._runs[target] = [merged[i] for i in sorted(merged)]
+            self._scores[target] = (self._scores[target] + score if self.score == "sum"
+                                    else max(self._scores[target], score))
+            self._in_period[target] |= in_period
+        else:
+            target = len(self._runs)
+            self._runs.append(new)
+            self._scores.append(score)
+            self._in_period.append(in_period)
+        for m in new:
+            self._covered[m.id] = target
+        self._texts.update(m.text for m in new)
+        self._used += sum(len(m.text) + 24 for m in new)
+        return self._used > self.enough_chars
+
+    def runs(self) -> list[list[Memory]]:
+        order = sorted(range(len(self._runs)), key=lambda i: (not self._in_period[i], -self._scores[i]))
+        return [self._runs[i] for i in order]
+
+
+def adaptive_budget(candidates: list[Candidate], budget_tokens: int, tuning: RecallTuning) -> int:
+    """How much of `budget_tokens` the block may use: `floor_tokens`, plus `tokens_per_strong_hit`
+    for each strong turn hit (scoring at least `strong_score` of the best one) past the first, at
+    most the whole budget. Few strong hits: the question is narrow, or the memory barely knows
+    it, and a long block would be tokens the user pays for to show weaker matches."""
+    strong = sum(1 for c in candidates if c.memory is not None and c.score >= tuning.strong_score)
+    return min(budget_tokens, tuning.floor_tokens + tuning.tokens_per_strong_hit * max(0, strong - 1))

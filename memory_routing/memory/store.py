@@ -21,13 +21,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .dates import period_keys
 from .recover import Recovery, recover_rows
 from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError,
                       MemoryTimeoutError, NewMemory)
+from .windows import MIN_WINDOW_TURNS, WINDOW_TURNS, window_text
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
+_TURNS, _WINDOWS = "memories_fts", "memory_windows_fts"  # the two full-text indexes
+_CONTENT = {_TURNS: "memories", _WINDOWS: "memory_windows"}
+_WINDOWS_VERSION = 1  # PRAGMA user_version from which every turn's window is indexed
 _EXPORT_PAGE = 500
 _MAX_QUERY_TERMS = 48
 MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_terms)
@@ -95,7 +100,13 @@ def _quoted(term: str) -> str:
 
 @runtime_checkable
 class MemoryStore(Protocol):
-    """What the proxy needs from a memory backend (SQLite here; Postgres next)."""
+    """What the proxy needs from a memory backend (SQLite here; Postgres next).
+
+    Besides its turns a store indexes windows (memory/windows.py): for each stored turn that is
+    not the first of its conversation, the run of up to WINDOW_TURNS turns ending with it, made
+    when the turn is added (add_many, import_jsonl) and deleted with any turn it holds (delete,
+    forget_user, delete_older_than), its words leaving the store with it.
+    """
 
     def add_many(self, memories: Sequence[NewMemory]) -> list[int]: ...
 
@@ -103,6 +114,19 @@ class MemoryStore(Protocol):
                exclude_conversation_id: str | None = None,
                deadline: float | None = None,
                common_share: float | None = None) -> list[tuple[Memory, float]]: ...
+
+    def search_windows(self, user_id: str, query: str, limit: int = 10, *,
+                       exclude_conversation_id: str | None = None,
+                       deadline: float | None = None,
+                       common_share: float | None = None,
+                       period: Sequence[str] | None = None) -> list[tuple[tuple[Memory, ...], float]]:
+        """`user_id`'s windows (memory/windows.py: runs of up to WINDOW_TURNS consecutive turns of a
+        conversation, each indexed as its first turn's date_label and its turns' texts) best
+        matching `query`, as (the window's turns in order, score), best first; never another
+        user's. Ranked as `search` ranks turns (BM25 over the window texts, the same stopwords,
+        common_share and deadline). With `period` (dates.period_keys values, e.g. "m202305"),
+        only windows whose first turn's period_keys hold one of them (an empty `period`: none)."""
+        ...
 
     def neighbours(self, memory: Memory, before: int, after: int, *,
                    deadline: float | None = None) -> list[Memory]: ...
@@ -198,6 +222,40 @@ CREATE TRIGGER IF NOT EXISTS recall_block_lines_go_with_their_block AFTER DELETE
 END;
 -- Only the text counts for ranking; the tokens only filter.
 INSERT INTO memories_fts (memories_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0, 0.0)');
+-- Windows (memory/windows.py): for each turn, the run of up to 3 consecutive turns of its
+-- conversation ending with it; text is the first turn's readable date then the turns' texts,
+-- period its first turn's period keys (memory/dates.py; only filter, never ranked).
+CREATE TABLE IF NOT EXISTS memory_windows (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    text TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    thread TEXT NOT NULL,
+    period TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memory_windows_by_turn ON memory_windows (user_id, conversation_id, last_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS memory_windows_fts USING fts5 (
+    text, owner, thread, period, content='memory_windows', content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS memory_windows_fts_insert AFTER INSERT ON memory_windows BEGIN
+    INSERT INTO memory_windows_fts (rowid, text, owner, thread, period)
+        VALUES (new.id, new.text, new.owner, new.thread, new.period);
+END;
+CREATE TRIGGER IF NOT EXISTS memory_windows_fts_delete AFTER DELETE ON memory_windows BEGIN
+    INSERT INTO memory_windows_fts (memory_windows_fts, rowid, text, owner, thread, period)
+        VALUES ('delete', old.id, old.text, old.owner, old.thread, old.period);
+END;
+-- A deleted turn takes every window holding it along (its words are in their text).
+CREATE TRIGGER IF NOT EXISTS memories_leave_windows AFTER DELETE ON memories BEGIN
+    DELETE FROM memory_windows WHERE user_id = old.user_id AND conversation_id = old.conversation_id
+        AND last_id >= old.id AND first_id <= old.id;
+END;
+INSERT INTO memory_windows_fts (memory_windows_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0, 0.0, 0.0)');
 """
 
 
@@ -245,6 +303,7 @@ class SQLiteMemoryStore:
         self._user_rows: dict[str, int] = dict(
             self._writer.execute("SELECT user_id, count(*) FROM memories GROUP BY user_id").fetchall())
         self._total_rows = sum(self._user_rows.values())
+        self._index_missing_windows()
         # Set once the file's index and rows have been read through once (see _warm).
         self.warmed = threading.Event()
         self._warmer = threading.Thread(target=self._warm, name="memory-store-warm", daemon=True)
@@ -391,6 +450,7 @@ class SQLiteMemoryStore:
                     if cur.rowcount == 1 and cur.lastrowid is not None:
                         ids.append(cur.lastrowid)
                         added[m.user_id] = added.get(m.user_id, 0) + 1
+                        self._add_window(conn, m.user_id, m.conversation_id, cur.lastrowid)
                     else:
                         row = conn.execute(
                             "SELECT id FROM memories WHERE user_id = ? AND conversation_id = ?"
@@ -405,6 +465,41 @@ class SQLiteMemoryStore:
                 self._user_rows[user_id] = self._user_rows.get(user_id, 0) + n
             self._total_rows += sum(added.values())
         return ids, sum(added.values())
+
+    @staticmethod
+    def _add_window(conn: sqlite3.Connection, user_id: str, conversation_id: str, last_id: int) -> None:
+        """Indexes the window ending with turn `last_id` (see memory/windows.py)."""
+        rows = conn.execute("SELECT id, text, created_at FROM memories WHERE user_id = ? AND conversation_id = ?"
+                            " AND id <= ? ORDER BY id DESC LIMIT ?",
+                            (user_id, conversation_id, last_id, WINDOW_TURNS)).fetchall()
+        if len(rows) < MIN_WINDOW_TURNS:
+            return
+        rows.reverse()
+        first_at = float(rows[0][2])
+        conn.execute("INSERT INTO memory_windows (user_id, conversation_id, first_id, last_id, created_at, text,"
+                     " owner, thread, period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (user_id, conversation_id, int(rows[0][0]), last_id, first_at,
+                      window_text(first_at, [r[1] for r in rows]), owner_token(user_id),
+                      thread_token(user_id, conversation_id), " ".join(period_keys(first_at))))
+
+    def _index_missing_windows(self) -> None:
+        """Builds the windows of a file written before windows existed (PRAGMA user_version under
+        _WINDOWS_VERSION): every turn's window, in one transaction, once."""
+        conn = self._writer
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= _WINDOWS_VERSION:
+            return
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM memory_windows LIMIT 1").fetchone() is None:
+                    for user_id, conversation_id, memory_id in conn.execute(
+                            "SELECT user_id, conversation_id, id FROM memories ORDER BY id").fetchall():
+                        self._add_window(conn, user_id, conversation_id, int(memory_id))
+                conn.execute(f"PRAGMA user_version = {_WINDOWS_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
         """Deletes one memory (only if it is `user_id`'s, when given); True when one was deleted."""
@@ -444,6 +539,7 @@ class SQLiteMemoryStore:
                     # until they are merged. 'optimize' rewrites the index without them, and
                     # secure_delete zeroes the freed pages, so the words are gone from the file.
                     conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('optimize')")
+                    conn.execute("INSERT INTO memory_windows_fts (memory_windows_fts) VALUES ('optimize')")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -561,61 +657,104 @@ class SQLiteMemoryStore:
         of this user's memories come first (LoCoMo dev with 100k rows of another user: recall_any
         0.812 with bm25(), 0.836 with the user's statistics, the same as with no other rows).
         """
+        ranked = self._search_index(_TURNS, user_id, query, limit, exclude_conversation_id, deadline,
+                                    common_share, None)
+        if not ranked:
+            return []
+        ids = [rowid for rowid, _ in ranked]
+        found = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(ids))})"
+                                             " AND user_id = ?", [*ids, user_id], deadline)}
+        return [(_row_to_memory(found[rowid]), score) for rowid, score in ranked if rowid in found]
+
+    def search_windows(self, user_id: str, query: str, limit: int = 10, *,
+                       exclude_conversation_id: str | None = None,
+                       deadline: float | None = None,
+                       common_share: float | None = None,
+                       period: Sequence[str] | None = None) -> list[tuple[tuple[Memory, ...], float]]:
+        """`user_id`'s windows best matching `query`, as search ranks turns; see MemoryStore.search_windows."""
+        if period is not None and not period:
+            return []
+        ranked = self._search_index(_WINDOWS, user_id, query, limit, exclude_conversation_id, deadline,
+                                    common_share, period)
+        if not ranked:
+            return []
+        ids = [rowid for rowid, _ in ranked]
+        # One read for every window's turns: each window's own conversation, its id range.
+        columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
+        turns: dict[int, list[Memory]] = {}
+        for row in self._read(
+                f"SELECT w.id, {columns} FROM memory_windows AS w JOIN memories AS m ON m.user_id = w.user_id"
+                " AND m.conversation_id = w.conversation_id AND m.id BETWEEN w.first_id AND w.last_id"
+                f" WHERE w.id IN ({','.join('?' * len(ids))}) AND w.user_id = ? ORDER BY w.id, m.id",
+                [*ids, user_id], deadline):
+            turns.setdefault(int(row[0]), []).append(_row_to_memory(row[1:]))
+        windows = [(tuple(turns[rowid]), score) for rowid, score in ranked if rowid in turns]
+        return windows
+
+    def _search_index(self, fts: str, user_id: str, query: str, limit: int, exclude_conversation_id: str | None,
+                      deadline: float | None, common_share: float | None,
+                      period: Sequence[str] | None) -> list[tuple[int, float]]:
+        """(rowid, score) of the rows of index `fts` (turns or windows) best matching `query`, best first."""
         terms = query_terms(query)
         if not terms or limit <= 0:
             return []
         owner = owner_token(user_id)
+        scope = f'owner : "{owner}"'
+        if period is not None:
+            scope += " AND period : (" + " OR ".join(_quoted(key) for key in period) + ")"
         user_rows = self._user_rows.get(user_id, 0)
         share = user_rows / max(1, self._total_rows)
         # Narrowing by the owner token inside FTS5 walks the owner's whole posting list: cheap
         # for one user among many, ~20 ms for a user who owns 100k rows. A user who owns most
-        # of the file is filtered after ranking instead, fetching enough to keep `limit` rows.
+        # of the file is filtered after ranking instead, fetching enough to keep `limit` rows
+        # (a period filter is then applied in FTS5 on its own).
         owner_filter = user_rows == 0 or share < _HEAVY_SHARE
         if owner_filter and user_rows and self._total_rows >= USER_RANKING_MIN_ROWS:
-            return self._ranked_in_user(user_id, terms, limit, user_rows, exclude_conversation_id, deadline,
-                                        None if common_share is None
+            return self._ranked_in_user(fts, user_id, scope, terms, limit, user_rows, exclude_conversation_id,
+                                        deadline, None if common_share is None
                                         else max(_COMMON_MIN_ROWS, int(common_share * user_rows)))
         selected = terms
         if user_rows == 0 or user_rows > MAX_RANKED:  # else ranking is bounded by the user's rows anyway
-            selected = self._selective_terms(owner if owner_filter else None, terms, deadline)
+            selected = self._selective_terms(fts, owner if owner_filter else None, terms, deadline)
         if common_share is not None and user_rows and len(selected) > 1:
-            selected = self._uncommon_terms(owner if owner_filter else None, selected,
+            selected = self._uncommon_terms(fts, owner if owner_filter else None, selected,
                                             max(_COMMON_MIN_ROWS, int(common_share * user_rows)), deadline)
-        rows = self._ranked(user_id, selected, limit, owner_filter, share, exclude_conversation_id, deadline)
+        filter_ = scope if owner_filter else scope.partition(" AND ")[2]
+        rows = self._ranked(fts, user_id, filter_, selected, limit, owner_filter, share, exclude_conversation_id,
+                            deadline)
         if not rows and len(selected) < len(terms):
             # The rare words counted over the whole file may all be other users' words: the
             # full query is slower, but still bounded by the deadline.
-            rows = self._ranked(user_id, terms, limit, owner_filter, share, exclude_conversation_id, deadline)
-        return [(_row_to_memory(row), -float(row[8])) for row in rows]
+            rows = self._ranked(fts, user_id, filter_, terms, limit, owner_filter, share, exclude_conversation_id,
+                                deadline)
+        return [(int(row[0]), -float(row[1])) for row in rows]
 
-    def _ranked_in_user(self, user_id: str, terms: list[str], limit: int, user_rows: int,
+    def _ranked_in_user(self, fts: str, user_id: str, scope: str, terms: list[str], limit: int, user_rows: int,
                         exclude_conversation_id: str | None, deadline: float | None,
-                        common_most: int | None) -> list[tuple[Memory, float]]:
+                        common_most: int | None) -> list[tuple[int, float]]:
         """BM25 over the user's own rows with the user's own statistics, scored here rather than by
-        FTS5's bm25() (see search): each term's rows of this user are listed (cheap: the owner's
-        posting list is short), the term's IDF comes from that count among the user's rows, a row's
-        length from FTS5's docsize table (averaged over the matching rows), and a term counts once
-        per row. Terms in more than `common_most` of the user's rows are left out, unless all are.
+        FTS5's bm25() (see search): each term's rows of this user (within `scope`: the owner, and a
+        period) are listed (cheap: the owner's posting list is short), the term's IDF comes from
+        that count among the user's rows, a row's length from FTS5's docsize table (averaged over
+        the matching rows), and a term counts once per row. Terms in more than `common_most` of
+        the user's rows are left out, unless all are.
         """
-        owner = f'owner : "{owner_token(user_id)}"'
         cap = common_most + 1 if common_most is not None else user_rows + 1
+        match = f"SELECT rowid FROM {fts} WHERE {fts} MATCH ?"
         postings: dict[str, list[int]] = {}
         for term in terms:
-            rows = self._read("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?",
-                              (f"{owner} AND text : {_quoted(term)}", cap), deadline)
+            rows = self._read(match + " LIMIT ?", (f"{scope} AND text : {_quoted(term)}", cap), deadline)
             if rows:
                 postings[term] = [r[0] for r in rows]
         kept = {term: rows for term, rows in postings.items() if len(rows) < cap}
         if not kept and postings:
             # Every word is common for this user: the query is kept whole rather than emptied.
-            kept = {term: [r[0] for r in self._read("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?",
-                                                     (f"{owner} AND text : {_quoted(term)}",), deadline)]
+            kept = {term: [r[0] for r in self._read(match, (f"{scope} AND text : {_quoted(term)}",), deadline)]
                     for term in postings}
         excluded: set[int] = set()
         if exclude_conversation_id is not None and kept:
             thread = thread_token(user_id, exclude_conversation_id)
-            excluded = {r[0] for r in self._read("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?",
-                                                 (f'{owner} AND thread : "{thread}"',), deadline)}
+            excluded = {r[0] for r in self._read(match, (f'{scope} AND thread : "{thread}"',), deadline)}
         matched: dict[int, float] = {}
         for rows in kept.values():
             # FTS5's IDF formula, over the user's rows.
@@ -629,7 +768,7 @@ class SQLiteMemoryStore:
         ids = list(matched)
         for start in range(0, len(ids), _ID_CHUNK):
             chunk = ids[start:start + _ID_CHUNK]
-            for rowid, size in self._read(f"SELECT id, sz FROM memories_fts_docsize WHERE id IN"
+            for rowid, size in self._read(f"SELECT id, sz FROM {fts}_docsize WHERE id IN"
                                           f" ({','.join('?' * len(chunk))})", chunk, deadline):
                 lengths[rowid] = _varint(size)  # the text column's token count comes first
         average = max(1.0, sum(lengths.values()) / max(1, len(lengths)))
@@ -639,31 +778,30 @@ class SQLiteMemoryStore:
             return matched[rowid] * (_BM25_K1 + 1) / (1 + _BM25_K1 * norm)
 
         best = sorted(matched, key=lambda rowid: (-score(rowid), rowid))[:limit]
-        found = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(best))})"
-                                             " AND user_id = ?", [*best, user_id], deadline)}
-        return [(_row_to_memory(found[rowid]), score(rowid)) for rowid in best if rowid in found]
+        return [(rowid, score(rowid)) for rowid in best]
 
-    def _ranked(self, user_id: str, terms: list[str], limit: int, owner_filter: bool, share: float,
-                exclude_conversation_id: str | None, deadline: float | None) -> builtins.list[Any]:
+    def _ranked(self, fts: str, user_id: str, filter_: str, terms: list[str], limit: int, owner_filter: bool,
+                share: float, exclude_conversation_id: str | None, deadline: float | None) -> builtins.list[Any]:
+        """(rowid, rank) rows of `user_id` ranked by FTS5's bm25(), best first; `filter_` narrows
+        inside FTS5 (the owner token, unless the user owns most of the file; a period)."""
         if not terms:
             return []
         expression = f'text : ({" OR ".join(_quoted(term) for term in terms)})'
         fetch = limit
-        if owner_filter:
-            expression = f'owner : "{owner_token(user_id)}" AND {expression}'
-        else:
+        if not owner_filter:
             fetch = min(_MAX_FETCH, int(limit / share * 1.5) + 10)
+        if filter_:
+            expression = f"{filter_} AND {expression}"
         if exclude_conversation_id is not None:
             expression += f' NOT thread : "{thread_token(user_id, exclude_conversation_id)}"'
         # The inner query is FTS5 alone (its ORDER BY rank LIMIT is done inside FTS5); the
         # join reads only the rows kept, and checks the owner by its real id.
-        sql = (f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, f.rank"
-               " FROM (SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ?"
-               " ORDER BY rank LIMIT ?) AS f JOIN memories AS m ON m.id = f.rowid"
+        sql = (f"SELECT m.id, f.rank FROM (SELECT rowid, rank FROM {fts} WHERE {fts} MATCH ?"
+               f" ORDER BY rank LIMIT ?) AS f JOIN {_CONTENT[fts]} AS m ON m.id = f.rowid"
                " WHERE m.user_id = ? ORDER BY f.rank LIMIT ?")
         return self._read(sql, (expression, fetch, user_id, limit), deadline)
 
-    def _selective_terms(self, owner: str | None, terms: list[str], deadline: float | None) -> list[str]:
+    def _selective_terms(self, fts: str, owner: str | None, terms: list[str], deadline: float | None) -> list[str]:
         """The query's rarer terms, so that BM25 ranks at most about MAX_RANKED rows.
 
         A word found in most of a heavy user's 100k memories makes ranking slow and carries
@@ -676,9 +814,9 @@ class SQLiteMemoryStore:
             return terms
         counted = []
         for term in terms:
-            count = self._count_matches(f"text : {_quoted(term)}", deadline)
+            count = self._count_matches(fts, f"text : {_quoted(term)}", deadline)
             if count > MAX_RANKED and owner is not None:
-                count = self._count_matches(f'owner : "{owner}" AND text : {_quoted(term)}', deadline)
+                count = self._count_matches(fts, f'owner : "{owner}" AND text : {_quoted(term)}', deadline)
             if count:
                 counted.append((count, term))
         counted.sort()
@@ -691,18 +829,19 @@ class SQLiteMemoryStore:
             total += count
         return kept
 
-    def _uncommon_terms(self, owner: str | None, terms: list[str], most: int, deadline: float | None) -> list[str]:
+    def _uncommon_terms(self, fts: str, owner: str | None, terms: list[str], most: int,
+                        deadline: float | None) -> list[str]:
         kept = []
         for term in terms:
             expression = f"text : {_quoted(term)}"
             if owner is not None:
                 expression = f'owner : "{owner}" AND {expression}'
-            if self._count_matches(expression, deadline, cap=most + 1) <= most:
+            if self._count_matches(fts, expression, deadline, cap=most + 1) <= most:
                 kept.append(term)
         return kept or terms
 
-    def _count_matches(self, expression: str, deadline: float | None, cap: int = MAX_RANKED + 1) -> int:
-        rows = self._read("SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)",
+    def _count_matches(self, fts: str, expression: str, deadline: float | None, cap: int = MAX_RANKED + 1) -> int:
+        rows = self._read(f"SELECT count(*) FROM (SELECT 1 FROM {fts} WHERE {fts} MATCH ? LIMIT ?)",
                           (expression, cap), deadline)
         return int(rows[0][0])
 

@@ -146,7 +146,9 @@ class UpstreamCookieJar:
 
     def restore(self, scope: str, entries: Iterable[Entry]) -> None:
         """Bring a scope's jar back into memory from entries read from the file or a snapshot."""
-        jar = self._jar(scope)
+        self._keep(self._jar(scope), entries)
+
+    def _keep(self, jar: http.cookiejar.CookieJar, entries: Iterable[Entry]) -> None:
         now = int(time.time())
         for cookie in map(_cookie, entries):
             if cookie.name in self.policy.names and not cookie.is_expired(now):
@@ -194,6 +196,28 @@ class UpstreamCookieJar:
         client_names = {part.split("=", 1)[0].strip() for part in client_cookie_header.split(";")}
         extra = [part.strip() for part in from_jar.split(";") if part.split("=", 1)[0].strip() not in client_names]
         return "; ".join([client_cookie_header, *extra]) if extra else client_cookie_header
+
+    def scope_entries(self, scope: str) -> tuple[Entry, ...]:
+        """The cookies of a jar in memory, as the file stores them (none for a jar not in memory)."""
+        jar = self._jars.get(scope)
+        return _entries(scope, jar) if jar is not None else ()
+
+    def resident_scopes(self) -> list[str]:
+        return list(self._jars)
+
+    def replace_scope(self, scope: str, entries: Iterable[Entry]) -> bool:
+        """Make a jar hold exactly ``entries`` (the fleet's copy, through Redis), keeping only
+        the allowed names and the unexpired; True when the jar changed (and the file must be
+        written). The caller checks ``resident`` first: a jar only in the file is left alone."""
+        jar = self._jar(scope)
+        before = self._fingerprint(jar)
+        jar.clear()
+        self._keep(jar, [entry for entry in entries if _is_cookie(entry)])  # another proxy's bad entry is skipped
+        if self._fingerprint(jar) == before:
+            return False
+        if self.persistent:
+            self._changed.add(scope)
+        return True
 
     def describe(self) -> list[CookieInfo]:
         """The cookies in memory (jars evicted to the file are not listed)."""
@@ -272,6 +296,14 @@ def _cookie(entry: Entry) -> http.cookiejar.Cookie:
         return http.cookiejar.Cookie(**{name: entry[name] for name in _COOKIE_FIELDS}, rest=dict(entry.get("rest") or {}))
     except (KeyError, TypeError) as e:
         raise ValueError(f"malformed cookie entry: {e}") from None
+
+
+def _is_cookie(entry: Entry) -> bool:
+    try:
+        _cookie(entry)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_entries(path: Path) -> list[Entry]:
