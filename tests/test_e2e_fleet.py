@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import httpx
@@ -174,6 +175,68 @@ def test_bs_usage_api_and_dashboard_show_the_calls_made_through_a_and_c(fleet: F
     page = httpx.get(f"{fleet['B'].gateway_url}/memory-routing/", timeout=WAIT)
     assert page.status_code == 200
     assert '<td class="proxy">A</td>' in page.text and '<td class="proxy">C</td>' in page.text
+
+
+def test_a_cloudflare_cookie_set_through_a_is_sent_by_c(fleet: Fleet, cloudflare: FakeUpstream):
+    cloudflare.reset()
+    client_a = openai_client(fleet["A"], "fleet-cf", **{"x-memory-mode": "off"})
+    assert client_a.chat.completions.create(model="behind-cloudflare", messages=[{"role": "user", "content": "hi"}])
+    assert cloudflare.cf_token is not None  # the first call is admitted and handed __cf_bm
+    cookie = f"__cf_bm={cloudflare.cf_token}"
+
+    def c_holds_it() -> bool:
+        return any(entry["name"] == "__cf_bm" and entry["domain"] == "127.0.0.2"
+                   for entry in info(fleet["C"])["upstreams"]["cookies"])
+
+    # C learns of it from Redis in the background (a hook never waits on the network for it).
+    assert wait_until(c_holds_it, WAIT), info(fleet["C"])["upstreams"]["cookies"]
+    client_c = openai_client(fleet["C"], "fleet-cf", **{"x-memory-mode": "off"})
+    # Without the cookie, the fake Cloudflare answers error 1200 (a 429 to the client).
+    assert client_c.chat.completions.create(model="behind-cloudflare", messages=[{"role": "user", "content": "hi"}])
+    assert cloudflare.requests[-1].headers.get("cookie") == cookie
+    for name in NAMES:
+        assert cloudflare.cf_token not in fleet[name].log()
+        assert cloudflare.cf_token not in json.dumps(info(fleet[name]))
+
+
+def test_a_cap_of_3_holds_across_three_proxies_under_24_concurrent_calls(fleet: Fleet, held_calls: FakeUpstream):
+    proxies = [fleet[name] for name in NAMES]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        calls = [pool.submit(held_call, proxies[i % 3]) for i in range(24)]
+        try:
+            assert wait_until(lambda: held_calls.in_flight == CAP and sum(map(queued, proxies)) == 24 - CAP, WAIT)
+            assert held_calls.max_in_flight == CAP
+        finally:
+            held_calls.release()
+        answers = [call.result(WAIT) for call in calls]
+    assert answers == ["Hello from OpenAI"] * 24
+    assert len(held_calls.requests) == 24 and held_calls.max_in_flight == CAP
+
+
+def test_b_killed_holding_every_slot_gives_them_back_within_the_lease(fleet: Fleet, held_calls: FakeUpstream):
+    a, b, c = (fleet[name] for name in NAMES)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            through_b = [pool.submit(held_call, b) for _ in range(CAP)]
+            assert wait_until(lambda: held_calls.in_flight == CAP, WAIT)  # B holds every slot
+            waiting = [pool.submit(held_call, proxy) for proxy in (a, c, a, c)]
+            assert wait_until(lambda: queued(a) == 2 and queued(c) == 2, WAIT)
+            fleet.sigkill("B")
+            # B's three calls stay open at the upstream, but nobody renews their leases: within
+            # the lease time three of the four waiting through A and C reach the host (bounded
+            # by several lease times, not timed).
+            assert wait_until(lambda: len(held_calls.requests) == 2 * CAP, 10 * LEASE_SECONDS)
+            assert queued(a) + queued(c) == 1
+            held_calls.release()
+            answers = [call.result(WAIT) for call in waiting]
+            for call in through_b:
+                with pytest.raises(openai.APIConnectionError):
+                    call.result(WAIT)
+        assert answers == ["Hello from OpenAI"] * 4
+    finally:
+        held_calls.release()
+        fleet.start(["B"])  # the module's later tests use all three
+        fleet.wait_database_ready()
 
 
 def flow_log(proxy: RunningProxy) -> list[dict]:
