@@ -1,0 +1,543 @@
+"""The MemoryStore of a fleet: memories and recall blocks in PostgreSQL (fleet/migrations/002_memories.sql).
+
+Every proxy of the fleet reads and writes the same rows, so a memory told through one proxy is
+recalled through any other. Connections come from the proxy's FleetDatabase pool; a database that
+is down, not migrated yet or out of connections raises SharedServerUnavailable (the recall gives
+up at once, the writer holds its turns until the database is back).
+
+Search: PostgreSQL's full-text search narrows, this module ranks. The GIN index over `tsv` finds
+one user's rows holding a word (the owner's lexeme ANDed into every query: one index for every
+user). Each query word's rows of the user are counted (capped), words in more than `common_share`
+of the user's rows are left out as SQLiteMemoryStore does, the rarest words are kept while their
+rows add up to MAX_RANKED, and only those rows are read and scored: BM25 with the user's own
+statistics, the same formula as SQLiteMemoryStore._ranked_in_user. ts_rank_cd ranks every
+matching row of the user (127/260 ms p50/p95 for a user owning 50k rows who asks with common
+words) and weighs no word by its rarity.
+
+Every read with a deadline runs in a transaction with ``SET LOCAL statement_timeout`` set to
+what is left of it, sent with the query in one round trip (pipeline mode); a query cancelled at
+its deadline raises MemoryTimeoutError, as a late SQLite read does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from memory_routing.errors import SharedServerUnavailable
+from memory_routing.fleet.postgres import FleetDatabase
+
+from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryTimeoutError,
+                      NewMemory)
+from .store import MAX_RANKED, query_terms
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
+_TEXT_SEARCH_CONFIG = "english"
+# ASCII punctuation splits words, as SQLite's unicode61 tokenizer does ("example.com", "3.5",
+# "e-mail" are two words each, as query_terms reads them).
+_DOCUMENT = "to_tsvector('english', regexp_replace(%s, '[[:punct:]]+', ' ', 'g'))"
+_WORD = re.compile(r"\w+", re.UNICODE)
+_BM25_K1, _BM25_B = 1.2, 0.75
+_COMMON_MIN_ROWS = 10  # as SQLiteMemoryStore: a word is never common in fewer rows than this
+_EXPORT_PAGE = 500
+# Rows a search reads and scores at most: the selected words add up to MAX_RANKED rows, except
+# when every word is common (then the rarest one is ranked, in its first rows).
+_MAX_CANDIDATES = 2 * MAX_RANKED
+WRITE_WAIT_S = 5.0  # how long a write (the writer thread, the management API) waits for a connection
+INFO_DEADLINE_S = 1.0  # counts for /memory-routing/info
+PRESENCE_REFRESH_S = 5.0  # how often the users who have memories are read again (other proxies write too)
+_PRESENCE_RETRY_S = 0.5
+USER_ROWS_TTL_S = 30.0  # a user's row count (BM25's N and the common words' bound) is read again after this
+
+
+def owner_lexeme(user_id: str) -> str:
+    """The lexeme naming the owner in `tsv`: it holds a space, so no word of any text can equal it."""
+    return "owner " + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _tsquery_lexeme(lexeme: str) -> str:
+    """A lexeme as tsquery input: quoted, quotes and backslashes escaped."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _text_sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _row_to_memory(row: Sequence[Any]) -> Memory:
+    return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
+
+
+def bm25_order(matched: dict[int, float], lengths: dict[int, int]) -> list[tuple[int, float]]:
+    """(row id, score) best first, ties by id: `matched` maps a row to the summed IDF of the words
+    it holds (each counted once), `lengths` its word count; the average is over the matched rows,
+    as SQLiteMemoryStore._ranked_in_user computes it."""
+    average = max(1.0, sum(lengths.values()) / max(1, len(lengths)))
+
+    def score(row_id: int) -> float:
+        norm = 1 - _BM25_B + _BM25_B * lengths.get(row_id, average) / average
+        return matched[row_id] * (_BM25_K1 + 1) / (1 + _BM25_K1 * norm)
+
+    scored = [(row_id, score(row_id)) for row_id in matched]
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    return scored
+
+
+def _idf(user_rows: int, rows: int) -> float:
+    return max(1e-6, math.log((user_rows - rows + 0.5) / (rows + 0.5)))
+
+
+class _Reads:
+    """One connection's bounded reads inside one transaction (see PostgresMemoryStore._reads)."""
+
+    def __init__(self, conn: psycopg.Connection, deadline: float | None) -> None:
+        self.conn = conn
+        self.deadline = deadline
+
+    def rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> builtins.list[tuple[Any, ...]]:
+        conn = self.conn
+        if self.deadline is None:
+            return conn.execute(sql, args).fetchall()
+        left_ms = int((self.deadline - time.monotonic()) * 1000)
+        if left_ms < 1:
+            raise MemoryTimeoutError("memory read: the deadline had passed before it started")
+        # One round trip: the timeout and the query are sent together.
+        with conn.pipeline():
+            conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+            cursor = conn.execute(sql, args)
+        return cursor.fetchall()
+
+
+class PostgresMemoryStore:
+    """MemoryStore in the fleet's PostgreSQL (see the module's docstring)."""
+
+    def __init__(self, database: FleetDatabase, *, presence_refresh_s: float = PRESENCE_REFRESH_S) -> None:
+        self.database = database
+        self.recovery = None  # the SQLite store's damaged-file report; a database is never moved aside
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        # The users who have memories, read from the database every presence_refresh_s (and
+        # added to by this proxy's writes): has_memories answers from it without a query, on
+        # the event loop. Until the first read succeeds every user may have memories.
+        self._present: set[str] = set()
+        self.presence_loaded = threading.Event()
+        self._presence_refresh_s = presence_refresh_s
+        # user -> (rows, when read): BM25's N and the bound of the common words (approximate is enough).
+        self._user_rows: dict[str, tuple[int, float]] = {}
+        self._presence = threading.Thread(target=self._refresh_presence, name="memory-pg-presence", daemon=True)
+        self._presence.start()
+
+    # --- connections -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise MemoryStoreClosedError("memory store (PostgreSQL) is closed")
+
+    @contextmanager
+    def _reads(self, deadline: float | None) -> Iterator[_Reads]:
+        """A connection in a read transaction; with a deadline (time.monotonic() seconds), every
+        statement is bounded by what is left of it (a cancelled one raises MemoryTimeoutError)."""
+        self._check_open()
+        wait = WRITE_WAIT_S if deadline is None else deadline - time.monotonic()
+        if wait <= 0:
+            raise MemoryTimeoutError("memory read: the deadline had passed before it started")
+        with self.database.connection(timeout=wait) as conn:
+            try:
+                with conn.transaction():
+                    yield _Reads(conn, deadline)
+            except psycopg.errors.QueryCanceled as e:
+                raise MemoryTimeoutError("memory read: cancelled at its deadline") from e
+
+    def _read(self, sql: str, args: Sequence[Any] | dict[str, Any] = (),
+              deadline: float | None = None) -> builtins.list[tuple[Any, ...]]:
+        with self._reads(deadline) as reads:
+            return reads.rows(sql, args)
+
+    @contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection]:
+        self._check_open()
+        with self.database.connection(timeout=WRITE_WAIT_S) as conn, conn.transaction():
+            yield conn
+
+    # --- who has memories --------------------------------------------------------------------
+
+    def _refresh_presence(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.refresh_presence()
+            except (SharedServerUnavailable, MemoryStoreClosedError, psycopg.Error):
+                wait = _PRESENCE_RETRY_S if not self.presence_loaded.is_set() else self._presence_refresh_s
+            else:
+                wait = self._presence_refresh_s
+            self._closed.wait(wait)
+
+    def refresh_presence(self) -> None:
+        """Reads which users have memories (one index probe per user: a skip scan of memories_by_user)."""
+        rows = self._read(
+            "WITH RECURSIVE u AS ((SELECT user_id FROM memories ORDER BY user_id LIMIT 1) UNION ALL"
+            " SELECT (SELECT m.user_id FROM memories AS m WHERE m.user_id > u.user_id ORDER BY m.user_id LIMIT 1)"
+            " FROM u WHERE u.user_id IS NOT NULL) SELECT user_id FROM u WHERE user_id IS NOT NULL")
+        with self._lock:
+            self._present = {row[0] for row in rows}
+        self.presence_loaded.set()
+
+    def has_memories(self, user_id: str) -> bool:
+        """Whether the user may have memories, without a query (it runs on the event loop): from
+        the users read every few seconds and this proxy's own writes. Before the first read, and
+        while the database is away, every user may: the search decides (and fails fast)."""
+        if not self.presence_loaded.is_set():
+            return True
+        return user_id in self._present
+
+    def _rows_of(self, reads: _Reads, user_id: str) -> int:
+        known = self._user_rows.get(user_id)
+        now = time.monotonic()
+        if known is not None and now - known[1] < USER_ROWS_TTL_S:
+            return known[0]
+        rows = int(reads.rows("SELECT count(*) FROM memories WHERE user_id = %s", (user_id,))[0][0])
+        self._user_rows[user_id] = (rows, now)
+        return rows
+
+    def _forget_counts(self, user_ids: Iterable[str]) -> None:
+        for user_id in user_ids:
+            self._user_rows.pop(user_id, None)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def add_many(self, memories: Sequence[NewMemory]) -> list[int]:
+        """Stores the memories in one transaction; returns one id per input. The same (user,
+        conversation, role, text) is stored once: a repeat (here or through another proxy) gets the
+        first one's id."""
+        return self._add_many(memories)[0]
+
+    def _add_many(self, memories: Sequence[NewMemory]) -> tuple[list[int], int]:
+        if not memories:
+            return [], 0
+        shas = [_text_sha(m.text) for m in memories]
+        keys = [(m.user_id, m.conversation_id, m.role, sha) for m, sha in zip(memories, shas, strict=True)]
+        columns: dict[str, list[Any]] = {
+            "user_id": [m.user_id for m in memories], "conversation_id": [m.conversation_id for m in memories],
+            "client": [m.client for m in memories], "model": [m.model for m in memories],
+            "role": [m.role for m in memories], "text": [m.text for m in memories],
+            "created_at": [float(m.created_at) for m in memories], "text_sha": shas,
+            "words": [len(_WORD.findall(m.text)) for m in memories],
+            "owner": [owner_lexeme(m.user_id) for m in memories],
+        }
+        with self._writing() as conn:
+            inserted = conn.execute(
+                "INSERT INTO memories (user_id, conversation_id, client, model, role, text, created_at, text_sha,"
+                " words, tsv) SELECT r.user_id, r.conversation_id, r.client, r.model, r.role, r.text, r.created_at,"
+                f" r.text_sha, r.words, {_DOCUMENT % 'r.text'} || array_to_tsvector(ARRAY[r.owner])"
+                " FROM unnest(%(user_id)s::text[], %(conversation_id)s::text[], %(client)s::text[], %(model)s::text[],"
+                " %(role)s::text[], %(text)s::text[], %(created_at)s::float8[], %(text_sha)s::bytea[],"
+                " %(words)s::int[], %(owner)s::text[]) WITH ORDINALITY AS r(user_id, conversation_id, client, model,"
+                " role, text, created_at, text_sha, words, owner, n) ORDER BY r.n"
+                " ON CONFLICT (user_id, conversation_id, role, text_sha) DO NOTHING"
+                " RETURNING id, user_id, conversation_id, role, text_sha", columns).fetchall()
+            ids = {(r[1], r[2], r[3], bytes(r[4])): int(r[0]) for r in inserted}
+            missing = [key for key in dict.fromkeys(keys) if key not in ids]
+            if missing:
+                for r in conn.execute(
+                        "SELECT m.id, m.user_id, m.conversation_id, m.role, m.text_sha FROM memories AS m"
+                        " JOIN unnest(%s::text[], %s::text[], %s::text[], %s::bytea[]) AS k(u, c, r, s)"
+                        " ON m.user_id = k.u AND m.conversation_id = k.c AND m.role = k.r AND m.text_sha = k.s",
+                        [[k[i] for k in missing] for i in range(4)]).fetchall():
+                    ids[(r[1], r[2], r[3], bytes(r[4]))] = int(r[0])
+        with self._lock:
+            self._present.update(m.user_id for m in memories)
+        self._forget_counts({r[1] for r in inserted})
+        return [ids[key] for key in keys], len(inserted)
+
+    def delete(self, memory_id: int, user_id: str | None = None) -> bool:
+        """Deletes one memory (only if it is `user_id`'s, when given), and every kept block line
+        that showed it; True when one was deleted."""
+        sql = "DELETE FROM memories WHERE id = %s"
+        args: list[Any] = [memory_id]
+        if user_id is not None:
+            sql += " AND user_id = %s"
+            args.append(user_id)
+        with self._writing() as conn:
+            row = conn.execute(sql + " RETURNING user_id", args).fetchone()
+            left = row is not None and conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM memories WHERE user_id = %s)", (row[0],)).fetchone() == (True,)
+        if row is None:
+            return False
+        self._forget_counts([row[0]])
+        if not left:
+            with self._lock:
+                self._present.discard(row[0])
+        return True
+
+    def forget_user(self, user_id: str) -> int:
+        """Deletes every memory and kept block of `user_id`; returns how many memories."""
+        with self._writing() as conn:
+            deleted = conn.execute("DELETE FROM memories WHERE user_id = %s", (user_id,)).rowcount
+            conn.execute("DELETE FROM recall_blocks WHERE user_id = %s", (user_id,))
+        self._forget_counts([user_id])
+        with self._lock:
+            self._present.discard(user_id)
+        return max(0, deleted)
+
+    def delete_older_than(self, cutoff: float) -> int:
+        """Deletes every memory and kept block created before `cutoff` (epoch seconds); returns how
+        many memories. The retention (memory.retention_days) calls it."""
+        with self._writing() as conn:
+            deleted = conn.execute("DELETE FROM memories WHERE created_at < %s", (float(cutoff),)).rowcount
+            conn.execute("DELETE FROM recall_blocks WHERE created_at < %s", (float(cutoff),))
+        if deleted:
+            self._user_rows.clear()
+            self.refresh_presence()
+        return max(0, deleted)
+
+    def save_recall_blocks(self, blocks: Sequence[KeptBlock]) -> int:
+        """Keeps turns' recall blocks in one transaction; returns how many were new. The first
+        block kept for a (user, turn key) stays; a line whose memory is gone is left out."""
+        saved = 0
+        with self._writing() as conn:
+            for block in blocks:
+                row = conn.execute(
+                    "INSERT INTO recall_blocks (user_id, turn_key, created_at) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (user_id, turn_key) DO NOTHING RETURNING id",
+                    (block.user_id, block.turn_key, float(block.created_at))).fetchone()
+                if row is None:
+                    continue
+                saved += 1
+                if not block.lines:
+                    continue
+                # FOR KEY SHARE: a memory deleted meanwhile by another proxy cannot slip in between.
+                live = {r[0] for r in conn.execute(
+                    "SELECT id FROM memories WHERE user_id = %s AND id = ANY(%s) FOR KEY SHARE",
+                    (block.user_id, [line.memory_id for line in block.lines])).fetchall()}
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO recall_block_lines (block_id, position, memory_id, run, date, body)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)",
+                        [(row[0], position, line.memory_id, line.run, line.date, line.body)
+                         for position, line in enumerate(block.lines) if line.memory_id in live])
+        return saved
+
+    def import_jsonl(self, lines: Iterable[str]) -> int:
+        """Adds the memories of exported lines (new ids, their created_at kept; repeats skipped);
+        returns how many were new. A bad line raises MemoryRecordError naming its line number,
+        and nothing is imported."""
+        self._check_open()
+        batch: list[NewMemory] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(Memory.from_json(line).as_new())
+            except MemoryRecordError as e:
+                raise MemoryRecordError(f"line {number}: {e}") from None
+        return self._add_many(batch)[1]
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(self, user_id: str, query: str, limit: int = 10, *,
+               exclude_conversation_id: str | None = None,
+               deadline: float | None = None,
+               common_share: float | None = None) -> list[tuple[Memory, float]]:
+        """`user_id`'s memories best matching `query` (BM25 over the user's own rows, higher is
+        better); never another user's. Words in more than `common_share` of the user's rows are
+        left out unless every word is; a late search raises MemoryTimeoutError."""
+        terms = query_terms(query)
+        if not terms or limit <= 0:
+            return []
+        owner = _tsquery_lexeme(owner_lexeme(user_id))
+        with self._reads(deadline) as reads:
+            user_rows = self._rows_of(reads, user_id)
+            if not user_rows:
+                return []
+            common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
+            cap = MAX_RANKED + 1 if common_most is None else min(MAX_RANKED, common_most) + 1
+            counted = self._counted(reads, owner, terms, cap)
+            if not counted:
+                return []
+            # Rarest first: words under the cap (neither common nor past MAX_RANKED) while their
+            # rows add up to MAX_RANKED.
+            selected = _rarest(counted, cap)
+            if not selected:
+                # Every word is common (or in more rows than are ranked): the query is kept whole,
+                # bounded by MAX_RANKED as SQLiteMemoryStore's heavy users are.
+                if cap <= MAX_RANKED:
+                    counted = self._counted(reads, owner, [term for term, _, _ in counted], MAX_RANKED + 1)
+                selected = _rarest(counted, MAX_RANKED + 1) or [min(counted, key=lambda c: c[1])]
+            matched, lengths = self._candidates(reads, owner, user_id, selected, user_rows, exclude_conversation_id,
+                                                most=_MAX_CANDIDATES)
+            if not matched:
+                return []
+            best = bm25_order(matched, lengths)[:limit]
+            found = {int(r[0]): r for r in reads.rows(
+                f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s) AND user_id = %s",
+                ([row_id for row_id, _ in best], user_id))}
+        return [(_row_to_memory(found[row_id]), score) for row_id, score in best if row_id in found]
+
+    @staticmethod
+    def _counted(reads: _Reads, owner: str, terms: Sequence[str], cap: int) -> list[tuple[str, int, str]]:
+        """(word, the user's rows holding it up to `cap`, its tsquery) for the words with rows, in query order."""
+        rows = reads.rows(
+            "SELECT w.term, q::text, (SELECT count(*) FROM (SELECT 1 FROM memories AS m"
+            "  WHERE m.tsv @@ (%(owner)s::tsquery && q) LIMIT %(cap)s) AS c)"
+            " FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS w(term, n),"
+            f" LATERAL plainto_tsquery('{_TEXT_SEARCH_CONFIG}', w.term) AS q"
+            " WHERE numnode(q) > 0 ORDER BY w.n",
+            {"owner": owner, "cap": cap, "terms": list(terms)})
+        return [(term, int(count), tsquery) for term, tsquery, count in rows if count]
+
+    @staticmethod
+    def _candidates(reads: _Reads, owner: str, user_id: str, selected: Sequence[tuple[str, int, str]],
+                    user_rows: int, exclude_conversation_id: str | None,
+                    most: int | None = None) -> tuple[dict[int, float], dict[int, int]]:
+        """(row -> summed IDF of the selected words it holds, row -> its word count) for the user's
+        rows; with `most`, at most that many rows (in the table's order: no sort of every match)."""
+        queries = [tsquery for _, _, tsquery in selected]
+        sql = ("SELECT m.id, m.words, ARRAY(SELECT u.n FROM unnest(%(queries)s::tsquery[]) WITH ORDINALITY"
+               "  AS u(q, n) WHERE m.tsv @@ u.q)"
+               " FROM memories AS m WHERE m.tsv @@ %(query)s::tsquery AND m.user_id = %(user)s")
+        args: dict[str, Any] = {"queries": queries, "user": user_id,
+                                "query": f"{owner} & (" + " | ".join(f"({q})" for q in queries) + ")"}
+        if exclude_conversation_id is not None:
+            sql += " AND m.conversation_id <> %(conversation)s"
+            args["conversation"] = exclude_conversation_id
+        if most is not None:
+            sql += " LIMIT %(most)s"
+            args["most"] = most
+        idf = [_idf(user_rows, count) for _, count, _ in selected]
+        matched: dict[int, float] = {}
+        lengths: dict[int, int] = {}
+        for row_id, words, held in reads.rows(sql, args):
+            matched[int(row_id)] = sum(idf[n - 1] for n in held)
+            lengths[int(row_id)] = int(words)
+        return matched, lengths
+
+    # --- other reads -------------------------------------------------------------------------
+
+    def neighbours(self, memory: Memory, before: int, after: int, *,
+                   deadline: float | None = None) -> list[Memory]:
+        """Up to `before` earlier and `after` later turns of the memory's conversation, in order, itself included."""
+        rows = self._read(
+            f"(SELECT {_COLUMNS} FROM memories WHERE user_id = %(u)s AND conversation_id = %(c)s AND id < %(id)s"
+            " ORDER BY id DESC LIMIT %(before)s) UNION ALL"
+            f" (SELECT {_COLUMNS} FROM memories WHERE user_id = %(u)s AND conversation_id = %(c)s AND id > %(id)s"
+            " ORDER BY id LIMIT %(after)s)",
+            {"u": memory.user_id, "c": memory.conversation_id, "id": memory.id,
+             "before": max(0, before), "after": max(0, after)}, deadline)
+        found = [_row_to_memory(r) for r in rows]
+        earlier = sorted((m for m in found if m.id < memory.id), key=lambda m: m.id)
+        later = sorted((m for m in found if m.id > memory.id), key=lambda m: m.id)
+        return [*earlier, memory, *later]
+
+    def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]:
+        """(total, page) of `user_id`'s memories: newest first, or best match first (BM25 over
+        the user's rows, every word of `q`) when `q` is given."""
+        limit, offset = max(0, limit), max(0, offset)
+        where, args = "user_id = %s", [user_id]
+        if conversation_id is not None:
+            where += " AND conversation_id = %s"
+            args.append(conversation_id)
+        if not q:
+            with self._reads(None) as reads:
+                total = int(reads.rows(f"SELECT count(*) FROM memories WHERE {where}", args)[0][0])
+                rows = reads.rows(f"SELECT {_COLUMNS} FROM memories WHERE {where} ORDER BY id DESC"
+                                  " LIMIT %s OFFSET %s", [*args, limit, offset])
+            return total, [_row_to_memory(r) for r in rows]
+        terms = query_terms(q)
+        if not terms:
+            return 0, []
+        owner = _tsquery_lexeme(owner_lexeme(user_id))
+        with self._reads(None) as reads:
+            user_rows = self._rows_of(reads, user_id)
+            counted = self._counted(reads, owner, terms, user_rows + 1)
+            if not counted:
+                return 0, []
+            matched, lengths = self._candidates(reads, owner, user_id, counted, user_rows, None)
+            if conversation_id is not None:
+                inside = {int(r[0]) for r in reads.rows(
+                    "SELECT id FROM memories WHERE id = ANY(%s) AND conversation_id = %s",
+                    (list(matched), conversation_id))}
+                matched = {row_id: s for row_id, s in matched.items() if row_id in inside}
+            ordered = bm25_order(matched, lengths)
+            page = [row_id for row_id, _ in ordered[offset:offset + limit]]
+            found = {int(r[0]): r for r in reads.rows(f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s)", (page,))}
+        return len(ordered), [_row_to_memory(found[row_id]) for row_id in page if row_id in found]
+
+    def get(self, memory_id: int) -> Memory | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
+        return _row_to_memory(rows[0]) if rows else None
+
+    def export_jsonl(self, user_id: str | None = None) -> Iterator[str]:
+        """One JSON line (no newline) per memory, oldest first; read page by page, never all at once."""
+        last_id = 0
+        while True:
+            if user_id is None:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
+                                  (last_id, _EXPORT_PAGE))
+            else:
+                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = %s AND id > %s"
+                                  " ORDER BY id LIMIT %s", (user_id, last_id, _EXPORT_PAGE))
+            if not rows:
+                return
+            for row in rows:
+                yield _row_to_memory(row).to_json()
+            last_id = int(rows[-1][0])
+
+    def recall_blocks(self, user_id: str, turn_keys: Sequence[bytes], *,
+                      deadline: float | None = None) -> dict[bytes, tuple[BlockLine, ...]]:
+        """The kept blocks of these turns of `user_id`, as lines in order; a turn with no kept block
+        is absent, one whose memories were all deleted maps to ()."""
+        keys = list(dict.fromkeys(turn_keys))
+        if not keys:
+            return {}
+        rows = self._read(
+            "SELECT b.turn_key, l.memory_id, l.run, l.date, l.body FROM recall_blocks AS b"
+            " LEFT JOIN recall_block_lines AS l ON l.block_id = b.id"
+            " WHERE b.user_id = %s AND b.turn_key = ANY(%s) ORDER BY b.id, l.position", (user_id, keys), deadline)
+        found: dict[bytes, list[BlockLine]] = {}
+        for key, memory_id, run, date, body in rows:
+            lines = found.setdefault(bytes(key), [])
+            if memory_id is not None:
+                lines.append(BlockLine(int(memory_id), int(run), date, body))
+        return {key: tuple(lines) for key, lines in found.items()}
+
+    def counts(self) -> dict[str, int]:
+        """Memories and users (bounded: /memory-routing/info asks)."""
+        row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories", (),
+                         time.monotonic() + INFO_DEADLINE_S)[0]
+        return {"memories": int(row[0]), "users": int(row[1])}
+
+    def users(self) -> builtins.list[tuple[str, int]]:
+        rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
+        return [(r[0], int(r[1])) for r in rows]
+
+    def close(self) -> None:
+        """Stops the presence thread; the pool is the FleetDatabase's (SharedServers closes it)."""
+        self._closed.set()
+        self._presence.join(WRITE_WAIT_S + 1)
+
+
+def _rarest(counted: Sequence[tuple[str, int, str]], cap: int) -> list[tuple[str, int, str]]:
+    """The words counted under `cap`, rarest first, while their rows add up to MAX_RANKED (the rarest always)."""
+    kept: list[tuple[str, int, str]] = []
+    total = 0
+    for item in sorted((c for c in counted if c[1] < cap), key=lambda c: c[1]):
+        if kept and total + item[1] > MAX_RANKED:
+            break
+        kept.append(item)
+        total += item[1]
+    return kept
+
+
+__all__ = ["PostgresMemoryStore", "bm25_order", "owner_lexeme"]
