@@ -205,3 +205,17 @@ def test_closed_store_refuses(store: MemoryStore) -> None:
     store.close()
     with pytest.raises(MemoryStoreClosedError):
         store.add_many([turn("late")])
+
+
+def test_neighbours_of_search_hits_are_the_conversations_turns(store: MemoryStore) -> None:
+    # The PostgreSQL store reads the turns around its hits with the search: the same answers.
+    store.add_many([turn(f"turn {i} {'kayak' if i in (0, 5, 9) else 'tea'}", conversation="c1" if i < 7 else "c2",
+                         at=T0 + i) for i in range(10)])
+    hits = store.search("alice", "kayak", limit=5)
+    assert sorted(texts(hits)) == ["turn 0 kayak", "turn 5 kayak", "turn 9 kayak"]
+    by_text = {m.text: m for m, _ in hits}
+    assert texts(store.neighbours(by_text["turn 5 kayak"], 1, 2)) == ["turn 4 tea", "turn 5 kayak", "turn 6 tea"]
+    assert texts(store.neighbours(by_text["turn 5 kayak"], 3, 0)) == ["turn 2 tea", "turn 3 tea", "turn 4 tea",
+                                                                       "turn 5 kayak"]
+    assert texts(store.neighbours(by_text["turn 0 kayak"], 1, 1)) == ["turn 0 kayak", "turn 1 tea"]
+    assert texts(store.neighbours(by_text["turn 9 kayak"], 2, 2)) == ["turn 7 tea", "turn 8 tea", "turn 9 kayak"]

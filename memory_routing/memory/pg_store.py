@@ -55,6 +55,8 @@ _EXPORT_PAGE = 500
 # Rows a search reads and scores at most: the selected words add up to MAX_RANKED rows, except
 # when every word is common (then the rarest one is ranked, in its first rows).
 _MAX_CANDIDATES = 2 * MAX_RANKED
+_AROUND = 2  # turns read each side of a search's hits (the recall shows 1 before, 2 after)
+AROUND_TTL_S = 1.0  # how long they serve the thread's neighbours() calls
 WRITE_WAIT_S = 5.0  # how long a write (the writer thread, the management API) waits for a connection
 INFO_DEADLINE_S = 1.0  # counts for /memory-routing/info
 PRESENCE_REFRESH_S = 5.0  # how often the users who have memories are read again (other proxies write too)
@@ -100,24 +102,42 @@ def _idf(user_rows: int, rows: int) -> float:
 
 
 class _Reads:
-    """One connection's bounded reads inside one transaction (see PostgresMemoryStore._reads)."""
+    """One connection's reads inside one transaction (see PostgresMemoryStore._reads).
+
+    The transaction is opened with the first statement: BEGIN, the statement timeout and the
+    query go in one round trip (pipeline mode), as a lone read's COMMIT goes with it too.
+    """
 
     def __init__(self, conn: psycopg.Connection, deadline: float | None) -> None:
         self.conn = conn
         self.deadline = deadline
+        self.begun = False
 
-    def rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> builtins.list[tuple[Any, ...]]:
+    def rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = (), *,
+             last: bool = False) -> builtins.list[tuple[Any, ...]]:
+        """The statement's rows; `last`: COMMIT in the same round trip (no statement follows)."""
         conn = self.conn
-        if self.deadline is None:
-            return conn.execute(sql, args).fetchall()
-        left_ms = int((self.deadline - time.monotonic()) * 1000)
-        if left_ms < 1:
-            raise MemoryTimeoutError("memory read: the deadline had passed before it started")
-        # One round trip: the timeout and the query are sent together.
+        left_ms = None
+        if self.deadline is not None:
+            left_ms = int((self.deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                raise MemoryTimeoutError("memory read: the deadline had passed before it started")
         with conn.pipeline():
-            conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+            if not self.begun:
+                conn.execute("BEGIN READ ONLY")
+                self.begun = True
+            if left_ms is not None:
+                conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
             cursor = conn.execute(sql, args)
+            if last:
+                conn.execute("COMMIT")
+                self.begun = False
         return cursor.fetchall()
+
+    def end(self, failed: bool) -> None:
+        if self.begun:
+            self.begun = False
+            self.conn.execute("ROLLBACK" if failed else "COMMIT")
 
 
 class PostgresMemoryStore:
@@ -136,6 +156,7 @@ class PostgresMemoryStore:
         self._presence_refresh_s = presence_refresh_s
         # user -> (rows, when read): BM25's N and the bound of the common words (approximate is enough).
         self._user_rows: dict[str, tuple[int, float]] = {}
+        self._local = threading.local()  # a thread's last search's turns around its hits (see _around)
         self._presence = threading.Thread(target=self._refresh_presence, name="memory-pg-presence", daemon=True)
         self._presence.start()
 
@@ -154,16 +175,22 @@ class PostgresMemoryStore:
         if wait <= 0:
             raise MemoryTimeoutError("memory read: the deadline had passed before it started")
         with self.database.connection(timeout=wait) as conn:
+            reads = _Reads(conn, deadline)
             try:
-                with conn.transaction():
-                    yield _Reads(conn, deadline)
+                yield reads
             except psycopg.errors.QueryCanceled as e:
+                reads.end(failed=True)
                 raise MemoryTimeoutError("memory read: cancelled at its deadline") from e
+            except BaseException:
+                if not conn.closed:
+                    reads.end(failed=True)
+                raise
+            reads.end(failed=False)
 
     def _read(self, sql: str, args: Sequence[Any] | dict[str, Any] = (),
               deadline: float | None = None) -> builtins.list[tuple[Any, ...]]:
         with self._reads(deadline) as reads:
-            return reads.rows(sql, args)
+            return reads.rows(sql, args, last=True)
 
     @contextmanager
     def _writing(self) -> Iterator[psycopg.Connection]:
@@ -379,10 +406,37 @@ class PostgresMemoryStore:
             if not matched:
                 return []
             best = bm25_order(matched, lengths)[:limit]
-            found = {int(r[0]): r for r in reads.rows(
-                f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s) AND user_id = %s",
-                ([row_id for row_id, _ in best], user_id))}
-        return [(_row_to_memory(found[row_id]), score) for row_id, score in best if row_id in found]
+            found = self._hits_and_around(reads, user_id, [row_id for row_id, _ in best])
+        return [(found[row_id], score) for row_id, score in best if row_id in found]
+
+    def _hits_and_around(self, reads: _Reads, user_id: str, ids: Sequence[int]) -> dict[int, Memory]:
+        """The hits' rows; their conversations' turns around them (_AROUND each side) are kept
+        for this thread's next neighbours() calls: the recall asks for them next, and one query
+        costs less than a round trip per hit."""
+        columns = ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
+        rows = reads.rows(
+            f"SELECT h.id, x.side, x.* FROM unnest(%(ids)s::bigint[]) AS h(id)"
+            " JOIN memories AS c ON c.id = h.id AND c.user_id = %(user)s CROSS JOIN LATERAL ("
+            f" SELECT 0 AS side, {columns} FROM memories AS m WHERE m.id = c.id"
+            f" UNION ALL (SELECT -1, {columns} FROM memories AS m WHERE m.user_id = c.user_id"
+            "  AND m.conversation_id = c.conversation_id AND m.id < c.id ORDER BY m.id DESC LIMIT %(around)s)"
+            f" UNION ALL (SELECT 1, {columns} FROM memories AS m WHERE m.user_id = c.user_id"
+            "  AND m.conversation_id = c.conversation_id AND m.id > c.id ORDER BY m.id LIMIT %(around)s)) AS x",
+            {"ids": list(ids), "user": user_id, "around": _AROUND}, last=True)
+        hits: dict[int, Memory] = {}
+        around: dict[int, tuple[list[Memory], list[Memory]]] = {}
+        for row in rows:
+            hit, side, memory = int(row[0]), int(row[1]), _row_to_memory(row[3:])
+            if side == 0:
+                hits[hit] = memory
+                continue
+            earlier, later = around.setdefault(hit, ([], []))
+            (earlier if side < 0 else later).append(memory)
+        for earlier, later in around.values():
+            earlier.sort(key=lambda m: m.id)
+            later.sort(key=lambda m: m.id)
+        self._local.around = (time.monotonic(), around)
+        return hits
 
     @staticmethod
     def _counted(reads: _Reads, owner: str, terms: Sequence[str], cap: int) -> list[tuple[str, int, str]]:
@@ -427,6 +481,9 @@ class PostgresMemoryStore:
     def neighbours(self, memory: Memory, before: int, after: int, *,
                    deadline: float | None = None) -> list[Memory]:
         """Up to `before` earlier and `after` later turns of the memory's conversation, in order, itself included."""
+        kept = self._around(memory, before, after)
+        if kept is not None:
+            return kept
         rows = self._read(
             f"(SELECT {_COLUMNS} FROM memories WHERE user_id = %(u)s AND conversation_id = %(c)s AND id < %(id)s"
             " ORDER BY id DESC LIMIT %(before)s) UNION ALL"
@@ -438,6 +495,17 @@ class PostgresMemoryStore:
         earlier = sorted((m for m in found if m.id < memory.id), key=lambda m: m.id)
         later = sorted((m for m in found if m.id > memory.id), key=lambda m: m.id)
         return [*earlier, memory, *later]
+
+    def _around(self, memory: Memory, before: int, after: int) -> list[Memory] | None:
+        """neighbours() from this thread's last search, when it read far enough around the hit."""
+        kept = getattr(self._local, "around", None)
+        if kept is None or time.monotonic() - kept[0] > AROUND_TTL_S or memory.id not in kept[1]:
+            return None
+        earlier, later = kept[1][memory.id]
+        # Fewer than _AROUND on a side: the conversation has no more turns there.
+        if (before > len(earlier) == _AROUND) or (after > len(later) == _AROUND):
+            return None
+        return [*(earlier[-before:] if before > 0 else []), memory, *later[:max(0, after)]]
 
     def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]:
