@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 
 from memory_routing.errors import SharedServerUnavailable
+from memory_routing.fleet.health import DATABASE
 from memory_routing.fleet.postgres import FleetDatabase
 
 from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryTimeoutError,
@@ -171,6 +172,10 @@ class PostgresMemoryStore:
         """A connection in a read transaction; with a deadline (time.monotonic() seconds), every
         statement is bounded by what is left of it (a cancelled one raises MemoryTimeoutError)."""
         self._check_open()
+        if deadline is not None and self.database.health.is_degraded(DATABASE):
+            # A recall gives up at once while the database is known to be away; the writer's
+            # retries and the presence refresh (no deadline) find it back.
+            raise SharedServerUnavailable("the fleet database is away: recall skipped")
         wait = WRITE_WAIT_S if deadline is None else deadline - time.monotonic()
         if wait <= 0:
             raise MemoryTimeoutError("memory read: the deadline had passed before it started")
