@@ -98,3 +98,61 @@ def test_recall_gives_up_at_once_during_a_known_outage(
         fleet_store.recall_blocks("alice", [b"k"], deadline=time.monotonic() + 60)
     postgres_server.start()
     assert wait_until(lambda: found(fleet_store, "kayak") == ["the kayak is red"], 60)
+
+
+def test_a_call_during_an_outage_is_answered_without_memory_and_its_turn_kept(
+        fleet_store: PostgresMemoryStore, postgres_server: PostgresServer, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons
+
+    from memory_routing.addons.memory import EmbeddedMemory
+    from memory_routing.addons.routing_config import RoutingConfig
+    from memory_routing.flow_state import known_context
+    from test_memory_addon import CONFIG, answer, openai_call, run
+
+    fleet_store.add_many([NewMemory("alice", "old", "cli", "m", "user", "My cat is called Miso.", time.time())])
+    assert wait_until(lambda: fleet_store.has_memories("alice"), 10)
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    routing = RoutingConfig()
+    memory = EmbeddedMemory(routing, SimpleNamespace(memory=fleet_store, before_close=[], outage_rows=50))
+    with taddons.context(routing, memory) as tctx:
+        tctx.configure(routing, memory_routing_config=str(path))
+        postgres_server.stop()
+        flow = openai_call("What is my cat called?")
+        run(memory, flow)
+        assert "Miso" not in flow.request.content.decode()  # went on without memory
+        h = SimpleNamespace(memory=memory)
+        answer(h, flow, {"choices": [{"message": {"role": "assistant", "content": "I do not know your cat."}}]})
+        context = known_context(flow)
+        assert context is not None and context.memory is not None
+        assert context.memory.recall == "unavailable" and context.memory.stored
+        assert wait_until(lambda: memory.status().get("held") == 2, 30)
+        postgres_server.start()
+        assert wait_until(lambda: "I do not know your cat." in found(fleet_store, "know"), 60)
+        assert wait_until(lambda: memory.status().get("held") == 0, 30)
+    memory.done()
+
+
+def test_local_stores_give_the_memory_the_fleet_database(
+        fleet_store: PostgresMemoryStore, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from memory_routing.addons.local_stores import LocalStores
+    from memory_routing.config.schema import StorageSettings
+    from memory_routing.memory.store import SQLiteMemoryStore
+
+    alone = LocalStores()
+    alone.open(tmp_path / "alone.sqlite3")
+    assert isinstance(alone.memory, SQLiteMemoryStore) and alone.outage_rows == 0
+    alone.close()
+    shared = SimpleNamespace(database=fleet_store.database, settings=StorageSettings(outage_queue_rows=7))
+    stores = LocalStores(shared)  # type: ignore[arg-type]
+    stores.open(tmp_path / "fleet.sqlite3")
+    memory = stores.memory
+    assert isinstance(memory, PostgresMemoryStore) and memory.database is fleet_store.database
+    assert stores.memory is memory and stores.outage_rows == 7
+    assert stores.usage is not None  # the file still holds what is not moved to the database
+    stores.close()
+    assert stores.memory is None

@@ -29,6 +29,7 @@ from mitmproxy import http
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
 from memory_routing.call_record import MemoryOutcome
+from memory_routing.errors import SharedServerUnavailable
 from memory_routing.flow_state import AnswerEvents, FlowContext, context_of, known_context
 from memory_routing.mitm.flows import request_headers, routed_call
 from memory_routing.memory.blocks import NO_BLOCK, BlockBook, TurnBlock, spent_and_shown, turn_keys
@@ -39,7 +40,7 @@ from memory_routing.memory.records import KeptBlock, NewMemory
 from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, human_turns, new_human_turn
-from memory_routing.memory.writer import MemoryWriter
+from memory_routing.memory.writer import DEFAULT_OUTAGE_ROWS, MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.wire.headers import replaced_fields
 from memory_routing.wire.model_calls import Endpoint, ModelCall
@@ -56,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 # For the benchmark and for curious users: how long the recall took, and what came of it
 # (injected | none | timeout | error | spent: the conversation's block budget is used up;
-# reinjected: a tool loop's follow-up got its turn's kept block).
+# reinjected: a tool loop's follow-up got its turn's kept block; unavailable: the fleet's
+# database is away, the call goes on without memory).
 RECALL_MS_HEADER = "x-memory-routing-recall-ms"
 RECALL_HEADER = "x-memory-routing-recall"
 _RECALL_MS_NAME, _RECALL_NAME = RECALL_MS_HEADER.encode(), RECALL_HEADER.encode()
@@ -187,7 +189,8 @@ class EmbeddedMemory:
         writer, recaller = self.writer, self.recaller
         status["retention_days"] = config.memory.retention_days if config is not None else None
         if writer is not None:
-            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed, pruned=writer.pruned)
+            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed, pruned=writer.pruned,
+                          held=writer.held, outage_dropped=writer.outage_dropped)
         if recaller is not None:
             status["recall_timeouts"] = recaller.timeouts
         return status
@@ -201,7 +204,8 @@ class EmbeddedMemory:
             self.book.forget_all()  # another file: its own blocks
             self._store = store
             self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
-                                       on_pruned=self._after_prune)
+                                       on_pruned=self._after_prune,
+                                       outage_rows=getattr(self.stores, "outage_rows", 0) or DEFAULT_OUTAGE_ROWS)
         else:
             assert self.writer is not None
             self.writer.set_retention(config.memory.retention_days)
@@ -301,11 +305,17 @@ class EmbeddedMemory:
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
         indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
+        looked_up = time.perf_counter()
         try:
             blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)
+        except SharedServerUnavailable:
+            state.recall = "unavailable"  # told once per outage by FleetHealth
+            state.recall_ms = (time.perf_counter() - looked_up) * 1000
+            return None
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: could not read the conversation's recall blocks (%s)", type(e).__name__)
             state.recall = "error"
+            state.recall_ms = (time.perf_counter() - looked_up) * 1000
             return None
         if new_key is None or new_key in blocks:
             # A tool loop's follow-up, or the turn's request again (a retry): every block as it was
@@ -346,6 +356,8 @@ class EmbeddedMemory:
             outcome = "injected" if recalled is not None and recalled.text else "none"
         except TimeoutError:
             outcome = "timeout"
+        except SharedServerUnavailable:
+            outcome = "unavailable"  # the fleet's database is away: told once per outage by FleetHealth
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"

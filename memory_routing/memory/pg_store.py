@@ -434,6 +434,7 @@ class PostgresMemoryStore:
             hit, side, memory = int(row[0]), int(row[1]), _row_to_memory(row[3:])
             if side == 0:
                 hits[hit] = memory
+                around.setdefault(hit, ([], []))
                 continue
             earlier, later = around.setdefault(hit, ([], []))
             (earlier if side < 0 else later).append(memory)
