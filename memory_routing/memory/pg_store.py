@@ -62,7 +62,6 @@ WRITE_WAIT_S = 5.0  # how long a write (the writer thread, the management API) w
 INFO_DEADLINE_S = 1.0  # counts for /memory-routing/info
 PRESENCE_REFRESH_S = 5.0  # how often the users who have memories are read again (other proxies write too)
 _PRESENCE_RETRY_S = 0.5
-USER_ROWS_TTL_S = 30.0  # a user's row count (BM25's N and the common words' bound) is read again after this
 
 
 def owner_lexeme(user_id: str) -> str:
@@ -155,8 +154,6 @@ class PostgresMemoryStore:
         self._present: set[str] = set()
         self.presence_loaded = threading.Event()
         self._presence_refresh_s = presence_refresh_s
-        # user -> (rows, when read): BM25's N and the bound of the common words (approximate is enough).
-        self._user_rows: dict[str, tuple[int, float]] = {}
         self._local = threading.local()  # a thread's last search's turns around its hits (see _around)
         self._presence = threading.Thread(target=self._refresh_presence, name="memory-pg-presence", daemon=True)
         self._presence.start()
@@ -216,11 +213,8 @@ class PostgresMemoryStore:
             self._closed.wait(wait)
 
     def refresh_presence(self) -> None:
-        """Reads which users have memories (one index probe per user: a skip scan of memories_by_user)."""
-        rows = self._read(
-            "WITH RECURSIVE u AS ((SELECT user_id FROM memories ORDER BY user_id LIMIT 1) UNION ALL"
-            " SELECT (SELECT m.user_id FROM memories AS m WHERE m.user_id > u.user_id ORDER BY m.user_id LIMIT 1)"
-            " FROM u WHERE u.user_id IS NOT NULL) SELECT user_id FROM u WHERE user_id IS NOT NULL")
+        """Reads which users have memories (the triggers' memory_user_rows)."""
+        rows = self._read("SELECT user_id FROM memory_user_rows")
         with self._lock:
             self._present = {row[0] for row in rows}
         self.presence_loaded.set()
@@ -232,19 +226,6 @@ class PostgresMemoryStore:
         if not self.presence_loaded.is_set():
             return True
         return user_id in self._present
-
-    def _rows_of(self, reads: _Reads, user_id: str) -> int:
-        known = self._user_rows.get(user_id)
-        now = time.monotonic()
-        if known is not None and now - known[1] < USER_ROWS_TTL_S:
-            return known[0]
-        rows = int(reads.rows("SELECT count(*) FROM memories WHERE user_id = %s", (user_id,))[0][0])
-        self._user_rows[user_id] = (rows, now)
-        return rows
-
-    def _forget_counts(self, user_ids: Iterable[str]) -> None:
-        for user_id in user_ids:
-            self._user_rows.pop(user_id, None)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -289,7 +270,6 @@ class PostgresMemoryStore:
                     ids[(r[1], r[2], r[3], bytes(r[4]))] = int(r[0])
         with self._lock:
             self._present.update(m.user_id for m in memories)
-        self._forget_counts({r[1] for r in inserted})
         return [ids[key] for key in keys], len(inserted)
 
     def delete(self, memory_id: int, user_id: str | None = None) -> bool:
@@ -306,7 +286,6 @@ class PostgresMemoryStore:
                 "SELECT EXISTS (SELECT 1 FROM memories WHERE user_id = %s)", (row[0],)).fetchone() == (True,)
         if row is None:
             return False
-        self._forget_counts([row[0]])
         if not left:
             with self._lock:
                 self._present.discard(row[0])
@@ -317,7 +296,6 @@ class PostgresMemoryStore:
         with self._writing() as conn:
             deleted = conn.execute("DELETE FROM memories WHERE user_id = %s", (user_id,)).rowcount
             conn.execute("DELETE FROM recall_blocks WHERE user_id = %s", (user_id,))
-        self._forget_counts([user_id])
         with self._lock:
             self._present.discard(user_id)
         return max(0, deleted)
@@ -329,7 +307,6 @@ class PostgresMemoryStore:
             deleted = conn.execute("DELETE FROM memories WHERE created_at < %s", (float(cutoff),)).rowcount
             conn.execute("DELETE FROM recall_blocks WHERE created_at < %s", (float(cutoff),))
         if deleted:
-            self._user_rows.clear()
             self.refresh_presence()
         return max(0, deleted)
 
@@ -389,23 +366,13 @@ class PostgresMemoryStore:
             return []
         owner = _tsquery_lexeme(owner_lexeme(user_id))
         with self._reads(deadline) as reads:
-            user_rows = self._rows_of(reads, user_id)
-            if not user_rows:
-                return []
-            common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
-            cap = MAX_RANKED + 1 if common_most is None else min(MAX_RANKED, common_most) + 1
-            counted = self._counted(reads, owner, terms, cap)
+            user_rows, counted = self._counted(reads, user_id, terms)
             if not counted:
                 return []
-            # Rarest first: words under the cap (neither common nor past MAX_RANKED) while their
-            # rows add up to MAX_RANKED.
-            selected = _rarest(counted, cap)
-            if not selected:
-                # Every word is common (or in more rows than are ranked): the query is kept whole,
-                # bounded by MAX_RANKED as SQLiteMemoryStore's heavy users are.
-                if cap <= MAX_RANKED:
-                    counted = self._counted(reads, owner, [term for term, _, _ in counted], MAX_RANKED + 1)
-                selected = _rarest(counted, MAX_RANKED + 1) or [min(counted, key=lambda c: c[1])]
+            # Words in more than common_share of the user's rows are left out, unless all are;
+            # then the rarest first while their rows add up to MAX_RANKED (the rarest always).
+            common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
+            selected = _rarest([c for c in counted if common_most is None or c[1] <= common_most]) or _rarest(counted)
             matched, lengths = self._candidates(reads, owner, user_id, selected, user_rows, exclude_conversation_id,
                                                 most=_MAX_CANDIDATES)
             if not matched:
@@ -445,16 +412,21 @@ class PostgresMemoryStore:
         return hits
 
     @staticmethod
-    def _counted(reads: _Reads, owner: str, terms: Sequence[str], cap: int) -> list[tuple[str, int, str]]:
-        """(word, the user's rows holding it up to `cap`, its tsquery) for the words with rows, in query order."""
+    def _counted(reads: _Reads, user_id: str, terms: Sequence[str]) -> tuple[int, list[tuple[str, int, str]]]:
+        """(the user's rows, [(word, the user's rows holding it, its tsquery)] for the words with
+        rows, in query order), from the counts the triggers keep (one index lookup a word). A word
+        the parser splits in several lexemes counts as its rarest one's rows (an upper bound)."""
         rows = reads.rows(
-            "SELECT w.term, q::text, (SELECT count(*) FROM (SELECT 1 FROM memories AS m"
-            "  WHERE m.tsv @@ (%(owner)s::tsquery && q) LIMIT %(cap)s) AS c)"
+            "SELECT (SELECT rows FROM memory_user_rows WHERE user_id = %(user)s), w.term, q::text,"
+            " (SELECT min(coalesce(t.rows, 0)) FROM unnest(tsvector_to_array("
+            f"{_DOCUMENT % 'w.term'})) AS l(lexeme)"
+            "  LEFT JOIN memory_term_rows AS t ON t.user_id = %(user)s AND t.lexeme = l.lexeme)"
             " FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS w(term, n),"
-            f" LATERAL plainto_tsquery('{_TEXT_SEARCH_CONFIG}', w.term) AS q"
+            f" LATERAL plainto_tsquery('{_TEXT_SEARCH_CONFIG}', regexp_replace(w.term, '[[:punct:]]+', ' ', 'g')) AS q"
             " WHERE numnode(q) > 0 ORDER BY w.n",
-            {"owner": owner, "cap": cap, "terms": list(terms)})
-        return [(term, int(count), tsquery) for term, tsquery, count in rows if count]
+            {"user": user_id, "terms": list(terms)})
+        user_rows = int(rows[0][0] or 0) if rows else 0
+        return user_rows, [(term, int(count), tsquery) for _, term, tsquery, count in rows if count]
 
     @staticmethod
     def _candidates(reads: _Reads, owner: str, user_id: str, selected: Sequence[tuple[str, int, str]],
@@ -533,8 +505,7 @@ class PostgresMemoryStore:
             return 0, []
         owner = _tsquery_lexeme(owner_lexeme(user_id))
         with self._reads(None) as reads:
-            user_rows = self._rows_of(reads, user_id)
-            counted = self._counted(reads, owner, terms, user_rows + 1)
+            user_rows, counted = self._counted(reads, user_id, terms)
             if not counted:
                 return 0, []
             matched, lengths = self._candidates(reads, owner, user_id, counted, user_rows, None)
@@ -588,12 +559,12 @@ class PostgresMemoryStore:
 
     def counts(self) -> dict[str, int]:
         """Memories and users (bounded: /memory-routing/info asks)."""
-        row = self._read("SELECT count(*), count(DISTINCT user_id) FROM memories", (),
+        row = self._read("SELECT coalesce(sum(rows), 0), count(*) FROM memory_user_rows", (),
                          time.monotonic() + INFO_DEADLINE_S)[0]
         return {"memories": int(row[0]), "users": int(row[1])}
 
     def users(self) -> builtins.list[tuple[str, int]]:
-        rows = self._read("SELECT user_id, count(*) FROM memories GROUP BY user_id ORDER BY user_id")
+        rows = self._read("SELECT user_id, rows FROM memory_user_rows ORDER BY user_id")
         return [(r[0], int(r[1])) for r in rows]
 
     def close(self) -> None:
@@ -602,11 +573,11 @@ class PostgresMemoryStore:
         self._presence.join(WRITE_WAIT_S + 1)
 
 
-def _rarest(counted: Sequence[tuple[str, int, str]], cap: int) -> list[tuple[str, int, str]]:
-    """The words counted under `cap`, rarest first, while their rows add up to MAX_RANKED (the rarest always)."""
+def _rarest(counted: Sequence[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """The words, rarest first, while their rows add up to MAX_RANKED (the rarest always)."""
     kept: list[tuple[str, int, str]] = []
     total = 0
-    for item in sorted((c for c in counted if c[1] < cap), key=lambda c: c[1]):
+    for item in sorted(counted, key=lambda c: c[1]):
         if kept and total + item[1] > MAX_RANKED:
             break
         kept.append(item)
