@@ -120,15 +120,21 @@ def test_a_call_during_an_outage_is_answered_without_memory_and_its_turn_kept(
     with taddons.context(routing, memory) as tctx:
         tctx.configure(routing, memory_routing_config=str(path))
         postgres_server.stop()
-        flow = openai_call("What is my cat called?")
-        run(memory, flow)
-        assert "Miso" not in flow.request.content.decode()  # went on without memory
         h = SimpleNamespace(memory=memory)
-        answer(h, flow, {"choices": [{"message": {"role": "assistant", "content": "I do not know your cat."}}]})
-        context = known_context(flow)
-        assert context is not None and context.memory is not None
-        assert context.memory.recall == "unavailable" and context.memory.stored
-        assert wait_until(lambda: memory.status().get("held") == 2, 30)
+        outcomes = []
+        for question in ("What is my cat called?", "Remind me of my cat's name?"):
+            flow = openai_call(question)
+            run(memory, flow)
+            assert "Miso" not in flow.request.content.decode()  # went on without memory
+            answer(h, flow, {"choices": [{"message": {"role": "assistant", "content": "I do not know your cat."}}]})
+            context = known_context(flow)
+            assert context is not None and context.memory is not None and context.memory.stored
+            outcomes.append(context.memory.recall)
+            # The first call finds the outage (within its recall deadline); the next ones are
+            # told at once.
+            assert wait_until(lambda: fleet_store.database.health.is_degraded(DATABASE), 30)
+        assert outcomes[0] in ("timeout", "unavailable") and outcomes[1] == "unavailable"
+        assert wait_until(lambda: memory.status().get("held") == 4, 30)
         postgres_server.start()
         assert wait_until(lambda: "I do not know your cat." in found(fleet_store, "know"), 60)
         assert wait_until(lambda: memory.status().get("held") == 0, 30)
@@ -156,3 +162,36 @@ def test_local_stores_give_the_memory_the_fleet_database(
     assert stores.usage is not None  # the file still holds what is not moved to the database
     stores.close()
     assert stores.memory is None
+
+
+def test_the_fleet_stores_kept_blocks_are_read_off_the_event_loop(
+        fleet_store: PostgresMemoryStore, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons
+
+    from memory_routing.addons.memory import EmbeddedMemory
+    from memory_routing.addons.routing_config import RoutingConfig
+    from test_memory_addon import CONFIG, openai_call, run
+
+    fleet_store.add_many([NewMemory("alice", "old", "cli", "m", "user", "My cat is called Miso.", time.time())])
+    assert wait_until(lambda: fleet_store.has_memories("alice"), 10)
+    threads: list[str] = []
+    read = fleet_store.recall_blocks
+
+    def recall_blocks(*args, **kwargs):  # records where the store is read, and reads it
+        threads.append(threading.current_thread().name)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(fleet_store, "recall_blocks", recall_blocks)
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    routing = RoutingConfig()
+    memory = EmbeddedMemory(routing, SimpleNamespace(memory=fleet_store, before_close=[]))
+    with taddons.context(routing, memory) as tctx:
+        tctx.configure(routing, memory_routing_config=str(path))
+        flow = openai_call("What is my cat called?")
+        run(memory, flow)
+    memory.done()
+    assert threads and all(name.startswith("memory-recall") for name in threads)

@@ -123,6 +123,16 @@ class _CallMemory:
 
 
 @dataclass(frozen=True)
+class _Turns:
+    """The request's human turns: their keys (memory/blocks.py), their messages' indexes, and the
+    new turn's key (None for a tool loop's follow-up)."""
+
+    keys: list[bytes]
+    indexes: dict[bytes, int]
+    new_key: bytes | None
+
+
+@dataclass(frozen=True)
 class _NewTurn:
     """What the search for a new turn's block needs from its request."""
 
@@ -305,18 +315,52 @@ class EmbeddedMemory:
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
         indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
+        if getattr(recaller.store, "remote", False) and self.book.needs_store(state.user_id, keys):
+            # The fleet's database: the kept blocks are read in a recall thread, never on the loop.
+            return self._lookup_off_loop(flow, state, parsed, recaller, config, _Turns(keys, indexes, new_key))
         looked_up = time.perf_counter()
         try:
             blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)
-        except SharedServerUnavailable:
-            state.recall = "unavailable"  # told once per outage by FleetHealth
-            state.recall_ms = (time.perf_counter() - looked_up) * 1000
-            return None
         except Exception as e:  # noqa: BLE001 - memory never fails a call
-            logger.error("memory: could not read the conversation's recall blocks (%s)", type(e).__name__)
-            state.recall = "error"
-            state.recall_ms = (time.perf_counter() - looked_up) * 1000
+            self._lookup_failed(state, e, looked_up)
             return None
+        return self._with_blocks(flow, state, parsed, recaller, config, _Turns(keys, indexes, new_key), blocks)
+
+    def _lookup_failed(self, state: _CallMemory, error: Exception, started: float) -> None:
+        if isinstance(error, SharedServerUnavailable):
+            state.recall = "unavailable"  # told once per outage by FleetHealth
+        elif isinstance(error, TimeoutError):
+            state.recall = "timeout"
+        else:
+            logger.error("memory: could not read the conversation's recall blocks (%s)", type(error).__name__)
+            state.recall = "error"
+        state.recall_ms = (time.perf_counter() - started) * 1000
+
+    async def _lookup_off_loop(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson,
+                               recaller: Recaller, config: ProxyConfig, turns: _Turns) -> None:
+        """The kept blocks read in a recall thread, then the search; both within one recall deadline."""
+        started = time.perf_counter()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._recall_pool(), lambda: self.book.lookup(recaller.store, state.user_id, turns.keys,
+                                                              unknown=turns.new_key))
+            blocks = await asyncio.wait_for(future, recaller.deadline_s)
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            self._lookup_failed(state, e, started)
+            return
+        pending = self._with_blocks(flow, state, parsed, recaller, config, turns, blocks,
+                                    wait_s=recaller.deadline_s - (time.perf_counter() - started))
+        if pending is not None:
+            await pending
+        if state.recall_ms is not None:
+            state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def _with_blocks(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
+                     config: ProxyConfig, turns: _Turns, blocks: dict[bytes, TurnBlock], *,
+                     wait_s: float | None = None):
+        """Injects the kept blocks, and searches for the new turn's block when it has none yet
+        (a coroutine then; None when nothing is left to wait for)."""
+        turn, keys, indexes, new_key = state.turn, turns.keys, turns.indexes, turns.new_key
         if new_key is None or new_key in blocks:
             # A tool loop's follow-up, or the turn's request again (a retry): every block as it was
             # sent, the turn's own included; no search.
@@ -337,22 +381,28 @@ class EmbeddedMemory:
                          "spent" if budget < MIN_BLOCK_TOKENS else "none")
             state.recall_ms = 0.0
             return None
-        return self._recall(flow, state, parsed, recaller, _NewTurn(new_key, blocks, indexes, budget, shown))
+        return self._recall(flow, state, parsed, recaller, _NewTurn(new_key, blocks, indexes, budget, shown),
+                            wait_s=recaller.deadline_s if wait_s is None else wait_s)
+
+    def _recall_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
+        return self._pool
 
     async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
-                      new: _NewTurn) -> None:
+                      new: _NewTurn, *, wait_s: float) -> None:
         turn = state.turn
         assert turn is not None
         started = time.perf_counter()
         recalled = None
         try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
+            if wait_s <= 0:
+                raise TimeoutError  # the kept blocks' read took the whole deadline
             # The search runs in a thread; the request waits for it at most the deadline, queueing included.
             future = asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
+                self._recall_pool(), lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
                                                           budget_tokens=new.budget, exclude_ids=new.shown))
-            recalled = await asyncio.wait_for(future, recaller.deadline_s)
+            recalled = await asyncio.wait_for(future, wait_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"
         except TimeoutError:
             outcome = "timeout"

@@ -104,6 +104,10 @@ class BlockBook:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
+    def needs_store(self, user_id: str, keys: Sequence[bytes]) -> bool:
+        """Whether lookup() would read the store: some key is not in memory."""
+        return any(self.cached(user_id, key) is None for key in keys)
+
     def lookup(self, store: MemoryStore, user_id: str, keys: Sequence[bytes], *,
                unknown: bytes | None = None) -> dict[bytes, TurnBlock]:
         """The blocks of `keys` (NO_BLOCK for a turn that has none), from memory, else from the store.

@@ -145,6 +145,9 @@ class PostgresMemoryStore:
 
     def __init__(self, database: FleetDatabase, *, presence_refresh_s: float = PRESENCE_REFRESH_S) -> None:
         self.database = database
+        # Every read is a network round trip: the memory addon runs them in its recall threads,
+        # never on mitmproxy's event loop (the SQLite store's reads are local and short).
+        self.remote = True
         self.recovery = None  # the SQLite store's damaged-file report; a database is never moved aside
         self._closed = threading.Event()
         self._lock = threading.Lock()
