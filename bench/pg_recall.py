@@ -76,10 +76,13 @@ def timed(store: MemoryStore, user: str, asked: list[str]) -> dict[str, float]:
 
 def run(name: str, store: MemoryStore, words: list[str], asked: list[str], args: argparse.Namespace,
         settle=None) -> None:
-    seconds = fill(store, words, args.memories, args.heavy_share, args.light_users)
-    if settle is not None:
-        settle()
-    print(f"{name}: {store.counts()} stored in {seconds:.1f}s", flush=True)
+    if args.filled and store.counts()["memories"]:
+        print(f"{name}: {store.counts()} already stored", flush=True)
+    else:
+        seconds = fill(store, words, args.memories, args.heavy_share, args.light_users)
+        if settle is not None:
+            settle()
+        print(f"{name}: {store.counts()} stored in {seconds:.1f}s", flush=True)
     for user in (HEAVY, "light-0"):
         store.search(user, "warm up the caches", 40)
         print(f"{name} {user}:", json.dumps(timed(store, user, asked)), flush=True)
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--light-users", type=int, default=50)
     parser.add_argument("--questions", type=int, default=300, help="questions asked per user (of 762)")
     parser.add_argument("--sqlite", action="store_true", help="the same rows in SQLite too")
+    parser.add_argument("--filled", action="store_true", help="time the rows an earlier run left in the database")
     args = parser.parse_args()
     samples = load(args.data)
     words = vocabulary(samples)

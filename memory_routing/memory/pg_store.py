@@ -57,6 +57,9 @@ _EXPORT_PAGE = 500
 # when every word is common (then the rarest one is ranked, in its first rows).
 _MAX_CANDIDATES = 2 * MAX_RANKED
 _AROUND = 2  # turns read each side of a search's hits (the recall shows 1 before, 2 after)
+# The best hits whose turns around are read with them: as many as the recall turns into runs at
+# most (RecallTuning.expand); it asks for later ones' neighbours itself.
+_AROUND_HITS = 30
 AROUND_TTL_S = 1.0  # how long they serve the thread's neighbours() calls
 WRITE_WAIT_S = 5.0  # how long a write (the writer thread, the management API) waits for a connection
 INFO_DEADLINE_S = 1.0  # counts for /memory-routing/info
@@ -385,26 +388,27 @@ class PostgresMemoryStore:
         return [(found[row_id], score) for row_id, score in best if row_id in found]
 
     def _hits_and_around(self, reads: _Reads, user_id: str, ids: Sequence[int]) -> dict[int, Memory]:
-        """The hits' rows; their conversations' turns around them (_AROUND each side) are kept
+        """The hits' rows; the best hits' turns around them (_AROUND each side) are kept
         for this thread's next neighbours() calls: the recall asks for them next, and one query
         costs less than a round trip per hit."""
         columns = ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
         rows = reads.rows(
-            f"SELECT h.id, x.side, x.* FROM unnest(%(ids)s::bigint[]) AS h(id)"
+            f"SELECT h.id, h.n, x.side, x.* FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS h(id, n)"
             " JOIN memories AS c ON c.id = h.id AND c.user_id = %(user)s CROSS JOIN LATERAL ("
             f" SELECT 0 AS side, {columns} FROM memories AS m WHERE m.id = c.id"
-            f" UNION ALL (SELECT -1, {columns} FROM memories AS m WHERE m.user_id = c.user_id"
+            f" UNION ALL (SELECT -1, {columns} FROM memories AS m WHERE h.n <= %(hits)s AND m.user_id = c.user_id"
             "  AND m.conversation_id = c.conversation_id AND m.id < c.id ORDER BY m.id DESC LIMIT %(around)s)"
-            f" UNION ALL (SELECT 1, {columns} FROM memories AS m WHERE m.user_id = c.user_id"
+            f" UNION ALL (SELECT 1, {columns} FROM memories AS m WHERE h.n <= %(hits)s AND m.user_id = c.user_id"
             "  AND m.conversation_id = c.conversation_id AND m.id > c.id ORDER BY m.id LIMIT %(around)s)) AS x",
-            {"ids": list(ids), "user": user_id, "around": _AROUND}, last=True)
+            {"ids": list(ids), "user": user_id, "around": _AROUND, "hits": _AROUND_HITS}, last=True)
         hits: dict[int, Memory] = {}
         around: dict[int, tuple[list[Memory], list[Memory]]] = {}
         for row in rows:
-            hit, side, memory = int(row[0]), int(row[1]), _row_to_memory(row[3:])
+            hit, rank, side, memory = int(row[0]), int(row[1]), int(row[2]), _row_to_memory(row[4:])
             if side == 0:
                 hits[hit] = memory
-                around.setdefault(hit, ([], []))
+                if rank <= _AROUND_HITS:
+                    around.setdefault(hit, ([], []))
                 continue
             earlier, later = around.setdefault(hit, ([], []))
             (earlier if side < 0 else later).append(memory)
@@ -438,11 +442,12 @@ class PostgresMemoryStore:
         """(row -> summed IDF of the selected words it holds, row -> its word count) for the user's
         rows; with `most`, at most that many rows (in the table's order: no sort of every match)."""
         queries = [tsquery for _, _, tsquery in selected]
-        sql = ("SELECT m.id, m.words, ARRAY(SELECT u.n FROM unnest(%(queries)s::tsquery[]) WITH ORDINALITY"
-               "  AS u(q, n) WHERE m.tsv @@ u.q)"
+        # Which words a row holds: one inline test per word (a subquery per row costs several times more).
+        held = ", ".join(f"m.tsv @@ %(q{n})s::tsquery" for n in range(len(queries)))
+        sql = (f"SELECT m.id, m.words, ARRAY[{held}]"
                " FROM memories AS m WHERE m.tsv @@ %(query)s::tsquery AND m.user_id = %(user)s")
-        args: dict[str, Any] = {"queries": queries, "user": user_id,
-                                "query": f"{owner} & (" + " | ".join(f"({q})" for q in queries) + ")"}
+        args: dict[str, Any] = {f"q{n}": q for n, q in enumerate(queries)}
+        args |= {"user": user_id, "query": f"{owner} & (" + " | ".join(f"({q})" for q in queries) + ")"}
         if exclude_conversation_id is not None:
             sql += " AND m.conversation_id <> %(conversation)s"
             args["conversation"] = exclude_conversation_id
@@ -452,8 +457,8 @@ class PostgresMemoryStore:
         idf = [_idf(user_rows, count) for _, count, _ in selected]
         matched: dict[int, float] = {}
         lengths: dict[int, int] = {}
-        for row_id, words, held in reads.rows(sql, args):
-            matched[int(row_id)] = sum(idf[n - 1] for n in held)
+        for row_id, words, holds in reads.rows(sql, args):
+            matched[int(row_id)] = sum(weight for weight, hold in zip(idf, holds, strict=True) if hold)
             lengths[int(row_id)] = int(words)
         return matched, lengths
 
