@@ -166,7 +166,7 @@ def test_export_import_round_trip_keeps_created_at(store: MemoryStore) -> None:
     assert [json.loads(line)["text"] for line in exported] == ["one", "two", "three"]
     assert [json.loads(line)["text"] for line in store.export_jsonl("alice")] == ["one", "two"]
     assert store.forget_user("alice") == 2
-    assert store.import_jsonl(exported + [""]) == 2  # bob's line is a repeat
+    assert store.import_jsonl([*exported, ""]) == 2  # bob's line is a repeat
     assert [(m.text, m.created_at, m.role) for m in reversed(store.list("alice")[1])] == [
         ("one", T0 + 1, "user"), ("two", T0 + 2, "assistant")]
     with pytest.raises(MemoryRecordError, match="line 2"):
