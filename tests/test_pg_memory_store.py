@@ -55,3 +55,21 @@ def test_a_text_naming_anothers_owner_lexeme_reaches_no_other_user(store: Postgr
     store.add_many([turn(f"{forged} secret plans", user="mallory"), turn("plans for the weekend", user="bob")])
     assert [m.user_id for m, _ in store.search("bob", "secret plans", 10)] == ["bob"]
     assert [m.text for m, _ in store.search("bob", forged, 10)] == []
+
+
+def test_a_memory_deleted_through_another_proxy_leaves_this_proxys_kept_blocks(store: PostgresMemoryStore) -> None:
+    from memory_routing.memory.blocks import BlockBook, TurnBlock
+    from memory_routing.memory.records import BlockLine, KeptBlock
+
+    ids = store.add_many([turn("the kayak is red"), turn("the tent is green")])
+    lines = (BlockLine(ids[0], 0, "2023-11-14", "user: the kayak is red"),
+             BlockLine(ids[1], 0, "2023-11-14", "user: the tent is green"))
+    store.save_recall_blocks([KeptBlock("alice", b"turn", lines, 1_700_000_000.0)])
+    here = BlockBook()
+    assert here.lookup(store, "alice", [b"turn"]) == {b"turn": TurnBlock(lines)}
+    store.delete(ids[0])  # through another proxy: this one's book is not told
+    assert here.lookup(store, "alice", [b"turn"]) == {b"turn": TurnBlock(lines)}  # remembered
+    assert here.needs_store("alice", [b"turn"], max_age_s=0.0)
+    assert here.lookup(store, "alice", [b"turn"], max_age_s=0.0) == {b"turn": TurnBlock(lines[1:])}
+    store.forget_user("alice")
+    assert here.lookup(store, "alice", [b"turn"], max_age_s=0.0) == {b"turn": TurnBlock()}

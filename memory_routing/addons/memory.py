@@ -78,6 +78,9 @@ _ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")
 # and the header alone take most of it.
 MIN_BLOCK_TOKENS = (len(FENCE_OPEN) + len(HEADER) + len(FENCE_CLOSE) + 2) // CHARS_PER_TOKEN + 25
 EXPLICIT_CONVERSATION_HEADER = "x-memory-conversation-id"
+# With the fleet's database, a kept block remembered longer ago than this is read again: a memory
+# deleted (or a user forgotten) through another proxy leaves this proxy's blocks within it.
+FLEET_BLOCK_MAX_AGE_S = 5.0
 
 
 @dataclass
@@ -315,7 +318,8 @@ class EmbeddedMemory:
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
         indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
-        if getattr(recaller.store, "remote", False) and self.book.needs_store(state.user_id, keys):
+        if getattr(recaller.store, "remote", False) and self.book.needs_store(state.user_id, keys,
+                                                                              FLEET_BLOCK_MAX_AGE_S):
             # The fleet's database: the kept blocks are read in a recall thread, never on the loop.
             return self._lookup_off_loop(flow, state, parsed, recaller, config, _Turns(keys, indexes, new_key))
         looked_up = time.perf_counter()
@@ -343,7 +347,7 @@ class EmbeddedMemory:
         try:
             future = asyncio.get_running_loop().run_in_executor(
                 self._recall_pool(), lambda: self.book.lookup(recaller.store, state.user_id, turns.keys,
-                                                              unknown=turns.new_key))
+                                                              unknown=turns.new_key, max_age_s=FLEET_BLOCK_MAX_AGE_S))
             blocks = await asyncio.wait_for(future, recaller.deadline_s)
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             self._lookup_failed(state, e, started)
