@@ -151,7 +151,7 @@ def test_local_stores_give_the_memory_the_fleet_database(
 
     alone = LocalStores()
     alone.open(tmp_path / "alone.sqlite3")
-    assert isinstance(alone.memory, SQLiteMemoryStore) and alone.outage_rows == 0
+    assert isinstance(alone.memory, SQLiteMemoryStore) and alone.outage_rows is None
     alone.close()
     shared = SimpleNamespace(database=fleet_store.database, settings=StorageSettings(outage_queue_rows=7))
     stores = LocalStores(shared)  # type: ignore[arg-type]
@@ -195,3 +195,15 @@ def test_the_fleet_stores_kept_blocks_are_read_off_the_event_loop(
         run(memory, flow)
     memory.done()
     assert threads and all(name.startswith("memory-recall") for name in threads)
+
+
+def test_an_outage_queue_of_zero_rows_holds_nothing_and_counts_every_turn(
+        fleet_store: PostgresMemoryStore, postgres_server: PostgresServer) -> None:
+    writer = MemoryWriter(fleet_store, linger_s=0, outage_rows=0, outage_retry_s=0.05)
+    try:
+        postgres_server.stop()
+        assert writer.submit([turn("the kayak is red"), turn("the tent is green")])
+        assert writer.flush(30)
+        assert writer.held == 0 and writer.outage_dropped == 2
+    finally:
+        writer.close(10)

@@ -94,10 +94,11 @@ class LocalStores:
         return self._fleet_memory
 
     @property
-    def outage_rows(self) -> int:
-        """How many turns the memory writer holds while the fleet database is away (storage.outage_queue_rows)."""
+    def outage_rows(self) -> int | None:
+        """How many turns the memory writer holds while the fleet database is away
+        (storage.outage_queue_rows; 0: none); None without storage settings."""
         settings = self.shared.settings if self.shared is not None else None
-        return settings.outage_queue_rows if settings is not None else 0
+        return settings.outage_queue_rows if settings is not None else None
 
     @property
     def is_open(self) -> bool:

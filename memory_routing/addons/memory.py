@@ -218,7 +218,7 @@ class EmbeddedMemory:
             self._store = store
             self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
                                        on_pruned=self._after_prune,
-                                       outage_rows=getattr(self.stores, "outage_rows", 0) or DEFAULT_OUTAGE_ROWS)
+                                       outage_rows=_outage_rows(self.stores))
         else:
             assert self.writer is not None
             self.writer.set_retention(config.memory.retention_days)
@@ -548,6 +548,12 @@ class MemoryAnswers:
             context.memory_call = None
             context.memory = state.outcome(stored=False)
 
+
+
+def _outage_rows(stores: Any) -> int:
+    """storage.outage_queue_rows from the stores (LocalStores), its default without storage settings."""
+    rows = getattr(stores, "outage_rows", None)
+    return DEFAULT_OUTAGE_ROWS if rows is None else int(rows)
 
 
 # The record of a call whose memory the client (x-memory-mode) or the config turned off.
