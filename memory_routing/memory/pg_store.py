@@ -379,44 +379,57 @@ class PostgresMemoryStore:
             # then the rarest first while their rows add up to MAX_RANKED (the rarest always).
             common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
             selected = _rarest([c for c in counted if common_most is None or c[1] <= common_most]) or _rarest(counted)
-            matched, lengths = self._candidates(reads, owner, user_id, selected, user_rows, exclude_conversation_id,
-                                                most=_MAX_CANDIDATES)
-            if not matched:
-                return []
-            best = bm25_order(matched, lengths)[:limit]
-            found = self._hits_and_around(reads, user_id, [row_id for row_id, _ in best])
-        return [(found[row_id], score) for row_id, score in best if row_id in found]
+            return self._ranked_hits(reads, owner, user_id, selected, user_rows, exclude_conversation_id, limit)
 
-    def _hits_and_around(self, reads: _Reads, user_id: str, ids: Sequence[int]) -> dict[int, Memory]:
-        """The hits' rows; the best hits' turns around them (_AROUND each side) are kept
-        for this thread's next neighbours() calls: the recall asks for them next, and one query
-        costs less than a round trip per hit."""
+    def _ranked_hits(self, reads: _Reads, owner: str, user_id: str, selected: Sequence[tuple[str, int, str]],
+                     user_rows: int, exclude_conversation_id: str | None, limit: int) -> list[tuple[Memory, float]]:
+        """The best `limit` of the user's rows holding the selected words, scored by BM25 (the
+        formula of bm25_order) in the database, so that only the hits travel. One statement: the
+        candidates (_MAX_CANDIDATES at most), their scores, the best, their rows, and the best
+        _AROUND_HITS hits' turns around them (_AROUND each side), kept for this thread's next
+        neighbours() calls: the recall asks for them next, and one query costs less than a round
+        trip per hit."""
+        args: dict[str, Any] = {"user": user_id, "most": _MAX_CANDIDATES, "limit": limit, "around": _AROUND,
+                                "hits": _AROUND_HITS, "k1": _BM25_K1, "b": _BM25_B}
+        weights = []
+        for n, (_, count, tsquery) in enumerate(selected):
+            args[f"q{n}"], args[f"w{n}"] = tsquery, _idf(user_rows, count)
+            weights.append(f"(m.tsv @@ %(q{n})s::tsquery)::int * %(w{n})s::float8")
+        args["query"] = f"{owner} & (" + " | ".join(f"({tsquery})" for _, _, tsquery in selected) + ")"
+        where = "m.tsv @@ %(query)s::tsquery AND m.user_id = %(user)s"
+        if exclude_conversation_id is not None:
+            where += " AND m.conversation_id <> %(conversation)s"
+            args["conversation"] = exclude_conversation_id
         columns = ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
         rows = reads.rows(
-            f"SELECT h.id, h.n, x.side, x.* FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS h(id, n)"
-            " JOIN memories AS c ON c.id = h.id AND c.user_id = %(user)s CROSS JOIN LATERAL ("
+            f"WITH matched AS (SELECT m.id, m.words::float8 AS words, {' + '.join(weights)} AS weight"
+            f"  FROM memories AS m WHERE {where} LIMIT %(most)s),"
+            " scored AS (SELECT id, weight * (%(k1)s + 1) / (1 + %(k1)s * (1 - %(b)s + %(b)s * words"
+            "  / greatest(1.0, avg(words) OVER ()))) AS score FROM matched),"
+            " best AS (SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS n FROM scored"
+            "  ORDER BY score DESC, id LIMIT %(limit)s)"
+            " SELECT h.n, h.score, x.* FROM best AS h JOIN memories AS c ON c.id = h.id CROSS JOIN LATERAL ("
             f" SELECT 0 AS side, {columns} FROM memories AS m WHERE m.id = c.id"
             f" UNION ALL (SELECT -1, {columns} FROM memories AS m WHERE h.n <= %(hits)s AND m.user_id = c.user_id"
             "  AND m.conversation_id = c.conversation_id AND m.id < c.id ORDER BY m.id DESC LIMIT %(around)s)"
             f" UNION ALL (SELECT 1, {columns} FROM memories AS m WHERE h.n <= %(hits)s AND m.user_id = c.user_id"
             "  AND m.conversation_id = c.conversation_id AND m.id > c.id ORDER BY m.id LIMIT %(around)s)) AS x",
-            {"ids": list(ids), "user": user_id, "around": _AROUND, "hits": _AROUND_HITS}, last=True)
-        hits: dict[int, Memory] = {}
-        around: dict[int, tuple[list[Memory], list[Memory]]] = {}
+            args, last=True)
+        hits: dict[int, tuple[Memory, float]] = {}  # rank -> (hit, score)
+        sides: dict[int, tuple[list[Memory], list[Memory]]] = {}  # rank -> (earlier, later)
         for row in rows:
-            hit, rank, side, memory = int(row[0]), int(row[1]), int(row[2]), _row_to_memory(row[4:])
+            rank, score, side, memory = int(row[0]), float(row[1]), int(row[2]), _row_to_memory(row[3:])
             if side == 0:
-                hits[hit] = memory
-                if rank <= _AROUND_HITS:
-                    around.setdefault(hit, ([], []))
-                continue
-            earlier, later = around.setdefault(hit, ([], []))
-            (earlier if side < 0 else later).append(memory)
-        for earlier, later in around.values():
-            earlier.sort(key=lambda m: m.id)
-            later.sort(key=lambda m: m.id)
+                hits[rank] = (memory, score)
+            else:
+                sides.setdefault(rank, ([], []))[0 if side < 0 else 1].append(memory)
+        around: dict[int, tuple[list[Memory], list[Memory]]] = {}
+        for rank, (hit, _) in hits.items():
+            if rank <= _AROUND_HITS:
+                earlier, later = sides.get(rank, ([], []))
+                around[hit.id] = (sorted(earlier, key=lambda m: m.id), sorted(later, key=lambda m: m.id))
         self._local.around = (time.monotonic(), around)
-        return hits
+        return [hits[rank] for rank in sorted(hits)]
 
     @staticmethod
     def _counted(reads: _Reads, user_id: str, terms: Sequence[str]) -> tuple[int, list[tuple[str, int, str]]]:
