@@ -5,14 +5,15 @@ recalled through any other. Connections come from the proxy's FleetDatabase pool
 is down, not migrated yet or out of connections raises SharedServerUnavailable (the recall gives
 up at once, the writer holds its turns until the database is back).
 
-Search: PostgreSQL's full-text search narrows, this module ranks. The GIN index over `tsv` finds
-one user's rows holding a word (the owner's lexeme ANDed into every query: one index for every
-user). Each query word's rows of the user are counted (capped), words in more than `common_share`
-of the user's rows are left out as SQLiteMemoryStore does, the rarest words are kept while their
-rows add up to MAX_RANKED, and only those rows are read and scored: BM25 with the user's own
-statistics, the same formula as SQLiteMemoryStore._ranked_in_user. ts_rank_cd ranks every
-matching row of the user (127/260 ms p50/p95 for a user owning 50k rows who asks with common
-words) and weighs no word by its rarity.
+Search: PostgreSQL's full-text search narrows, BM25 ranks. The GIN index over `tsv` finds one
+user's rows holding a word (the owner's lexeme ANDed into every query: one index for every user).
+Each query word's rows among the user's come from the counts the triggers keep (memory_term_rows),
+words in more than `common_share` of the user's rows are left out as SQLiteMemoryStore does, the
+rarest words are kept while their rows add up to MAX_RANKED, and only those rows are read and
+scored, in the same statement: BM25 with the user's own statistics, the formula of
+SQLiteMemoryStore._ranked_in_user (bm25_order here). ts_rank_cd ranks every matching row of the
+user (127/260 ms p50/p95 for a user owning 50k rows who asks with common words) and weighs no word
+by its rarity. Measured: bench/pg_recall.py, docs/deploy.md "Memory in PostgreSQL".
 
 Every read with a deadline runs in a transaction with ``SET LOCAL statement_timeout`` set to
 what is left of it, sent with the query in one round trip (pipeline mode); a query cancelled at
