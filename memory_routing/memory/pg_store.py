@@ -592,7 +592,7 @@ class PostgresMemoryStore:
     def close(self) -> None:
         """Stops the presence thread; the pool is the FleetDatabase's (SharedServers closes it)."""
         self._closed.set()
-        self._presence.join(WRITE_WAIT_S + 1)
+        self._presence.join(1.0)  # a daemon thread: one stuck on a connection attempt is left behind
 
 
 def _rarest(counted: Sequence[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
