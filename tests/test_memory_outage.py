@@ -19,6 +19,19 @@ from memory_routing.memory.records import NewMemory
 from memory_routing.memory.writer import MemoryWriter
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_mitmproxy_log_handler() -> None:
+    """A mitmproxy Master made outside a test (test_docs_configuration builds its option list at
+    collection) leaves its log handler on the root logger, bound to a closed event loop, until the
+    next Master replaces it; the writer and pool threads here log warnings before any Master of
+    their own (in the proxy, the Master's loop runs as long as they do)."""
+    from mitmproxy.log import MitmLogHandler
+
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, MitmLogHandler) and handler._initiated_in_test is None:
+            handler.uninstall()
+
+
 @pytest.fixture
 def fleet_store(database_url: str, postgres_server: PostgresServer) -> Iterator[PostgresMemoryStore]:
     database = FleetDatabase(database_url, health=FleetHealth())
