@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from memory_routing.memory.recall import Recaller, RecallTuning  # noqa: E402
 from memory_routing.memory.records import NewMemory  # noqa: E402
 from memory_routing.memory.redact import prepare_text  # noqa: E402
-from memory_routing.memory.store import SQLiteMemoryStore  # noqa: E402
+from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "locomo-dev.json"
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
@@ -82,7 +82,7 @@ def load(path: Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def fill(store: SQLiteMemoryStore, samples: list[dict], wall_clock: float | None = None) -> dict[str, dict[str, str]]:
+def fill(store: MemoryStore, samples: list[dict], wall_clock: float | None = None) -> dict[str, dict[str, str]]:
     """Stores every conversation; returns user -> dia_id -> stored text. With `wall_clock`, every
     session is dated then (seconds apart), as the replay through the proxy dates them."""
     texts: dict[str, dict[str, str]] = {}
@@ -122,7 +122,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTuning, budget: int) -> dict:
+def evaluate(store: MemoryStore, texts: dict, qas: list, tuning: RecallTuning, budget: int) -> dict:
     recaller = Recaller(store, budget_tokens=budget, deadline_s=5.0, tuning=tuning)
     per_cat: dict[int, list[tuple[bool, bool]]] = defaultdict(list)
     sizes: list[int] = []
@@ -148,7 +148,7 @@ def evaluate(store: SQLiteMemoryStore, texts: dict, qas: list, tuning: RecallTun
     return result
 
 
-def add_synthetic(store: SQLiteMemoryStore, texts: dict, count: int, users: int) -> None:
+def add_synthetic(store: MemoryStore, texts: dict, count: int, users: int) -> None:
     """`count` made-up memories for `users` users, words drawn from the dev turns' vocabulary
     (so posting lists are as long as real ones), in batches as the writer would insert them."""
     rng = random.Random(13)
@@ -167,7 +167,7 @@ def add_synthetic(store: SQLiteMemoryStore, texts: dict, count: int, users: int)
         store.add_many(batch)
 
 
-def search_latency(store: SQLiteMemoryStore, qas: list, user_of, tuning: RecallTuning, budget: int) -> dict:
+def search_latency(store: MemoryStore, qas: list, user_of, tuning: RecallTuning, budget: int) -> dict:
     recaller = Recaller(store, budget_tokens=budget, deadline_s=5.0, tuning=tuning)
     search_ms, block_ms = [], []
     for n, (user, qa) in enumerate(qas):
@@ -182,7 +182,7 @@ def search_latency(store: SQLiteMemoryStore, qas: list, user_of, tuning: RecallT
             "block_for_p50": round(percentile(block_ms, 0.5), 2), "block_for_p95": round(percentile(block_ms, 0.95), 2)}
 
 
-def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
+def add_filler(store: MemoryStore, count: int, owner: str) -> None:
     """`count` memories worded like bench/memory_replay.py's filler (a small chat vocabulary, so
     every filler word is in a large share of the rows), owned by `owner`."""
     rng = random.Random(13)
@@ -202,7 +202,7 @@ def add_filler(store: SQLiteMemoryStore, count: int, owner: str) -> None:
         store.add_many(batch)
 
 
-def recall_latency(store: SQLiteMemoryStore, qas: list, threads: int, rounds: int = 1) -> dict:
+def recall_latency(store: MemoryStore, qas: list, threads: int, rounds: int = 1) -> dict:
     """Recaller.block_for per question (fresh conversation, so nothing is cached), `threads` at once
     as the proxy's recall pool runs them; each call timed from its submission (queueing included,
     as the proxy's deadline counts it) and inside its thread."""
@@ -236,6 +236,22 @@ def recall_latency(store: SQLiteMemoryStore, qas: list, threads: int, rounds: in
             "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
 
 
+def open_store(args: argparse.Namespace, tmp: Path) -> MemoryStore:
+    if args.store == "sqlite":
+        return SQLiteMemoryStore(tmp / "bench.sqlite3")
+    if not args.database_url:
+        sys.exit("--store postgres needs --database-url (an empty database: the benchmark fills it)")
+    from memory_routing.fleet.health import FleetHealth
+    from memory_routing.fleet.postgres import FleetDatabase
+    from memory_routing.memory.pg_store import PostgresMemoryStore
+
+    database = FleetDatabase(args.database_url, health=FleetHealth())
+    database.start()
+    if not database.wait_ready(30):
+        sys.exit(f"the database did not answer or migrate: {database.migration_error or 'not reachable'}")
+    return PostgresMemoryStore(database)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -261,12 +277,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--wall-clock", action="store_true",
                         help="date every turn now (as the replay through the proxy does), not at its session's date")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: the fleet's store, in the EMPTY database of --database-url")
+    parser.add_argument("--database-url", help="postgresql://... (with --store postgres)")
     args = parser.parse_args()
 
     samples = load(args.data)
     qas = questions(samples)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteMemoryStore(Path(tmp) / "bench.sqlite3")
+        store = open_store(args, Path(tmp))
         try:
             started = time.perf_counter()
             texts = fill(store, samples, time.time() if args.wall_clock else None)

@@ -27,8 +27,9 @@ class MemoryOutcome(NamedTuple):
     """What the embedded (local) memory did for one call; never what it holds.
 
     ``mode``: the x-memory-mode in force (both | read | write | off). ``recall``: injected |
-    reinjected | none | timeout | error | skipped. ``stored``: the turn was handed to the writer
-    (a full queue or an unreadable answer is not stored).
+    reinjected | none | timeout | error | unavailable (the fleet's database is away) | skipped.
+    ``stored``: the turn was handed to the writer (a full queue or an unreadable answer is not
+    stored).
     """
 
     mode: str

@@ -128,3 +128,18 @@ def test_a_database_down_at_start_is_used_once_it_comes(postgres_server: Postgre
     finally:
         postgres_server.start() if postgres_server.process is None else None
         db.close()
+
+
+def test_a_busy_pool_is_not_an_outage(database_url: str) -> None:
+    health = FleetHealth()
+    db = FleetDatabase(database_url, health=health, migrations=[ONE], max_size=1)
+    try:
+        db.start()
+        assert db.wait_ready(30)
+        with db.connection(timeout=5):
+            # The only connection is out: the next caller times out, and the database is not down.
+            with pytest.raises(SharedServerUnavailable, match="busy"), db.connection(timeout=0.2):
+                pass
+        assert not health.is_degraded(DATABASE)
+    finally:
+        db.close()

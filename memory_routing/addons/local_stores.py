@@ -19,8 +19,9 @@ from mitmproxy import ctx, exceptions
 from memory_routing.addons.shared_servers import SharedServers
 from memory_routing.dashboard.usage_rows import SQLiteUsageStore
 from memory_routing.dashboard.usage_rows_pg import PostgresUsageStore
+from memory_routing.memory.pg_store import PostgresMemoryStore
 from memory_routing.memory.records import MemoryStoreError
-from memory_routing.memory.store import SQLiteMemoryStore
+from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class LocalStores:
         self.shared = shared
         self.path: Path | None = None
         # The file's memory store is always opened with it (it sets the file up); the memory
-        # addon decides whether to use it.
-        self.memory: SQLiteMemoryStore | None = None
+        # addon decides whether to use it. With a fleet database, `memory` is the database's.
+        self.file_memory: SQLiteMemoryStore | None = None
+        self._fleet_memory: PostgresMemoryStore | None = None
         # The fleet's database when `storage.database_url` is set, else the file's table.
         self.usage: SQLiteUsageStore | PostgresUsageStore | None = None
         self.before_close: list[Callable[[], None]] = []
@@ -78,6 +80,29 @@ class LocalStores:
         self.close()
 
     @property
+    def memory(self) -> MemoryStore | None:
+        """The memory store in use: the fleet's PostgreSQL when storage.database_url is set, else
+        the file's (None while closed). The PostgreSQL store is made on first use; it waits for
+        nothing (a database not migrated yet raises SharedServerUnavailable when used)."""
+        if self.file_memory is None:
+            return None
+        database = self.shared.database if self.shared is not None else None
+        if database is None:
+            return self.file_memory
+        if self._fleet_memory is None or self._fleet_memory.database is not database:
+            if self._fleet_memory is not None:
+                self._fleet_memory.close()
+            self._fleet_memory = PostgresMemoryStore(database)
+        return self._fleet_memory
+
+    @property
+    def outage_rows(self) -> int | None:
+        """How many turns the memory writer holds while the fleet database is away
+        (storage.outage_queue_rows; 0: none); None without storage settings."""
+        settings = self.shared.settings if self.shared is not None else None
+        return settings.outage_queue_rows if settings is not None else None
+
+    @property
     def is_open(self) -> bool:
         return self.usage is not None
 
@@ -100,22 +125,24 @@ class LocalStores:
             memory.close()
             raise exceptions.OptionsError(f"{STORE_OPTION}: cannot open {path}: {e}") from None
         self.close()
-        self.path, self.memory, self.usage, self._usage_conn = path, memory, usage, usage_conn
+        self.path, self.file_memory, self.usage, self._usage_conn = path, memory, usage, usage_conn
 
     def close(self) -> None:
-        if self.memory is None and self.usage is None:
+        if self.file_memory is None and self.usage is None:
             return
         for drain in self.before_close:
             try:
                 drain()
             except Exception:  # one failing drain must not keep the file open
                 log.exception("draining before closing %s failed", self.path)
-        memory, usage_conn = self.memory, self._usage_conn
-        self.memory = self.usage = self._usage_conn = None
+        memory, usage_conn, fleet_memory = self.file_memory, self._usage_conn, self._fleet_memory
+        self.file_memory = self.usage = self._usage_conn = self._fleet_memory = None
         if usage_conn is not None:
             usage_conn.close()
         if memory is not None:
             memory.close()
+        if fleet_memory is not None:
+            fleet_memory.close()
 
     def status(self) -> dict[str, object]:
         """Where the file is and how much it holds: counts only, never contents."""
@@ -126,7 +153,7 @@ class LocalStores:
 
     def recovery(self) -> dict[str, object] | None:
         """The file was damaged when opened: where the damaged one is and how many rows were saved."""
-        memory = self.memory
+        memory = self.file_memory
         if memory is None or memory.recovery is None:
             return None
         return memory.recovery.as_status()

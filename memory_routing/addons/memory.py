@@ -29,6 +29,7 @@ from mitmproxy import http
 from memory_routing.addons.routing_config import RoutingConfig
 from memory_routing.config.schema import ProxyConfig
 from memory_routing.call_record import MemoryOutcome
+from memory_routing.errors import SharedServerUnavailable
 from memory_routing.flow_state import AnswerEvents, FlowContext, context_of, known_context
 from memory_routing.mitm.flows import request_headers, routed_call
 from memory_routing.memory.blocks import NO_BLOCK, BlockBook, TurnBlock, spent_and_shown, turn_keys
@@ -39,7 +40,7 @@ from memory_routing.memory.records import KeptBlock, NewMemory
 from memory_routing.memory.store import MemoryStore
 from memory_routing.memory.redact import FENCE_CLOSE, FENCE_OPEN
 from memory_routing.memory.turns import AnswerTextCollector, assistant_text, human_turns, new_human_turn
-from memory_routing.memory.writer import MemoryWriter
+from memory_routing.memory.writer import DEFAULT_OUTAGE_ROWS, MemoryWriter
 from memory_routing.routing.classify import InvalidUserId
 from memory_routing.wire.headers import replaced_fields
 from memory_routing.wire.model_calls import Endpoint, ModelCall
@@ -56,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 # For the benchmark and for curious users: how long the recall took, and what came of it
 # (injected | none | timeout | error | spent: the conversation's block budget is used up;
-# reinjected: a tool loop's follow-up got its turn's kept block).
+# reinjected: a tool loop's follow-up got its turn's kept block; unavailable: the fleet's
+# database is away, the call goes on without memory).
 RECALL_MS_HEADER = "x-memory-routing-recall-ms"
 RECALL_HEADER = "x-memory-routing-recall"
 _RECALL_MS_NAME, _RECALL_NAME = RECALL_MS_HEADER.encode(), RECALL_HEADER.encode()
@@ -76,6 +78,9 @@ _ONLY_TOOL_TRACES = re.compile(r"(?:\s*\[tool(?::[^\]\n]*)?\]\s*)*")
 # and the header alone take most of it.
 MIN_BLOCK_TOKENS = (len(FENCE_OPEN) + len(HEADER) + len(FENCE_CLOSE) + 2) // CHARS_PER_TOKEN + 25
 EXPLICIT_CONVERSATION_HEADER = "x-memory-conversation-id"
+# With the fleet's database, a kept block remembered longer ago than this is read again: a memory
+# deleted (or a user forgotten) through another proxy leaves this proxy's blocks within it.
+FLEET_BLOCK_MAX_AGE_S = 5.0
 
 
 @dataclass
@@ -118,6 +123,16 @@ class _CallMemory:
             rows.append(NewMemory(self.user_id, self.conversation_id, self.client, self.model, "assistant",
                                   answer, now))
         return rows
+
+
+@dataclass(frozen=True)
+class _Turns:
+    """The request's human turns: their keys (memory/blocks.py), their messages' indexes, and the
+    new turn's key (None for a tool loop's follow-up)."""
+
+    keys: list[bytes]
+    indexes: dict[bytes, int]
+    new_key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,8 @@ class EmbeddedMemory:
         writer, recaller = self.writer, self.recaller
         status["retention_days"] = config.memory.retention_days if config is not None else None
         if writer is not None:
-            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed, pruned=writer.pruned)
+            status.update(written=writer.written, dropped=writer.dropped, failed=writer.failed, pruned=writer.pruned,
+                          held=writer.held, outage_dropped=writer.outage_dropped)
         if recaller is not None:
             status["recall_timeouts"] = recaller.timeouts
         return status
@@ -201,7 +217,8 @@ class EmbeddedMemory:
             self.book.forget_all()  # another file: its own blocks
             self._store = store
             self.writer = MemoryWriter(store, retention_days=config.memory.retention_days,
-                                       on_pruned=self._after_prune)
+                                       on_pruned=self._after_prune,
+                                       outage_rows=_outage_rows(self.stores))
         else:
             assert self.writer is not None
             self.writer.set_retention(config.memory.retention_days)
@@ -301,12 +318,53 @@ class EmbeddedMemory:
         keys = turn_keys(explicit if is_user_id(explicit) else "", texts)
         indexes = {key: t.index for key, t in zip(keys, found.turns, strict=True)}
         new_key = keys[-1] if turn is not None else None
+        if getattr(recaller.store, "remote", False) and self.book.needs_store(state.user_id, keys,
+                                                                              FLEET_BLOCK_MAX_AGE_S):
+            # The fleet's database: the kept blocks are read in a recall thread, never on the loop.
+            return self._lookup_off_loop(flow, state, parsed, recaller, config, _Turns(keys, indexes, new_key))
+        looked_up = time.perf_counter()
         try:
             blocks = self.book.lookup(recaller.store, state.user_id, keys, unknown=new_key)
         except Exception as e:  # noqa: BLE001 - memory never fails a call
-            logger.error("memory: could not read the conversation's recall blocks (%s)", type(e).__name__)
-            state.recall = "error"
+            self._lookup_failed(state, e, looked_up)
             return None
+        return self._with_blocks(flow, state, parsed, recaller, config, _Turns(keys, indexes, new_key), blocks)
+
+    def _lookup_failed(self, state: _CallMemory, error: Exception, started: float) -> None:
+        if isinstance(error, SharedServerUnavailable):
+            state.recall = "unavailable"  # told once per outage by FleetHealth
+        elif isinstance(error, TimeoutError):
+            state.recall = "timeout"
+        else:
+            logger.error("memory: could not read the conversation's recall blocks (%s)", type(error).__name__)
+            state.recall = "error"
+        state.recall_ms = (time.perf_counter() - started) * 1000
+
+    async def _lookup_off_loop(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson,
+                               recaller: Recaller, config: ProxyConfig, turns: _Turns) -> None:
+        """The kept blocks read in a recall thread, then the search; both within one recall deadline."""
+        started = time.perf_counter()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._recall_pool(), lambda: self.book.lookup(recaller.store, state.user_id, turns.keys,
+                                                              unknown=turns.new_key, max_age_s=FLEET_BLOCK_MAX_AGE_S))
+            blocks = await asyncio.wait_for(future, recaller.deadline_s)
+        except Exception as e:  # noqa: BLE001 - memory never fails a call
+            self._lookup_failed(state, e, started)
+            return
+        pending = self._with_blocks(flow, state, parsed, recaller, config, turns, blocks,
+                                    wait_s=recaller.deadline_s - (time.perf_counter() - started))
+        if pending is not None:
+            await pending
+        if state.recall_ms is not None:
+            state.recall_ms = (time.perf_counter() - started) * 1000
+
+    def _with_blocks(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
+                     config: ProxyConfig, turns: _Turns, blocks: dict[bytes, TurnBlock], *,
+                     wait_s: float | None = None):
+        """Injects the kept blocks, and searches for the new turn's block when it has none yet
+        (a coroutine then; None when nothing is left to wait for)."""
+        turn, keys, indexes, new_key = state.turn, turns.keys, turns.indexes, turns.new_key
         if new_key is None or new_key in blocks:
             # A tool loop's follow-up, or the turn's request again (a retry): every block as it was
             # sent, the turn's own included; no search.
@@ -327,25 +385,33 @@ class EmbeddedMemory:
                          "spent" if budget < MIN_BLOCK_TOKENS else "none")
             state.recall_ms = 0.0
             return None
-        return self._recall(flow, state, parsed, recaller, _NewTurn(new_key, blocks, indexes, budget, shown))
+        return self._recall(flow, state, parsed, recaller, _NewTurn(new_key, blocks, indexes, budget, shown),
+                            wait_s=recaller.deadline_s if wait_s is None else wait_s)
+
+    def _recall_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
+        return self._pool
 
     async def _recall(self, flow: http.HTTPFlow, state: _CallMemory, parsed: RequestJson, recaller: Recaller,
-                      new: _NewTurn) -> None:
+                      new: _NewTurn, *, wait_s: float) -> None:
         turn = state.turn
         assert turn is not None
         started = time.perf_counter()
         recalled = None
         try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(RECALL_THREADS, thread_name_prefix="memory-recall")
+            if wait_s <= 0:
+                raise TimeoutError  # the kept blocks' read took the whole deadline
             # The search runs in a thread; the request waits for it at most the deadline, queueing included.
             future = asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
+                self._recall_pool(), lambda: recaller.search_block(state.user_id, state.conversation_id, turn,
                                                           budget_tokens=new.budget, exclude_ids=new.shown))
-            recalled = await asyncio.wait_for(future, recaller.deadline_s)
+            recalled = await asyncio.wait_for(future, wait_s)
             outcome = "injected" if recalled is not None and recalled.text else "none"
         except TimeoutError:
             outcome = "timeout"
+        except SharedServerUnavailable:
+            outcome = "unavailable"  # the fleet's database is away: told once per outage by FleetHealth
         except Exception as e:  # noqa: BLE001 - memory never fails a call
             logger.error("memory: recall failed (%s); the request goes on without it", type(e).__name__)
             outcome = "error"
@@ -482,6 +548,12 @@ class MemoryAnswers:
             context.memory_call = None
             context.memory = state.outcome(stored=False)
 
+
+
+def _outage_rows(stores: Any) -> int:
+    """storage.outage_queue_rows from the stores (LocalStores), its default without storage settings."""
+    rows = getattr(stores, "outage_rows", None)
+    return DEFAULT_OUTAGE_ROWS if rows is None else int(rows)
 
 
 # The record of a call whose memory the client (x-memory-mode) or the config turned off.

@@ -116,9 +116,11 @@ class FleetDatabase:
     """A pool of connections to the fleet's PostgreSQL, usable once the schema is migrated."""
 
     def __init__(self, url: str, *, health: FleetHealth, application_name: str = "memory-routing",
-                 max_size: int = 4, connect_timeout_s: int = 3,
+                 max_size: int = 6, connect_timeout_s: int = 3,
                  migrations: Sequence[Migration] | None = None) -> None:
         self.health = health
+        # Two recall threads, the memory writer, the usage writer and the dashboard's threads.
+        self._max_size = max_size
         self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
         self._pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
             url, min_size=1, max_size=max_size, open=False, name=application_name,
@@ -186,7 +188,13 @@ class FleetDatabase:
                 yield conn
         except psycopg.errors.QueryCanceled as e:
             raise SharedServerUnavailable(f"database query ran past its deadline: {outage_reason(e)}") from e
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
+        except PoolTimeout as e:
+            if self._pool.get_stats().get("pool_size", 0) >= self._max_size:
+                # Every connection is out working (recall, writers, dashboard): busy, not down.
+                raise SharedServerUnavailable("every fleet database connection is busy") from e
+            self.health.failed(DATABASE, outage_reason(e), DATABASE_FALLBACK)
+            raise SharedServerUnavailable(outage_reason(e)) from e
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self.health.failed(DATABASE, outage_reason(e), DATABASE_FALLBACK)
             raise SharedServerUnavailable(outage_reason(e)) from e
         self.health.recovered(DATABASE)

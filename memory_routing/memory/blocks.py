@@ -86,35 +86,44 @@ class BlockBook:
 
     def __init__(self, size: int = BOOK_SIZE) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, bytes], TurnBlock] = OrderedDict()
+        # (user, turn key) -> (block, when it was remembered: time.monotonic())
+        self._items: OrderedDict[tuple[str, bytes], tuple[TurnBlock, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def cached(self, user_id: str, key: bytes) -> TurnBlock | None:
-        """The turn's block from memory (NO_BLOCK: known to have none); None: not in memory."""
+    def cached(self, user_id: str, key: bytes, max_age_s: float | None = None) -> TurnBlock | None:
+        """The turn's block from memory (NO_BLOCK: known to have none); None: not in memory (or
+        remembered more than `max_age_s` ago)."""
         with self._lock:
-            block = self._items.get((user_id, key))
-            if block is not None:
-                self._items.move_to_end((user_id, key))
-            return block
+            item = self._items.get((user_id, key))
+            if item is None or (max_age_s is not None and time.monotonic() - item[1] > max_age_s):
+                return None
+            self._items.move_to_end((user_id, key))
+            return item[0]
 
     def remember(self, user_id: str, key: bytes, block: TurnBlock) -> None:
         with self._lock:
-            self._items[(user_id, key)] = block
+            self._items[(user_id, key)] = (block, time.monotonic())
             self._items.move_to_end((user_id, key))
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
+    def needs_store(self, user_id: str, keys: Sequence[bytes], max_age_s: float | None = None) -> bool:
+        """Whether lookup() would read the store: some key is not in memory (or is older than `max_age_s`)."""
+        return any(self.cached(user_id, key, max_age_s) is None for key in keys)
+
     def lookup(self, store: MemoryStore, user_id: str, keys: Sequence[bytes], *,
-               unknown: bytes | None = None) -> dict[bytes, TurnBlock]:
+               unknown: bytes | None = None, max_age_s: float | None = None) -> dict[bytes, TurnBlock]:
         """The blocks of `keys` (NO_BLOCK for a turn that has none), from memory, else from the store.
 
         `unknown`: a key left out of the answer when neither memory nor the store has it (the
         new turn: it is yet to be searched), rather than remembered as NO_BLOCK.
+        `max_age_s`: blocks remembered longer ago are read from the store again (other proxies of
+        a fleet delete memories and forget users: the store has dropped them from its blocks).
         """
         found: dict[bytes, TurnBlock] = {}
         missing = []
         for key in keys:
-            block = self.cached(user_id, key)
+            block = self.cached(user_id, key, max_age_s)
             if block is None:
                 missing.append(key)
             else:

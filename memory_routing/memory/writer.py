@@ -8,6 +8,12 @@ regular expressions never run on the event loop, and nothing reaches the store u
 With a retention (memory.retention_days) the same thread deletes the memories older than it:
 when it starts, then once a day.
 
+When the store is a shared database that is away (SharedServerUnavailable: down, slow, not
+migrated yet), the turns and blocks it could not take are held, in order, up to ``outage_rows``
+of them, and written again with a growing backoff until the database is back (the store dedupes
+what reaches it twice). What overflows the hold is dropped oldest first, counted, and logged once
+per outage.
+
 Once a turn arrives the thread lingers a moment (``linger_s``) before writing, so that the
 answers of a burst of calls cost one wake-up and one transaction rather than one each (CPU of the
 proxy's process, which the calls pay for); ``flush()`` and ``close()`` cut the lingering short.
@@ -20,9 +26,12 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Final
+
+from memory_routing.errors import SharedServerUnavailable
 
 from .records import KeptBlock, NewMemory
 from .redact import prepare_text
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 _BATCH_MAX = 256  # submits written in one transaction
 LINGER_S = 0.05  # how long the first turn of a burst waits for the others
 _DROP_LOG_INTERVAL_S = 60.0
+OUTAGE_RETRY_FIRST_S, OUTAGE_RETRY_MOST_S = 0.5, 30.0
+DEFAULT_OUTAGE_ROWS = 10_000  # storage.outage_queue_rows' default
 
 
 class _Stop(enum.Enum):
@@ -60,7 +71,8 @@ class MemoryWriter:
 
     def __init__(self, store: MemoryStore, max_queue: int = 1000, linger_s: float = LINGER_S, *,
                  retention_days: float | None = None, clock: Callable[[], float] = time.time,
-                 idle_wake_s: float = 60.0, on_pruned: Callable[[int], None] | None = None) -> None:
+                 idle_wake_s: float = 60.0, on_pruned: Callable[[int], None] | None = None,
+                 outage_rows: int = DEFAULT_OUTAGE_ROWS, outage_retry_s: float = OUTAGE_RETRY_FIRST_S) -> None:
         if max_queue <= 0:
             raise ValueError("max_queue must be positive")
         self.store = store
@@ -81,8 +93,22 @@ class MemoryWriter:
         self._closed = False
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
+        # Rows the store could not take while its database was away (see the module's docstring);
+        # only the writer thread touches them (status reads len() and the counters).
+        self.outage_rows = outage_rows
+        self._held: deque[NewMemory | KeptBlock] = deque()
+        self.outage_dropped = 0  # held rows dropped because the hold was full
+        self._outage_dropped_logged = False
+        self._outage_retry_first_s = outage_retry_s
+        self._retry_delay = outage_retry_s
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="memory-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def held(self) -> int:
+        """Rows (turns and recall blocks) waiting for the database to come back."""
+        return len(self._held)
 
     @property
     def retention_days(self) -> float | None:
@@ -152,8 +178,13 @@ class MemoryWriter:
     def _run(self) -> None:
         while True:
             self._prune_if_due()
+            wait = self.idle_wake_s
+            if self._held:
+                self._retry_held()
+                if self._held:
+                    wait = max(0.0, min(wait, self._retry_at - time.monotonic()))
             try:
-                batches = [self._queue.get(timeout=self.idle_wake_s)]
+                batches = [self._queue.get(timeout=wait)]
             except queue.Empty:
                 continue
             self._prune_if_due()  # before the batch is counted written: flush() returns after it
@@ -169,6 +200,12 @@ class MemoryWriter:
             if written:
                 self._write(written)
             if stop:
+                if self._held:
+                    self._retry_at = 0.0  # one last try
+                    self._retry_held()
+                if self._held:
+                    log.warning("memory writer: closed while the database was away: %d held turns/blocks are lost",
+                                len(self._held))
                 return
 
     def _prune_if_due(self) -> None:
@@ -193,13 +230,13 @@ class MemoryWriter:
         blocks = [b for batch in batches for b in batch if isinstance(b, KeptBlock)]
         try:
             prepared = prepare(turns)
-            if prepared:
-                self.store.add_many(prepared)
-            self.written += len(prepared)
-            if blocks:
-                # After the turns: a block never shows what it was recalled alongside, but a
-                # block's lines are checked against the memories still there (see the store).
-                self.store.save_recall_blocks(blocks)
+            if self._held:
+                # The database is away: behind what waits already, in order, retried on its schedule.
+                self._hold([*prepared, *blocks])
+            else:
+                self._store_rows(prepared, blocks)
+        except SharedServerUnavailable:
+            self._hold([*prepared, *blocks])
         except Exception as e:  # noqa: BLE001 - the writer thread must outlive a bad batch
             self.failed += len(turns)
             log.error("memory writer: could not store %d turn(s): %s", len(turns), type(e).__name__)
@@ -209,3 +246,53 @@ class MemoryWriter:
                 if not self._pending and not self._closed:
                     self._hurry.clear()
                 self._done.notify_all()
+
+    def _store_rows(self, turns: list[NewMemory], blocks: list[KeptBlock]) -> None:
+        if turns:
+            self.store.add_many(turns)
+            self.written += len(turns)
+        if blocks:
+            # After the turns: a block never shows what it was recalled alongside, but a
+            # block's lines are checked against the memories still there (see the store).
+            self.store.save_recall_blocks(blocks)
+
+    def _hold(self, rows: list[NewMemory | KeptBlock]) -> None:
+        if not self._held:
+            self._retry_delay = self._outage_retry_first_s
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._outage_dropped_logged = False
+        self._held.extend(rows)
+        over = len(self._held) - self.outage_rows
+        if over > 0:
+            for _ in range(over):
+                self._held.popleft()
+            self.outage_dropped += over
+            if not self._outage_dropped_logged:
+                self._outage_dropped_logged = True
+                log.warning("memory writer: the database is away and %d turns/blocks are held"
+                            " (storage.outage_queue_rows); the oldest are dropped, counted in outage_dropped",
+                            self.outage_rows)
+
+    def _retry_held(self) -> None:
+        """Writes the held rows once their retry is due; on failure the next try waits twice as long."""
+        if time.monotonic() < self._retry_at:
+            return
+        rows = list(self._held)
+        try:
+            for start in range(0, len(rows), _BATCH_MAX * 2):
+                chunk = rows[start:start + _BATCH_MAX * 2]
+                self._store_rows([r for r in chunk if isinstance(r, NewMemory)],
+                                 [r for r in chunk if isinstance(r, KeptBlock)])
+                for _ in chunk:
+                    self._held.popleft()
+        except SharedServerUnavailable:
+            self._retry_delay = min(self._retry_delay * 2, OUTAGE_RETRY_MOST_S)
+            self._retry_at = time.monotonic() + self._retry_delay
+            return
+        except Exception as e:  # noqa: BLE001 - the writer thread must outlive a bad batch
+            self.failed += sum(isinstance(r, NewMemory) for r in self._held)
+            log.error("memory writer: could not store the %d held turns/blocks: %s", len(self._held), type(e).__name__)
+            self._held.clear()
+            return
+        log.info("memory writer: the database is back; wrote the turns and blocks held during the outage"
+                 " (%d dropped in all for want of room)", self.outage_dropped)
