@@ -48,6 +48,7 @@ TARGET_CPU_RATIO = 1.15
 READY_TIMEOUT_S = 60.0
 PG_RECALL = Path(__file__).resolve().parent / "pg_recall.py"
 PG_RECALL_TIMEOUT_S = 3600.0
+HEAVY_USER_ROWS, LIGHT_USER_ROWS = 50_000, 1_000
 FLEET_CONFIG = (
     "storage:\n"
     "  database_url: os.environ/BENCH_DATABASE_URL\n"
@@ -201,7 +202,12 @@ def pg_recall(postgres: Any, sizes: list[int], questions: int, data: Path | None
         return {"skipped": "bench/pg_recall.py is not in this checkout (the PostgreSQL memory's own bench)"}
     runs = []
     for size in sizes:
-        args = ["--memories", str(size), "--questions", str(questions), *(["--data", str(data)] if data else [])]
+        # At every size one heavy user owns 50k rows (the hard case) and light users 1,000
+        # each: at 100k, pg_recall.py's own defaults; at 1M, the figures of docs/deploy.md.
+        heavy = min(HEAVY_USER_ROWS, size // 2)
+        args = ["--memories", str(size), "--heavy-share", f"{heavy / size:g}",
+                "--light-users", str(max(1, (size - heavy) // LIGHT_USER_ROWS)), "--questions", str(questions),
+                *(["--data", str(data)] if data else [])]
         result = subprocess.run([sys.executable, str(PG_RECALL), "--database-url", postgres.create_database(), *args],
                                 capture_output=True, text=True, timeout=PG_RECALL_TIMEOUT_S,
                                 env=os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
