@@ -49,12 +49,13 @@ READY_TIMEOUT_S = 60.0
 PG_RECALL = Path(__file__).resolve().parent / "pg_recall.py"
 PG_RECALL_TIMEOUT_S = 3600.0
 HEAVY_USER_ROWS, LIGHT_USER_ROWS = 50_000, 1_000
-FLEET_CONFIG = (
-    "storage:\n"
-    "  database_url: os.environ/BENCH_DATABASE_URL\n"
-    "  redis_url: os.environ/BENCH_REDIS_URL\n"
-)
+DATABASE_LINE = "  database_url: os.environ/BENCH_DATABASE_URL\n"
+REDIS_LINE = "  redis_url: os.environ/BENCH_REDIS_URL\n"
+# The proxy's `storage` per kind: the default has none; --breakdown adds each server alone.
+STORAGE = {"default": "", "fleet": f"storage:\n{DATABASE_LINE}{REDIS_LINE}",
+           "database-only": f"storage:\n{DATABASE_LINE}", "redis-only": f"storage:\n{REDIS_LINE}"}
 KINDS = ("default", "fleet")
+BREAKDOWN_KINDS = ("database-only", "redis-only")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,11 @@ class Servers:
 
 
 def config_of(kind: str) -> str:
-    return FLEET_CONFIG if kind == "fleet" else ""
+    return STORAGE[kind]
+
+
+def uses_database(kind: str) -> bool:
+    return DATABASE_LINE in STORAGE[kind]
 
 
 def get_json(port: int, path: str, timeout: float = 10.0) -> Any:
@@ -102,7 +107,7 @@ def start_proxy(workdir: Path, name: str, kind: str, upstream_port: int, servers
                                              config_extra=config_of(kind))
     core.wait_answered(port, process, log, "POST", "/v1/chat/completions", core.CHAT_BODY,
                        time.monotonic() + core.START_TIMEOUT)
-    if kind == "fleet":
+    if uses_database(kind):
         wait_database_ready(port)
     return process, port
 
@@ -251,6 +256,8 @@ def main() -> int:
                              "(default 100000,1000000; --quick: 100000)")
     parser.add_argument("--recall-questions", type=int, default=300, help="LoCoMo questions asked per user and size")
     parser.add_argument("--locomo", type=Path, help="locomo-dev.json, when not at ../shared/data/ (bench/pg_recall.py --data)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="(a) also with PostgreSQL alone and Redis alone, to see which one costs what")
     parser.add_argument("--json", type=Path, help="also write every sample and figure here")
     args = parser.parse_args()
     if args.recall_sizes is None:
@@ -266,7 +273,8 @@ def main() -> int:
     assert upstream.pid is not None
     root = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     postgres = redis = None
-    rounds: dict[str, list[core.ProcessRound]] = {kind: [] for kind in KINDS}
+    cpu_kinds = KINDS + (BREAKDOWN_KINDS if args.breakdown else ())
+    rounds: dict[str, list[core.ProcessRound]] = {kind: [] for kind in cpu_kinds}
     throughput: list[ThroughputRun] = []
     latency: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     try:
@@ -278,8 +286,8 @@ def main() -> int:
         cpu_dir = root / "cpu"
         cpu_dir.mkdir()
         for index in range(args.process_rounds):
-            for kind in KINDS:
-                ready = wait_database_ready if kind == "fleet" else None
+            for kind in cpu_kinds:
+                ready = wait_database_ready if uses_database(kind) else None
                 rounds[kind].append(core.process_round(
                     cpu_dir, upstream_port, True, index, args.concurrency, args.cpu_requests, args.stream_requests,
                     kind=kind, config_extra=config_of(kind), env=servers.env(f"{kind}-{index}"), until_ready=ready))
@@ -325,6 +333,11 @@ def main() -> int:
     ratios = {kind: [f.__dict__[f"cpu_us_{kind}"] / d.__dict__[f"cpu_us_{kind}"]
                      for d, f in zip(rounds["default"], rounds["fleet"], strict=True)]
               for kind in ("plain", "stream", "plain_loop", "stream_loop")}
+    # Each server alone against the default, within the same rounds (--breakdown).
+    part_ratios = {part: {kind: core.median([f.__dict__[f"cpu_us_{kind}"] / d.__dict__[f"cpu_us_{kind}"]
+                                             for d, f in zip(rounds["default"], rounds[part], strict=True)])
+                          for kind in ("plain", "stream", "plain_loop", "stream_loop")}
+                   for part in cpu_kinds if part not in KINDS}
     cpu_medians = {kind: {key: core.median([getattr(r, key) for r in rs]) for key in core.ProcessRound.__dataclass_fields__}
                    for kind, rs in rounds.items()}
     latency_medians = {kind: {key: core.median([r[key] for r in rs]) for key in rs[0]} for kind, rs in latency.items()}
@@ -337,13 +350,14 @@ def main() -> int:
         "added_stream_first_event_ms": (latency_medians["fleet"]["stream_first_event_ms"]
                                         - latency_medians["default"]["stream_first_event_ms"]),
     }
-    print_report(args, cpu_medians, ratios, summary, throughput, latency_medians, recall)
+    print_report(args, cpu_medians, ratios, part_ratios, summary, throughput, latency_medians, recall)
     print(f"\n(bench-fleet ran {time.monotonic() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(core.finite({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "process_rounds": {kind: [asdict(r) for r in rs] for kind, rs in rounds.items()},
-            "cpu_ratio_per_round": ratios, "cpu_medians": cpu_medians, "summary": summary,
+            "cpu_ratio_per_round": ratios, "cpu_ratio_by_part": part_ratios, "cpu_medians": cpu_medians,
+            "summary": summary,
             "throughput": [asdict(t) for t in throughput], "latency_rounds": latency, "latency_medians": latency_medians,
             "pg_recall": recall, "versions": server_versions(),
             "targets": {"cpu_ratio": TARGET_CPU_RATIO},
@@ -363,6 +377,7 @@ def server_versions() -> dict[str, str]:
 
 
 def print_report(args: argparse.Namespace, cpu: dict[str, dict[str, float]], ratios: dict[str, list[float]],
+                 part_ratios: dict[str, dict[str, float]],
                  summary: dict[str, float], throughput: list[ThroughputRun], latency: dict[str, dict[str, float]],
                  recall: dict[str, Any]) -> None:
     print(f"\nLiteLLM Memory Proxy, fleet benchmark (loopback, one run; {', '.join(server_versions().values())})")
@@ -377,6 +392,8 @@ def print_report(args: argparse.Namespace, cpu: dict[str, dict[str, float]], rat
         print(f"{label:<36}{d:>10.2f}{f:>10.2f}{f / d:>15.3f}")
     for kind, values in ratios.items():
         print(f"  fleet/default per round, {kind}: {', '.join(f'{v:.3f}' for v in values)}")
+    for part, by_kind in part_ratios.items():
+        print(f"  {part}/default, medians: " + ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items()))
     plain, stream = summary["cpu_ratio_plain"], summary["cpu_ratio_stream"]
     print(f"target: fleet/default CPU per call <= {TARGET_CPU_RATIO}: plain {plain:.3f} "
           f"({core.verdict(plain <= TARGET_CPU_RATIO)}), stream {stream:.3f} ({core.verdict(stream <= TARGET_CPU_RATIO)})")
