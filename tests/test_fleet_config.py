@@ -82,7 +82,8 @@ def test_an_outage_is_told_once_and_its_end_once(monkeypatch: pytest.MonkeyPatch
     logger = logging.getLogger("memory_routing.fleet.health")
     seen = _Records()
     monkeypatch.setattr(logger, "propagate", False)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears logging's level cache
     logger.addHandler(seen)
     health = FleetHealth()
     try:
@@ -93,6 +94,7 @@ def test_an_outage_is_told_once_and_its_end_once(monkeypatch: pytest.MonkeyPatch
         health.recovered(REDIS)
     finally:
         logger.removeHandler(seen)
+        logger.setLevel(level)
     assert [r.levelname for r in seen.records] == ["WARNING", "INFO"]
     assert health.status() == {} and not health.is_degraded(DATABASE)
     assert health.outages_seen == {REDIS: 1}
