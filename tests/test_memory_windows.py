@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from memory_routing.fleet.health import FleetHealth
+from memory_routing.fleet.postgres import FleetDatabase
+from memory_routing.memory.pg_store import PostgresMemoryStore
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.recall import Recaller, RecallTuning
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore
@@ -32,11 +35,20 @@ def say(user: str, conversation: str, role: str, text: str, when: float = MAY_7)
     return NewMemory(user, conversation, "cli", "m", role, text, when)
 
 
-@pytest.fixture
-def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
-    store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def memory_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore]:
+    if request.param == "sqlite":
+        store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
+        yield store
+        store.close()
+        return
+    database = FleetDatabase(request.getfixturevalue("database_url"), health=FleetHealth())
+    database.start()
+    assert database.wait_ready(30)
+    postgres = PostgresMemoryStore(database)
+    yield postgres
+    postgres.close()
+    database.close()
 
 
 def texts(window: tuple[object, ...]) -> list[str]:
