@@ -15,6 +15,11 @@ SQLiteMemoryStore._ranked_in_user (bm25_order here). ts_rank_cd ranks every matc
 user (127/260 ms p50/p95 for a user owning 50k rows who asks with common words) and weighs no word
 by its rarity. Measured: bench/pg_recall.py, docs/deploy.md "Memory in PostgreSQL".
 
+Windows (memory/windows.py) are rows of memory_windows (fleet/migrations/004_memory_windows.sql),
+made and deleted by triggers on memories in the writes' own transactions, and searched the same
+way with their own per-user counts; a period narrows inside the same GIN index (each window's
+period keys are lexemes of its tsv, as the owner is).
+
 Every read with a deadline runs in a transaction with ``SET LOCAL statement_timeout`` set to
 what is left of it, sent with the query in one round trip (pipeline mode); a query cancelled at
 its deadline raises MemoryTimeoutError, as a late SQLite read does.
