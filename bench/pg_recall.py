@@ -115,7 +115,7 @@ def main() -> None:
     def vacuum() -> None:
         # What autovacuum does soon after a bulk load: statistics and the visibility map.
         with database.connection(timeout=5) as conn:
-            conn.execute("VACUUM ANALYZE memories")
+            conn.execute("VACUUM ANALYZE memories, memory_windows")
 
     store = PostgresMemoryStore(database)
     try:

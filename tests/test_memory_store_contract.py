@@ -109,6 +109,34 @@ def test_a_search_past_its_deadline_raises_timeout(store: MemoryStore) -> None:
         store.neighbours(store.list("alice")[1][0], 1, 1, deadline=time.monotonic() - 1)
 
 
+def test_search_windows_keeps_to_the_user_and_honours_common_share_period_and_deadline(store: MemoryStore) -> None:
+    import time
+    rows = []
+    for i in range(30):  # "caroline" in every window
+        rows += [turn(f"caroline talked about topic {i}", conversation=f"c{i}", at=T0 + 2 * i),
+                 turn(f"reply {i}", conversation=f"c{i}", role="assistant", at=T0 + 2 * i + 1)]
+    rows += [turn("caroline went to the pottery workshop", conversation="pottery"),
+             turn("she loved the clay", conversation="pottery", role="assistant")]
+    store.add_many(rows)
+    store.add_many([turn("pottery secret", user="bob"), turn("clay of bob", user="bob", role="assistant")])
+    found = store.search_windows("alice", "caroline pottery clay", limit=3, common_share=0.1)
+    assert [texts(list(window)) for window, _ in found] == [["caroline went to the pottery workshop",
+                                                             "she loved the clay"]]
+    assert found[0][1] > 0
+    assert [m.user_id for window, _ in store.search_windows("bob", "pottery clay") for m in window] == ["bob", "bob"]
+    # Every word common: the query is kept whole rather than emptied.
+    assert len(store.search_windows("alice", "caroline", limit=5, common_share=0.1)) == 5
+    assert store.search_windows("alice", "pottery", exclude_conversation_id="pottery") == []
+    assert store.search_windows("alice", "pottery", limit=0) == []
+    # T0 is 14 November 2023 (UTC).
+    assert len(store.search_windows("alice", "pottery", period=["m202311"])) == 1
+    assert len(store.search_windows("alice", "pottery", period=["y2022", "d20231114"])) == 1
+    assert store.search_windows("alice", "pottery", period=["m202312"]) == []
+    assert store.search_windows("alice", "pottery", period=[]) == []
+    with pytest.raises(MemoryTimeoutError):
+        store.search_windows("alice", "pottery", deadline=time.monotonic() - 1)
+
+
 def test_neighbours_stay_in_the_conversation(store: MemoryStore) -> None:
     ids = store.add_many([turn(f"turn {i}", conversation="c1" if i % 2 == 0 else "c2", at=T0 + i) for i in range(10)])
     middle = store.get(ids[4])

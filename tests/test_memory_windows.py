@@ -11,11 +11,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from memory_routing.fleet.health import FleetHealth
+from memory_routing.fleet.postgres import FleetDatabase, packaged_migrations
+from memory_routing.memory.pg_store import PostgresMemoryStore
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.recall import Recaller, RecallTuning
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore
+from fleet_servers import PostgresServer
 
 DAY = 86400.0
 
@@ -32,11 +37,20 @@ def say(user: str, conversation: str, role: str, text: str, when: float = MAY_7)
     return NewMemory(user, conversation, "cli", "m", role, text, when)
 
 
-@pytest.fixture
-def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
-    store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def memory_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore]:
+    if request.param == "sqlite":
+        store = SQLiteMemoryStore(tmp_path / "m.sqlite3")
+        yield store
+        store.close()
+        return
+    database = FleetDatabase(request.getfixturevalue("database_url"), health=FleetHealth())
+    database.start()
+    assert database.wait_ready(30)
+    postgres = PostgresMemoryStore(database)
+    yield postgres
+    postgres.close()
+    database.close()
 
 
 def texts(window: tuple[object, ...]) -> list[str]:
@@ -119,6 +133,51 @@ def test_windows_are_built_for_a_file_written_before_windows(tmp_path: Path) -> 
         assert [texts(w) for w, _ in store.search_windows("u", "kite", 10)] == [["the kite festival", "colourful kites"]]
     finally:
         store.close()
+
+
+def _postgres_store(url: str, migrations: int | None = None) -> tuple[FleetDatabase, PostgresMemoryStore]:
+    chosen = packaged_migrations()[:migrations] if migrations is not None else None
+    database = FleetDatabase(url, health=FleetHealth(), migrations=chosen)
+    database.start()
+    assert database.wait_ready(30)
+    return database, PostgresMemoryStore(database)
+
+
+def _postgres_windows(url: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with psycopg.connect(url) as conn:
+        windows = conn.execute("SELECT user_id, conversation_id, first_id, last_id, created_at, text, words, tsv::text"
+                               " FROM memory_windows ORDER BY last_id").fetchall()
+        counts = conn.execute("SELECT user_id, lexeme, rows FROM memory_window_term_rows"
+                              " ORDER BY user_id, lexeme").fetchall()
+    return windows, counts
+
+
+def test_the_migration_builds_the_windows_of_a_database_written_before_windows(postgres_server: PostgresServer) -> None:
+    turns = [say("u", "c", "user", "the kite festival", APRIL_2), say("u", "c", "assistant", "colourful kites"),
+             say("v", "c", "user", "a kite of v"), say("u", "c", "user", "windy day, kites up"),
+             say("u", "c", "assistant", "four turns"), say("u", "solo", "user", "one kite turn alone"),
+             say("v", "c", "assistant", "v answers")]
+    old_url, new_url = postgres_server.create_database(), postgres_server.create_database()
+    database, store = _postgres_store(old_url, migrations=3)  # the schema before 004_memory_windows.sql
+    store.add_many(turns)
+    store.close()
+    database.close()
+    database, store = _postgres_store(old_url)
+    try:
+        assert [texts(w) for w, _ in store.search_windows("u", "festival", 10)] == \
+            [["the kite festival", "colourful kites"], ["the kite festival", "colourful kites", "windy day, kites up"]]
+        assert [texts(w) for w, _ in store.search_windows("v", "kite", 10)] == [["a kite of v", "v answers"]]
+    finally:
+        store.close()
+        database.close()
+    # The same turns written with 004 applied: the migration built the windows (and their word
+    # counts) the insert trigger makes.
+    database, store = _postgres_store(new_url)
+    store.add_many(turns)
+    store.close()
+    database.close()
+    built, made = _postgres_windows(old_url), _postgres_windows(new_url)
+    assert len(built[0]) == 4 and built == made
 
 
 # --- dates -----------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ SQLiteMemoryStore._ranked_in_user (bm25_order here). ts_rank_cd ranks every matc
 user (127/260 ms p50/p95 for a user owning 50k rows who asks with common words) and weighs no word
 by its rarity. Measured: bench/pg_recall.py, docs/deploy.md "Memory in PostgreSQL".
 
+Windows (memory/windows.py) are rows of memory_windows (fleet/migrations/004_memory_windows.sql),
+made and deleted by triggers on memories in the writes' own transactions, and searched the same
+way with their own per-user counts; a period narrows inside the same GIN index (each window's
+period keys are lexemes of its tsv, as the owner is).
+
 Every read with a deadline runs in a transaction with ``SET LOCAL statement_timeout`` set to
 what is left of it, sent with the query in one round trip (pipeline mode); a query cancelled at
 its deadline raises MemoryTimeoutError, as a late SQLite read does.
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -66,6 +72,19 @@ WRITE_WAIT_S = 5.0  # how long a write (the writer thread, the management API) w
 INFO_DEADLINE_S = 1.0  # counts for /memory-routing/info
 PRESENCE_REFRESH_S = 5.0  # how often the users who have memories are read again (other proxies write too)
 _PRESENCE_RETRY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """A searched table and the per-user counts its triggers keep (002 for turns, 004 for windows)."""
+
+    table: str
+    user_rows: str
+    term_rows: str
+
+
+_TURNS = _Index("memories", "memory_user_rows", "memory_term_rows")
+_WINDOWS = _Index("memory_windows", "memory_window_user_rows", "memory_window_term_rows")
 
 
 def owner_lexeme(user_id: str) -> str:
@@ -373,14 +392,49 @@ class PostgresMemoryStore:
             return []
         owner = _tsquery_lexeme(owner_lexeme(user_id))
         with self._reads(deadline) as reads:
-            user_rows, counted = self._counted(reads, user_id, terms)
-            if not counted:
+            user_rows, selected = self._selected(reads, _TURNS, user_id, terms, common_share)
+            if not selected:
                 return []
-            # Words in more than common_share of the user's rows are left out, unless all are;
-            # then the rarest first while their rows add up to MAX_RANKED (the rarest always).
-            common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
-            selected = _rarest([c for c in counted if common_most is None or c[1] <= common_most]) or _rarest(counted)
             return self._ranked_hits(reads, owner, user_id, selected, user_rows, exclude_conversation_id, limit)
+
+    def search_windows(self, user_id: str, query: str, limit: int = 10, *,
+                       exclude_conversation_id: str | None = None,
+                       deadline: float | None = None,
+                       common_share: float | None = None,
+                       period: Sequence[str] | None = None) -> list[tuple[tuple[Memory, ...], float]]:
+        """`user_id`'s windows best matching `query`, as search ranks turns (BM25 with the user's
+        window statistics: memory_window_term_rows); see MemoryStore.search_windows. With
+        `period`, only windows holding one of its 'period <key>' lexemes (004_memory_windows.sql)."""
+        terms = query_terms(query)
+        if not terms or limit <= 0 or (period is not None and not period):
+            return []
+        narrowed = _tsquery_lexeme(owner_lexeme(user_id))
+        if period is not None:
+            narrowed += " & (" + " | ".join(_tsquery_lexeme("period " + key) for key in period) + ")"
+        with self._reads(deadline) as reads:
+            user_rows, selected = self._selected(reads, _WINDOWS, user_id, terms, common_share)
+            if not selected:
+                return []
+            best, args = _best_sql(_WINDOWS, narrowed, user_id, selected, user_rows, exclude_conversation_id, limit)
+            columns = ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
+            # Each window's turns: its own conversation, its id range.
+            rows = reads.rows(
+                f"WITH {best} SELECT h.n, h.score, {columns} FROM best AS h JOIN memory_windows AS w ON w.id = h.id"
+                " JOIN memories AS m ON m.user_id = w.user_id AND m.conversation_id = w.conversation_id"
+                " AND m.id BETWEEN w.first_id AND w.last_id ORDER BY h.n, m.id", args, last=True)
+        windows: dict[int, tuple[list[Memory], float]] = {}
+        for row in rows:
+            windows.setdefault(int(row[0]), ([], float(row[1])))[0].append(_row_to_memory(row[2:]))
+        return [(tuple(turns), score) for _, (turns, score) in sorted(windows.items())]
+
+    def _selected(self, reads: _Reads, index: _Index, user_id: str, terms: Sequence[str],
+                  common_share: float | None) -> tuple[int, list[tuple[str, int, str]]]:
+        """(the user's rows in `index`, the words to rank with: _counted's items). Words in more than
+        common_share of the user's rows are left out, unless all are; then the rarest first while
+        their rows add up to MAX_RANKED (the rarest always)."""
+        user_rows, counted = self._counted(reads, user_id, terms, index)
+        common_most = None if common_share is None else max(_COMMON_MIN_ROWS, int(common_share * user_rows))
+        return user_rows, _rarest([c for c in counted if common_most is None or c[1] <= common_most]) or _rarest(counted)
 
     def _ranked_hits(self, reads: _Reads, owner: str, user_id: str, selected: Sequence[tuple[str, int, str]],
                      user_rows: int, exclude_conversation_id: str | None, limit: int) -> list[tuple[Memory, float]]:
@@ -390,26 +444,11 @@ class PostgresMemoryStore:
         _AROUND_HITS hits' turns around them (_AROUND each side), kept for this thread's next
         neighbours() calls: the recall asks for them next, and one query costs less than a round
         trip per hit."""
-        args: dict[str, Any] = {"user": user_id, "most": _MAX_CANDIDATES, "limit": limit, "around": _AROUND,
-                                "hits": _AROUND_HITS, "k1": _BM25_K1, "b": _BM25_B}
-        weights = []
-        for n, (_, count, tsquery) in enumerate(selected):
-            args[f"q{n}"], args[f"w{n}"] = tsquery, _idf(user_rows, count)
-            weights.append(f"(m.tsv @@ %(q{n})s::tsquery)::int * %(w{n})s::float8")
-        args["query"] = f"{owner} & (" + " | ".join(f"({tsquery})" for _, _, tsquery in selected) + ")"
-        where = "m.tsv @@ %(query)s::tsquery AND m.user_id = %(user)s"
-        if exclude_conversation_id is not None:
-            where += " AND m.conversation_id <> %(conversation)s"
-            args["conversation"] = exclude_conversation_id
+        best, args = _best_sql(_TURNS, owner, user_id, selected, user_rows, exclude_conversation_id, limit)
+        args |= {"around": _AROUND, "hits": _AROUND_HITS}
         columns = ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
         rows = reads.rows(
-            f"WITH matched AS (SELECT m.id, m.words::float8 AS words, {' + '.join(weights)} AS weight"
-            f"  FROM memories AS m WHERE {where} LIMIT %(most)s),"
-            " scored AS (SELECT id, weight * (%(k1)s + 1) / (1 + %(k1)s * (1 - %(b)s + %(b)s * words"
-            "  / greatest(1.0, avg(words) OVER ()))) AS score FROM matched),"
-            " best AS (SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS n FROM scored"
-            "  ORDER BY score DESC, id LIMIT %(limit)s)"
-            " SELECT h.n, h.score, x.* FROM best AS h JOIN memories AS c ON c.id = h.id CROSS JOIN LATERAL ("
+            f"WITH {best} SELECT h.n, h.score, x.* FROM best AS h JOIN memories AS c ON c.id = h.id CROSS JOIN LATERAL ("
             f" SELECT 0 AS side, {columns} FROM memories AS m WHERE m.id = c.id"
             f" UNION ALL (SELECT -1, {columns} FROM memories AS m WHERE h.n <= %(hits)s AND m.user_id = c.user_id"
             "  AND m.conversation_id = c.conversation_id AND m.id < c.id ORDER BY m.id DESC LIMIT %(around)s)"
@@ -433,15 +472,16 @@ class PostgresMemoryStore:
         return [hits[rank] for rank in sorted(hits)]
 
     @staticmethod
-    def _counted(reads: _Reads, user_id: str, terms: Sequence[str]) -> tuple[int, list[tuple[str, int, str]]]:
+    def _counted(reads: _Reads, user_id: str, terms: Sequence[str],
+                 index: _Index) -> tuple[int, list[tuple[str, int, str]]]:
         """(the user's rows, [(word, the user's rows holding it, its tsquery)] for the words with
         rows, in query order), from the counts the triggers keep (one index lookup a word). A word
         the parser splits in several lexemes counts as its rarest one's rows (an upper bound)."""
         rows = reads.rows(
-            "SELECT (SELECT rows FROM memory_user_rows WHERE user_id = %(user)s), w.term, q::text,"
+            f"SELECT (SELECT rows FROM {index.user_rows} WHERE user_id = %(user)s), w.term, q::text,"
             " (SELECT min(coalesce(t.rows, 0)) FROM unnest(tsvector_to_array("
             f"{_DOCUMENT % 'w.term'})) AS l(lexeme)"
-            "  LEFT JOIN memory_term_rows AS t ON t.user_id = %(user)s AND t.lexeme = l.lexeme)"
+            f"  LEFT JOIN {index.term_rows} AS t ON t.user_id = %(user)s AND t.lexeme = l.lexeme)"
             " FROM unnest(%(terms)s::text[]) WITH ORDINALITY AS w(term, n),"
             f" LATERAL plainto_tsquery('{_TEXT_SEARCH_CONFIG}', regexp_replace(w.term, '[[:punct:]]+', ' ', 'g')) AS q"
             " WHERE numnode(q) > 0 ORDER BY w.n",
@@ -527,7 +567,7 @@ class PostgresMemoryStore:
             return 0, []
         owner = _tsquery_lexeme(owner_lexeme(user_id))
         with self._reads(None) as reads:
-            user_rows, counted = self._counted(reads, user_id, terms)
+            user_rows, counted = self._counted(reads, user_id, terms, _TURNS)
             if not counted:
                 return 0, []
             matched, lengths = self._candidates(reads, owner, user_id, counted, user_rows, None)
@@ -593,6 +633,30 @@ class PostgresMemoryStore:
         """Stops the presence thread; the pool is the FleetDatabase's (SharedServers closes it)."""
         self._closed.set()
         self._presence.join(1.0)  # a daemon thread: one stuck on a connection attempt is left behind
+
+
+def _best_sql(index: _Index, narrowed: str, user_id: str, selected: Sequence[tuple[str, int, str]], user_rows: int,
+              exclude_conversation_id: str | None, limit: int) -> tuple[str, dict[str, Any]]:
+    """The CTEs `matched, scored, best` (best: id, score, n = rank from 1) for the user's rows of
+    `index` holding the selected words (`narrowed`: the owner's tsquery, and a period's), scored by
+    BM25 (the formula of bm25_order) in the database; _MAX_CANDIDATES rows at most are scored."""
+    args: dict[str, Any] = {"user": user_id, "most": _MAX_CANDIDATES, "limit": limit, "k1": _BM25_K1, "b": _BM25_B}
+    weights = []
+    for n, (_, count, tsquery) in enumerate(selected):
+        args[f"q{n}"], args[f"w{n}"] = tsquery, _idf(user_rows, count)
+        weights.append(f"(m.tsv @@ %(q{n})s::tsquery)::int * %(w{n})s::float8")
+    args["query"] = f"{narrowed} & (" + " | ".join(f"({tsquery})" for _, _, tsquery in selected) + ")"
+    where = "m.tsv @@ %(query)s::tsquery AND m.user_id = %(user)s"
+    if exclude_conversation_id is not None:
+        where += " AND m.conversation_id <> %(conversation)s"
+        args["conversation"] = exclude_conversation_id
+    sql = (f"matched AS (SELECT m.id, m.words::float8 AS words, {' + '.join(weights)} AS weight"
+           f"  FROM {index.table} AS m WHERE {where} LIMIT %(most)s),"
+           " scored AS (SELECT id, weight * (%(k1)s + 1) / (1 + %(k1)s * (1 - %(b)s + %(b)s * words"
+           "  / greatest(1.0, avg(words) OVER ()))) AS score FROM matched),"
+           " best AS (SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS n FROM scored"
+           "  ORDER BY score DESC, id LIMIT %(limit)s)")
+    return sql, args
 
 
 def _rarest(counted: Sequence[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
