@@ -24,9 +24,10 @@ import openai
 import pytest
 
 from fake_upstream import FakeUpstream
-from fleet_harness import Fleet, fleet_config, health, info, running_fleet
+from fleet_harness import Fleet, fleet_config, health, info, running_fleet, server_down
 from fleet_servers import PostgresServer, RedisServer
 from harness import RunningProxy, wait_until
+from memory_routing.memory.redact import FENCE_OPEN
 from memory_routing.wire.flow_log import PREFIX as FLOW_LOG_PREFIX
 
 pytestmark = pytest.mark.e2e
@@ -110,10 +111,10 @@ def tell(proxy: RunningProxy, user: str, text: str, conversation: str) -> str:
     return answer.choices[0].message.content or ""
 
 
-def ask_claude(proxy: RunningProxy, user: str, text: str, conversation: str) -> str:
+def ask_claude(proxy: RunningProxy, user: str, text: str, conversation: str, mode: str = "both") -> str:
     answer = anthropic_client(proxy, user).messages.create(
         model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": text}],
-        extra_headers={"x-memory-conversation-id": conversation})
+        extra_headers={"x-memory-conversation-id": conversation, "x-memory-mode": mode})
     return "".join(block.text for block in answer.content if block.type == "text")
 
 
@@ -161,8 +162,32 @@ def test_the_proxies_start_together_on_one_migrated_database(fleet: Fleet):
         assert secret not in logs
 
 
+def test_a_fact_told_through_a_is_injected_through_c_in_a_new_conversation(fleet: Fleet, upstream: FakeUpstream):
+    assert tell(fleet["A"], "fleet-alice", "My cat is called Tiberius and she sleeps on the piano", "alice-1")
+    # Written by A's writer thread after the answer: C reads the fleet's memory, not A's file.
+    assert wait_until(lambda: remembered(fleet["C"], "fleet-alice", "Tiberius"), WAIT), memories(fleet["C"], "fleet-alice")
+    # C learns that alice has memories at all within its presence refresh (5 s): until then a new
+    # conversation gets no block. Asked again in new conversations (read mode: nothing stored)
+    # until one does, bounded.
+    asked = iter(range(1000))
+
+    def injected_through_c() -> bool:
+        upstream.reset()
+        ask_claude(fleet["C"], "fleet-alice", "What is my cat called?", f"alice-{next(asked) + 2}", mode="read")
+        return FENCE_OPEN in last_user_text(upstream)
+
+    assert wait_until(injected_through_c, WAIT)
+    text = last_user_text(upstream)
+    assert text.startswith(FENCE_OPEN) and "Tiberius and she sleeps on the piano" in text
+    assert text.endswith("What is my cat called?")
+    # Another user asking through B gets nothing of alice's.
+    upstream.reset()
+    assert tell(fleet["B"], "fleet-bob", "What is my cat called?", "bob-1")
+    assert "Tiberius" not in upstream.last().body.decode()
+
+
 def test_bs_usage_api_and_dashboard_show_the_calls_made_through_a_and_c(fleet: Fleet, upstream: FakeUpstream):
-    since = time.time() - 1
+    since = time.time()  # this test's calls only (the rows carry their arrival time)
     for n in range(2):
         tell(fleet["A"], "fleet-usage", f"usage through A, {n}", "usage-a")
     with anthropic_client(fleet["C"], "fleet-usage").messages.stream(
@@ -171,7 +196,8 @@ def test_bs_usage_api_and_dashboard_show_the_calls_made_through_a_and_c(fleet: F
     expected = {"A": 2, "C": 1}
     assert wait_until(lambda: calls_by_proxy(fleet["B"], since) == expected, WAIT), calls_by_proxy(fleet["B"], since)
     recent = httpx.get(f"{fleet['B'].gateway_url}/memory-routing/usage/recent", params={"proxy": "C"}, timeout=WAIT)
-    assert [row["proxy"] for row in recent.json()["data"]] == ["C"]
+    assert {row["proxy"] for row in recent.json()["data"]} == {"C"}
+    assert [row["alias"] for row in recent.json()["data"] if row["user_id"] == "fleet-usage"] == ["claude-sonnet-4-5"]
     page = httpx.get(f"{fleet['B'].gateway_url}/memory-routing/", timeout=WAIT)
     assert page.status_code == 200
     assert '<td class="proxy">A</td>' in page.text and '<td class="proxy">C</td>' in page.text
@@ -241,3 +267,39 @@ def test_b_killed_holding_every_slot_gives_them_back_within_the_lease(fleet: Fle
 
 def flow_log(proxy: RunningProxy) -> list[dict]:
     return [json.loads(line.split(FLOW_LOG_PREFIX, 1)[1]) for line in proxy.log().splitlines() if FLOW_LOG_PREFIX in line]
+
+
+def test_postgres_then_redis_stopped_mid_run_every_call_answered_and_what_was_written_recalled(
+        fleet: Fleet, upstream: FakeUpstream, cloudflare: FakeUpstream,
+        postgres_server: PostgresServer, redis_server: RedisServer):
+    a, b, c = (fleet[name] for name in NAMES)
+    since = time.time()  # this test's calls only (the rows carry their arrival time)
+    assert tell(a, "fleet-carol", "Before the outage: my bike is a green Brompton", "carol-1")
+    assert wait_until(lambda: remembered(b, "fleet-carol", "green Brompton"), WAIT)
+    with server_down(postgres_server):
+        assert tell(b, "fleet-carol", "During the database outage: my locker number is 4471", "carol-2") == "Hello from OpenAI"
+        assert ask_claude(c, "fleet-carol", "What bike do I ride?", "carol-3") == "Hello from Claude"
+        assert wait_until(lambda: health(b)["status"] == "degraded" and "database" in health(b)["degraded"], WAIT)
+        with server_down(redis_server):
+            assert tell(c, "fleet-carol", "During both outages: my train leaves at 7:42", "carol-4") == "Hello from OpenAI"
+            openai_client(a, "fleet-cf", **{"x-memory-mode": "off"}).chat.completions.create(
+                model="behind-cloudflare", messages=[{"role": "user", "content": "hi"}])  # the local jar and cap
+            assert wait_until(lambda: set(health(c)["degraded"]) == {"database", "redis"}, WAIT), health(c)
+    # Both are back: the proxies find out by themselves, and write what waited.
+    for proxy in (a, b, c):
+        assert wait_until(lambda proxy=proxy: health(proxy)["status"] == "healthy", 3 * WAIT), health(proxy)
+    facts = ("green Brompton", "locker number is 4471", "train leaves at 7:42")
+    assert wait_until(lambda: remembered(a, "fleet-carol", *facts), 3 * WAIT), memories(a, "fleet-carol")
+    upstream.reset()
+    assert tell(a, "fleet-carol", "What is my locker number and when does my train leave?", "carol-5")
+    text = last_user_text(upstream)
+    assert text.startswith(FENCE_OPEN) and "4471" in text and "7:42" in text
+    # Every call of the outage has its usage row, written when the database came back.
+    assert wait_until(lambda: sum((calls_by_proxy(a, since) or {}).values()) == 6, WAIT), calls_by_proxy(a, since)
+    recall_during = [line["memory"].get("recall") for proxy in (b, c) for line in flow_log(proxy)
+                     if line.get("user_id") == "fleet-carol" and isinstance(line.get("memory"), dict)]
+    assert "unavailable" in recall_during, recall_during
+    for name in NAMES:
+        log = fleet[name].log()
+        assert log.count("fleet: database unavailable") <= 1 and log.count("fleet: redis unavailable") <= 1
+        assert "Traceback" not in log
