@@ -181,6 +181,9 @@ class FleetDatabase:
         cancelled by its own statement_timeout raises SharedServerUnavailable too, without
         counting as an outage: the database is slow for that query, not down.
         """
+        if self._closed.is_set():
+            # The proxy is stopping: a writer's last try is not an outage to report.
+            raise SharedServerUnavailable("the fleet database's pool is closed (the proxy is stopping)")
         if not self._ready.is_set():
             raise SharedServerUnavailable(self.migration_error or "the fleet database is not reachable yet")
         try:
