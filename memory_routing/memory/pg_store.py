@@ -45,9 +45,9 @@ from memory_routing.errors import SharedServerUnavailable
 from memory_routing.fleet.health import DATABASE
 from memory_routing.fleet.postgres import FleetDatabase
 
-from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryTimeoutError,
-                      NewMemory)
-from .store import MAX_RANKED, query_terms
+from .records import (BlockLine, KeptBlock, Memory, MemoryStoreClosedError, MemoryTimeoutError,
+                      NewMemory, memories_of_lines)
+from .store import EXPORT_PAGE, MAX_RANKED, exported_lines, query_terms, row_to_memory, text_sha
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ _DOCUMENT = "to_tsvector('english', regexp_replace(%s, '[[:punct:]]+', ' ', 'g')
 _WORD = re.compile(r"\w+", re.UNICODE)
 _BM25_K1, _BM25_B = 1.2, 0.75
 _COMMON_MIN_ROWS = 10  # as SQLiteMemoryStore: a word is never common in fewer rows than this
-_EXPORT_PAGE = 500
 # Rows a search reads and scores at most: the selected words add up to MAX_RANKED rows, except
 # when every word is common (then the rarest one is ranked, in its first rows).
 _MAX_CANDIDATES = 2 * MAX_RANKED
@@ -95,14 +94,6 @@ def owner_lexeme(user_id: str) -> str:
 def _tsquery_lexeme(lexeme: str) -> str:
     """A lexeme as tsquery input: quoted, quotes and backslashes escaped."""
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _text_sha(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-
-
-def _row_to_memory(row: Sequence[Any]) -> Memory:
-    return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
 
 
 def bm25_order(matched: dict[int, float], lengths: dict[int, int]) -> list[tuple[int, float]]:
@@ -264,7 +255,7 @@ class PostgresMemoryStore:
     def _add_many(self, memories: Sequence[NewMemory]) -> tuple[list[int], int]:
         if not memories:
             return [], 0
-        shas = [_text_sha(m.text) for m in memories]
+        shas = [text_sha(m.text) for m in memories]
         keys = [(m.user_id, m.conversation_id, m.role, sha) for m, sha in zip(memories, shas, strict=True)]
         columns: dict[str, list[Any]] = {
             "user_id": [m.user_id for m in memories], "conversation_id": [m.conversation_id for m in memories],
@@ -368,15 +359,7 @@ class PostgresMemoryStore:
         returns how many were new. A bad line raises MemoryRecordError naming its line number,
         and nothing is imported."""
         self._check_open()
-        batch: list[NewMemory] = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                batch.append(Memory.from_json(line).as_new())
-            except MemoryRecordError as e:
-                raise MemoryRecordError(f"line {number}: {e}") from None
-        return self._add_many(batch)[1]
+        return self._add_many(memories_of_lines(lines))[1]
 
     # --- search ------------------------------------------------------------------------------
 
@@ -424,7 +407,7 @@ class PostgresMemoryStore:
                 " AND m.id BETWEEN w.first_id AND w.last_id ORDER BY h.n, m.id", args, last=True)
         windows: dict[int, tuple[list[Memory], float]] = {}
         for row in rows:
-            windows.setdefault(int(row[0]), ([], float(row[1])))[0].append(_row_to_memory(row[2:]))
+            windows.setdefault(int(row[0]), ([], float(row[1])))[0].append(row_to_memory(row[2:]))
         return [(tuple(turns), score) for _, (turns, score) in sorted(windows.items())]
 
     def _selected(self, reads: _Reads, index: _Index, user_id: str, terms: Sequence[str],
@@ -458,7 +441,7 @@ class PostgresMemoryStore:
         hits: dict[int, tuple[Memory, float]] = {}  # rank -> (hit, score)
         sides: dict[int, tuple[list[Memory], list[Memory]]] = {}  # rank -> (earlier, later)
         for row in rows:
-            rank, score, side, memory = int(row[0]), float(row[1]), int(row[2]), _row_to_memory(row[3:])
+            rank, score, side, memory = int(row[0]), float(row[1]), int(row[2]), row_to_memory(row[3:])
             if side == 0:
                 hits[rank] = (memory, score)
             else:
@@ -531,7 +514,7 @@ class PostgresMemoryStore:
             " ORDER BY id LIMIT %(after)s)",
             {"u": memory.user_id, "c": memory.conversation_id, "id": memory.id,
              "before": max(0, before), "after": max(0, after)}, deadline)
-        found = [_row_to_memory(r) for r in rows]
+        found = [row_to_memory(r) for r in rows]
         earlier = sorted((m for m in found if m.id < memory.id), key=lambda m: m.id)
         later = sorted((m for m in found if m.id > memory.id), key=lambda m: m.id)
         return [*earlier, memory, *later]
@@ -561,7 +544,7 @@ class PostgresMemoryStore:
                 total = int(reads.rows(f"SELECT count(*) FROM memories WHERE {where}", args)[0][0])
                 rows = reads.rows(f"SELECT {_COLUMNS} FROM memories WHERE {where} ORDER BY id DESC"
                                   " LIMIT %s OFFSET %s", [*args, limit, offset])
-            return total, [_row_to_memory(r) for r in rows]
+            return total, [row_to_memory(r) for r in rows]
         terms = query_terms(q)
         if not terms:
             return 0, []
@@ -579,27 +562,23 @@ class PostgresMemoryStore:
             ordered = bm25_order(matched, lengths)
             page = [row_id for row_id, _ in ordered[offset:offset + limit]]
             found = {int(r[0]): r for r in reads.rows(f"SELECT {_COLUMNS} FROM memories WHERE id = ANY(%s)", (page,))}
-        return len(ordered), [_row_to_memory(found[row_id]) for row_id in page if row_id in found]
+        return len(ordered), [row_to_memory(found[row_id]) for row_id in page if row_id in found]
 
     def get(self, memory_id: int) -> Memory | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
-        return _row_to_memory(rows[0]) if rows else None
+        return row_to_memory(rows[0]) if rows else None
 
     def export_jsonl(self, user_id: str | None = None) -> Iterator[str]:
         """One JSON line (no newline) per memory, oldest first; read page by page, never all at once."""
-        last_id = 0
-        while True:
+
+        def page_after(last_id: int) -> builtins.list[Any]:
             if user_id is None:
-                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
-                                  (last_id, _EXPORT_PAGE))
-            else:
-                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = %s AND id > %s"
-                                  " ORDER BY id LIMIT %s", (user_id, last_id, _EXPORT_PAGE))
-            if not rows:
-                return
-            for row in rows:
-                yield _row_to_memory(row).to_json()
-            last_id = int(rows[-1][0])
+                return self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > %s ORDER BY id LIMIT %s",
+                                  (last_id, EXPORT_PAGE))
+            return self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = %s AND id > %s"
+                              " ORDER BY id LIMIT %s", (user_id, last_id, EXPORT_PAGE))
+
+        return exported_lines(page_after)
 
     def recall_blocks(self, user_id: str, turn_keys: Sequence[bytes], *,
                       deadline: float | None = None) -> dict[bytes, tuple[BlockLine, ...]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,6 +59,20 @@ class Memory:
     def as_new(self) -> NewMemory:
         return NewMemory(self.user_id, self.conversation_id, self.client, self.model,
                          self.role, self.text, self.created_at)
+
+
+def memories_of_lines(lines: Iterable[str]) -> list[NewMemory]:
+    """The memories of exported lines (blank lines skipped), for an import; a bad line raises
+    MemoryRecordError naming its line number, before anything is stored."""
+    memories: list[NewMemory] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            memories.append(Memory.from_json(line).as_new())
+        except MemoryRecordError as e:
+            raise MemoryRecordError(f"line {number}: {e}") from None
+    return memories
 
 
 def _parse_object(line: str) -> dict[str, Any]:

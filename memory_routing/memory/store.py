@@ -17,14 +17,14 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .dates import period_keys
 from .recover import Recovery, recover_rows
-from .records import (BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryStoreClosedError, MemoryStoreError,
-                      MemoryTimeoutError, NewMemory)
+from .records import (BlockLine, KeptBlock, Memory, MemoryStoreClosedError, MemoryStoreError,
+                      MemoryTimeoutError, NewMemory, memories_of_lines)
 from .windows import MIN_WINDOW_TURNS, WINDOW_TURNS, window_text
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ _COLUMNS = "id, user_id, conversation_id, client, model, role, text, created_at"
 _TURNS, _WINDOWS = "memories_fts", "memory_windows_fts"  # the two full-text indexes
 _CONTENT = {_TURNS: "memories", _WINDOWS: "memory_windows"}
 _WINDOWS_VERSION = 1  # PRAGMA user_version from which every turn's window is indexed
-_EXPORT_PAGE = 500
+EXPORT_PAGE = 500
 _MAX_QUERY_TERMS = 48
 MAX_RANKED = 1500  # rows BM25 ranks per search, at most about (see _selective_terms)
 _HEAVY_SHARE = 0.25  # a user owning this share of the rows is filtered after ranking (see search)
@@ -268,12 +268,23 @@ def thread_token(user_id: str, conversation_id: str) -> str:
     return "c" + hashlib.sha256(key).hexdigest()[:24]
 
 
-def _text_sha(text: str) -> bytes:
+def text_sha(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _row_to_memory(row: Sequence[Any]) -> Memory:
+def row_to_memory(row: Sequence[Any]) -> Memory:
+    """A memory from a row of its columns in the order of _COLUMNS (both stores' order)."""
     return Memory(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]))
+
+
+def exported_lines(page_after: Callable[[int], Sequence[Sequence[Any]]]) -> Iterator[str]:
+    """One JSON line (no newline) per memory, oldest first: `page_after(last_id)` reads the next
+    EXPORT_PAGE rows after an id, so an export never holds the whole store."""
+    last_id = 0
+    while rows := page_after(last_id):
+        for row in rows:
+            yield row_to_memory(row).to_json()
+        last_id = int(rows[-1][0])
 
 
 class SQLiteMemoryStore:
@@ -440,7 +451,7 @@ class SQLiteMemoryStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for m in memories:
-                    sha = _text_sha(m.text)
+                    sha = text_sha(m.text)
                     cur = conn.execute(
                         "INSERT OR IGNORE INTO memories (user_id, conversation_id, client, model, role,"
                         " text, created_at, text_sha, owner, thread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -599,15 +610,7 @@ class SQLiteMemoryStore:
         A bad line raises MemoryRecordError naming its line number, and nothing is imported.
         """
         self._check_open()
-        batch: list[NewMemory] = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                batch.append(Memory.from_json(line).as_new())
-            except MemoryRecordError as e:
-                raise MemoryRecordError(f"line {number}: {e}") from None
-        return self._add_many(batch)[1]
+        return self._add_many(memories_of_lines(lines))[1]
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -664,7 +667,7 @@ class SQLiteMemoryStore:
         ids = [rowid for rowid, _ in ranked]
         found = {r[0]: r for r in self._read(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(ids))})"
                                              " AND user_id = ?", [*ids, user_id], deadline)}
-        return [(_row_to_memory(found[rowid]), score) for rowid, score in ranked if rowid in found]
+        return [(row_to_memory(found[rowid]), score) for rowid, score in ranked if rowid in found]
 
     def search_windows(self, user_id: str, query: str, limit: int = 10, *,
                        exclude_conversation_id: str | None = None,
@@ -687,7 +690,7 @@ class SQLiteMemoryStore:
                 " AND m.conversation_id = w.conversation_id AND m.id BETWEEN w.first_id AND w.last_id"
                 f" WHERE w.id IN ({','.join('?' * len(ids))}) AND w.user_id = ? ORDER BY w.id, m.id",
                 [*ids, user_id], deadline):
-            turns.setdefault(int(row[0]), []).append(_row_to_memory(row[1:]))
+            turns.setdefault(int(row[0]), []).append(row_to_memory(row[1:]))
         windows = [(tuple(turns[rowid]), score) for rowid, score in ranked if rowid in turns]
         return windows
 
@@ -854,7 +857,7 @@ class SQLiteMemoryStore:
         later = self._read(
             f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND conversation_id = ? AND id > ?"
             " ORDER BY id LIMIT ?", (memory.user_id, memory.conversation_id, memory.id, after), deadline)
-        return [_row_to_memory(r) for r in reversed(earlier)] + [memory] + [_row_to_memory(r) for r in later]
+        return [row_to_memory(r) for r in reversed(earlier)] + [memory] + [row_to_memory(r) for r in later]
 
     def list(self, user_id: str, q: str | None = None, conversation_id: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[int, list[Memory]]:
@@ -878,27 +881,23 @@ class SQLiteMemoryStore:
         columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
         rows = self._read(f"SELECT {columns} FROM {source} WHERE {condition} ORDER BY {order}"
                           " LIMIT ? OFFSET ?", [*args, max(0, limit), max(0, offset)])
-        return total, [_row_to_memory(r) for r in rows]
+        return total, [row_to_memory(r) for r in rows]
 
     def get(self, memory_id: int) -> Memory | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,))
-        return _row_to_memory(rows[0]) if rows else None
+        return row_to_memory(rows[0]) if rows else None
 
     def export_jsonl(self, user_id: str | None = None) -> Iterator[str]:
         """One JSON line (no newline) per memory, oldest first; read page by page, never all at once."""
-        last_id = 0
-        while True:
+
+        def page_after(last_id: int) -> builtins.list[Any]:
             if user_id is None:
-                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > ? ORDER BY id LIMIT ?",
-                                  (last_id, _EXPORT_PAGE))
-            else:
-                rows = self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND id > ?"
-                                  " ORDER BY id LIMIT ?", (user_id, last_id, _EXPORT_PAGE))
-            if not rows:
-                return
-            for row in rows:
-                yield _row_to_memory(row).to_json()
-            last_id = int(rows[-1][0])
+                return self._read(f"SELECT {_COLUMNS} FROM memories WHERE id > ? ORDER BY id LIMIT ?",
+                                  (last_id, EXPORT_PAGE))
+            return self._read(f"SELECT {_COLUMNS} FROM memories WHERE user_id = ? AND id > ?"
+                              " ORDER BY id LIMIT ?", (user_id, last_id, EXPORT_PAGE))
+
+        return exported_lines(page_after)
 
     def recall_blocks(self, user_id: str, turn_keys: Sequence[bytes], *,
                       deadline: float | None = None) -> dict[bytes, tuple[BlockLine, ...]]:
