@@ -17,11 +17,16 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness import free_port, wait_until
+from memory_routing.fleet.health import FleetHealth
+from memory_routing.fleet.postgres import FleetDatabase
+from memory_routing.memory.pg_store import PostgresMemoryStore
 
 REQUIRE_ENV = "MEMORY_ROUTING_REQUIRE_FLEET_SERVERS"
 _START_TIMEOUT_S = 30.0
@@ -154,6 +159,29 @@ class RedisServer:
     def flush(self) -> None:
         import redis
         redis.Redis.from_url(self.url(), socket_timeout=5).flushall()
+
+
+@contextmanager
+def fleet_database(url: str, health: FleetHealth | None = None, **options: Any) -> Iterator[FleetDatabase]:
+    """A FleetDatabase of ``url``, started and migrated (a bounded wait); its pool closed afterwards."""
+    database = FleetDatabase(url, health=health or FleetHealth(), **options)
+    database.start()
+    try:
+        assert database.wait_ready(30)
+        yield database
+    finally:
+        database.close()
+
+
+@contextmanager
+def postgres_memory_store(url: str) -> Iterator[PostgresMemoryStore]:
+    """The fleet's memory store on a migrated database of ``url``; closed afterwards."""
+    with fleet_database(url) as database:
+        store = PostgresMemoryStore(database)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet_servers import PostgresServer
+from fleet_servers import PostgresServer, postgres_memory_store
 from harness import wait_until
 from memory_routing.errors import SharedServerUnavailable
-from memory_routing.fleet.health import DATABASE, FleetHealth
-from memory_routing.fleet.postgres import FleetDatabase
+from memory_routing.fleet.health import DATABASE
 from memory_routing.memory.pg_store import PostgresMemoryStore
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.writer import MemoryWriter
@@ -34,17 +33,12 @@ def _no_stale_mitmproxy_log_handler() -> None:
 
 @pytest.fixture
 def fleet_store(database_url: str, postgres_server: PostgresServer) -> Iterator[PostgresMemoryStore]:
-    database = FleetDatabase(database_url, health=FleetHealth())
-    database.start()
-    assert database.wait_ready(30)
-    store = PostgresMemoryStore(database)
-    try:
-        yield store
-    finally:
-        if postgres_server.process is None:
-            postgres_server.start()  # the server is shared by the session's tests
-        store.close()
-        database.close()
+    with postgres_memory_store(database_url) as store:
+        try:
+            yield store
+        finally:
+            if postgres_server.process is None:
+                postgres_server.start()  # the server is shared by the session's tests
 
 
 def turn(text: str) -> NewMemory:

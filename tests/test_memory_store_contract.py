@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memory_routing.fleet.health import FleetHealth
-from memory_routing.fleet.postgres import FleetDatabase
-from memory_routing.memory.pg_store import PostgresMemoryStore
+from fleet_servers import postgres_memory_store
 from memory_routing.memory.records import BlockLine, KeptBlock, Memory, MemoryRecordError, MemoryTimeoutError, NewMemory
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore
 
@@ -26,14 +24,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStor
         yield sqlite
         sqlite.close()
         return
-    database = FleetDatabase(request.getfixturevalue("database_url"), health=FleetHealth())
-    database.start()
-    assert database.wait_ready(30)
-    postgres = PostgresMemoryStore(database)
-    assert postgres.presence_loaded.wait(10)
-    yield postgres
-    postgres.close()
-    database.close()
+    with postgres_memory_store(request.getfixturevalue("database_url")) as postgres:
+        assert postgres.presence_loaded.wait(10)
+        yield postgres
 
 
 def turn(text: str, user: str = "alice", conversation: str = "c1", role: str = "user", at: float = T0) -> NewMemory:

@@ -20,7 +20,7 @@ from memory_routing.memory.pg_store import PostgresMemoryStore
 from memory_routing.memory.records import NewMemory
 from memory_routing.memory.recall import Recaller, RecallTuning
 from memory_routing.memory.store import MemoryStore, SQLiteMemoryStore
-from fleet_servers import PostgresServer
+from fleet_servers import PostgresServer, postgres_memory_store
 
 DAY = 86400.0
 
@@ -44,13 +44,8 @@ def memory_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mem
         yield store
         store.close()
         return
-    database = FleetDatabase(request.getfixturevalue("database_url"), health=FleetHealth())
-    database.start()
-    assert database.wait_ready(30)
-    postgres = PostgresMemoryStore(database)
-    yield postgres
-    postgres.close()
-    database.close()
+    with postgres_memory_store(request.getfixturevalue("database_url")) as postgres:
+        yield postgres
 
 
 def texts(window: tuple[object, ...]) -> list[str]:

@@ -9,21 +9,15 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from memory_routing.fleet.health import FleetHealth
-from memory_routing.fleet.postgres import FleetDatabase
+from fleet_servers import postgres_memory_store
 from memory_routing.memory.pg_store import PostgresMemoryStore, owner_lexeme
 from memory_routing.memory.records import NewMemory
 
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[PostgresMemoryStore]:
-    database = FleetDatabase(database_url, health=FleetHealth())
-    database.start()
-    assert database.wait_ready(30)
-    store = PostgresMemoryStore(database)
-    yield store
-    store.close()
-    database.close()
+    with postgres_memory_store(database_url) as store:
+        yield store
 
 
 def turn(text: str, user: str = "alice", conversation: str = "c1") -> NewMemory:

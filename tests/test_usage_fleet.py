@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_servers import PostgresServer
+from fleet_servers import PostgresServer, fleet_database
 from harness import wait_until
 from test_usage_recorder import ROUTED, Clock
 from memory_routing.addons.local_stores import LocalStores
@@ -35,13 +35,8 @@ CALL = ROUTED
 @contextmanager
 def postgres_usage_store(url: str, health: FleetHealth | None = None) -> Iterator[PostgresUsageStore]:
     """The usage store on a migrated FleetDatabase of ``url``; the pool closed afterwards."""
-    database = FleetDatabase(url, health=health or FleetHealth(), connect_timeout_s=1)
-    database.start()
-    try:
-        assert database.wait_ready(30)
+    with fleet_database(url, health, connect_timeout_s=1) as database:
         yield PostgresUsageStore(database)
-    finally:
-        database.close()
 
 
 @pytest.fixture
